@@ -1,0 +1,333 @@
+//! Blobs on a local filesystem.
+//!
+//! Layout under the root:
+//! ```text
+//! blobs/<algorithm>/<first two hex>/<hex>   published, content-addressed, immutable
+//! uploads/<upload id>                        bytes of an upload in progress
+//! tmp/                                       staging for small writes (manifests)
+//! ```
+//! A blob is published by fsync + rename of its upload file, after the digest
+//! of its bytes has been checked, so a published path never holds partial or
+//! unverified content. Publishing a blob that already exists only removes the
+//! upload file: every blob is stored once.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+use bytes::{Bytes, BytesMut};
+use futures::{Stream, StreamExt};
+use tokio::sync::mpsc;
+
+use super::{BlobStream, CHUNK};
+use crate::digest::{Digest, Hasher};
+use crate::error::{Result, StorageError};
+
+#[derive(Debug, Clone)]
+pub struct FsBlobStore {
+    root: PathBuf,
+}
+
+impl FsBlobStore {
+    pub fn open(root: impl Into<PathBuf>) -> Result<FsBlobStore> {
+        let root = root.into();
+        for sub in ["blobs", "uploads", "tmp"] {
+            fs::create_dir_all(root.join(sub))?;
+        }
+        Ok(FsBlobStore { root })
+    }
+
+    fn blob_path(&self, d: &Digest) -> PathBuf {
+        let hex = d.hex();
+        self.root
+            .join("blobs")
+            .join(d.algorithm().as_str())
+            .join(&hex[..2])
+            .join(hex)
+    }
+
+    fn upload_path(&self, id: &str) -> PathBuf {
+        debug_assert!(id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'));
+        self.root.join("uploads").join(id)
+    }
+
+    pub async fn stat(&self, d: &Digest) -> Result<Option<u64>> {
+        let path = self.blob_path(d);
+        match tokio::fs::metadata(&path).await {
+            Ok(m) => Ok(Some(m.len())),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// The blob's bytes in `range` (or all of them), streamed in large chunks
+    /// read on a blocking thread.
+    pub async fn read(&self, d: &Digest, range: Option<Range<u64>>) -> Result<BlobStream> {
+        let path = self.blob_path(d);
+        let digest = d.clone();
+        let opened = tokio::task::spawn_blocking(move || -> Result<(File, u64, u64)> {
+            let mut file = match File::open(&path) {
+                Ok(f) => f,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    return Err(StorageError::BlobUnknown(digest));
+                }
+                Err(e) => return Err(e.into()),
+            };
+            let len = file.metadata()?.len();
+            let r = range.unwrap_or(0..len);
+            if r.end > len || r.start > r.end {
+                return Err(StorageError::SizeInvalid(format!(
+                    "range {}-{} is outside a blob of {len} bytes",
+                    r.start, r.end
+                )));
+            }
+            file.seek(SeekFrom::Start(r.start))?;
+            Ok((file, r.start, r.end))
+        })
+        .await
+        .map_err(join_error)??;
+        let (file, start, end) = opened;
+        Ok(stream_file(file, end - start))
+    }
+
+    pub async fn put(&self, d: &Digest, bytes: Bytes) -> Result<()> {
+        let actual = Digest::of(d.algorithm(), &bytes);
+        if &actual != d {
+            return Err(StorageError::DigestMismatch {
+                expected: d.clone(),
+                actual,
+            });
+        }
+        let dest = self.blob_path(d);
+        let tmp = self.root.join("tmp").join(uuid::Uuid::new_v4().to_string());
+        tokio::task::spawn_blocking(move || -> Result<()> {
+            if dest.exists() {
+                return Ok(());
+            }
+            let mut f = File::create(&tmp)?;
+            f.write_all(&bytes)?;
+            f.sync_data()?;
+            drop(f);
+            publish_file(&tmp, &dest)
+        })
+        .await
+        .map_err(join_error)?
+    }
+
+    pub async fn delete(&self, d: &Digest) -> Result<()> {
+        match tokio::fs::remove_file(self.blob_path(d)).await {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    pub async fn upload_create(&self, id: &str) -> Result<()> {
+        let path = self.upload_path(id);
+        tokio::task::spawn_blocking(move || File::create(path).map(drop))
+            .await
+            .map_err(join_error)??;
+        Ok(())
+    }
+
+    /// Appends a body to upload `id`, which holds `offset` verified bytes, and
+    /// returns the new size and hash state. Bytes past `offset` (left by a
+    /// request that died mid-write) are cut off first. Refuses to take the
+    /// upload beyond `max_size` bytes, before writing the chunk that would.
+    pub async fn upload_append<S, E>(
+        &self,
+        id: &str,
+        offset: u64,
+        mut hasher: Hasher,
+        body: S,
+        max_size: u64,
+    ) -> Result<(u64, Hasher)>
+    where
+        S: Stream<Item = std::result::Result<Bytes, E>> + Send,
+        E: std::fmt::Display,
+    {
+        let path = self.upload_path(id);
+        let upload_id = id.to_owned();
+        let (tx, mut rx) = mpsc::channel::<Bytes>(4);
+        let writer = tokio::task::spawn_blocking(move || -> Result<(u64, Hasher)> {
+            let mut file = match OpenOptions::new().write(true).open(&path) {
+                Ok(f) => f,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    return Err(StorageError::UploadUnknown(upload_id));
+                }
+                Err(e) => return Err(e.into()),
+            };
+            let len = file.metadata()?.len();
+            if len < offset {
+                return Err(StorageError::Corrupt(format!(
+                    "upload {upload_id} holds {len} bytes but {offset} were recorded"
+                )));
+            }
+            if len > offset {
+                file.set_len(offset)?;
+            }
+            file.seek(SeekFrom::Start(offset))?;
+            let mut size = offset;
+            while let Some(chunk) = rx.blocking_recv() {
+                hasher.update(&chunk);
+                file.write_all(&chunk)?;
+                size += chunk.len() as u64;
+            }
+            Ok((size, hasher))
+        });
+
+        let fed = feed(body, &tx, offset, max_size).await;
+        drop(tx);
+        let written = writer.await.map_err(join_error)?;
+        // A failure to read the body wins over what the writer saw: the
+        // writer's result is then only partial.
+        fed?;
+        written
+    }
+
+    /// Checks the upload's bytes against `expected` and publishes them under
+    /// that digest. Returns the blob size. On a mismatch the upload file is
+    /// left for the caller to cancel.
+    pub async fn upload_publish(&self, id: &str, expected: &Digest, hasher: Hasher) -> Result<u64> {
+        let path = self.upload_path(id);
+        let dest = self.blob_path(expected);
+        let expected = expected.clone();
+        let upload_id = id.to_owned();
+        tokio::task::spawn_blocking(move || -> Result<u64> {
+            let file = match File::open(&path) {
+                Ok(f) => f,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    return Err(StorageError::UploadUnknown(upload_id));
+                }
+                Err(e) => return Err(e.into()),
+            };
+            let size = file.metadata()?.len();
+            let actual = if hasher.algorithm() == expected.algorithm() {
+                hasher.finish()
+            } else {
+                hash_file(&file, Hasher::new(expected.algorithm()))?
+            };
+            if actual != expected {
+                return Err(StorageError::DigestMismatch { expected, actual });
+            }
+            if dest.exists() {
+                fs::remove_file(&path)?;
+                return Ok(size);
+            }
+            file.sync_all()?;
+            drop(file);
+            publish_file(&path, &dest)?;
+            Ok(size)
+        })
+        .await
+        .map_err(join_error)?
+    }
+
+    pub async fn upload_abort(&self, id: &str) -> Result<()> {
+        match tokio::fs::remove_file(self.upload_path(id)).await {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Ids of upload files present on disk (for cleaning up after crashes).
+    pub async fn upload_ids(&self) -> Result<Vec<String>> {
+        let dir = self.root.join("uploads");
+        tokio::task::spawn_blocking(move || -> Result<Vec<String>> {
+            let mut ids = Vec::new();
+            for entry in fs::read_dir(dir)? {
+                if let Some(name) = entry?.file_name().to_str() {
+                    ids.push(name.to_owned());
+                }
+            }
+            Ok(ids)
+        })
+        .await
+        .map_err(join_error)?
+    }
+}
+
+/// Moves the body into the writer in chunks of about [`CHUNK`] bytes.
+async fn feed<S, E>(body: S, tx: &mpsc::Sender<Bytes>, offset: u64, max_size: u64) -> Result<()>
+where
+    S: Stream<Item = std::result::Result<Bytes, E>> + Send,
+    E: std::fmt::Display,
+{
+    let mut body = std::pin::pin!(body);
+    let mut buf = BytesMut::new();
+    let mut size = offset;
+    while let Some(frame) = body.next().await {
+        let frame = frame.map_err(|e| {
+            StorageError::Io(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!("reading the request body failed: {e}"),
+            ))
+        })?;
+        size += frame.len() as u64;
+        if size > max_size {
+            return Err(StorageError::TooLarge(format!(
+                "the upload would grow to more than {max_size} bytes"
+            )));
+        }
+        if buf.is_empty() && frame.len() >= CHUNK {
+            if tx.send(frame).await.is_err() {
+                return Ok(()); // the writer failed; its error is reported
+            }
+            continue;
+        }
+        buf.extend_from_slice(&frame);
+        if buf.len() >= CHUNK && tx.send(buf.split().freeze()).await.is_err() {
+            return Ok(());
+        }
+    }
+    if !buf.is_empty() {
+        let _ = tx.send(buf.freeze()).await;
+    }
+    Ok(())
+}
+
+fn hash_file(mut file: &File, mut hasher: Hasher) -> Result<Digest> {
+    file.seek(SeekFrom::Start(0))?;
+    let mut buf = vec![0u8; CHUNK];
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            return Ok(hasher.finish());
+        }
+        hasher.update(&buf[..n]);
+    }
+}
+
+/// Renames a fully written, synced file into its content address and syncs
+/// the directory so the rename itself survives a crash.
+fn publish_file(from: &Path, to: &Path) -> Result<()> {
+    let dir = to.parent().expect("blob paths have a parent");
+    fs::create_dir_all(dir)?;
+    fs::rename(from, to)?;
+    File::open(dir)?.sync_all()?;
+    Ok(())
+}
+
+fn stream_file(mut file: File, mut remaining: u64) -> BlobStream {
+    let (tx, rx) = mpsc::channel::<io::Result<Bytes>>(2);
+    tokio::task::spawn_blocking(move || {
+        while remaining > 0 {
+            let n = remaining.min(CHUNK as u64) as usize;
+            let mut buf = BytesMut::zeroed(n);
+            let result = file.read_exact(&mut buf).map(|()| buf.freeze());
+            let failed = result.is_err();
+            if tx.blocking_send(result).is_err() || failed {
+                return;
+            }
+            remaining -= n as u64;
+        }
+    });
+    futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) })
+        .boxed()
+}
+
+fn join_error(e: tokio::task::JoinError) -> StorageError {
+    StorageError::Io(io::Error::other(format!("a blocking task failed: {e}")))
+}

@@ -1,0 +1,79 @@
+//! What can go wrong in storage, by meaning. No HTTP status lives here: the
+//! registry maps each variant once, in its `ApiError` conversion table.
+
+use crate::digest::Digest;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    #[error("invalid digest {0}")]
+    DigestInvalid(String),
+    #[error("the content does not match digest {expected} (it hashes to {actual})")]
+    DigestMismatch { expected: Digest, actual: Digest },
+    #[error("invalid repository name {0}")]
+    NameInvalid(String),
+    #[error("repository {0} is not known")]
+    RepositoryUnknown(String),
+    #[error("blob {0} is not known in this repository")]
+    BlobUnknown(Digest),
+    #[error("upload {0} is not known")]
+    UploadUnknown(String),
+    /// A chunk that does not start where the upload currently ends.
+    #[error("the upload has {have} bytes; a chunk must start at byte {have}, not {offered}")]
+    UploadOffset { have: u64, offered: u64 },
+    #[error("upload {0} is being written by another request")]
+    UploadBusy(String),
+    #[error("{0}")]
+    SizeInvalid(String),
+    #[error("manifest {0} is not known")]
+    ManifestUnknown(String),
+    #[error("{0}")]
+    ManifestInvalid(String),
+    #[error("the manifest references {0}, which this repository does not have")]
+    ManifestBlobUnknown(Digest),
+    /// The operation would break a reference held by something else.
+    #[error("{0}")]
+    Conflict(String),
+    /// A limit the caller exceeded (request body too large, …).
+    #[error("{0}")]
+    TooLarge(String),
+    /// The backing store or database cannot be reached right now.
+    #[error("storage is unavailable: {0}")]
+    Unavailable(String),
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+    #[error("I/O error: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("database error: {0}")]
+    Database(sqlx::Error),
+    #[error("database migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+}
+
+impl From<sqlx::Error> for StorageError {
+    fn from(e: sqlx::Error) -> Self {
+        match e {
+            sqlx::Error::Io(_)
+            | sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::WorkerCrashed
+            | sqlx::Error::Tls(_) => StorageError::Unavailable(e.to_string()),
+            e => StorageError::Database(e),
+        }
+    }
+}
+
+impl StorageError {
+    /// Whether the failure is on the server's side (logged, answered 5xx).
+    pub fn is_internal(&self) -> bool {
+        matches!(
+            self,
+            StorageError::Unavailable(_)
+                | StorageError::Corrupt(_)
+                | StorageError::Io(_)
+                | StorageError::Database(_)
+                | StorageError::Migrate(_)
+        )
+    }
+}
+
+pub type Result<T, E = StorageError> = std::result::Result<T, E>;
