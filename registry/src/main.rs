@@ -1,1 +1,80 @@
-fn main() {}
+//! `slipway`: the one binary.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use slipway_registry::config::{Config, Overrides};
+use slipway_registry::{Server, telemetry};
+
+#[derive(Parser)]
+#[command(name = "slipway", version, about = "An OCI registry with a quota-aware build front end")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the registry (defaults: 127.0.0.1:5000, data in ./slipway-data).
+    Serve {
+        /// Address to listen on, e.g. 127.0.0.1:5000.
+        #[arg(long)]
+        listen: Option<SocketAddr>,
+        /// Directory for the database and the blobs.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// A TOML configuration file.
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("slipway: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Serve {
+            listen,
+            data_dir,
+            config,
+        } => {
+            let overrides = Overrides { listen, data_dir };
+            let config = Config::load(config.as_deref(), std::env::vars(), &overrides)?;
+            telemetry::init_logging(&config.log)?;
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
+            runtime.block_on(serve(config))
+        }
+    }
+}
+
+async fn serve(config: Config) -> anyhow::Result<()> {
+    tracing::info!(config = %config.redacted(), "starting");
+    let server = Server::bind(config).await?;
+    tracing::info!(listen = %server.local_addr(), "serving");
+    server.run(shutdown_signal()).await?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    tracing::info!("shutting down: finishing requests in flight");
+}

@@ -15,6 +15,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
+use std::time::SystemTime;
 
 use bytes::{Bytes, BytesMut};
 use futures::{Stream, StreamExt};
@@ -232,17 +233,20 @@ impl FsBlobStore {
         }
     }
 
-    /// Ids of upload files present on disk (for cleaning up after crashes).
-    pub async fn upload_ids(&self) -> Result<Vec<String>> {
+    /// Upload files present on disk and when each was last written (for
+    /// cleaning up after crashes).
+    pub async fn upload_files(&self) -> Result<Vec<(String, SystemTime)>> {
         let dir = self.root.join("uploads");
-        tokio::task::spawn_blocking(move || -> Result<Vec<String>> {
-            let mut ids = Vec::new();
+        tokio::task::spawn_blocking(move || -> Result<Vec<(String, SystemTime)>> {
+            let mut files = Vec::new();
             for entry in fs::read_dir(dir)? {
-                if let Some(name) = entry?.file_name().to_str() {
-                    ids.push(name.to_owned());
+                let entry = entry?;
+                let modified = entry.metadata()?.modified()?;
+                if let Some(name) = entry.file_name().to_str() {
+                    files.push((name.to_owned(), modified));
                 }
             }
-            Ok(ids)
+            Ok(files)
         })
         .await
         .map_err(join_error)?

@@ -98,9 +98,9 @@ impl BlobStore {
         }
     }
 
-    pub async fn upload_ids(&self) -> Result<Vec<String>> {
+    pub async fn upload_files(&self) -> Result<Vec<(String, std::time::SystemTime)>> {
         match self {
-            BlobStore::Fs(s) => s.upload_ids().await,
+            BlobStore::Fs(s) => s.upload_files().await,
         }
     }
 }

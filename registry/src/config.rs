@@ -1,0 +1,309 @@
+//! Typed configuration: defaults, then a TOML file, then `SLIPWAY_…`
+//! environment variables (nested keys joined by `__`, e.g.
+//! `SLIPWAY_DATABASE__URL`), then command-line flags.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::Figment;
+use figment::providers::{Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Address to listen on.
+    pub listen: SocketAddr,
+    /// Where the SQLite file and the blob tree live.
+    pub data_dir: PathBuf,
+    pub database: DatabaseConfig,
+    pub storage: StorageConfig,
+    pub limits: LimitsConfig,
+    pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DatabaseConfig {
+    /// `sqlite://…` or `postgres://…`; empty means `<data_dir>/slipway.db`.
+    pub url: String,
+    /// Connections in the (read) pool.
+    pub max_connections: u32,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageConfig {
+    /// Blob tree; empty means `<data_dir>/blobs`.
+    pub path: PathBuf,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Largest manifest accepted, in bytes.
+    pub max_manifest_bytes: usize,
+    /// Largest blob accepted, in bytes.
+    pub max_blob_bytes: u64,
+    /// Uploads idle this long (seconds) are removed.
+    pub upload_idle_secs: u64,
+    /// Longest wait for in-flight requests at shutdown (seconds).
+    pub shutdown_grace_secs: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// `text` or `json`.
+    pub format: LogFormat,
+    /// A tracing filter such as `info` or `slipway=debug,info`.
+    pub filter: String,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: "127.0.0.1:5000".parse().expect("valid address"),
+            data_dir: PathBuf::from("slipway-data"),
+            database: DatabaseConfig::default(),
+            storage: StorageConfig::default(),
+            limits: LimitsConfig::default(),
+            log: LogConfig::default(),
+        }
+    }
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        DatabaseConfig {
+            url: String::new(),
+            max_connections: 8,
+        }
+    }
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        StorageConfig {
+            path: PathBuf::new(),
+        }
+    }
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            max_manifest_bytes: 4 << 20,
+            max_blob_bytes: 64 << 30,
+            upload_idle_secs: 24 * 3600,
+            shutdown_grace_secs: 30,
+        }
+    }
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            format: LogFormat::Text,
+            filter: "info".into(),
+        }
+    }
+}
+
+/// Settings given as command-line flags; they win over everything else.
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    pub listen: Option<SocketAddr>,
+    pub data_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("the configuration is invalid: {0}")]
+pub struct ConfigError(String);
+
+impl Config {
+    /// Loads defaults, then `file` (if given), then the environment `env`
+    /// (`SLIPWAY_…` pairs, passed in so libraries never read it themselves),
+    /// then `overrides`.
+    pub fn load(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+        overrides: &Overrides,
+    ) -> Result<Config, ConfigError> {
+        let mut fig = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(path) = file {
+            if !path.exists() {
+                return Err(ConfigError(format!(
+                    "the configuration file {} does not exist",
+                    path.display()
+                )));
+            }
+            fig = fig.merge(Toml::file_exact(path));
+        }
+        let mut env_map = figment::value::Dict::new();
+        for (key, value) in env {
+            let Some(rest) = key.strip_prefix("SLIPWAY_") else {
+                continue;
+            };
+            // Credentials and other settings that are not part of `Config`.
+            if matches!(rest, "ADMIN_PASSWORD" | "USER" | "PASSWORD" | "URL") {
+                continue;
+            }
+            let path: Vec<String> = rest.split("__").map(|p| p.to_ascii_lowercase()).collect();
+            let value: figment::value::Value = value.parse().expect("figment parses any string");
+            insert_path(&mut env_map, &path, value);
+        }
+        fig = fig.merge(Serialized::defaults(env_map));
+        let mut config: Config = fig.extract().map_err(|e| ConfigError(e.to_string()))?;
+        if let Some(listen) = overrides.listen {
+            config.listen = listen;
+        }
+        if let Some(dir) = &overrides.data_dir {
+            config.data_dir = dir.clone();
+        }
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.limits.max_manifest_bytes == 0 {
+            return Err(ConfigError("limits.max_manifest_bytes must be above 0".into()));
+        }
+        Ok(())
+    }
+
+    /// A configuration for tests: loopback with a free port, all data in `dir`.
+    pub fn for_tests(dir: &Path) -> Config {
+        Config {
+            listen: "127.0.0.1:0".parse().expect("valid address"),
+            data_dir: dir.to_path_buf(),
+            log: LogConfig {
+                format: LogFormat::Text,
+                filter: "warn".into(),
+            },
+            ..Config::default()
+        }
+    }
+
+    pub fn database_url(&self) -> String {
+        if self.database.url.is_empty() {
+            slipway_storage::Metadata::sqlite_url(&self.data_dir.join("slipway.db"))
+        } else {
+            self.database.url.clone()
+        }
+    }
+
+    pub fn blob_path(&self) -> PathBuf {
+        if self.storage.path.as_os_str().is_empty() {
+            self.data_dir.join("blobs")
+        } else {
+            self.storage.path.clone()
+        }
+    }
+
+    pub fn upload_idle(&self) -> Duration {
+        Duration::from_secs(self.limits.upload_idle_secs)
+    }
+
+    /// The configuration as one line for the log, secrets removed.
+    pub fn redacted(&self) -> String {
+        let mut c = self.clone();
+        c.database.url = slipway_storage::meta::redact_url(&c.database.url);
+        serde_json::to_string(&c).unwrap_or_default()
+    }
+}
+
+fn insert_path(map: &mut figment::value::Dict, path: &[String], value: figment::value::Value) {
+    use figment::value::Value;
+    match path {
+        [] => {}
+        [last] => {
+            map.insert(last.clone(), value);
+        }
+        [first, rest @ ..] => {
+            let entry = map
+                .entry(first.clone())
+                .or_insert_with(|| Value::from(figment::value::Dict::new()));
+            if let Value::Dict(_, dict) = entry {
+                insert_path(dict, rest, value);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn defaults_need_no_file() {
+        let c = Config::load(None, env(&[]), &Overrides::default()).unwrap();
+        assert_eq!(c.listen.to_string(), "127.0.0.1:5000");
+        assert_eq!(c.data_dir, PathBuf::from("slipway-data"));
+        assert!(c.database_url().starts_with("sqlite://slipway-data/slipway.db"));
+    }
+
+    #[test]
+    fn file_then_env_then_flags() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("slipway.toml");
+        std::fs::write(
+            &file,
+            "listen = \"127.0.0.1:6000\"\ndata_dir = \"/srv/a\"\n[limits]\nmax_manifest_bytes = 1000\n",
+        )
+        .unwrap();
+        let c = Config::load(Some(&file), env(&[]), &Overrides::default()).unwrap();
+        assert_eq!(c.listen.port(), 6000);
+        assert_eq!(c.limits.max_manifest_bytes, 1000);
+
+        let e = env(&[
+            ("SLIPWAY_LISTEN", "127.0.0.1:7000"),
+            ("SLIPWAY_LIMITS__MAX_MANIFEST_BYTES", "2000"),
+            ("SLIPWAY_DATABASE__URL", "postgres://u:secret@h/db"),
+            ("SLIPWAY_ADMIN_PASSWORD", "not-config"),
+            ("OTHER", "x"),
+        ]);
+        let c = Config::load(Some(&file), e.clone(), &Overrides::default()).unwrap();
+        assert_eq!(c.listen.port(), 7000);
+        assert_eq!(c.limits.max_manifest_bytes, 2000);
+        assert!(!c.redacted().contains("secret"));
+
+        let o = Overrides {
+            listen: Some("127.0.0.1:8000".parse().unwrap()),
+            data_dir: Some("/srv/b".into()),
+        };
+        let c = Config::load(Some(&file), e, &o).unwrap();
+        assert_eq!(c.listen.port(), 8000);
+        assert_eq!(c.data_dir, PathBuf::from("/srv/b"));
+    }
+
+    #[test]
+    fn unknown_keys_and_missing_files_are_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("slipway.toml");
+        std::fs::write(&file, "lisen = \"127.0.0.1:6000\"\n").unwrap();
+        let err = Config::load(Some(&file), env(&[]), &Overrides::default()).unwrap_err();
+        assert!(err.to_string().contains("lisen"), "{err}");
+        let err = Config::load(Some(&dir.path().join("nope.toml")), env(&[]), &Overrides::default())
+            .unwrap_err();
+        assert!(err.to_string().contains("does not exist"), "{err}");
+        let err = Config::load(None, env(&[("SLIPWAY_LISTEN", "nonsense")]), &Overrides::default())
+            .unwrap_err();
+        assert!(err.to_string().contains("listen"), "{err}");
+    }
+}

@@ -1,0 +1,205 @@
+//! Application state, the router, and the server's life cycle.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::routing::{any, get};
+use slipway_storage::blob::fs::FsBlobStore;
+use slipway_storage::{BlobStore, Metadata};
+use tokio::net::TcpListener;
+
+use crate::config::Config;
+use crate::telemetry;
+use crate::v2;
+
+/// Shared by every request.
+#[derive(Clone)]
+pub struct AppState(pub Arc<Inner>);
+
+pub struct Inner {
+    pub config: Config,
+    pub meta: Metadata,
+    pub blobs: BlobStore,
+    pub upload_locks: UploadLocks,
+    pub metrics: metrics_exporter_prometheus::PrometheusHandle,
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Inner;
+    fn deref(&self) -> &Inner {
+        &self.0
+    }
+}
+
+/// Serialises requests on the same upload within this process.
+#[derive(Default)]
+pub struct UploadLocks(Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>);
+
+pub struct UploadGuard<'a> {
+    locks: &'a UploadLocks,
+    id: String,
+    guard: Option<tokio::sync::OwnedMutexGuard<()>>,
+}
+
+impl UploadLocks {
+    pub async fn lock(&self, id: &str) -> UploadGuard<'_> {
+        let m = {
+            let mut map = self.0.lock().expect("upload lock map");
+            map.entry(id.to_owned()).or_default().clone()
+        };
+        let guard = m.lock_owned().await;
+        UploadGuard {
+            locks: self,
+            id: id.to_owned(),
+            guard: Some(guard),
+        }
+    }
+}
+
+impl Drop for UploadGuard<'_> {
+    fn drop(&mut self) {
+        self.guard.take();
+        let mut map = self.locks.0.lock().expect("upload lock map");
+        if let Some(m) = map.get(&self.id) {
+            // Only the map holds it: nobody waits, so the entry can go.
+            if Arc::strong_count(m) == 1 {
+                map.remove(&self.id);
+            }
+        }
+    }
+}
+
+impl AppState {
+    /// Opens storage as configured.
+    pub async fn open(config: Config) -> anyhow::Result<AppState> {
+        std::fs::create_dir_all(&config.data_dir).map_err(|e| {
+            anyhow::anyhow!(
+                "cannot create the data directory {}: {e}",
+                config.data_dir.display()
+            )
+        })?;
+        let meta = Metadata::connect(&config.database_url(), config.database.max_connections).await?;
+        let blobs = BlobStore::Fs(FsBlobStore::open(config.blob_path())?);
+        Ok(AppState(Arc::new(Inner {
+            config,
+            meta,
+            blobs,
+            upload_locks: UploadLocks::default(),
+            metrics: telemetry::metrics_handle(),
+        })))
+    }
+}
+
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/v2", any(v2::dispatch))
+        .route("/v2/", any(v2::dispatch))
+        .route("/v2/{*rest}", any(v2::dispatch))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            telemetry::track,
+        ))
+        // Blob bodies stream; manifests are bounded where they are read.
+        .layer(DefaultBodyLimit::disable())
+        .with_state(state)
+}
+
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
+    match state.meta.ping().await {
+        Ok(()) => (StatusCode::OK, "ready\n".to_owned()),
+        Err(e) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: the database does not answer: {e}\n"),
+        ),
+    }
+}
+
+async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+    if let Ok(n) = state.meta.upload_count().await {
+        metrics::gauge!("slipway_uploads_in_progress").set(n as f64);
+    }
+    (
+        [(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        state.metrics.render(),
+    )
+}
+
+/// A bound, ready-to-run server.
+pub struct Server {
+    listener: TcpListener,
+    state: AppState,
+}
+
+impl Server {
+    /// Opens storage and binds the listening socket.
+    pub async fn bind(config: Config) -> anyhow::Result<Server> {
+        let listen = config.listen;
+        let state = AppState::open(config).await?;
+        let listener = TcpListener::bind(listen)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot listen on {listen}: {e}"))?;
+        Ok(Server { listener, state })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener.local_addr().expect("bound socket has an address")
+    }
+
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    /// Serves until `shutdown` resolves, then lets in-flight requests finish
+    /// (up to the configured grace period).
+    pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+        let state = self.state.clone();
+        let janitor = tokio::spawn(janitor(state.clone()));
+        let grace = Duration::from_secs(state.config.limits.shutdown_grace_secs);
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let app = router(state.clone());
+        let serve = axum::serve(self.listener, app).with_graceful_shutdown(async move {
+            shutdown.await;
+            let _ = stop_tx.send(true);
+        });
+        let mut serve = std::pin::pin!(serve.into_future());
+        let mut stop_rx = stop_rx;
+        let result = tokio::select! {
+            r = &mut serve => r,
+            _ = async {
+                let _ = stop_rx.wait_for(|stop| *stop).await;
+                tokio::time::sleep(grace).await;
+            } => {
+                tracing::warn!(grace_secs = grace.as_secs(), "requests still running after the grace period; stopping anyway");
+                Ok(())
+            }
+        };
+        janitor.abort();
+        state.meta.close().await;
+        result.map_err(Into::into)
+    }
+}
+
+/// Removes uploads idle for longer than the configured time, and upload
+/// files left without a record by a crash.
+async fn janitor(state: AppState) {
+    let mut tick = tokio::time::interval(Duration::from_secs(600));
+    loop {
+        tick.tick().await;
+        if let Err(e) = v2::uploads::expire(&state).await {
+            tracing::warn!(error = %e, "removing idle uploads failed");
+        }
+    }
+}

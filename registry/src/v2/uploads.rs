@@ -1,0 +1,360 @@
+//! Blob uploads: `POST /v2/<name>/blobs/uploads/` (new session, monolithic
+//! push, or cross-repository mount), then `PATCH`/`PUT`/`GET`/`DELETE` on
+//! `/v2/<name>/blobs/uploads/<id>`.
+//!
+//! An upload's state (bytes so far and the saved hash state at that offset)
+//! lives in the database after every request, so a client can resume after
+//! a restart of the server — or its own — by asking for the upload's status.
+
+use std::time::{Duration, SystemTime};
+
+use axum::body::Body;
+use axum::extract::Request;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::Response;
+use futures::StreamExt;
+use slipway_storage::meta::UploadRecord;
+use slipway_storage::{Algorithm, Digest, Hasher, RepoName, StorageError};
+
+use super::{CONTENT_DIGEST, UPLOAD_UUID, digest, empty, query_pairs, query_param, repo_name, set};
+use crate::error::{ApiError, ApiResult, ErrorCode};
+use crate::server::AppState;
+
+pub async fn start(state: &AppState, name: &str, req: Request) -> ApiResult<Response> {
+    let repo = repo_name(name)?;
+    let pairs = query_pairs(req.uri());
+    if let Some(mount) = query_param(&pairs, "mount") {
+        let digest = digest(mount)?;
+        if let Some(from) = query_param(&pairs, "from")
+            && let Ok(from) = RepoName::parse(from)
+        {
+            let repo_id = state.meta.ensure_repo(&repo).await?;
+            if state.meta.mount_blob(repo_id, &from, &digest).await?.is_some() {
+                return Ok(blob_created(&repo, &digest));
+            }
+        }
+        // Not mountable: fall back to a new upload session (spec: 202).
+        return new_session(state, &repo).await;
+    }
+    if let Some(d) = query_param(&pairs, "digest") {
+        let expected = digest(d)?;
+        return monolithic(state, &repo, &expected, req).await;
+    }
+    new_session(state, &repo).await
+}
+
+async fn new_session(state: &AppState, repo: &RepoName) -> ApiResult<Response> {
+    let repo_id = state.meta.ensure_repo(repo).await?;
+    let id = uuid::Uuid::new_v4().simple().to_string();
+    state.blobs.upload_create(&id).await?;
+    if let Err(e) = state
+        .meta
+        .upload_insert(&id, repo_id, &Hasher::new(Algorithm::Sha256).save())
+        .await
+    {
+        let _ = state.blobs.upload_abort(&id).await;
+        return Err(e.into());
+    }
+    Ok(empty(StatusCode::ACCEPTED, session_headers(repo, &id, 0)))
+}
+
+/// `POST ?digest=` with the whole blob as the body.
+async fn monolithic(state: &AppState, repo: &RepoName, expected: &Digest, req: Request) -> ApiResult<Response> {
+    let repo_id = state.meta.ensure_repo(repo).await?;
+    check_declared_length(state, req.headers(), 0)?;
+    let id = uuid::Uuid::new_v4().simple().to_string();
+    state.blobs.upload_create(&id).await?;
+    let result = async {
+        let body = counted(req.into_body());
+        let (size, hasher) = state
+            .blobs
+            .upload_append(&id, 0, Hasher::new(expected.algorithm()), body, state.config.limits.max_blob_bytes)
+            .await?;
+        let published = state.blobs.upload_publish(&id, expected, hasher).await?;
+        debug_assert_eq!(size, published);
+        state.meta.link_blob(repo_id, expected, published).await?;
+        Ok::<_, StorageError>(())
+    }
+    .await;
+    if let Err(e) = result {
+        let _ = state.blobs.upload_abort(&id).await;
+        return Err(e.into());
+    }
+    Ok(blob_created(repo, expected))
+}
+
+pub async fn status(state: &AppState, name: &str, id: &str) -> ApiResult<Response> {
+    let repo = repo_name(name)?;
+    let upload = load(state, &repo, id).await?;
+    Ok(empty(StatusCode::NO_CONTENT, session_headers(&repo, id, upload.size)))
+}
+
+pub async fn patch(state: &AppState, name: &str, id: &str, req: Request) -> ApiResult<Response> {
+    let repo = repo_name(name)?;
+    let _guard = state.upload_locks.lock(id).await;
+    let upload = load(state, &repo, id).await?;
+    let (size, _) = append(state, &repo, &upload, req).await?;
+    Ok(empty(StatusCode::ACCEPTED, session_headers(&repo, id, size)))
+}
+
+pub async fn finish(state: &AppState, name: &str, id: &str, req: Request) -> ApiResult<Response> {
+    let repo = repo_name(name)?;
+    let pairs = query_pairs(req.uri());
+    let expected = match query_param(&pairs, "digest") {
+        Some(d) => digest(d)?,
+        None => {
+            return Err(ApiError::bad_request(
+                ErrorCode::DigestInvalid,
+                "finishing an upload needs the blob's digest as ?digest=",
+            ));
+        }
+    };
+    let _guard = state.upload_locks.lock(id).await;
+    let upload = load(state, &repo, id).await?;
+    let has_body = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .is_none_or(|v| v.trim() != "0");
+    let (size, hasher) = if has_body {
+        append(state, &repo, &upload, req).await?
+    } else {
+        (upload.size, Hasher::restore(&upload.hash_state)?)
+    };
+    match state.blobs.upload_publish(id, &expected, hasher).await {
+        Ok(published) => {
+            debug_assert_eq!(published, size);
+            state
+                .meta
+                .upload_complete(id, upload.repo_id, &expected, published)
+                .await?;
+            Ok(blob_created(&repo, &expected))
+        }
+        Err(e @ StorageError::DigestMismatch { .. }) => {
+            // The upload cannot become that blob: remove it, leave nothing.
+            state.meta.upload_delete(id).await?;
+            state.blobs.upload_abort(id).await?;
+            Err(e.into())
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+pub async fn cancel(state: &AppState, name: &str, id: &str) -> ApiResult<Response> {
+    let repo = repo_name(name)?;
+    let _guard = state.upload_locks.lock(id).await;
+    load(state, &repo, id).await?;
+    state.meta.upload_delete(id).await?;
+    state.blobs.upload_abort(id).await?;
+    let mut headers = HeaderMap::new();
+    set(&mut headers, header::CONTENT_LENGTH, "0");
+    Ok(empty(StatusCode::NO_CONTENT, headers))
+}
+
+/// Loads an upload that belongs to `repo`; anything else is unknown.
+async fn load(state: &AppState, repo: &RepoName, id: &str) -> ApiResult<UploadRecord> {
+    let unknown = || {
+        ApiError::from(StorageError::UploadUnknown(format!("{id:.80}")))
+    };
+    if id.is_empty() || id.len() > 64 || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
+        return Err(unknown());
+    }
+    match state.meta.upload_get(id).await? {
+        Some(u) if u.repo == repo.as_str() => Ok(u),
+        _ => Err(unknown()),
+    }
+}
+
+/// Appends the request body to the upload, honouring `Content-Range` when
+/// given (it must start where the upload ends), and records the new state.
+async fn append(state: &AppState, repo: &RepoName, upload: &UploadRecord, req: Request) -> ApiResult<(u64, Hasher)> {
+    let range = match req.headers().get(header::CONTENT_RANGE) {
+        Some(v) => Some(parse_content_range(v.to_str().unwrap_or("")).ok_or_else(|| {
+            ApiError::new(
+                StatusCode::RANGE_NOT_SATISFIABLE,
+                ErrorCode::BlobUploadInvalid,
+                "Content-Range must have the form start-end (inclusive byte offsets)",
+            )
+            .with_header(header::RANGE, &range_value(upload.size))
+            .with_header(header::LOCATION, &upload_location(repo, &upload.id))
+        })?),
+        None => None,
+    };
+    if let Some((start, _)) = range
+        && start != upload.size
+    {
+        return Err(ApiError::from(StorageError::UploadOffset {
+            have: upload.size,
+            offered: start,
+        })
+        .with_header(header::RANGE, &range_value(upload.size))
+        .with_header(header::LOCATION, &upload_location(repo, &upload.id)));
+    }
+    let declared = check_declared_length(state, req.headers(), upload.size)?;
+    if let (Some((start, end)), Some(len)) = (range, declared)
+        && end + 1 - start != len
+    {
+        return Err(ApiError::new(
+            StatusCode::RANGE_NOT_SATISFIABLE,
+            ErrorCode::BlobUploadInvalid,
+            format!("Content-Range {start}-{end} does not match Content-Length {len}"),
+        )
+        .with_header(header::RANGE, &range_value(upload.size)));
+    }
+    let hasher = Hasher::restore(&upload.hash_state)?;
+    let (size, hasher) = state
+        .blobs
+        .upload_append(&upload.id, upload.size, hasher, counted(req.into_body()), state.config.limits.max_blob_bytes)
+        .await?;
+    if let Some((start, end)) = range
+        && size != end + 1
+    {
+        return Err(ApiError::bad_request(
+            ErrorCode::BlobUploadInvalid,
+            format!(
+                "Content-Range announced bytes {start}-{end} but the body had {} bytes; the chunk was not kept",
+                size - start
+            ),
+        ));
+    }
+    let moved = state
+        .meta
+        .upload_advance(&upload.id, upload.size, size, &hasher.save())
+        .await?;
+    if !moved {
+        return Err(StorageError::UploadBusy(upload.id.clone()).into());
+    }
+    Ok((size, hasher))
+}
+
+/// Reads `Content-Length`, refusing early a body that would make the blob
+/// larger than allowed.
+fn check_declared_length(state: &AppState, headers: &HeaderMap, offset: u64) -> ApiResult<Option<u64>> {
+    let Some(v) = headers.get(header::CONTENT_LENGTH) else {
+        return Ok(None);
+    };
+    let len: u64 = v
+        .to_str()
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .ok_or_else(|| ApiError::bad_request(ErrorCode::SizeInvalid, "Content-Length is not a number"))?;
+    let max = state.config.limits.max_blob_bytes;
+    if offset.saturating_add(len) > max {
+        return Err(StorageError::TooLarge(format!(
+            "blobs are limited to {max} bytes; this one would have {}",
+            offset.saturating_add(len)
+        ))
+        .into());
+    }
+    Ok(Some(len))
+}
+
+/// The body as a stream of bytes, counted into the upload metric.
+fn counted(body: Body) -> impl futures::Stream<Item = Result<bytes::Bytes, axum::Error>> + Send {
+    body.into_data_stream().inspect(|chunk| {
+        if let Ok(c) = chunk {
+            metrics::counter!("slipway_upload_bytes_total").increment(c.len() as u64);
+        }
+    })
+}
+
+/// Parses `Content-Range` of a chunk: `start-end`, optionally prefixed by
+/// `bytes ` or `bytes=` and followed by `/total`.
+pub fn parse_content_range(v: &str) -> Option<(u64, u64)> {
+    let v = v.trim();
+    let v = v
+        .strip_prefix("bytes=")
+        .or_else(|| v.strip_prefix("bytes "))
+        .unwrap_or(v)
+        .trim();
+    let v = v.split_once('/').map(|(r, _)| r).unwrap_or(v);
+    let (a, b) = v.split_once('-')?;
+    let num = |s: &str| -> Option<u64> {
+        if s.is_empty() || !s.bytes().all(|c| c.is_ascii_digit()) {
+            return None;
+        }
+        s.parse().ok()
+    };
+    let (a, b) = (num(a)?, num(b)?);
+    (a <= b).then_some((a, b))
+}
+
+fn upload_location(repo: &RepoName, id: &str) -> String {
+    format!("/v2/{repo}/blobs/uploads/{id}")
+}
+
+/// `Range` of an upload holding `size` bytes: `0-<last byte>` (`0-0` when empty).
+fn range_value(size: u64) -> String {
+    format!("0-{}", size.saturating_sub(1))
+}
+
+fn session_headers(repo: &RepoName, id: &str, size: u64) -> HeaderMap {
+    let mut h = HeaderMap::new();
+    set(&mut h, header::LOCATION, &upload_location(repo, id));
+    set(&mut h, header::RANGE, &range_value(size));
+    set(&mut h, UPLOAD_UUID, id);
+    set(&mut h, header::CONTENT_LENGTH, "0");
+    h
+}
+
+fn blob_created(repo: &RepoName, digest: &Digest) -> Response {
+    let mut h = HeaderMap::new();
+    set(&mut h, header::LOCATION, &format!("/v2/{repo}/blobs/{digest}"));
+    set(&mut h, CONTENT_DIGEST, digest.as_str());
+    set(&mut h, header::CONTENT_LENGTH, "0");
+    empty(StatusCode::CREATED, h)
+}
+
+/// Removes uploads idle longer than configured, and upload files that have
+/// no record (left by a crash between creating the file and the record, or
+/// by a monolithic push that died) once they are as old.
+pub async fn expire(state: &AppState) -> Result<(), StorageError> {
+    let idle = state.config.upload_idle();
+    let cutoff = slipway_storage::meta::now_ms() - idle.as_millis() as i64;
+    for id in state.meta.uploads_idle_since(cutoff).await? {
+        let _guard = state.upload_locks.lock(&id).await;
+        state.meta.upload_delete(&id).await?;
+        state.blobs.upload_abort(&id).await?;
+        tracing::info!(upload.id = %id, "removed an idle upload");
+    }
+    let old = SystemTime::now() - idle.max(Duration::from_secs(3600));
+    for (id, modified) in state.blobs.upload_files().await? {
+        if modified < old && !state.meta.upload_exists(&id).await? {
+            state.blobs.upload_abort(&id).await?;
+            tracing::info!(upload.id = %id, "removed an upload file without a record");
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn content_ranges() {
+        let cases: &[(&str, Option<(u64, u64)>)] = &[
+            ("0-9", Some((0, 9))),
+            ("bytes 10-19", Some((10, 19))),
+            ("bytes=10-19", Some((10, 19))),
+            ("bytes 10-19/100", Some((10, 19))),
+            ("10-19/*", Some((10, 19))),
+            ("5-4", None),
+            ("-4", None),
+            ("a-b", None),
+            ("", None),
+            ("1-", None),
+            ("18446744073709551616-1", None),
+        ];
+        for (v, want) in cases {
+            assert_eq!(parse_content_range(v), *want, "{v}");
+        }
+    }
+
+    #[test]
+    fn range_values() {
+        assert_eq!(range_value(0), "0-0");
+        assert_eq!(range_value(1), "0-0");
+        assert_eq!(range_value(10), "0-9");
+    }
+}
