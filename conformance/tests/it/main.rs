@@ -1,0 +1,14 @@
+//! The conformance crate's one integration-test binary.
+//!
+//! - `suite`: our spec-driven conformance suite against an in-process Slipway.
+//! - `peer`: the same suite against Debian's `docker-registry`, which must
+//!   show the faults we know it has.
+//! - `interop`: real clients (skopeo, podman, containerd's ctr, umoci, oras).
+//! - `crash`: SIGKILL during concurrent pushes, then consistency checks.
+//! - `fuzz`: random methods, paths and bodies never yield a 5xx or a panic.
+
+mod crash;
+mod fuzz;
+mod interop;
+mod peer;
+mod suite;
