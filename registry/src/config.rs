@@ -175,7 +175,9 @@ impl Config {
 
     fn validate(&self) -> Result<(), ConfigError> {
         if self.limits.max_manifest_bytes == 0 {
-            return Err(ConfigError("limits.max_manifest_bytes must be above 0".into()));
+            return Err(ConfigError(
+                "limits.max_manifest_bytes must be above 0".into(),
+            ));
         }
         Ok(())
     }
@@ -255,7 +257,10 @@ mod tests {
         let c = Config::load(None, env(&[]), &Overrides::default()).unwrap();
         assert_eq!(c.listen.to_string(), "127.0.0.1:5000");
         assert_eq!(c.data_dir, PathBuf::from("slipway-data"));
-        assert!(c.database_url().starts_with("sqlite://slipway-data/slipway.db"));
+        assert!(
+            c.database_url()
+                .starts_with("sqlite://slipway-data/slipway.db")
+        );
     }
 
     #[test]
@@ -299,11 +304,19 @@ mod tests {
         std::fs::write(&file, "lisen = \"127.0.0.1:6000\"\n").unwrap();
         let err = Config::load(Some(&file), env(&[]), &Overrides::default()).unwrap_err();
         assert!(err.to_string().contains("lisen"), "{err}");
-        let err = Config::load(Some(&dir.path().join("nope.toml")), env(&[]), &Overrides::default())
-            .unwrap_err();
+        let err = Config::load(
+            Some(&dir.path().join("nope.toml")),
+            env(&[]),
+            &Overrides::default(),
+        )
+        .unwrap_err();
         assert!(err.to_string().contains("does not exist"), "{err}");
-        let err = Config::load(None, env(&[("SLIPWAY_LISTEN", "nonsense")]), &Overrides::default())
-            .unwrap_err();
+        let err = Config::load(
+            None,
+            env(&[("SLIPWAY_LISTEN", "nonsense")]),
+            &Overrides::default(),
+        )
+        .unwrap_err();
         assert!(err.to_string().contains("listen"), "{err}");
     }
 }

@@ -104,11 +104,19 @@ impl ApiError {
     }
 
     pub fn unsupported(message: impl Into<String>) -> ApiError {
-        ApiError::new(StatusCode::METHOD_NOT_ALLOWED, ErrorCode::Unsupported, message)
+        ApiError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            ErrorCode::Unsupported,
+            message,
+        )
     }
 
     pub fn internal(message: impl Into<String>) -> ApiError {
-        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, ErrorCode::Unknown, message)
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            ErrorCode::Unknown,
+            message,
+        )
     }
 }
 
@@ -128,7 +136,9 @@ impl From<StorageError> for ApiError {
             StorageError::RepositoryUnknown(name) => {
                 (S::NOT_FOUND, C::NameUnknown, Some(json!({"name": name})))
             }
-            StorageError::BlobUnknown(d) => (S::NOT_FOUND, C::BlobUnknown, Some(json!({"digest": d}))),
+            StorageError::BlobUnknown(d) => {
+                (S::NOT_FOUND, C::BlobUnknown, Some(json!({"digest": d})))
+            }
             StorageError::UploadUnknown(_) => (S::NOT_FOUND, C::BlobUploadUnknown, None),
             StorageError::UploadOffset { .. } | StorageError::UploadBusy(_) => {
                 (S::RANGE_NOT_SATISFIABLE, C::BlobUploadInvalid, None)
@@ -206,21 +216,55 @@ mod tests {
     fn storage_errors_map_to_spec_codes() {
         let d = Digest::sha256_of(b"x");
         let cases: Vec<(StorageError, u16, &str)> = vec![
-            (StorageError::DigestInvalid("x".into()), 400, "DIGEST_INVALID"),
             (
-                StorageError::DigestMismatch { expected: d.clone(), actual: d.clone() },
+                StorageError::DigestInvalid("x".into()),
+                400,
+                "DIGEST_INVALID",
+            ),
+            (
+                StorageError::DigestMismatch {
+                    expected: d.clone(),
+                    actual: d.clone(),
+                },
                 400,
                 "DIGEST_INVALID",
             ),
             (StorageError::NameInvalid("x".into()), 400, "NAME_INVALID"),
-            (StorageError::RepositoryUnknown("x".into()), 404, "NAME_UNKNOWN"),
+            (
+                StorageError::RepositoryUnknown("x".into()),
+                404,
+                "NAME_UNKNOWN",
+            ),
             (StorageError::BlobUnknown(d.clone()), 404, "BLOB_UNKNOWN"),
-            (StorageError::UploadUnknown("x".into()), 404, "BLOB_UPLOAD_UNKNOWN"),
-            (StorageError::UploadOffset { have: 1, offered: 2 }, 416, "BLOB_UPLOAD_INVALID"),
+            (
+                StorageError::UploadUnknown("x".into()),
+                404,
+                "BLOB_UPLOAD_UNKNOWN",
+            ),
+            (
+                StorageError::UploadOffset {
+                    have: 1,
+                    offered: 2,
+                },
+                416,
+                "BLOB_UPLOAD_INVALID",
+            ),
             (StorageError::SizeInvalid("x".into()), 400, "SIZE_INVALID"),
-            (StorageError::ManifestUnknown("x".into()), 404, "MANIFEST_UNKNOWN"),
-            (StorageError::ManifestInvalid("x".into()), 400, "MANIFEST_INVALID"),
-            (StorageError::ManifestBlobUnknown(d.clone()), 400, "MANIFEST_BLOB_UNKNOWN"),
+            (
+                StorageError::ManifestUnknown("x".into()),
+                404,
+                "MANIFEST_UNKNOWN",
+            ),
+            (
+                StorageError::ManifestInvalid("x".into()),
+                400,
+                "MANIFEST_INVALID",
+            ),
+            (
+                StorageError::ManifestBlobUnknown(d.clone()),
+                400,
+                "MANIFEST_BLOB_UNKNOWN",
+            ),
             (StorageError::Conflict("x".into()), 409, "DENIED"),
             (StorageError::TooLarge("x".into()), 413, "SIZE_INVALID"),
             (StorageError::Unavailable("x".into()), 503, "UNAVAILABLE"),

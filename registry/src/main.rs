@@ -9,7 +9,11 @@ use slipway_registry::config::{Config, Overrides};
 use slipway_registry::{Server, telemetry};
 
 #[derive(Parser)]
-#[command(name = "slipway", version, about = "An OCI registry with a quota-aware build front end")]
+#[command(
+    name = "slipway",
+    version,
+    about = "An OCI registry with a quota-aware build front end"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

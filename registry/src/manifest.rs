@@ -108,7 +108,9 @@ pub fn parse(content_type: Option<&str>, body: &[u8]) -> Result<Parsed, Invalid>
             } else if doc.config.is_some() {
                 OCI_MANIFEST.to_owned()
             } else {
-                return Err(bad("the manifest has no mediaType and no Content-Type".into()));
+                return Err(bad(
+                    "the manifest has no mediaType and no Content-Type".into()
+                ));
             }
         }
     };
@@ -148,7 +150,9 @@ pub fn parse(content_type: Option<&str>, body: &[u8]) -> Result<Parsed, Invalid>
         artifact_type = doc.artifact_type.clone();
     } else {
         if doc.manifests.is_some() {
-            return Err(bad("an image manifest has config and layers, not manifests".into()));
+            return Err(bad(
+                "an image manifest has config and layers, not manifests".into(),
+            ));
         }
         let config = doc
             .config
@@ -233,7 +237,10 @@ mod tests {
         let p = parse(Some(OCI_MANIFEST), &image(json!({}))).unwrap();
         assert_eq!(p.media_type, OCI_MANIFEST);
         assert_eq!(p.refs.len(), 2);
-        assert_eq!(p.artifact_type.as_deref(), Some("application/vnd.oci.image.config.v1+json"));
+        assert_eq!(
+            p.artifact_type.as_deref(),
+            Some("application/vnd.oci.image.config.v1+json")
+        );
         assert!(p.subject.is_none());
     }
 
@@ -244,7 +251,11 @@ mod tests {
             "subject": {"mediaType": OCI_MANIFEST, "digest": d(b'c'), "size": 5},
             "annotations": {"k": "v"}
         }));
-        let p = parse(Some("application/vnd.oci.image.manifest.v1+json; charset=utf-8"), &body).unwrap();
+        let p = parse(
+            Some("application/vnd.oci.image.manifest.v1+json; charset=utf-8"),
+            &body,
+        )
+        .unwrap();
         assert_eq!(p.artifact_type.as_deref(), Some("application/x-sbom"));
         assert_eq!(p.subject.unwrap().as_str(), d(b'c'));
         assert_eq!(p.annotations.as_deref(), Some(r#"{"k":"v"}"#));
@@ -287,14 +298,27 @@ mod tests {
             (None, image(json!({"config": null}))),
             (None, image(json!({"layers": null}))),
             (None, image(json!({"manifests": []}))),
-            (None, image(json!({"config": {"digest": d(b'a'), "size": -1}}))),
-            (None, image(json!({"config": {"digest": "sha256:zz", "size": 1}}))),
+            (
+                None,
+                image(json!({"config": {"digest": d(b'a'), "size": -1}})),
+            ),
+            (
+                None,
+                image(json!({"config": {"digest": "sha256:zz", "size": 1}})),
+            ),
             (None, image(json!({"config": {"digest": d(b'a')}}))),
-            (None, image(json!({"subject": {"digest": "nope", "size": 1}}))),
+            (
+                None,
+                image(json!({"subject": {"digest": "nope", "size": 1}})),
+            ),
             (None, br#"{"schemaVersion": 2}"#.to_vec()),
         ];
         for (ct, body) in cases {
-            assert!(parse(ct, &body).is_err(), "{}", String::from_utf8_lossy(&body));
+            assert!(
+                parse(ct, &body).is_err(),
+                "{}",
+                String::from_utf8_lossy(&body)
+            );
         }
     }
 }

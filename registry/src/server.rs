@@ -84,7 +84,8 @@ impl AppState {
                 config.data_dir.display()
             )
         })?;
-        let meta = Metadata::connect(&config.database_url(), config.database.max_connections).await?;
+        let meta =
+            Metadata::connect(&config.database_url(), config.database.max_connections).await?;
         let blobs = BlobStore::Fs(FsBlobStore::open(config.blob_path())?);
         Ok(AppState(Arc::new(Inner {
             config,
@@ -132,7 +133,10 @@ async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
         metrics::gauge!("slipway_uploads_in_progress").set(n as f64);
     }
     (
-        [(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4",
+        )],
         state.metrics.render(),
     )
 }
@@ -155,7 +159,9 @@ impl Server {
     }
 
     pub fn local_addr(&self) -> SocketAddr {
-        self.listener.local_addr().expect("bound socket has an address")
+        self.listener
+            .local_addr()
+            .expect("bound socket has an address")
     }
 
     pub fn state(&self) -> &AppState {
@@ -164,7 +170,10 @@ impl Server {
 
     /// Serves until `shutdown` resolves, then lets in-flight requests finish
     /// (up to the configured grace period).
-    pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+    pub async fn run(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
         let state = self.state.clone();
         let janitor = tokio::spawn(janitor(state.clone()));
         let grace = Duration::from_secs(state.config.limits.shutdown_grace_secs);

@@ -40,8 +40,8 @@ pub fn metrics_handle() -> PrometheusHandle {
     HANDLE
         .get_or_init(|| {
             let buckets = [
-                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-                30.0, 60.0,
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                10.0, 30.0, 60.0,
             ];
             let recorder = PrometheusBuilder::new()
                 .set_buckets_for_metric(
@@ -62,15 +62,29 @@ pub fn metrics_handle() -> PrometheusHandle {
 }
 
 fn describe() {
-    metrics::describe_counter!("slipway_http_requests_total", "HTTP requests by route, method and status");
+    metrics::describe_counter!(
+        "slipway_http_requests_total",
+        "HTTP requests by route, method and status"
+    );
     metrics::describe_histogram!(
         "slipway_http_request_duration_seconds",
         metrics::Unit::Seconds,
         "HTTP request latency by route and method"
     );
-    metrics::describe_counter!("slipway_http_response_bytes_total", metrics::Unit::Bytes, "Bytes sent in response bodies");
-    metrics::describe_counter!("slipway_upload_bytes_total", metrics::Unit::Bytes, "Blob bytes received in uploads");
-    metrics::describe_gauge!("slipway_uploads_in_progress", "Uploads started and not yet finished or cancelled");
+    metrics::describe_counter!(
+        "slipway_http_response_bytes_total",
+        metrics::Unit::Bytes,
+        "Bytes sent in response bodies"
+    );
+    metrics::describe_counter!(
+        "slipway_upload_bytes_total",
+        metrics::Unit::Bytes,
+        "Blob bytes received in uploads"
+    );
+    metrics::describe_gauge!(
+        "slipway_uploads_in_progress",
+        "Uploads started and not yet finished or cancelled"
+    );
 }
 
 /// The route label of a request path.

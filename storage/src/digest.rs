@@ -137,6 +137,12 @@ pub enum Hasher {
     Sha512(Sha512),
 }
 
+impl fmt::Debug for Hasher {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Hasher({})", self.algorithm().as_str())
+    }
+}
+
 impl Hasher {
     pub fn new(algorithm: Algorithm) -> Hasher {
         match algorithm {

@@ -245,11 +245,12 @@ impl Metadata {
 
     /// Repository names after `last`, in lexical order.
     pub async fn catalog(&self, last: Option<&str>, limit: u32) -> Result<Vec<String>> {
-        let rows = sqlx::query("SELECT name FROM repositories WHERE name > $1 ORDER BY name LIMIT $2")
-            .bind(last.unwrap_or(""))
-            .bind(limit as i64)
-            .fetch_all(&self.read)
-            .await?;
+        let rows =
+            sqlx::query("SELECT name FROM repositories WHERE name > $1 ORDER BY name LIMIT $2")
+                .bind(last.unwrap_or(""))
+                .bind(limit as i64)
+                .fetch_all(&self.read)
+                .await?;
         Ok(rows.into_iter().map(|r| r.get::<String, _>(0)).collect())
     }
 
@@ -307,13 +308,18 @@ impl Metadata {
 
     /// Links a blob that `from` can see into `repo_id`. Returns the size, or
     /// `None` when `from` does not have the blob.
-    pub async fn mount_blob(&self, repo_id: i64, from: &RepoName, digest: &Digest) -> Result<Option<u64>> {
+    pub async fn mount_blob(
+        &self,
+        repo_id: i64,
+        from: &RepoName,
+        digest: &Digest,
+    ) -> Result<Option<u64>> {
         let mut tx = self.write.begin().await?;
         let row = sqlx::query(self.pick(mount_source_sql!(), for_share!(mount_source_sql)))
-        .bind(from.as_str())
-        .bind(digest.as_str())
-        .fetch_optional(&mut *tx)
-        .await?;
+            .bind(from.as_str())
+            .bind(digest.as_str())
+            .fetch_optional(&mut *tx)
+            .await?;
         let Some(row) = row else {
             return Ok(None);
         };
@@ -401,7 +407,13 @@ impl Metadata {
 
     /// Moves an upload from `old_size` to `new_size`. Returns false when the
     /// upload changed meanwhile (another request appended or it was removed).
-    pub async fn upload_advance(&self, id: &str, old_size: u64, new_size: u64, hash_state: &[u8]) -> Result<bool> {
+    pub async fn upload_advance(
+        &self,
+        id: &str,
+        old_size: u64,
+        new_size: u64,
+        hash_state: &[u8],
+    ) -> Result<bool> {
         let n = sqlx::query(
             "UPDATE uploads SET size = $1, hash_state = $2, updated_at = $3 \
              WHERE id = $4 AND size = $5",
@@ -428,7 +440,13 @@ impl Metadata {
 
     /// Finishes an upload: the blob is recorded and linked, and the upload
     /// row removed, in one transaction.
-    pub async fn upload_complete(&self, id: &str, repo_id: i64, digest: &Digest, size: u64) -> Result<()> {
+    pub async fn upload_complete(
+        &self,
+        id: &str,
+        repo_id: i64,
+        digest: &Digest,
+        size: u64,
+    ) -> Result<()> {
         let now = now_ms();
         let mut tx = self.write.begin().await?;
         sqlx::query(
@@ -483,7 +501,11 @@ impl Metadata {
 
     // ----- manifests and tags ---------------------------------------------
 
-    pub async fn manifest_by_tag(&self, repo: &RepoName, tag: &str) -> Result<Option<ManifestRecord>> {
+    pub async fn manifest_by_tag(
+        &self,
+        repo: &RepoName,
+        tag: &str,
+    ) -> Result<Option<ManifestRecord>> {
         let row = sqlx::query(
             "SELECT mb.digest, mb.media_type, mb.body FROM repositories r \
              JOIN tags t ON t.repo_id = r.id \
@@ -497,7 +519,11 @@ impl Metadata {
         row.map(manifest_record).transpose()
     }
 
-    pub async fn manifest_by_digest(&self, repo: &RepoName, digest: &Digest) -> Result<Option<ManifestRecord>> {
+    pub async fn manifest_by_digest(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+    ) -> Result<Option<ManifestRecord>> {
         let row = sqlx::query(
             "SELECT mb.digest, mb.media_type, mb.body FROM repositories r \
              JOIN manifests m ON m.repo_id = r.id \
@@ -664,21 +690,35 @@ impl Metadata {
     }
 
     /// Tags after `last`, in lexical order; `None` when the repository is unknown.
-    pub async fn tags(&self, repo: &RepoName, last: Option<&str>, limit: u32) -> Result<Option<Vec<String>>> {
+    pub async fn tags(
+        &self,
+        repo: &RepoName,
+        last: Option<&str>,
+        limit: u32,
+    ) -> Result<Option<Vec<String>>> {
         let Some(repo_id) = self.repo_id(repo).await? else {
             return Ok(None);
         };
-        let rows = sqlx::query("SELECT name FROM tags WHERE repo_id = $1 AND name > $2 ORDER BY name LIMIT $3")
-            .bind(repo_id)
-            .bind(last.unwrap_or(""))
-            .bind(limit as i64)
-            .fetch_all(&self.read)
-            .await?;
-        Ok(Some(rows.into_iter().map(|r| r.get::<String, _>(0)).collect()))
+        let rows = sqlx::query(
+            "SELECT name FROM tags WHERE repo_id = $1 AND name > $2 ORDER BY name LIMIT $3",
+        )
+        .bind(repo_id)
+        .bind(last.unwrap_or(""))
+        .bind(limit as i64)
+        .fetch_all(&self.read)
+        .await?;
+        Ok(Some(
+            rows.into_iter().map(|r| r.get::<String, _>(0)).collect(),
+        ))
     }
 
     /// Manifests of the repository whose `subject` is `digest`.
-    pub async fn referrers(&self, repo: &RepoName, subject: &Digest, artifact_type: Option<&str>) -> Result<Vec<Referrer>> {
+    pub async fn referrers(
+        &self,
+        repo: &RepoName,
+        subject: &Digest,
+        artifact_type: Option<&str>,
+    ) -> Result<Vec<Referrer>> {
         let rows = sqlx::query(
             "SELECT m.digest, m.media_type, m.size, m.artifact_type, m.annotations \
              FROM repositories r JOIN manifests m ON m.repo_id = r.id \
@@ -715,7 +755,10 @@ impl Metadata {
     }
 }
 
-async fn repo_id_tx(tx: &mut sqlx::Transaction<'_, sqlx::Any>, repo: &RepoName) -> Result<Option<i64>> {
+async fn repo_id_tx(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    repo: &RepoName,
+) -> Result<Option<i64>> {
     let row = sqlx::query("SELECT id FROM repositories WHERE name = $1")
         .bind(repo.as_str())
         .fetch_optional(&mut **tx)
@@ -743,5 +786,29 @@ pub fn redact_url(url: &str) -> String {
             format!("{}{}:***{}", &url[..scheme + 3], user, &url[at..])
         }
         _ => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn both_databases_have_the_same_migration_versions() {
+        let (sqlite, postgres) = migration_versions();
+        assert!(!sqlite.is_empty());
+        assert_eq!(
+            sqlite, postgres,
+            "migrations/sqlite and migrations/postgres must stay in step"
+        );
+    }
+
+    #[test]
+    fn urls_lose_their_passwords() {
+        assert_eq!(
+            redact_url("postgres://u:secret@h:5432/db"),
+            "postgres://u:***@h:5432/db"
+        );
+        assert_eq!(redact_url("sqlite://x.db"), "sqlite://x.db");
     }
 }

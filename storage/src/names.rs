@@ -148,7 +148,10 @@ mod tests {
 
     #[test]
     fn project_is_first_component() {
-        assert_eq!(RepoName::parse("tool-foo/web").unwrap().project(), "tool-foo");
+        assert_eq!(
+            RepoName::parse("tool-foo/web").unwrap().project(),
+            "tool-foo"
+        );
         assert_eq!(RepoName::parse("platform").unwrap().project(), "platform");
     }
 

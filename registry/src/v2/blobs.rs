@@ -9,7 +9,13 @@ use super::{CONTENT_DIGEST, digest, empty, repo_name, set};
 use crate::error::{ApiError, ApiResult, ErrorCode};
 use crate::server::AppState;
 
-pub async fn get(state: &AppState, name: &str, digest_str: &str, req_headers: &HeaderMap, head: bool) -> ApiResult<Response> {
+pub async fn get(
+    state: &AppState,
+    name: &str,
+    digest_str: &str,
+    req_headers: &HeaderMap,
+    head: bool,
+) -> ApiResult<Response> {
     let repo = repo_name(name)?;
     let digest = digest(digest_str)?;
     let size = state
@@ -34,7 +40,11 @@ pub async fn get(state: &AppState, name: &str, digest_str: &str, req_headers: &H
     };
 
     let mut headers = HeaderMap::new();
-    set(&mut headers, header::CONTENT_TYPE, "application/octet-stream");
+    set(
+        &mut headers,
+        header::CONTENT_TYPE,
+        "application/octet-stream",
+    );
     set(&mut headers, CONTENT_DIGEST, digest.as_str());
     set(&mut headers, header::ETAG, &format!("\"{digest}\""));
     set(&mut headers, header::ACCEPT_RANGES, "bytes");
@@ -50,7 +60,11 @@ pub async fn get(state: &AppState, name: &str, digest_str: &str, req_headers: &H
         }
         None => (StatusCode::OK, 0, size),
     };
-    set(&mut headers, header::CONTENT_LENGTH, &(end - start).to_string());
+    set(
+        &mut headers,
+        header::CONTENT_LENGTH,
+        &(end - start).to_string(),
+    );
     if head {
         return Ok(empty(status, headers));
     }
@@ -60,9 +74,9 @@ pub async fn get(state: &AppState, name: &str, digest_str: &str, req_headers: &H
         .await
         .map_err(|e| match e {
             // The row says the blob exists: a missing file is damage.
-            StorageError::BlobUnknown(d) => {
-                ApiError::from(StorageError::Corrupt(format!("blob {d} is recorded but missing")))
-            }
+            StorageError::BlobUnknown(d) => ApiError::from(StorageError::Corrupt(format!(
+                "blob {d} is recorded but missing"
+            ))),
             e => e.into(),
         })?;
     let mut resp = empty(status, headers);

@@ -30,7 +30,14 @@ fn page(uri: &Uri) -> ApiResult<(Option<u32>, Option<String>)> {
 }
 
 /// Lists with `n`/`last` pagination and a `Link` to the next page.
-fn paged(path: &str, key: &str, extra: Value, mut items: Vec<String>, limit: u32, asked: Option<u32>) -> Response {
+fn paged(
+    path: &str,
+    key: &str,
+    extra: Value,
+    mut items: Vec<String>,
+    limit: u32,
+    asked: Option<u32>,
+) -> Response {
     let mut headers = HeaderMap::new();
     if items.len() > limit as usize {
         items.truncate(limit as usize);
@@ -40,7 +47,11 @@ fn paged(path: &str, key: &str, extra: Value, mut items: Vec<String>, limit: u32
                 .append_pair("n", &n.to_string())
                 .append_pair("last", last)
                 .finish();
-            set(&mut headers, header::LINK, &format!("<{path}?{query}>; rel=\"next\""));
+            set(
+                &mut headers,
+                header::LINK,
+                &format!("<{path}?{query}>; rel=\"next\""),
+            );
         }
     }
     let mut body = extra;
@@ -83,18 +94,27 @@ pub async fn catalog(state: &AppState, uri: &Uri) -> ApiResult<Response> {
     } else {
         state.meta.catalog(last.as_deref(), limit + 1).await?
     };
-    Ok(paged("/v2/_catalog", "repositories", json!({}), repos, limit, n))
+    Ok(paged(
+        "/v2/_catalog",
+        "repositories",
+        json!({}),
+        repos,
+        limit,
+        n,
+    ))
 }
 
-pub async fn referrers(state: &AppState, name: &str, digest_str: &str, uri: &Uri) -> ApiResult<Response> {
+pub async fn referrers(
+    state: &AppState,
+    name: &str,
+    digest_str: &str,
+    uri: &Uri,
+) -> ApiResult<Response> {
     let repo = repo_name(name)?;
     let subject = digest(digest_str)?;
     let pairs = query_pairs(uri);
     let artifact_type = query_param(&pairs, "artifactType").filter(|s| !s.is_empty());
-    let found = state
-        .meta
-        .referrers(&repo, &subject, artifact_type)
-        .await?;
+    let found = state.meta.referrers(&repo, &subject, artifact_type).await?;
     let manifests: Vec<Value> = found
         .into_iter()
         .map(|r| {
@@ -106,7 +126,10 @@ pub async fn referrers(state: &AppState, name: &str, digest_str: &str, uri: &Uri
             if let Some(t) = r.artifact_type {
                 d["artifactType"] = json!(t);
             }
-            if let Some(a) = r.annotations.and_then(|a| serde_json::from_str::<Value>(&a).ok()) {
+            if let Some(a) = r
+                .annotations
+                .and_then(|a| serde_json::from_str::<Value>(&a).ok())
+            {
                 d["annotations"] = a;
             }
             d

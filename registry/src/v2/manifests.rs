@@ -37,7 +37,13 @@ fn reference(s: &str) -> ApiResult<Reference> {
     }
 }
 
-pub async fn get(state: &AppState, name: &str, reference_str: &str, req_headers: &HeaderMap, head: bool) -> ApiResult<Response> {
+pub async fn get(
+    state: &AppState,
+    name: &str,
+    reference_str: &str,
+    req_headers: &HeaderMap,
+    head: bool,
+) -> ApiResult<Response> {
     let repo = repo_name(name)?;
     let reference = reference(reference_str)?;
     let record = match &reference {
@@ -75,8 +81,16 @@ fn manifest_response(record: ManifestRecord, head: bool) -> Response {
     let mut headers = HeaderMap::new();
     set(&mut headers, header::CONTENT_TYPE, &record.media_type);
     set(&mut headers, CONTENT_DIGEST, record.digest.as_str());
-    set(&mut headers, header::ETAG, &format!("\"{}\"", record.digest));
-    set(&mut headers, header::CONTENT_LENGTH, &record.body.len().to_string());
+    set(
+        &mut headers,
+        header::ETAG,
+        &format!("\"{}\"", record.digest),
+    );
+    set(
+        &mut headers,
+        header::CONTENT_LENGTH,
+        &record.body.len().to_string(),
+    );
     let mut resp = empty(StatusCode::OK, headers);
     if !head {
         *resp.body_mut() = Body::from(record.body);
@@ -104,7 +118,12 @@ fn accepts(headers: &HeaderMap, media_type: &str) -> bool {
     !any
 }
 
-pub async fn put(state: &AppState, name: &str, reference_str: &str, req: Request) -> ApiResult<Response> {
+pub async fn put(
+    state: &AppState,
+    name: &str,
+    reference_str: &str,
+    req: Request,
+) -> ApiResult<Response> {
     let repo = repo_name(name)?;
     let reference = reference(reference_str)?;
     let content_type = req
@@ -146,7 +165,11 @@ pub async fn put(state: &AppState, name: &str, reference_str: &str, req: Request
         )
         .await?;
     let mut headers = HeaderMap::new();
-    set(&mut headers, header::LOCATION, &format!("/v2/{repo}/manifests/{digest}"));
+    set(
+        &mut headers,
+        header::LOCATION,
+        &format!("/v2/{repo}/manifests/{digest}"),
+    );
     set(&mut headers, CONTENT_DIGEST, digest.as_str());
     set(&mut headers, header::CONTENT_LENGTH, "0");
     if let Some(subject) = subject {
@@ -204,7 +227,10 @@ mod tests {
         let m = manifest::OCI_MANIFEST;
         let mut h = HeaderMap::new();
         assert!(accepts(&h, m));
-        h.insert(header::ACCEPT, HeaderValue::from_static(manifest::DOCKER_MANIFEST));
+        h.insert(
+            header::ACCEPT,
+            HeaderValue::from_static(manifest::DOCKER_MANIFEST),
+        );
         assert!(!accepts(&h, m));
         h.append(
             header::ACCEPT,
@@ -212,7 +238,10 @@ mod tests {
         );
         assert!(accepts(&h, m));
         let mut h = HeaderMap::new();
-        h.insert(header::ACCEPT, HeaderValue::from_static("text/html, */*;q=0.1"));
+        h.insert(
+            header::ACCEPT,
+            HeaderValue::from_static("text/html, */*;q=0.1"),
+        );
         assert!(accepts(&h, m));
     }
 }

@@ -60,11 +60,9 @@ async fn route(state: AppState, req: Request) -> ApiResult<Response> {
     let method = req.method().clone();
     let head = method == Method::HEAD;
     match (&endpoint, &method) {
-        (Endpoint::Base, &Method::GET | &Method::HEAD) => Ok((
-            [(header::CONTENT_TYPE, "application/json")],
-            "{}",
-        )
-            .into_response()),
+        (Endpoint::Base, &Method::GET | &Method::HEAD) => {
+            Ok(([(header::CONTENT_TYPE, "application/json")], "{}").into_response())
+        }
         (Endpoint::Catalog, &Method::GET) => listing::catalog(&state, req.uri()).await,
         (Endpoint::Tags { name }, &Method::GET) => listing::tags(&state, name, req.uri()).await,
         (Endpoint::Referrers { name, digest }, &Method::GET) => {
@@ -87,8 +85,12 @@ async fn route(state: AppState, req: Request) -> ApiResult<Response> {
         }
         (Endpoint::UploadStart { name }, &Method::POST) => uploads::start(&state, name, req).await,
         (Endpoint::Upload { name, id }, &Method::GET) => uploads::status(&state, name, id).await,
-        (Endpoint::Upload { name, id }, &Method::PATCH) => uploads::patch(&state, name, id, req).await,
-        (Endpoint::Upload { name, id }, &Method::PUT) => uploads::finish(&state, name, id, req).await,
+        (Endpoint::Upload { name, id }, &Method::PATCH) => {
+            uploads::patch(&state, name, id, req).await
+        }
+        (Endpoint::Upload { name, id }, &Method::PUT) => {
+            uploads::finish(&state, name, id, req).await
+        }
         (Endpoint::Upload { name, id }, &Method::DELETE) => uploads::cancel(&state, name, id).await,
         (endpoint, method) => {
             let allow = allowed(endpoint);
@@ -131,7 +133,10 @@ pub(crate) fn query_pairs(uri: &axum::http::Uri) -> Vec<(String, String)> {
 }
 
 pub(crate) fn query_param<'a>(pairs: &'a [(String, String)], key: &str) -> Option<&'a str> {
-    pairs.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+    pairs
+        .iter()
+        .find(|(k, _)| k == key)
+        .map(|(_, v)| v.as_str())
 }
 
 /// A response with no body and the given headers.

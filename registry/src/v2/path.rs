@@ -84,11 +84,7 @@ pub fn parse(rest: &str) -> Result<Endpoint<'_>, PathError> {
         return named(name, |name| Endpoint::UploadStart { name });
     }
     // The last of the keyword segments decides.
-    let candidates = [
-        ("/manifests/", 0u8),
-        ("/blobs/", 1),
-        ("/referrers/", 2),
-    ];
+    let candidates = [("/manifests/", 0u8), ("/blobs/", 1), ("/referrers/", 2)];
     let (pos, keyword, kind) = candidates
         .iter()
         .filter_map(|(k, kind)| rest.rfind(k).map(|p| (p, *k, *kind)))
@@ -121,7 +117,10 @@ pub fn parse(rest: &str) -> Result<Endpoint<'_>, PathError> {
     })
 }
 
-fn named<'a>(name: &'a str, f: impl FnOnce(&'a str) -> Endpoint<'a>) -> Result<Endpoint<'a>, PathError> {
+fn named<'a>(
+    name: &'a str,
+    f: impl FnOnce(&'a str) -> Endpoint<'a>,
+) -> Result<Endpoint<'a>, PathError> {
     if name.is_empty() {
         Err(PathError::NotFound)
     } else {
@@ -143,21 +142,57 @@ mod tests {
             ("_catalog", Ok(E::Catalog)),
             ("a/tags/list", Ok(E::Tags { name: "a" })),
             ("a/b/c/tags/list", Ok(E::Tags { name: "a/b/c" })),
-            ("a/manifests/latest", Ok(E::Manifest { name: "a", reference: "latest" })),
+            (
+                "a/manifests/latest",
+                Ok(E::Manifest {
+                    name: "a",
+                    reference: "latest",
+                }),
+            ),
             (
                 "x/manifests/y/manifests/v1",
-                Ok(E::Manifest { name: "x/manifests/y", reference: "v1" }),
+                Ok(E::Manifest {
+                    name: "x/manifests/y",
+                    reference: "v1",
+                }),
             ),
-            (&blob, Ok(E::Blob { name: "a/b", digest: d })),
+            (
+                &blob,
+                Ok(E::Blob {
+                    name: "a/b",
+                    digest: d,
+                }),
+            ),
             ("a/blobs/uploads/", Ok(E::UploadStart { name: "a" })),
             ("a/blobs/uploads", Ok(E::UploadStart { name: "a" })),
-            ("a/blobs/uploads/abc-1", Ok(E::Upload { name: "a", id: "abc-1" })),
+            (
+                "a/blobs/uploads/abc-1",
+                Ok(E::Upload {
+                    name: "a",
+                    id: "abc-1",
+                }),
+            ),
             (
                 "x/blobs/uploads/blobs/uploads/id",
-                Ok(E::Upload { name: "x/blobs/uploads", id: "id" }),
+                Ok(E::Upload {
+                    name: "x/blobs/uploads",
+                    id: "id",
+                }),
             ),
-            ("x/blobs/uploads/blobs/dg", Ok(E::Blob { name: "x/blobs/uploads", digest: "dg" })),
-            ("a/referrers/dg", Ok(E::Referrers { name: "a", digest: "dg" })),
+            (
+                "x/blobs/uploads/blobs/dg",
+                Ok(E::Blob {
+                    name: "x/blobs/uploads",
+                    digest: "dg",
+                }),
+            ),
+            (
+                "a/referrers/dg",
+                Ok(E::Referrers {
+                    name: "a",
+                    digest: "dg",
+                }),
+            ),
             ("tags/list", Err(PathError::NotFound)),
             ("/tags/list", Err(PathError::NotFound)),
             ("a/manifests/", Err(PathError::NotFound)),

@@ -29,7 +29,12 @@ pub async fn start(state: &AppState, name: &str, req: Request) -> ApiResult<Resp
             && let Ok(from) = RepoName::parse(from)
         {
             let repo_id = state.meta.ensure_repo(&repo).await?;
-            if state.meta.mount_blob(repo_id, &from, &digest).await?.is_some() {
+            if state
+                .meta
+                .mount_blob(repo_id, &from, &digest)
+                .await?
+                .is_some()
+            {
                 return Ok(blob_created(&repo, &digest));
             }
         }
@@ -59,7 +64,12 @@ async fn new_session(state: &AppState, repo: &RepoName) -> ApiResult<Response> {
 }
 
 /// `POST ?digest=` with the whole blob as the body.
-async fn monolithic(state: &AppState, repo: &RepoName, expected: &Digest, req: Request) -> ApiResult<Response> {
+async fn monolithic(
+    state: &AppState,
+    repo: &RepoName,
+    expected: &Digest,
+    req: Request,
+) -> ApiResult<Response> {
     let repo_id = state.meta.ensure_repo(repo).await?;
     check_declared_length(state, req.headers(), 0)?;
     let id = uuid::Uuid::new_v4().simple().to_string();
@@ -68,7 +78,13 @@ async fn monolithic(state: &AppState, repo: &RepoName, expected: &Digest, req: R
         let body = counted(req.into_body());
         let (size, hasher) = state
             .blobs
-            .upload_append(&id, 0, Hasher::new(expected.algorithm()), body, state.config.limits.max_blob_bytes)
+            .upload_append(
+                &id,
+                0,
+                Hasher::new(expected.algorithm()),
+                body,
+                state.config.limits.max_blob_bytes,
+            )
             .await?;
         let published = state.blobs.upload_publish(&id, expected, hasher).await?;
         debug_assert_eq!(size, published);
@@ -86,7 +102,10 @@ async fn monolithic(state: &AppState, repo: &RepoName, expected: &Digest, req: R
 pub async fn status(state: &AppState, name: &str, id: &str) -> ApiResult<Response> {
     let repo = repo_name(name)?;
     let upload = load(state, &repo, id).await?;
-    Ok(empty(StatusCode::NO_CONTENT, session_headers(&repo, id, upload.size)))
+    Ok(empty(
+        StatusCode::NO_CONTENT,
+        session_headers(&repo, id, upload.size),
+    ))
 }
 
 pub async fn patch(state: &AppState, name: &str, id: &str, req: Request) -> ApiResult<Response> {
@@ -94,7 +113,10 @@ pub async fn patch(state: &AppState, name: &str, id: &str, req: Request) -> ApiR
     let _guard = state.upload_locks.lock(id).await;
     let upload = load(state, &repo, id).await?;
     let (size, _) = append(state, &repo, &upload, req).await?;
-    Ok(empty(StatusCode::ACCEPTED, session_headers(&repo, id, size)))
+    Ok(empty(
+        StatusCode::ACCEPTED,
+        session_headers(&repo, id, size),
+    ))
 }
 
 pub async fn finish(state: &AppState, name: &str, id: &str, req: Request) -> ApiResult<Response> {
@@ -153,10 +175,9 @@ pub async fn cancel(state: &AppState, name: &str, id: &str) -> ApiResult<Respons
 
 /// Loads an upload that belongs to `repo`; anything else is unknown.
 async fn load(state: &AppState, repo: &RepoName, id: &str) -> ApiResult<UploadRecord> {
-    let unknown = || {
-        ApiError::from(StorageError::UploadUnknown(format!("{id:.80}")))
-    };
-    if id.is_empty() || id.len() > 64 || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
+    let unknown = || ApiError::from(StorageError::UploadUnknown(format!("{id:.80}")));
+    if id.is_empty() || id.len() > 64 || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+    {
         return Err(unknown());
     }
     match state.meta.upload_get(id).await? {
@@ -167,17 +188,24 @@ async fn load(state: &AppState, repo: &RepoName, id: &str) -> ApiResult<UploadRe
 
 /// Appends the request body to the upload, honouring `Content-Range` when
 /// given (it must start where the upload ends), and records the new state.
-async fn append(state: &AppState, repo: &RepoName, upload: &UploadRecord, req: Request) -> ApiResult<(u64, Hasher)> {
+async fn append(
+    state: &AppState,
+    repo: &RepoName,
+    upload: &UploadRecord,
+    req: Request,
+) -> ApiResult<(u64, Hasher)> {
     let range = match req.headers().get(header::CONTENT_RANGE) {
-        Some(v) => Some(parse_content_range(v.to_str().unwrap_or("")).ok_or_else(|| {
-            ApiError::new(
-                StatusCode::RANGE_NOT_SATISFIABLE,
-                ErrorCode::BlobUploadInvalid,
-                "Content-Range must have the form start-end (inclusive byte offsets)",
-            )
-            .with_header(header::RANGE, &range_value(upload.size))
-            .with_header(header::LOCATION, &upload_location(repo, &upload.id))
-        })?),
+        Some(v) => Some(
+            parse_content_range(v.to_str().unwrap_or("")).ok_or_else(|| {
+                ApiError::new(
+                    StatusCode::RANGE_NOT_SATISFIABLE,
+                    ErrorCode::BlobUploadInvalid,
+                    "Content-Range must have the form start-end (inclusive byte offsets)",
+                )
+                .with_header(header::RANGE, &range_value(upload.size))
+                .with_header(header::LOCATION, &upload_location(repo, &upload.id))
+            })?,
+        ),
         None => None,
     };
     if let Some((start, _)) = range
@@ -204,7 +232,13 @@ async fn append(state: &AppState, repo: &RepoName, upload: &UploadRecord, req: R
     let hasher = Hasher::restore(&upload.hash_state)?;
     let (size, hasher) = state
         .blobs
-        .upload_append(&upload.id, upload.size, hasher, counted(req.into_body()), state.config.limits.max_blob_bytes)
+        .upload_append(
+            &upload.id,
+            upload.size,
+            hasher,
+            counted(req.into_body()),
+            state.config.limits.max_blob_bytes,
+        )
         .await?;
     if let Some((start, end)) = range
         && size != end + 1
@@ -229,7 +263,11 @@ async fn append(state: &AppState, repo: &RepoName, upload: &UploadRecord, req: R
 
 /// Reads `Content-Length`, refusing early a body that would make the blob
 /// larger than allowed.
-fn check_declared_length(state: &AppState, headers: &HeaderMap, offset: u64) -> ApiResult<Option<u64>> {
+fn check_declared_length(
+    state: &AppState,
+    headers: &HeaderMap,
+    offset: u64,
+) -> ApiResult<Option<u64>> {
     let Some(v) = headers.get(header::CONTENT_LENGTH) else {
         return Ok(None);
     };
@@ -237,7 +275,9 @@ fn check_declared_length(state: &AppState, headers: &HeaderMap, offset: u64) -> 
         .to_str()
         .ok()
         .and_then(|s| s.trim().parse().ok())
-        .ok_or_else(|| ApiError::bad_request(ErrorCode::SizeInvalid, "Content-Length is not a number"))?;
+        .ok_or_else(|| {
+            ApiError::bad_request(ErrorCode::SizeInvalid, "Content-Length is not a number")
+        })?;
     let max = state.config.limits.max_blob_bytes;
     if offset.saturating_add(len) > max {
         return Err(StorageError::TooLarge(format!(
@@ -299,7 +339,11 @@ fn session_headers(repo: &RepoName, id: &str, size: u64) -> HeaderMap {
 
 fn blob_created(repo: &RepoName, digest: &Digest) -> Response {
     let mut h = HeaderMap::new();
-    set(&mut h, header::LOCATION, &format!("/v2/{repo}/blobs/{digest}"));
+    set(
+        &mut h,
+        header::LOCATION,
+        &format!("/v2/{repo}/blobs/{digest}"),
+    );
     set(&mut h, CONTENT_DIGEST, digest.as_str());
     set(&mut h, header::CONTENT_LENGTH, "0");
     empty(StatusCode::CREATED, h)

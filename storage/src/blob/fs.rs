@@ -328,8 +328,10 @@ fn stream_file(mut file: File, mut remaining: u64) -> BlobStream {
             remaining -= n as u64;
         }
     });
-    futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) })
-        .boxed()
+    futures::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|item| (item, rx))
+    })
+    .boxed()
 }
 
 fn join_error(e: tokio::task::JoinError) -> StorageError {

@@ -1,0 +1,7 @@
+//! The registry crate's integration tests.
+//!
+//! - `architecture`: the dependency direction between the crates.
+//! - `api`: requests through the real router, in process.
+
+mod api;
+mod architecture;

@@ -1,0 +1,396 @@
+//! The metadata contract: the same assertions on every database.
+
+use bytes::Bytes;
+use slipway_storage::meta::{ManifestRef, NewManifest};
+use slipway_storage::{Digest, Metadata, RepoName, StorageError};
+
+/// A database for one test, removed afterwards.
+struct TestDb {
+    meta: Metadata,
+    cleanup: Option<(String, String)>,
+    _dir: tempfile::TempDir,
+}
+
+impl TestDb {
+    async fn sqlite() -> TestDb {
+        let dir = tempfile::tempdir().unwrap();
+        let url = Metadata::sqlite_url(&dir.path().join("meta.db"));
+        TestDb {
+            meta: Metadata::connect(&url, 4).await.unwrap(),
+            cleanup: None,
+            _dir: dir,
+        }
+    }
+
+    /// A fresh PostgreSQL database, or `None` when no server is configured.
+    async fn postgres() -> Option<TestDb> {
+        let admin = std::env::var("SLIPWAY_TEST_POSTGRES_URL").ok()?;
+        let name = format!("slipway_test_{}", uuid::Uuid::new_v4().simple());
+        let conn = sqlx_admin(&admin).await;
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .execute(&conn)
+            .await
+            .unwrap();
+        let url = replace_db(&admin, &name);
+        Some(TestDb {
+            meta: Metadata::connect(&url, 4).await.unwrap(),
+            cleanup: Some((admin, name)),
+            _dir: tempfile::tempdir().unwrap(),
+        })
+    }
+
+    async fn drop_db(self) {
+        self.meta.close().await;
+        if let Some((admin, name)) = self.cleanup {
+            let conn = sqlx_admin(&admin).await;
+            sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+                "DROP DATABASE {name} WITH (FORCE)"
+            )))
+            .execute(&conn)
+            .await
+            .unwrap();
+        }
+    }
+}
+
+async fn sqlx_admin(url: &str) -> sqlx::AnyPool {
+    sqlx::any::install_default_drivers();
+    sqlx::any::AnyPoolOptions::new()
+        .max_connections(1)
+        .connect(url)
+        .await
+        .unwrap_or_else(|e| panic!("cannot reach PostgreSQL at SLIPWAY_TEST_POSTGRES_URL: {e}"))
+}
+
+fn replace_db(url: &str, db: &str) -> String {
+    let (base, _) = url
+        .rsplit_once('/')
+        .expect("a database URL ends with /<database>");
+    format!("{base}/{db}")
+}
+
+/// Runs a contract test on SQLite, and on PostgreSQL when configured.
+macro_rules! contract {
+    ($name:ident) => {
+        mod $name {
+            #[tokio::test]
+            async fn sqlite() {
+                let db = super::TestDb::sqlite().await;
+                super::$name(&db.meta).await;
+                db.drop_db().await;
+            }
+
+            #[tokio::test]
+            async fn postgres() {
+                if let Some(db) = super::TestDb::postgres().await {
+                    super::$name(&db.meta).await;
+                    db.drop_db().await;
+                } else {
+                    eprintln!("SLIPWAY_TEST_POSTGRES_URL is not set: PostgreSQL contract not run");
+                }
+            }
+        }
+    };
+}
+
+contract!(repositories_and_visibility);
+contract!(manifests_and_tags);
+contract!(deletes_keep_references_whole);
+contract!(listing_order_and_referrers);
+contract!(uploads);
+
+fn repo(s: &str) -> RepoName {
+    RepoName::parse(s).unwrap()
+}
+
+fn blob(i: u8) -> (Digest, u64) {
+    (Digest::sha256_of(&[i; 3]), 3 + i as u64)
+}
+
+fn image(config: &(Digest, u64), layers: &[&(Digest, u64)], tag: Option<&str>) -> NewManifest {
+    let body = Bytes::from(format!(
+        "{{\"config\":\"{}\",\"layers\":{:?}}}",
+        config.0,
+        layers.iter().map(|l| l.0.to_string()).collect::<Vec<_>>()
+    ));
+    let mut refs = vec![ManifestRef {
+        digest: config.0.clone(),
+        size: config.1,
+        is_manifest: false,
+    }];
+    refs.extend(layers.iter().map(|l| ManifestRef {
+        digest: l.0.clone(),
+        size: l.1,
+        is_manifest: false,
+    }));
+    NewManifest {
+        digest: Digest::sha256_of(&body),
+        media_type: "application/vnd.oci.image.manifest.v1+json".into(),
+        body,
+        artifact_type: None,
+        subject: None,
+        annotations: None,
+        refs,
+        tag: tag.map(str::to_owned),
+    }
+}
+
+async fn repositories_and_visibility(m: &Metadata) {
+    let a = repo("tool-a/web");
+    let b = repo("tool-b/web");
+    let id_a = m.ensure_repo(&a).await.unwrap();
+    assert_eq!(
+        m.ensure_repo(&a).await.unwrap(),
+        id_a,
+        "ensure_repo is idempotent"
+    );
+    let id_b = m.ensure_repo(&b).await.unwrap();
+    assert_ne!(id_a, id_b);
+    assert_eq!(m.repo_id(&repo("tool-c/none")).await.unwrap(), None);
+
+    let (d, size) = blob(1);
+    m.link_blob(id_a, &d, size).await.unwrap();
+    assert_eq!(m.repo_blob_size(&a, &d).await.unwrap(), Some(size));
+    assert_eq!(m.blob_size(&d).await.unwrap(), Some(size));
+    // Stored once, visible only where pushed or mounted.
+    assert_eq!(m.repo_blob_size(&b, &d).await.unwrap(), None);
+    assert_eq!(
+        m.mount_blob(id_b, &repo("tool-c/none"), &d).await.unwrap(),
+        None
+    );
+    assert_eq!(m.repo_blob_size(&b, &d).await.unwrap(), None);
+    assert_eq!(m.mount_blob(id_b, &a, &d).await.unwrap(), Some(size));
+    assert_eq!(m.repo_blob_size(&b, &d).await.unwrap(), Some(size));
+    // Linking twice is harmless.
+    m.link_blob(id_a, &d, size).await.unwrap();
+}
+
+async fn manifests_and_tags(m: &Metadata) {
+    let r = repo("tool-a/web");
+    let id = m.ensure_repo(&r).await.unwrap();
+    let (config, layer) = (blob(1), blob(2));
+    let man = image(&config, &[&layer], Some("v1"));
+
+    match m.manifest_put(id, &man).await {
+        Err(StorageError::ManifestBlobUnknown(d)) => assert_eq!(d, config.0),
+        other => panic!("expected ManifestBlobUnknown, got {other:?}"),
+    }
+    assert!(
+        m.manifest_by_tag(&r, "v1").await.unwrap().is_none(),
+        "nothing half-written"
+    );
+
+    m.link_blob(id, &config.0, config.1).await.unwrap();
+    let (wrong, _) = blob(3);
+    m.link_blob(id, &wrong, 99).await.unwrap();
+    let mut bad_size = image(&config, &[&(wrong.clone(), 3)], Some("v1"));
+    bad_size.tag = Some("v1".into());
+    assert!(matches!(
+        m.manifest_put(id, &bad_size).await,
+        Err(StorageError::ManifestInvalid(_))
+    ));
+
+    m.link_blob(id, &layer.0, layer.1).await.unwrap();
+    m.manifest_put(id, &man).await.unwrap();
+    let got = m.manifest_by_tag(&r, "v1").await.unwrap().unwrap();
+    assert_eq!(got.digest, man.digest);
+    assert_eq!(got.body, man.body);
+    assert_eq!(got.media_type, man.media_type);
+    let by_digest = m
+        .manifest_by_digest(&r, &man.digest)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(by_digest.body, man.body);
+    // The manifest is not visible from another repository.
+    let other = repo("tool-b/web");
+    m.ensure_repo(&other).await.unwrap();
+    assert!(
+        m.manifest_by_digest(&other, &man.digest)
+            .await
+            .unwrap()
+            .is_none()
+    );
+
+    // Re-putting is idempotent; a tag moves.
+    m.manifest_put(id, &man).await.unwrap();
+    let man2 = image(&config, &[], Some("v1"));
+    m.manifest_put(id, &man2).await.unwrap();
+    assert_eq!(
+        m.manifest_by_tag(&r, "v1").await.unwrap().unwrap().digest,
+        man2.digest
+    );
+    assert!(
+        m.manifest_by_digest(&r, &man.digest)
+            .await
+            .unwrap()
+            .is_some()
+    );
+}
+
+async fn deletes_keep_references_whole(m: &Metadata) {
+    let r = repo("tool-a/web");
+    let id = m.ensure_repo(&r).await.unwrap();
+    let (config, layer) = (blob(1), blob(2));
+    m.link_blob(id, &config.0, config.1).await.unwrap();
+    m.link_blob(id, &layer.0, layer.1).await.unwrap();
+    let man = image(&config, &[&layer], Some("v1"));
+    m.manifest_put(id, &man).await.unwrap();
+
+    let index_body = Bytes::from(format!("{{\"manifests\":[\"{}\"]}}", man.digest));
+    let index = NewManifest {
+        digest: Digest::sha256_of(&index_body),
+        media_type: "application/vnd.oci.image.index.v1+json".into(),
+        body: index_body,
+        artifact_type: None,
+        subject: None,
+        annotations: None,
+        refs: vec![ManifestRef {
+            digest: man.digest.clone(),
+            size: man.body.len() as u64,
+            is_manifest: true,
+        }],
+        tag: Some("multi".into()),
+    };
+    m.manifest_put(id, &index).await.unwrap();
+
+    assert!(matches!(
+        m.unlink_blob(&r, &layer.0).await,
+        Err(StorageError::Conflict(_))
+    ));
+    assert!(matches!(
+        m.manifest_delete(&r, &man.digest).await,
+        Err(StorageError::Conflict(_))
+    ));
+    m.manifest_delete(&r, &index.digest).await.unwrap();
+    assert!(
+        m.manifest_by_tag(&r, "multi").await.unwrap().is_none(),
+        "its tag went with it"
+    );
+    assert!(matches!(
+        m.manifest_delete(&r, &index.digest).await,
+        Err(StorageError::ManifestUnknown(_))
+    ));
+
+    assert!(m.tag_delete(&r, "v1").await.unwrap());
+    assert!(!m.tag_delete(&r, "v1").await.unwrap());
+    assert!(
+        m.manifest_by_digest(&r, &man.digest)
+            .await
+            .unwrap()
+            .is_some(),
+        "untagging keeps the manifest"
+    );
+    m.manifest_delete(&r, &man.digest).await.unwrap();
+    m.unlink_blob(&r, &layer.0).await.unwrap();
+    assert_eq!(m.repo_blob_size(&r, &layer.0).await.unwrap(), None);
+    assert!(matches!(
+        m.unlink_blob(&r, &layer.0).await,
+        Err(StorageError::BlobUnknown(_))
+    ));
+}
+
+async fn listing_order_and_referrers(m: &Metadata) {
+    let r = repo("tool-a/web");
+    let id = m.ensure_repo(&r).await.unwrap();
+    let config = blob(1);
+    m.link_blob(id, &config.0, config.1).await.unwrap();
+    let subject = image(&config, &[], None);
+    m.manifest_put(id, &subject).await.unwrap();
+    // Byte order: upper case before lower case, '-' before digits.
+    let names = ["b", "a", "B", "A", "a-1", "a1", "_x", "Z9"];
+    for t in names {
+        let mut man = image(&config, &[], Some(t));
+        man.tag = Some(t.into());
+        m.manifest_put(id, &man).await.unwrap();
+    }
+    let mut want: Vec<String> = names.iter().map(|s| s.to_string()).collect();
+    want.sort();
+    assert_eq!(m.tags(&r, None, 100).await.unwrap().unwrap(), want);
+    assert_eq!(
+        m.tags(&r, None, 3).await.unwrap().unwrap(),
+        want[..3].to_vec()
+    );
+    assert_eq!(
+        m.tags(&r, Some(&want[2]), 3).await.unwrap().unwrap(),
+        want[3..6].to_vec()
+    );
+    assert_eq!(m.tags(&repo("tool-z/none"), None, 3).await.unwrap(), None);
+
+    for n in [
+        "tool-b/x",
+        "tool-a/a",
+        "tool-a/web/Z".to_lowercase().as_str(),
+    ] {
+        m.ensure_repo(&repo(n)).await.unwrap();
+    }
+    let all = m.catalog(None, 100).await.unwrap();
+    let mut sorted = all.clone();
+    sorted.sort();
+    assert_eq!(all, sorted);
+    assert_eq!(
+        m.catalog(Some("tool-a/web"), 100).await.unwrap(),
+        all[all.iter().position(|x| x == "tool-a/web").unwrap() + 1..].to_vec()
+    );
+
+    for (i, at) in [
+        (10u8, "application/x-sig"),
+        (11, "application/x-sbom"),
+        (12, "application/x-sig"),
+    ] {
+        let c = blob(i);
+        m.link_blob(id, &c.0, c.1).await.unwrap();
+        let mut man = image(&c, &[], None);
+        man.subject = Some(subject.digest.clone());
+        man.artifact_type = Some(at.into());
+        man.annotations = Some(format!("{{\"n\":\"{i}\"}}"));
+        m.manifest_put(id, &man).await.unwrap();
+    }
+    let all = m.referrers(&r, &subject.digest, None).await.unwrap();
+    assert_eq!(all.len(), 3);
+    let sigs = m
+        .referrers(&r, &subject.digest, Some("application/x-sig"))
+        .await
+        .unwrap();
+    assert_eq!(sigs.len(), 2);
+    assert!(
+        sigs.iter()
+            .all(|s| s.artifact_type.as_deref() == Some("application/x-sig"))
+    );
+    assert!(sigs.iter().all(|s| s.annotations.is_some()));
+    assert!(m.referrers(&r, &blob(99).0, None).await.unwrap().is_empty());
+}
+
+async fn uploads(m: &Metadata) {
+    let r = repo("tool-a/web");
+    let id = m.ensure_repo(&r).await.unwrap();
+    m.upload_insert("u1", id, b"state0").await.unwrap();
+    let u = m.upload_get("u1").await.unwrap().unwrap();
+    assert_eq!(
+        (u.size, u.repo.as_str(), u.hash_state.as_slice()),
+        (0, "tool-a/web", &b"state0"[..])
+    );
+    assert!(m.upload_advance("u1", 0, 10, b"state10").await.unwrap());
+    assert!(
+        !m.upload_advance("u1", 0, 20, b"stale").await.unwrap(),
+        "compare-and-set on size"
+    );
+    let u = m.upload_get("u1").await.unwrap().unwrap();
+    assert_eq!((u.size, u.hash_state.as_slice()), (10, &b"state10"[..]));
+    assert_eq!(m.upload_count().await.unwrap(), 1);
+    assert!(m.upload_exists("u1").await.unwrap());
+
+    let (d, size) = blob(5);
+    m.upload_complete("u1", id, &d, size).await.unwrap();
+    assert!(m.upload_get("u1").await.unwrap().is_none());
+    assert_eq!(m.repo_blob_size(&r, &d).await.unwrap(), Some(size));
+
+    m.upload_insert("u2", id, b"s").await.unwrap();
+    assert_eq!(
+        m.uploads_idle_since(i64::MAX).await.unwrap(),
+        vec!["u2".to_string()]
+    );
+    assert!(m.uploads_idle_since(0).await.unwrap().is_empty());
+    assert!(m.upload_delete("u2").await.unwrap());
+    assert!(!m.upload_delete("u2").await.unwrap());
+}
