@@ -10,6 +10,7 @@ use axum::extract::{DefaultBodyLimit, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::{any, get};
+use axum::serve::ListenerExt;
 use slipway_storage::blob::fs::FsBlobStore;
 use slipway_storage::{BlobStore, Metadata};
 use tokio::net::TcpListener;
@@ -179,7 +180,13 @@ impl Server {
         let grace = Duration::from_secs(state.config.limits.shutdown_grace_secs);
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let app = router(state.clone());
-        let serve = axum::serve(self.listener, app).with_graceful_shutdown(async move {
+        // No Nagle delay: streamed bodies are written after their headers.
+        let listener = self.listener.tap_io(|tcp| {
+            if let Err(e) = tcp.set_nodelay(true) {
+                tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+            }
+        });
+        let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
             shutdown.await;
             let _ = stop_tx.send(true);
         });
