@@ -1,7 +1,7 @@
 //! The metadata contract: the same assertions on every database.
 
 use bytes::Bytes;
-use slipway_storage::meta::{ManifestRef, NewManifest};
+use slipway_storage::meta::{AuditQuery, ManifestRef, NewAuditEntry, NewManifest, RobotUpdate};
 use slipway_storage::{Digest, Metadata, RepoName, StorageError};
 
 /// A database for one test, removed afterwards.
@@ -98,6 +98,8 @@ contract!(manifests_and_tags);
 contract!(deletes_keep_references_whole);
 contract!(listing_order_and_referrers);
 contract!(uploads);
+contract!(projects_and_robots);
+contract!(audit_log);
 
 fn repo(s: &str) -> RepoName {
     RepoName::parse(s).unwrap()
@@ -393,4 +395,206 @@ async fn uploads(m: &Metadata) {
     assert!(m.uploads_idle_since(0).await.unwrap().is_empty());
     assert!(m.upload_delete("u2").await.unwrap());
     assert!(!m.upload_delete("u2").await.unwrap());
+}
+
+async fn projects_and_robots(m: &Metadata) {
+    let p = m.project_create("tool-a", false).await.unwrap();
+    assert!(!p.public);
+    assert!(matches!(
+        m.project_create("tool-a", true).await,
+        Err(StorageError::Conflict(_))
+    ));
+    m.project_create("platform", true).await.unwrap();
+    let names: Vec<String> = m
+        .projects()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|p| p.name)
+        .collect();
+    assert_eq!(names, ["platform", "tool-a"]);
+    assert!(
+        m.project_set_public("tool-a", true)
+            .await
+            .unwrap()
+            .unwrap()
+            .public
+    );
+    assert!(m.project_set_public("nope", true).await.unwrap().is_none());
+
+    let r = m
+        .robot_create("tool-a", "ci", "pulls", "$hash1", "pull", None)
+        .await
+        .unwrap();
+    assert_eq!(r.full_name(), "robot$tool-a+ci");
+    assert!(r.enabled && r.version == 1 && r.last_used_at.is_none());
+    assert!(matches!(
+        m.robot_create("tool-a", "ci", "", "$h", "pull", None).await,
+        Err(StorageError::Conflict(_))
+    ));
+    let same = m.robot_by_id(r.id).await.unwrap().unwrap();
+    assert_eq!(same.secret_hash, "$hash1");
+
+    let u = m
+        .robot_update(
+            "tool-a",
+            "ci",
+            &RobotUpdate {
+                description: Some("d".into()),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (u.description.as_str(), u.version),
+        ("d", 1),
+        "a description change keeps tokens"
+    );
+    let u = m
+        .robot_update(
+            "tool-a",
+            "ci",
+            &RobotUpdate {
+                enabled: Some(false),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((u.enabled, u.version), (false, 2));
+    let u = m
+        .robot_update(
+            "tool-a",
+            "ci",
+            &RobotUpdate {
+                secret_hash: Some("$hash2".into()),
+                expires_at: Some(Some(5)),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (u.secret_hash.as_str(), u.expires_at, u.version),
+        ("$hash2", Some(5), 3)
+    );
+    assert!(u.expired(5) && !u.expired(4));
+    m.robot_touch(r.id, 1234).await.unwrap();
+    assert_eq!(
+        m.robot_get("tool-a", "ci")
+            .await
+            .unwrap()
+            .unwrap()
+            .last_used_at,
+        Some(1234)
+    );
+    assert_eq!(m.robots("tool-a").await.unwrap().len(), 1);
+
+    // A project with images cannot go; an empty one takes its robots along.
+    let repo_a = repo("tool-a/web");
+    let id = m.ensure_repo(&repo_a).await.unwrap();
+    let c = blob(1);
+    m.link_blob(id, &c.0, c.1).await.unwrap();
+    let man = image(&c, &[], Some("v1"));
+    m.manifest_put(id, &man).await.unwrap();
+    assert!(matches!(
+        m.project_delete("tool-a").await,
+        Err(StorageError::Conflict(_))
+    ));
+    assert_eq!(
+        m.project_repositories("tool-a").await.unwrap(),
+        vec![("tool-a/web".to_string(), 1)]
+    );
+    m.manifest_delete(&repo_a, &man.digest).await.unwrap();
+    assert!(m.project_delete("tool-a").await.unwrap());
+    assert!(m.project_get("tool-a").await.unwrap().is_none());
+    assert!(m.robot_by_id(r.id).await.unwrap().is_none());
+    assert!(m.repo_id(&repo_a).await.unwrap().is_none());
+
+    assert_eq!(m.account_hash("admin").await.unwrap(), None);
+    m.account_set("admin", "$a1").await.unwrap();
+    m.account_set("admin", "$a2").await.unwrap();
+    assert_eq!(
+        m.account_hash("admin").await.unwrap().as_deref(),
+        Some("$a2")
+    );
+}
+
+async fn audit_log(m: &Metadata) {
+    for i in 0..5 {
+        m.audit(&NewAuditEntry {
+            principal: if i % 2 == 0 {
+                "admin".into()
+            } else {
+                "builder".into()
+            },
+            action: "manifest.push".into(),
+            project: Some(if i < 3 {
+                "tool-a".into()
+            } else {
+                "tool-b".into()
+            }),
+            target: Some(format!("tool-a/web:v{i}")),
+            detail: Some("{}".into()),
+            remote_addr: Some("127.0.0.1".into()),
+        })
+        .await
+        .unwrap();
+    }
+    let all = m
+        .audit_list(&AuditQuery {
+            limit: 100,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(all.len(), 5);
+    assert!(all.windows(2).all(|w| w[0].id > w[1].id), "newest first");
+    let a = m
+        .audit_list(&AuditQuery {
+            project: Some("tool-a".into()),
+            limit: 100,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(a.len(), 3);
+    let by = m
+        .audit_list(&AuditQuery {
+            principal: Some("builder".into()),
+            limit: 100,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(by.len(), 2);
+    let page = m
+        .audit_list(&AuditQuery {
+            limit: 2,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let next = m
+        .audit_list(&AuditQuery {
+            limit: 2,
+            before_id: Some(page[1].id),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(next[0].id, all[2].id);
+    let none = m
+        .audit_list(&AuditQuery {
+            since: Some(i64::MAX),
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert!(none.is_empty());
 }

@@ -16,6 +16,12 @@ use crate::digest::Digest;
 use crate::error::{Result, StorageError};
 use crate::names::RepoName;
 
+mod access;
+mod audit;
+
+pub use access::{Project, Robot, RobotUpdate};
+pub use audit::{AuditEntry, AuditQuery, NewAuditEntry};
+
 // Queries that differ between databases only by a trailing `FOR SHARE`,
 // kept as macros so both texts stay literals.
 macro_rules! manifest_size_sql {
@@ -755,7 +761,7 @@ impl Metadata {
     }
 }
 
-async fn repo_id_tx(
+pub(crate) async fn repo_id_tx(
     tx: &mut sqlx::Transaction<'_, sqlx::Any>,
     repo: &RepoName,
 ) -> Result<Option<i64>> {
