@@ -1,0 +1,29 @@
+#!/bin/sh
+# The registry-core benchmark: Slipway against Debian's docker-registry
+# (CNCF distribution 2.8) on this machine. Builds Slipway and the benchmark
+# driver in release mode, then runs it; the Markdown table goes to standard
+# output, progress to standard error. Extra arguments go to slipway-bench
+# (see `--help`), e.g. `--wrk-secs 10 --push-rounds 5 --keep`.
+set -eu
+
+repo=$(cd "$(dirname "$0")/../.." && pwd)
+cd "$repo"
+
+for tool in docker-registry wrk curl; do
+    if ! command -v "$tool" >/dev/null 2>&1; then
+        echo "run.sh: $tool is missing; on Debian: apt-get install docker-registry wrk curl" >&2
+        exit 1
+    fi
+done
+
+cargo build --release --locked -p slipway-registry --bin slipway \
+    -p slipway-conformance --bin slipway-bench >&2
+
+target=$(cargo metadata --format-version 1 --no-deps |
+    sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')
+version=$(git describe --always --dirty 2>/dev/null || echo unknown)
+
+exec "$target/release/slipway-bench" \
+    --slipway "$target/release/slipway" \
+    --slipway-version "$version" \
+    "$@"
