@@ -21,7 +21,11 @@ cargo build --release --locked -p slipway-registry --bin slipway \
 
 target=$(cargo metadata --format-version 1 --no-deps |
     sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')
-version=$(git describe --always --dirty 2>/dev/null || echo unknown)
+# What is measured: the commit, and whether the server's sources differ from it.
+version=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
+if ! git diff --quiet HEAD -- registry storage migrations Cargo.toml Cargo.lock 2>/dev/null; then
+    version="$version with uncommitted changes to the server"
+fi
 
 exec "$target/release/slipway-bench" \
     --slipway "$target/release/slipway" \
