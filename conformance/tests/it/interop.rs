@@ -263,6 +263,7 @@ fn accept_anything_policy(dir: &Path) -> PathBuf {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ctr_pulls_unpacks_and_mounts_an_image() {
     let started = Instant::now();
+    require_root("containerd and ctr image mount");
     let work = tempfile::tempdir().expect("temporary directory");
     let image = build_image(work.path(), 256 << 10).await;
     let server = TestServer::start().await;
@@ -479,6 +480,7 @@ impl Drop for Mounted {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn podman_pulls_retags_and_pushes_to_another_repository() {
     let started = Instant::now();
+    require_root("podman image mount with vfs storage");
     let work = tempfile::tempdir().expect("temporary directory");
     let podman = Podman::find(work.path());
     let image = build_image(&work.path().join("image"), 256 << 10).await;
@@ -806,6 +808,17 @@ impl Tool {
             .env("no_proxy", "127.0.0.1,localhost");
         cmd
     }
+}
+
+/// Fails the test unless it runs as root, which `what` needs (CI runs as root).
+fn require_root(what: &str) {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let euid = unsafe { libc::geteuid() };
+    assert!(
+        euid == 0,
+        "{what} needs root, and this test runs as uid {euid}; run the suite as root, as CI does \
+         (./conformance/test.sh)"
+    );
 }
 
 fn is_executable(path: &Path) -> bool {
