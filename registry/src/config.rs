@@ -20,7 +20,78 @@ pub struct Config {
     pub database: DatabaseConfig,
     pub storage: StorageConfig,
     pub limits: LimitsConfig,
+    pub auth: AuthConfig,
     pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// The `service` of the token protocol: the tokens' audience.
+    pub service: String,
+    /// The tokens' issuer.
+    pub issuer: String,
+    /// The token endpoint announced in challenges; empty means
+    /// `http://<Host of the request>/auth/token`.
+    pub realm: String,
+    /// Lifetime of access tokens, in seconds.
+    pub token_ttl_secs: u64,
+    /// Lifetime of refresh tokens, in seconds.
+    pub refresh_ttl_secs: u64,
+    /// Tolerated clock difference when checking token times, in seconds.
+    pub clock_skew_secs: u64,
+    /// Whether robot accounts may hold `push` and `delete`. Off: the build
+    /// front end is the only credentialed writer.
+    pub robots_may_write: bool,
+    /// The token signing key (PKCS#8 PEM, created if missing); empty means
+    /// `<data_dir>/token-signing-key.pem`. Replicas share one file.
+    pub key_file: PathBuf,
+    /// The admin password; from `SLIPWAY_ADMIN_PASSWORD` only, never from a
+    /// file. Without it, a password is generated on first start.
+    #[serde(skip)]
+    pub admin_password: Option<Secret>,
+}
+
+/// A secret string whose `Debug` and `Display` never show it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: impl Into<String>) -> Secret {
+        Secret(s.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+impl std::fmt::Display for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("***")
+    }
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            service: "slipway".into(),
+            issuer: "slipway".into(),
+            realm: String::new(),
+            token_ttl_secs: 300,
+            refresh_ttl_secs: 30 * 24 * 3600,
+            clock_skew_secs: 30,
+            robots_may_write: false,
+            key_file: PathBuf::new(),
+            admin_password: None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -76,6 +147,7 @@ impl Default for Config {
             database: DatabaseConfig::default(),
             storage: StorageConfig::default(),
             limits: LimitsConfig::default(),
+            auth: AuthConfig::default(),
             log: LogConfig::default(),
         }
     }
@@ -174,6 +246,14 @@ impl Config {
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
+        if self.auth.token_ttl_secs == 0 || self.auth.token_ttl_secs > 24 * 3600 {
+            return Err(ConfigError(
+                "auth.token_ttl_secs must be between 1 and 86400 (tokens are short-lived)".into(),
+            ));
+        }
+        if self.auth.service.is_empty() || self.auth.issuer.is_empty() {
+            return Err(ConfigError("auth.service and auth.issuer cannot be empty".into()));
+        }
         if self.limits.max_manifest_bytes == 0 {
             return Err(ConfigError(
                 "limits.max_manifest_bytes must be above 0".into(),
@@ -208,6 +288,14 @@ impl Config {
             self.data_dir.join("blobs")
         } else {
             self.storage.path.clone()
+        }
+    }
+
+    pub fn key_file(&self) -> PathBuf {
+        if self.auth.key_file.as_os_str().is_empty() {
+            self.data_dir.join("token-signing-key.pem")
+        } else {
+            self.auth.key_file.clone()
         }
     }
 

@@ -15,6 +15,7 @@ use slipway_storage::blob::fs::FsBlobStore;
 use slipway_storage::{BlobStore, Metadata};
 use tokio::net::TcpListener;
 
+use crate::auth::{self, Authenticator, tokens::TokenKeys};
 use crate::config::Config;
 use crate::telemetry;
 use crate::v2;
@@ -28,6 +29,7 @@ pub struct Inner {
     pub meta: Metadata,
     pub blobs: BlobStore,
     pub upload_locks: UploadLocks,
+    pub auth: Authenticator,
     pub metrics: metrics_exporter_prometheus::PrometheusHandle,
 }
 
@@ -88,11 +90,19 @@ impl AppState {
         let meta =
             Metadata::connect(&config.database_url(), config.database.max_connections).await?;
         let blobs = BlobStore::Fs(FsBlobStore::open(config.blob_path())?);
+        let keys = TokenKeys::load_or_create(
+            &config.key_file(),
+            &config.auth.service,
+            &config.auth.issuer,
+            config.auth.clock_skew_secs,
+        )?;
+        auth::bootstrap::ensure_accounts(&meta, &config).await?;
         Ok(AppState(Arc::new(Inner {
             config,
             meta,
             blobs,
             upload_locks: UploadLocks::default(),
+            auth: Authenticator::new(keys),
             metrics: telemetry::metrics_handle(),
         })))
     }
@@ -103,6 +113,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v2", any(v2::dispatch))
         .route("/v2/", any(v2::dispatch))
         .route("/v2/{*rest}", any(v2::dispatch))
+        .route("/auth/token", get(auth::endpoint::token).post(auth::endpoint::token))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
@@ -186,6 +197,7 @@ impl Server {
                 tracing::debug!(error = %e, "cannot set TCP_NODELAY");
             }
         });
+        let app = app.into_make_service_with_connect_info::<SocketAddr>();
         let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
             shutdown.await;
             let _ = stop_tx.send(true);

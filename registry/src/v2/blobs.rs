@@ -5,7 +5,8 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::Response;
 use slipway_storage::StorageError;
 
-use super::{CONTENT_DIGEST, digest, empty, repo_name, set};
+use super::{CONTENT_DIGEST, audit, digest, empty, repo_name, set};
+use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult, ErrorCode};
 use crate::server::AppState;
 
@@ -84,10 +85,11 @@ pub async fn get(
     Ok(resp)
 }
 
-pub async fn delete(state: &AppState, name: &str, digest_str: &str) -> ApiResult<Response> {
+pub async fn delete(state: &AppState, caller: &Caller, name: &str, digest_str: &str) -> ApiResult<Response> {
     let repo = repo_name(name)?;
     let digest = digest(digest_str)?;
     state.meta.unlink_blob(&repo, &digest).await?;
+    audit(state, caller, "blob.delete", &repo, format!("{repo}@{digest}"), serde_json::json!({})).await;
     let mut headers = HeaderMap::new();
     set(&mut headers, header::CONTENT_LENGTH, "0");
     Ok(empty(StatusCode::ACCEPTED, headers))

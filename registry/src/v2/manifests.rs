@@ -10,7 +10,10 @@ use slipway_storage::meta::{ManifestRecord, NewManifest};
 use slipway_storage::names::valid_tag;
 use slipway_storage::{Algorithm, Digest, RepoName, StorageError};
 
-use super::{CONTENT_DIGEST, OCI_SUBJECT, empty, repo_name, set};
+use serde_json::json;
+
+use super::{CONTENT_DIGEST, OCI_SUBJECT, audit, empty, repo_name, set};
+use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult, ErrorCode};
 use crate::manifest::{self, Invalid};
 use crate::server::AppState;
@@ -120,6 +123,7 @@ fn accepts(headers: &HeaderMap, media_type: &str) -> bool {
 
 pub async fn put(
     state: &AppState,
+    caller: &Caller,
     name: &str,
     reference_str: &str,
     req: Request,
@@ -148,6 +152,7 @@ pub async fn put(
     })?;
     let repo_id = state.meta.ensure_repo(&repo).await?;
     let subject = parsed.subject.clone();
+    let detail = json!({"tag": tag, "media_type": parsed.media_type, "size": body.len()});
     state
         .meta
         .manifest_put(
@@ -164,6 +169,7 @@ pub async fn put(
             },
         )
         .await?;
+    audit(state, caller, "manifest.push", &repo, format!("{repo}@{digest}"), detail).await;
     let mut headers = HeaderMap::new();
     set(
         &mut headers,
@@ -178,14 +184,18 @@ pub async fn put(
     Ok(empty(StatusCode::CREATED, headers))
 }
 
-pub async fn delete(state: &AppState, name: &str, reference_str: &str) -> ApiResult<Response> {
+pub async fn delete(state: &AppState, caller: &Caller, name: &str, reference_str: &str) -> ApiResult<Response> {
     let repo = repo_name(name)?;
     match reference(reference_str)? {
-        Reference::Digest(d) => state.meta.manifest_delete(&repo, &d).await?,
+        Reference::Digest(d) => {
+            state.meta.manifest_delete(&repo, &d).await?;
+            audit(state, caller, "manifest.delete", &repo, format!("{repo}@{d}"), json!({})).await;
+        }
         Reference::Tag(tag) => {
             if !state.meta.tag_delete(&repo, &tag).await? {
                 return Err(unknown(state, &repo, reference_str).await);
             }
+            audit(state, caller, "tag.delete", &repo, format!("{repo}:{tag}"), json!({})).await;
         }
     }
     let mut headers = HeaderMap::new();

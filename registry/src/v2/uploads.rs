@@ -17,16 +17,23 @@ use slipway_storage::meta::UploadRecord;
 use slipway_storage::{Algorithm, Digest, Hasher, RepoName, StorageError};
 
 use super::{CONTENT_DIGEST, UPLOAD_UUID, digest, empty, query_pairs, query_param, repo_name, set};
+use crate::auth::{Actions, Caller};
 use crate::error::{ApiError, ApiResult, ErrorCode};
 use crate::server::AppState;
 
-pub async fn start(state: &AppState, name: &str, req: Request) -> ApiResult<Response> {
+pub async fn start(state: &AppState, caller: &Caller, name: &str, req: Request) -> ApiResult<Response> {
     let repo = repo_name(name)?;
     let pairs = query_pairs(req.uri());
     if let Some(mount) = query_param(&pairs, "mount") {
         let digest = digest(mount)?;
+        // Mounting needs pull on the source: without it, the blob is
+        // uploaded like any other (and never revealed to exist).
         if let Some(from) = query_param(&pairs, "from")
             && let Ok(from) = RepoName::parse(from)
+            && state
+                .allowed(&caller.principal, from.project())
+                .await?
+                .contains(Actions::PULL)
         {
             let repo_id = state.meta.ensure_repo(&repo).await?;
             if state
