@@ -252,7 +252,9 @@ impl Config {
             ));
         }
         if self.auth.service.is_empty() || self.auth.issuer.is_empty() {
-            return Err(ConfigError("auth.service and auth.issuer cannot be empty".into()));
+            return Err(ConfigError(
+                "auth.service and auth.issuer cannot be empty".into(),
+            ));
         }
         if self.limits.max_manifest_bytes == 0 {
             return Err(ConfigError(

@@ -113,10 +113,14 @@ pub fn router(state: AppState) -> Router {
         .route("/v2", any(v2::dispatch))
         .route("/v2/", any(v2::dispatch))
         .route("/v2/{*rest}", any(v2::dispatch))
-        .route("/auth/token", get(auth::endpoint::token).post(auth::endpoint::token))
+        .route(
+            "/auth/token",
+            get(auth::endpoint::token).post(auth::endpoint::token),
+        )
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .merge(crate::api::router())
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             telemetry::track,

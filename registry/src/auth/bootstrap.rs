@@ -20,11 +20,15 @@ pub async fn ensure_accounts(meta: &Metadata, config: &Config) -> anyhow::Result
     match (&config.auth.admin_password, meta.account_hash(ADMIN).await?) {
         (Some(pw), Some(hash)) => {
             if !secrets::verify(pw.expose(), &hash).await {
-                meta.account_set(ADMIN, &secrets::hash(pw.expose()).await?).await?;
+                meta.account_set(ADMIN, &secrets::hash(pw.expose()).await?)
+                    .await?;
                 tracing::info!("the admin password was changed to SLIPWAY_ADMIN_PASSWORD");
             }
         }
-        (Some(pw), None) => meta.account_set(ADMIN, &secrets::hash(pw.expose()).await?).await?,
+        (Some(pw), None) => {
+            meta.account_set(ADMIN, &secrets::hash(pw.expose()).await?)
+                .await?
+        }
         (None, Some(_)) => {}
         (None, None) => {
             let (pw, created) = read_or_create(&admin_file)?;
@@ -41,7 +45,8 @@ pub async fn ensure_accounts(meta: &Metadata, config: &Config) -> anyhow::Result
     }
     if meta.account_hash(BUILDER).await?.is_none() {
         let (secret, _) = read_or_create(&config.data_dir.join("builder-password"))?;
-        meta.account_set(BUILDER, &secrets::hash(&secret).await?).await?;
+        meta.account_set(BUILDER, &secrets::hash(&secret).await?)
+            .await?;
     }
     Ok(())
 }
@@ -50,7 +55,10 @@ pub async fn ensure_accounts(meta: &Metadata, config: &Config) -> anyhow::Result
 fn read_or_create(path: &Path) -> anyhow::Result<(String, bool)> {
     match std::fs::read_to_string(path) {
         Ok(s) if !s.trim().is_empty() => Ok((s.trim().to_owned(), false)),
-        Ok(_) => Err(anyhow::anyhow!("{} is empty; remove it to get a new secret", path.display())),
+        Ok(_) => Err(anyhow::anyhow!(
+            "{} is empty; remove it to get a new secret",
+            path.display()
+        )),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let s = secrets::generate();
             write_private(path, format!("{s}\n").as_bytes())?;

@@ -19,7 +19,9 @@ use slipway_storage::RepoName;
 use slipway_storage::meta::now_ms;
 
 use super::tokens::{AccessEntry, Claims, TokenUse};
-use super::{Actions, Credentials, Principal, account_version, parse_authorization, project_of, too_many};
+use super::{
+    Actions, Credentials, Principal, account_version, parse_authorization, project_of, too_many,
+};
 use crate::error::{ApiError, ApiResult, ErrorCode};
 use crate::server::AppState;
 
@@ -36,8 +38,12 @@ pub struct Scopes {
 pub fn parse_scopes<'a>(values: impl IntoIterator<Item = &'a str>) -> Scopes {
     let mut scopes = Scopes::default();
     for scope in values.into_iter().flat_map(str::split_whitespace) {
-        let Some((kind, rest)) = scope.split_once(':') else { continue };
-        let Some((name, actions)) = rest.rsplit_once(':') else { continue };
+        let Some((kind, rest)) = scope.split_once(':') else {
+            continue;
+        };
+        let Some((name, actions)) = rest.rsplit_once(':') else {
+            continue;
+        };
         let kind = kind.split('(').next().unwrap_or(kind);
         match kind {
             "repository" => {
@@ -111,7 +117,12 @@ async fn handle(state: &AppState, req: Request) -> ApiResult<Response> {
         }
     };
 
-    let scopes = parse_scopes(params.iter().filter(|(k, _)| k == "scope").map(|(_, v)| v.as_str()));
+    let scopes = parse_scopes(
+        params
+            .iter()
+            .filter(|(k, _)| k == "scope")
+            .map(|(_, v)| v.as_str()),
+    );
     let mut access = Vec::new();
     for (name, asked) in &scopes.repositories {
         let allowed = state.allowed(&principal, project_of(name)).await?;
@@ -144,8 +155,13 @@ async fn handle(state: &AppState, req: Request) -> ApiResult<Response> {
         token_use: TokenUse::Access,
         ver: version,
     };
-    let token = state.auth.keys.sign(&claims).map_err(|e| ApiError::internal(e.to_string()))?;
-    let issued_at = humantime::format_rfc3339_seconds(SystemTime::UNIX_EPOCH + Duration::from_secs(now as u64));
+    let token = state
+        .auth
+        .keys
+        .sign(&claims)
+        .map_err(|e| ApiError::internal(e.to_string()))?;
+    let issued_at =
+        humantime::format_rfc3339_seconds(SystemTime::UNIX_EPOCH + Duration::from_secs(now as u64));
     let mut body = json!({
         "token": token,
         "access_token": token,
@@ -163,8 +179,13 @@ async fn handle(state: &AppState, req: Request) -> ApiResult<Response> {
             token_use: TokenUse::Refresh,
             ..claims
         };
-        body["refresh_token"] =
-            json!(state.auth.keys.sign(&refresh).map_err(|e| ApiError::internal(e.to_string()))?);
+        body["refresh_token"] = json!(
+            state
+                .auth
+                .keys
+                .sign(&refresh)
+                .map_err(|e| ApiError::internal(e.to_string()))?
+        );
     }
     let mut resp = (StatusCode::OK, body.to_string()).into_response();
     resp.headers_mut().insert(
@@ -214,7 +235,10 @@ async fn authenticate<'a>(
 }
 
 /// The principal of a valid refresh token, if its credentials did not change.
-async fn refreshed(state: &AppState, claims: &Claims) -> ApiResult<Option<(Principal, Option<i64>)>> {
+async fn refreshed(
+    state: &AppState,
+    claims: &Claims,
+) -> ApiResult<Option<(Principal, Option<i64>)>> {
     let Some(principal) = state.token_principal(claims).await? else {
         return Ok(None);
     };

@@ -61,11 +61,15 @@ impl Actions {
     }
 
     pub fn names(self) -> Vec<&'static str> {
-        [(Self::PULL, "pull"), (Self::PUSH, "push"), (Self::DELETE, "delete")]
-            .into_iter()
-            .filter(|(a, _)| self.contains(*a))
-            .map(|(_, n)| n)
-            .collect()
+        [
+            (Self::PULL, "pull"),
+            (Self::PUSH, "push"),
+            (Self::DELETE, "delete"),
+        ]
+        .into_iter()
+        .filter(|(a, _)| self.contains(*a))
+        .map(|(_, n)| n)
+        .collect()
     }
 
     /// Parses `pull,push`, `*`; unknown words are ignored (the token spec
@@ -131,7 +135,10 @@ pub enum Need<'a> {
     Login,
     /// The catalog (filtered by what the principal may pull).
     Catalog,
-    Repository { name: &'a str, actions: Actions },
+    Repository {
+        name: &'a str,
+        actions: Actions,
+    },
 }
 
 /// A checked request: who is asking, and from where.
@@ -178,7 +185,12 @@ impl AppState {
     }
 
     pub async fn project(&self, name: &str) -> ApiResult<Option<Project>> {
-        if let Some((p, at)) = self.auth().projects.lock().expect("project cache").get(name)
+        if let Some((p, at)) = self
+            .auth()
+            .projects
+            .lock()
+            .expect("project cache")
+            .get(name)
             && at.elapsed() < PROJECT_TTL
         {
             return Ok(p.clone());
@@ -197,7 +209,11 @@ impl AppState {
         let Some(p) = self.project(project).await? else {
             return Ok(Actions::NONE);
         };
-        let public = if p.public { Actions::PULL } else { Actions::NONE };
+        let public = if p.public {
+            Actions::PULL
+        } else {
+            Actions::NONE
+        };
         Ok(match principal {
             Principal::Admin | Principal::Builder => Actions::ALL,
             Principal::Anonymous => public,
@@ -225,7 +241,11 @@ impl AppState {
     }
 
     /// Checks a name and secret. `Ok(None)` when they do not match.
-    pub async fn login(&self, user: &str, secret: &str) -> ApiResult<Option<(Principal, Option<i64>)>> {
+    pub async fn login(
+        &self,
+        user: &str,
+        secret: &str,
+    ) -> ApiResult<Option<(Principal, Option<i64>)>> {
         if let Some((project, name)) = parse_robot_name(user) {
             let Some(robot) = self.meta.robot_get(project, name).await? else {
                 // Spend the time a verification would, so a missing robot
@@ -312,7 +332,12 @@ impl AppState {
     }
 
     /// Authenticates and authorises a `/v2` request.
-    pub async fn authorize(&self, headers: &HeaderMap, remote: Option<IpAddr>, need: Need<'_>) -> ApiResult<Caller> {
+    pub async fn authorize(
+        &self,
+        headers: &HeaderMap,
+        remote: Option<IpAddr>,
+        need: Need<'_>,
+    ) -> ApiResult<Caller> {
         let caller = |principal| Caller { principal, remote };
         let credentials = parse_authorization(headers);
         match credentials {
@@ -350,7 +375,8 @@ impl AppState {
                 let Some(principal) = self.token_principal(&claims).await? else {
                     return Err(self.challenge(headers, need, Some("invalid_token")));
                 };
-                self.check_rights(headers, &principal, need, Some(&claims)).await?;
+                self.check_rights(headers, &principal, need, Some(&claims))
+                    .await?;
                 Ok(caller(principal))
             }
         }
@@ -358,7 +384,13 @@ impl AppState {
 
     /// Checks that `principal` may do what `need` asks, now, and — for a
     /// token — that the token grants it.
-    async fn check_rights(&self, headers: &HeaderMap, principal: &Principal, need: Need<'_>, claims: Option<&Claims>) -> ApiResult<()> {
+    async fn check_rights(
+        &self,
+        headers: &HeaderMap,
+        principal: &Principal,
+        need: Need<'_>,
+        claims: Option<&Claims>,
+    ) -> ApiResult<()> {
         let Need::Repository { name, actions } = need else {
             return Ok(());
         };
@@ -381,14 +413,20 @@ impl AppState {
                     actions.intersect(Actions(!live.0)).names().join(" or ")
                 )
             };
-            return Err(ApiError::new(StatusCode::FORBIDDEN, ErrorCode::Denied, message));
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                ErrorCode::Denied,
+                message,
+            ));
         }
         if let Some(claims) = claims {
             let granted = claims
                 .access
                 .iter()
                 .filter(|a| a.kind == "repository" && a.name == name)
-                .fold(Actions::NONE, |acc, a| acc.union(Actions::parse(&a.actions.join(","))));
+                .fold(Actions::NONE, |acc, a| {
+                    acc.union(Actions::parse(&a.actions.join(",")))
+                });
             if !granted.contains(actions) {
                 return Err(self.challenge(headers, need, Some("insufficient_scope")));
             }
@@ -434,7 +472,10 @@ impl AppState {
         let host = headers
             .get(header::HOST)
             .and_then(|h| h.to_str().ok())
-            .filter(|h| h.bytes().all(|b| b.is_ascii_alphanumeric() || b".:-[]".contains(&b)))
+            .filter(|h| {
+                h.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b".:-[]".contains(&b))
+            })
             .map(str::to_owned)
             .unwrap_or_else(|| self.config.listen.to_string());
         format!("http://{host}/auth/token")
@@ -475,8 +516,7 @@ pub fn account_version(hash: &str) -> i64 {
 
 /// A valid argon2 hash of a random string, to verify against when the
 /// account does not exist (equal timing).
-const DUMMY_HASH: &str =
-    "$argon2id$v=19$m=19456,t=2,p=1$c2xpcHdheWR1bW15c2FsdA$2bEs1X6xFb6nZ+X2cI4t3iG4cfTgkTgkTgPfz2v1h5g";
+const DUMMY_HASH: &str = "$argon2id$v=19$m=19456,t=2,p=1$c2xpcHdheWR1bW15c2FsdA$2bEs1X6xFb6nZ+X2cI4t3iG4cfTgkTgkTgPfz2v1h5g";
 
 pub enum Credentials {
     None,
@@ -515,7 +555,10 @@ mod tests {
 
     #[test]
     fn actions() {
-        assert_eq!(Actions::parse("pull,push"), Actions::PULL.union(Actions::PUSH));
+        assert_eq!(
+            Actions::parse("pull,push"),
+            Actions::PULL.union(Actions::PUSH)
+        );
         assert_eq!(Actions::parse("*"), Actions::ALL);
         assert_eq!(Actions::parse("pull,frobnicate"), Actions::PULL);
         assert_eq!(Actions::parse(""), Actions::NONE);
@@ -528,7 +571,10 @@ mod tests {
     #[test]
     fn robot_names() {
         assert_eq!(parse_robot_name("robot$tool-a+ci"), Some(("tool-a", "ci")));
-        assert_eq!(parse_robot_name("robot$tool-a+b+ci"), Some(("tool-a+b", "ci")));
+        assert_eq!(
+            parse_robot_name("robot$tool-a+b+ci"),
+            Some(("tool-a+b", "ci"))
+        );
         assert_eq!(parse_robot_name("robot$+ci"), None);
         assert_eq!(parse_robot_name("robot$tool-a+"), None);
         assert_eq!(parse_robot_name("admin"), None);
@@ -544,12 +590,23 @@ mod tests {
         let mut h = HeaderMap::new();
         assert!(matches!(parse_authorization(&h), Credentials::None));
         h.insert(header::AUTHORIZATION, "Basic YWRtaW46cDpx".parse().unwrap());
-        assert!(matches!(parse_authorization(&h), Credentials::Basic(u, p) if u == "admin" && p == "p:q"));
+        assert!(
+            matches!(parse_authorization(&h), Credentials::Basic(u, p) if u == "admin" && p == "p:q")
+        );
         h.insert(header::AUTHORIZATION, "bearer abc".parse().unwrap());
         assert!(matches!(parse_authorization(&h), Credentials::Bearer(t) if t == "abc"));
-        for bad in ["Basic !!!", "Basic YWRtaW4=", "Digest x", "Bearer ", "Basic"] {
+        for bad in [
+            "Basic !!!",
+            "Basic YWRtaW4=",
+            "Digest x",
+            "Bearer ",
+            "Basic",
+        ] {
             h.insert(header::AUTHORIZATION, bad.parse().unwrap());
-            assert!(matches!(parse_authorization(&h), Credentials::Invalid), "{bad}");
+            assert!(
+                matches!(parse_authorization(&h), Credentials::Invalid),
+                "{bad}"
+            );
         }
     }
 }

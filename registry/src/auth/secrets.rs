@@ -39,7 +39,11 @@ pub async fn verify(secret: &str, hash: &str) -> bool {
     let (secret, hash) = (secret.to_owned(), hash.to_owned());
     tokio::task::spawn_blocking(move || {
         PasswordHash::new(&hash)
-            .map(|parsed| Argon2::default().verify_password(secret.as_bytes(), &parsed).is_ok())
+            .map(|parsed| {
+                Argon2::default()
+                    .verify_password(secret.as_bytes(), &parsed)
+                    .is_ok()
+            })
             .unwrap_or(false)
     })
     .await
@@ -161,7 +165,10 @@ mod tests {
         c.remember("admin", "pw", "$h1");
         assert!(c.check("admin", "pw", "$h1"));
         assert!(!c.check("admin", "pw2", "$h1"));
-        assert!(!c.check("admin", "pw", "$h2"), "a new hash (rotation) misses");
+        assert!(
+            !c.check("admin", "pw", "$h2"),
+            "a new hash (rotation) misses"
+        );
         assert!(!c.check("builder", "pw", "$h1"));
         let expired = VerifiedCache::new(Duration::ZERO);
         expired.remember("admin", "pw", "$h1");

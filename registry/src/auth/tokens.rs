@@ -78,7 +78,12 @@ pub struct InvalidToken(pub String);
 
 impl TokenKeys {
     /// Loads the signing key from `path`, creating it (mode 0600) if missing.
-    pub fn load_or_create(path: &Path, service: &str, issuer: &str, skew_secs: u64) -> anyhow::Result<TokenKeys> {
+    pub fn load_or_create(
+        path: &Path,
+        service: &str,
+        issuer: &str,
+        skew_secs: u64,
+    ) -> anyhow::Result<TokenKeys> {
         let pem = match std::fs::read_to_string(path) {
             Ok(pem) => pem,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -96,11 +101,17 @@ impl TokenKeys {
                 ));
             }
         };
-        Self::from_pem(&pem, service, issuer, skew_secs)
-            .map_err(|e| anyhow::anyhow!("the token signing key {} is unusable: {e}", path.display()))
+        Self::from_pem(&pem, service, issuer, skew_secs).map_err(|e| {
+            anyhow::anyhow!("the token signing key {} is unusable: {e}", path.display())
+        })
     }
 
-    pub fn from_pem(pem: &str, service: &str, issuer: &str, skew_secs: u64) -> anyhow::Result<TokenKeys> {
+    pub fn from_pem(
+        pem: &str,
+        service: &str,
+        issuer: &str,
+        skew_secs: u64,
+    ) -> anyhow::Result<TokenKeys> {
         use p256::pkcs8::DecodePrivateKey;
         let key = p256::SecretKey::from_pkcs8_pem(pem).map_err(|e| anyhow::anyhow!("{e}"))?;
         let public_der = key
@@ -138,13 +149,18 @@ impl TokenKeys {
 
     /// Verifies a token fully and checks it is meant for `expected` use.
     pub fn verify(&self, token: &str, expected: TokenUse) -> Result<Claims, InvalidToken> {
-        let header =
-            jsonwebtoken::decode_header(token).map_err(|e| InvalidToken(format!("bad header: {e}")))?;
+        let header = jsonwebtoken::decode_header(token)
+            .map_err(|e| InvalidToken(format!("bad header: {e}")))?;
         if header.alg != Algorithm::ES256 {
-            return Err(InvalidToken(format!("algorithm {:?} is not accepted", header.alg)));
+            return Err(InvalidToken(format!(
+                "algorithm {:?} is not accepted",
+                header.alg
+            )));
         }
         if header.kid.as_deref() != Some(self.kid.as_str()) {
-            return Err(InvalidToken("it was not signed by this registry's key".into()));
+            return Err(InvalidToken(
+                "it was not signed by this registry's key".into(),
+            ));
         }
         let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
             .map_err(|e| InvalidToken(e.to_string()))?;
@@ -212,7 +228,10 @@ mod tests {
         use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().unwrap();
         let a = keys(dir.path());
-        let mode = std::fs::metadata(dir.path().join("k.pem")).unwrap().permissions().mode();
+        let mode = std::fs::metadata(dir.path().join("k.pem"))
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o600);
         let b = keys(dir.path());
         assert_eq!(a.kid(), b.kid());
@@ -231,24 +250,42 @@ mod tests {
 
         let mut c = claims(n);
         c.exp = n - 100;
-        assert!(k.verify(&k.sign(&c).unwrap(), TokenUse::Access).is_err(), "expired");
+        assert!(
+            k.verify(&k.sign(&c).unwrap(), TokenUse::Access).is_err(),
+            "expired"
+        );
         let mut c = claims(n);
         c.exp = n - 10;
-        assert!(k.verify(&k.sign(&c).unwrap(), TokenUse::Access).is_ok(), "within skew");
+        assert!(
+            k.verify(&k.sign(&c).unwrap(), TokenUse::Access).is_ok(),
+            "within skew"
+        );
         let mut c = claims(n);
         c.nbf = n + 100;
-        assert!(k.verify(&k.sign(&c).unwrap(), TokenUse::Access).is_err(), "not yet valid");
+        assert!(
+            k.verify(&k.sign(&c).unwrap(), TokenUse::Access).is_err(),
+            "not yet valid"
+        );
         let mut c = claims(n);
         c.aud = "other".into();
-        assert!(k.verify(&k.sign(&c).unwrap(), TokenUse::Access).is_err(), "audience");
+        assert!(
+            k.verify(&k.sign(&c).unwrap(), TokenUse::Access).is_err(),
+            "audience"
+        );
         let mut c = claims(n);
         c.iss = "other".into();
-        assert!(k.verify(&k.sign(&c).unwrap(), TokenUse::Access).is_err(), "issuer");
+        assert!(
+            k.verify(&k.sign(&c).unwrap(), TokenUse::Access).is_err(),
+            "issuer"
+        );
 
         // Another key with the same claims.
         let dir2 = tempfile::tempdir().unwrap();
         let other = keys(dir2.path());
-        assert!(k.verify(&other.sign(&claims(n)).unwrap(), TokenUse::Access).is_err());
+        assert!(
+            k.verify(&other.sign(&claims(n)).unwrap(), TokenUse::Access)
+                .is_err()
+        );
 
         // Tampered payload: signature no longer matches.
         let parts: Vec<&str> = ok.split('.').collect();
@@ -266,9 +303,15 @@ mod tests {
             &base64::engine::general_purpose::URL_SAFE_NO_PAD,
             format!(r#"{{"alg":"none","typ":"JWT","kid":"{}"}}"#, k.kid()),
         );
-        assert!(k.verify(&format!("{none_header}.{}.", parts[1]), TokenUse::Access).is_err());
+        assert!(
+            k.verify(&format!("{none_header}.{}.", parts[1]), TokenUse::Access)
+                .is_err()
+        );
         let hs = jsonwebtoken::encode(
-            &Header { kid: Some(k.kid().to_owned()), ..Header::new(Algorithm::HS256) },
+            &Header {
+                kid: Some(k.kid().to_owned()),
+                ..Header::new(Algorithm::HS256)
+            },
             &claims(n),
             &EncodingKey::from_secret(b"-----BEGIN PUBLIC KEY-----"),
         )

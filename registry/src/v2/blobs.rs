@@ -85,11 +85,24 @@ pub async fn get(
     Ok(resp)
 }
 
-pub async fn delete(state: &AppState, caller: &Caller, name: &str, digest_str: &str) -> ApiResult<Response> {
+pub async fn delete(
+    state: &AppState,
+    caller: &Caller,
+    name: &str,
+    digest_str: &str,
+) -> ApiResult<Response> {
     let repo = repo_name(name)?;
     let digest = digest(digest_str)?;
     state.meta.unlink_blob(&repo, &digest).await?;
-    audit(state, caller, "blob.delete", &repo, format!("{repo}@{digest}"), serde_json::json!({})).await;
+    audit(
+        state,
+        caller,
+        "blob.delete",
+        &repo,
+        format!("{repo}@{digest}"),
+        serde_json::json!({}),
+    )
+    .await;
     let mut headers = HeaderMap::new();
     set(&mut headers, header::CONTENT_LENGTH, "0");
     Ok(empty(StatusCode::ACCEPTED, headers))

@@ -169,7 +169,15 @@ pub async fn put(
             },
         )
         .await?;
-    audit(state, caller, "manifest.push", &repo, format!("{repo}@{digest}"), detail).await;
+    audit(
+        state,
+        caller,
+        "manifest.push",
+        &repo,
+        format!("{repo}@{digest}"),
+        detail,
+    )
+    .await;
     let mut headers = HeaderMap::new();
     set(
         &mut headers,
@@ -184,18 +192,39 @@ pub async fn put(
     Ok(empty(StatusCode::CREATED, headers))
 }
 
-pub async fn delete(state: &AppState, caller: &Caller, name: &str, reference_str: &str) -> ApiResult<Response> {
+pub async fn delete(
+    state: &AppState,
+    caller: &Caller,
+    name: &str,
+    reference_str: &str,
+) -> ApiResult<Response> {
     let repo = repo_name(name)?;
     match reference(reference_str)? {
         Reference::Digest(d) => {
             state.meta.manifest_delete(&repo, &d).await?;
-            audit(state, caller, "manifest.delete", &repo, format!("{repo}@{d}"), json!({})).await;
+            audit(
+                state,
+                caller,
+                "manifest.delete",
+                &repo,
+                format!("{repo}@{d}"),
+                json!({}),
+            )
+            .await;
         }
         Reference::Tag(tag) => {
             if !state.meta.tag_delete(&repo, &tag).await? {
                 return Err(unknown(state, &repo, reference_str).await);
             }
-            audit(state, caller, "tag.delete", &repo, format!("{repo}:{tag}"), json!({})).await;
+            audit(
+                state,
+                caller,
+                "tag.delete",
+                &repo,
+                format!("{repo}:{tag}"),
+                json!({}),
+            )
+            .await;
         }
     }
     let mut headers = HeaderMap::new();

@@ -19,9 +19,9 @@ use slipway_storage::{Digest, RepoName};
 
 use crate::auth::{Actions, Caller, Need};
 use crate::error::{ApiError, ApiResult, ErrorCode};
-use slipway_storage::meta::NewAuditEntry;
 use crate::server::AppState;
 use path::{Endpoint, PathError};
+use slipway_storage::meta::NewAuditEntry;
 
 pub const API_VERSION: HeaderName = HeaderName::from_static("docker-distribution-api-version");
 pub const CONTENT_DIGEST: HeaderName = HeaderName::from_static("docker-content-digest");
@@ -139,7 +139,10 @@ fn need<'a>(endpoint: &Endpoint<'a>, method: &Method) -> Option<Need<'a>> {
         }
         Endpoint::UploadStart { name } if *method == Method::POST => repo(name, Actions::PUSH),
         Endpoint::Upload { name, .. }
-            if matches!(*method, Method::GET | Method::PATCH | Method::PUT | Method::DELETE) =>
+            if matches!(
+                *method,
+                Method::GET | Method::PATCH | Method::PUT | Method::DELETE
+            ) =>
         {
             repo(name, Actions::PUSH)
         }
@@ -149,7 +152,14 @@ fn need<'a>(endpoint: &Endpoint<'a>, method: &Method) -> Option<Need<'a>> {
 
 /// Records an action in the audit log; a failure to record is logged, not
 /// returned (the action itself already happened).
-pub(crate) async fn audit(state: &AppState, caller: &Caller, action: &str, repo: &RepoName, target: String, detail: serde_json::Value) {
+pub(crate) async fn audit(
+    state: &AppState,
+    caller: &Caller,
+    action: &str,
+    repo: &RepoName,
+    target: String,
+    detail: serde_json::Value,
+) {
     let entry = NewAuditEntry {
         principal: caller.principal.subject(),
         action: action.to_owned(),

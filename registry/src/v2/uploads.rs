@@ -21,7 +21,12 @@ use crate::auth::{Actions, Caller};
 use crate::error::{ApiError, ApiResult, ErrorCode};
 use crate::server::AppState;
 
-pub async fn start(state: &AppState, caller: &Caller, name: &str, req: Request) -> ApiResult<Response> {
+pub async fn start(
+    state: &AppState,
+    caller: &Caller,
+    name: &str,
+    req: Request,
+) -> ApiResult<Response> {
     let repo = repo_name(name)?;
     let pairs = query_pairs(req.uri());
     if let Some(mount) = query_param(&pairs, "mount") {
