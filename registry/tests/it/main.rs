@@ -6,3 +6,5 @@
 mod api;
 mod architecture;
 mod lifecycle;
+mod logs;
+mod security;
