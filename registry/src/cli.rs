@@ -10,6 +10,8 @@ use serde_json::{Value, json};
 use slipway_registry::api::audit::AuditPage;
 use slipway_registry::api::projects::ProjectView;
 use slipway_registry::api::robots::{RobotSecret, RobotView};
+use slipway_registry::api::storage::UsageView;
+use slipway_storage::error::human_bytes;
 
 #[derive(Args)]
 pub struct AdminArgs {
@@ -45,6 +47,28 @@ enum AdminCommand {
     /// Robot accounts `robot$<project>+<name>`.
     #[command(subcommand)]
     Robot(RobotCommand),
+    /// Storage usage per project (or one project's), or `usage recompute`.
+    #[command(args_conflicts_with_subcommands = true)]
+    Usage {
+        project: Option<String>,
+        #[command(subcommand)]
+        action: Option<UsageAction>,
+    },
+    /// Quotas.
+    #[command(subcommand)]
+    Quota(QuotaCommand),
+    /// Garbage collection (with retention): what nothing references goes.
+    Gc {
+        /// Only list what would go.
+        #[arg(long)]
+        dry_run: bool,
+        /// Apply retention to this project only.
+        #[arg(long)]
+        project: Option<String>,
+        /// Collect blobs only; keep every manifest.
+        #[arg(long)]
+        no_retention: bool,
+    },
     /// The audit log, newest first.
     Audit {
         #[arg(long)]
@@ -62,25 +86,47 @@ enum AdminCommand {
 }
 
 #[derive(Subcommand)]
+enum UsageAction {
+    /// Recompute every project's usage from its manifests, report any drift
+    /// from the running count, and fix it (unless --dry-run).
+    Recompute {
+        #[arg(long)]
+        dry_run: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum QuotaCommand {
+    /// Set a project's quota: a size such as 5GiB, 500MB, 1024, or `none`.
+    Set { project: String, size: String },
+}
+
+#[derive(Subcommand)]
 enum ProjectCommand {
     /// Create a project (public unless --private).
     Create {
         name: String,
         #[arg(long)]
         private: bool,
+        /// Storage quota, such as 2GiB (default: unlimited).
+        #[arg(long)]
+        quota: Option<String>,
     },
     List,
     /// A project and its repositories.
     Show {
         name: String,
     },
-    /// Change a project's visibility.
+    /// Change a project's visibility or retention.
     Set {
         name: String,
-        #[arg(long, conflicts_with = "private", required_unless_present = "private")]
+        #[arg(long, conflicts_with = "private")]
         public: bool,
         #[arg(long)]
         private: bool,
+        /// Tagged images kept per repository (`default`: the server's).
+        #[arg(long)]
+        retention: Option<String>,
     },
     /// Delete a project that holds no images.
     Delete {
@@ -194,12 +240,17 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
     use reqwest::Method as M;
     match args.command {
         AdminCommand::Project(cmd) => match cmd {
-            ProjectCommand::Create { name, private } => {
+            ProjectCommand::Create {
+                name,
+                private,
+                quota,
+            } => {
+                let quota = quota.as_deref().map(parse_size).transpose()?.flatten();
                 let v = client
                     .call(
                         M::POST,
                         "/api/v1/projects",
-                        Some(json!({"name": name, "public": !private})),
+                        Some(json!({"name": name, "public": !private, "quota_bytes": quota})),
                     )
                     .await?;
                 print_or(json, &v, || {
@@ -228,12 +279,34 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
                     Ok(out)
                 })?;
             }
-            ProjectCommand::Set { name, public, .. } => {
+            ProjectCommand::Set {
+                name,
+                public,
+                private,
+                retention,
+            } => {
+                let mut body = serde_json::Map::new();
+                if public || private {
+                    body.insert("public".into(), json!(public));
+                }
+                if let Some(r) = retention {
+                    let keep = if r == "default" {
+                        Value::Null
+                    } else {
+                        json!(r.parse::<u32>().with_context(|| {
+                            format!("--retention takes a number of images or `default`, not {r:?}")
+                        })?)
+                    };
+                    body.insert("retention_keep".into(), keep);
+                }
+                if body.is_empty() {
+                    bail!("nothing to change: give --public, --private or --retention");
+                }
                 let v = client
                     .call(
                         M::PATCH,
                         &format!("/api/v1/projects/{name}"),
-                        Some(json!({"public": public})),
+                        Some(Value::Object(body)),
                     )
                     .await?;
                 print_or(json, &v, || {
@@ -334,6 +407,91 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
                 }
             }
         },
+        AdminCommand::Usage { project, action } => match (project, action) {
+            (_, Some(UsageAction::Recompute { dry_run })) => {
+                let v = client
+                    .call(
+                        M::POST,
+                        &format!("/api/v1/usage/recompute?dry_run={dry_run}"),
+                        None,
+                    )
+                    .await?;
+                print_or(json, &v, || {
+                    let drifts = v["drifts"].as_array().cloned().unwrap_or_default();
+                    let checked = v["projects"].as_u64().unwrap_or(0);
+                    if drifts.is_empty() {
+                        return Ok(format!("Recomputed {checked} projects: no drift."));
+                    }
+                    let mut t = table(&[
+                        "project",
+                        "missing rows",
+                        "extra rows",
+                        "used before",
+                        "used after",
+                    ]);
+                    for d in &drifts {
+                        t.add_row(vec![
+                            d["project"].as_str().unwrap_or("").to_owned(),
+                            d["missing"].as_array().map_or(0, |a| a.len()).to_string(),
+                            d["extra"].as_array().map_or(0, |a| a.len()).to_string(),
+                            human_bytes(d["used_before"].as_u64().unwrap_or(0)),
+                            human_bytes(d["used_after"].as_u64().unwrap_or(0)),
+                        ]);
+                    }
+                    let verb = if dry_run { "would be fixed" } else { "fixed" };
+                    Ok(format!(
+                        "{t}\nDrift in {} of {checked} projects ({verb}).",
+                        drifts.len()
+                    ))
+                })?;
+            }
+            (Some(project), None) => {
+                let v = client
+                    .call(M::GET, &format!("/api/v1/projects/{project}/usage"), None)
+                    .await?;
+                print_or(json, &v, || {
+                    usage_table(&[serde_json::from_value(v.clone())?])
+                })?;
+            }
+            (None, None) => {
+                let v = client.call(M::GET, "/api/v1/usage", None).await?;
+                print_or(json, &v, || {
+                    usage_table(&serde_json::from_value::<Vec<UsageView>>(v.clone())?)
+                })?;
+            }
+        },
+        AdminCommand::Quota(QuotaCommand::Set { project, size }) => {
+            let bytes = parse_size(&size)?;
+            client
+                .call(
+                    M::PATCH,
+                    &format!("/api/v1/projects/{project}"),
+                    Some(json!({"quota_bytes": bytes})),
+                )
+                .await?;
+            let v = client
+                .call(M::GET, &format!("/api/v1/projects/{project}/usage"), None)
+                .await?;
+            print_or(json, &v, || {
+                usage_table(&[serde_json::from_value(v.clone())?])
+            })?;
+        }
+        AdminCommand::Gc {
+            dry_run,
+            project,
+            no_retention,
+        } => {
+            let v = client
+                .call(
+                    M::POST,
+                    "/api/v1/gc",
+                    Some(
+                        json!({"dry_run": dry_run, "project": project, "retention": !no_retention}),
+                    ),
+                )
+                .await?;
+            print_or(json, &v, || gc_text(&v, dry_run))?;
+        }
         AdminCommand::Audit {
             project,
             principal,
@@ -395,15 +553,126 @@ fn table(header: &[&str]) -> Table {
 }
 
 fn projects_table(projects: &[ProjectView]) -> anyhow::Result<String> {
-    let mut t = table(&["project", "visibility", "created"]);
+    let mut t = table(&["project", "visibility", "quota", "retention", "created"]);
     for p in projects {
         t.add_row(vec![
-            p.name.clone(),
+            if p.base {
+                format!("{} (base)", p.name)
+            } else {
+                p.name.clone()
+            },
             if p.public { "public" } else { "private" }.to_owned(),
+            p.quota_bytes
+                .map(human_bytes)
+                .unwrap_or_else(|| "unlimited".into()),
+            p.retention_keep
+                .map(|k| format!("{k} images"))
+                .unwrap_or_else(|| "default".into()),
             p.created_at.clone(),
         ]);
     }
     Ok(t.to_string())
+}
+
+fn gc_text(v: &Value, dry_run: bool) -> anyhow::Result<String> {
+    let mut out = String::new();
+    let manifests = v["manifests"].as_array().cloned().unwrap_or_default();
+    if !manifests.is_empty() {
+        let mut t = table(&["repository", "manifest", "tags", "why"]);
+        for m in &manifests {
+            let tags: Vec<&str> = m["tags"]
+                .as_array()
+                .map(|a| a.iter().filter_map(|t| t.as_str()).collect())
+                .unwrap_or_default();
+            t.add_row(vec![
+                m["repository"].as_str().unwrap_or("").to_owned(),
+                m["digest"]
+                    .as_str()
+                    .unwrap_or("")
+                    .chars()
+                    .take(19)
+                    .collect(),
+                tags.join(","),
+                m["reason"].as_str().unwrap_or("").to_owned(),
+            ]);
+        }
+        out.push_str(&t.to_string());
+        out.push('\n');
+    }
+    let verb = if dry_run { "would remove" } else { "removed" };
+    out.push_str(&format!(
+        "GC {verb} {} manifests and {} blobs ({}).",
+        manifests.len(),
+        v["blobs"].as_u64().unwrap_or(0),
+        human_bytes(v["bytes_freed"].as_u64().unwrap_or(0))
+    ));
+    for s in v["manifests_skipped"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+    {
+        out.push_str(&format!("\nKept {}", s.as_str().unwrap_or("")));
+    }
+    Ok(out)
+}
+
+fn usage_table(usages: &[UsageView]) -> anyhow::Result<String> {
+    let mut t = table(&[
+        "project", "used", "quota", "use", "reserved", "blobs", "warnings",
+    ]);
+    for u in usages {
+        t.add_row(vec![
+            if u.base {
+                format!("{} (base)", u.project)
+            } else {
+                u.project.clone()
+            },
+            human_bytes(u.used_bytes),
+            u.quota_bytes
+                .map(human_bytes)
+                .unwrap_or_else(|| "unlimited".into()),
+            u.percent.map(|p| format!("{p:.1} %")).unwrap_or_default(),
+            human_bytes(u.reserved_bytes),
+            u.blob_count.to_string(),
+            u.warnings
+                .iter()
+                .map(|w| format!("≥{w} %"))
+                .collect::<Vec<_>>()
+                .join(" "),
+        ]);
+    }
+    Ok(t.to_string())
+}
+
+/// `5GiB`, `500MiB`, `1.5G`, `500MB` (powers of 1000), `1024`, or `none`
+/// (no quota) → bytes.
+pub fn parse_size(s: &str) -> anyhow::Result<Option<u64>> {
+    let t = s.trim();
+    if t.eq_ignore_ascii_case("none") || t.eq_ignore_ascii_case("unlimited") {
+        return Ok(None);
+    }
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (number, unit) = t.split_at(split);
+    let number: f64 = number.parse().with_context(|| {
+        format!("{s:?} is not a size: use a number with a unit such as 2GiB, or none")
+    })?;
+    let factor: f64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1.0,
+        "k" | "kib" => 1024.0,
+        "m" | "mib" => 1024.0f64.powi(2),
+        "g" | "gib" => 1024.0f64.powi(3),
+        "t" | "tib" => 1024.0f64.powi(4),
+        "kb" => 1e3,
+        "mb" => 1e6,
+        "gb" => 1e9,
+        "tb" => 1e12,
+        other => {
+            bail!("{other:?} is not a size unit: use B, KiB, MiB, GiB, TiB (or KB, MB, GB, TB)")
+        }
+    };
+    Ok(Some((number * factor).round() as u64))
 }
 
 fn robots_table(robots: &[RobotView]) -> anyhow::Result<String> {
@@ -448,4 +717,28 @@ fn parse_days(s: &str) -> anyhow::Result<u32> {
         .with_context(|| {
             format!("--expires takes a number of days such as 90d, or never; not {s:?}")
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_size;
+
+    #[test]
+    fn sizes() {
+        let cases: &[(&str, Option<u64>)] = &[
+            ("2GiB", Some(2 << 30)),
+            ("2 GiB", Some(2 << 30)),
+            ("300MiB", Some(300 << 20)),
+            ("1.5G", Some(3 << 29)),
+            ("500MB", Some(500_000_000)),
+            ("1024", Some(1024)),
+            ("none", None),
+        ];
+        for (s, want) in cases {
+            assert_eq!(parse_size(s).unwrap(), *want, "{s}");
+        }
+        for bad in ["", "GiB", "2 parsecs", "-1", "1.2.3G"] {
+            assert!(parse_size(bad).is_err(), "{bad}");
+        }
+    }
 }

@@ -21,7 +21,59 @@ pub struct Config {
     pub storage: StorageConfig,
     pub limits: LimitsConfig,
     pub auth: AuthConfig,
+    pub quota: QuotaConfig,
+    pub gc: GcConfig,
     pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct QuotaConfig {
+    /// Shared base projects: their blobs cost the other projects nothing.
+    pub base_projects: Vec<String>,
+    /// How long a blob uploaded but not yet referenced by a manifest is held
+    /// against its project's quota (seconds).
+    pub reservation_ttl_secs: u64,
+    /// Usage thresholds (percent of the quota) recorded as audit events.
+    pub warn_percent: Vec<u32>,
+}
+
+impl Default for QuotaConfig {
+    fn default() -> Self {
+        QuotaConfig {
+            base_projects: vec!["platform".into()],
+            reservation_ttl_secs: 3600,
+            warn_percent: vec![80, 95],
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GcConfig {
+    /// Seconds between periodic collections; 0 turns them off.
+    pub interval_secs: u64,
+    /// Blobs whose references changed more recently than this (seconds) are
+    /// kept: a push in flight has uploaded them and will reference them.
+    pub blob_grace_secs: u64,
+    /// Untagged manifests are kept this long (seconds).
+    pub untagged_grace_secs: u64,
+    /// Tagged images kept per repository, unless a project says otherwise.
+    pub keep_images: u32,
+    /// Whether periodic collections apply retention (else only blobs).
+    pub retention: bool,
+}
+
+impl Default for GcConfig {
+    fn default() -> Self {
+        GcConfig {
+            interval_secs: 3600,
+            blob_grace_secs: 2 * 3600,
+            untagged_grace_secs: 24 * 3600,
+            keep_images: 10,
+            retention: true,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -148,6 +200,8 @@ impl Default for Config {
             storage: StorageConfig::default(),
             limits: LimitsConfig::default(),
             auth: AuthConfig::default(),
+            quota: QuotaConfig::default(),
+            gc: GcConfig::default(),
             log: LogConfig::default(),
         }
     }
@@ -254,6 +308,11 @@ impl Config {
         if self.auth.service.is_empty() || self.auth.issuer.is_empty() {
             return Err(ConfigError(
                 "auth.service and auth.issuer cannot be empty".into(),
+            ));
+        }
+        if self.quota.warn_percent.iter().any(|p| *p == 0 || *p > 100) {
+            return Err(ConfigError(
+                "quota.warn_percent values must be between 1 and 100".into(),
             ));
         }
         if self.limits.max_manifest_bytes == 0 {

@@ -152,6 +152,23 @@ impl From<StorageError> for ApiError {
                 Some(json!({"digest": d})),
             ),
             StorageError::Conflict(_) => (S::CONFLICT, C::Denied, None),
+            StorageError::QuotaExceeded {
+                project,
+                used,
+                reserved,
+                quota,
+                needed,
+            } => (
+                S::FORBIDDEN,
+                C::Denied,
+                Some(json!({
+                    "project": project,
+                    "used_bytes": used,
+                    "reserved_bytes": reserved,
+                    "quota_bytes": quota,
+                    "needed_bytes": needed,
+                })),
+            ),
             StorageError::TooLarge(_) => (S::PAYLOAD_TOO_LARGE, C::SizeInvalid, None),
             StorageError::Unavailable(_) => (S::SERVICE_UNAVAILABLE, C::Unavailable, None),
             StorageError::Corrupt(_)

@@ -224,14 +224,30 @@ impl Server {
     }
 }
 
-/// Removes uploads idle for longer than the configured time, and upload
-/// files left without a record by a crash.
+/// Removes idle uploads, upload files left by a crash and expired
+/// reservations every ten minutes; runs GC on its own schedule.
 async fn janitor(state: AppState) {
     let mut tick = tokio::time::interval(Duration::from_secs(600));
+    let gc_every = state.config.gc.interval_secs;
+    let mut last_gc = std::time::Instant::now();
     loop {
         tick.tick().await;
         if let Err(e) = v2::uploads::expire(&state).await {
             tracing::warn!(error = %e, "removing idle uploads failed");
+        }
+        if gc_every > 0 && last_gc.elapsed() >= Duration::from_secs(gc_every) {
+            last_gc = std::time::Instant::now();
+            let opts =
+                crate::api::storage::gc_options(&state, false, None, state.config.gc.retention);
+            match slipway_storage::gc::collect(&state.meta, &state.blobs, &opts).await {
+                Ok(r) => tracing::info!(
+                    manifests = r.manifests.len(),
+                    blobs = r.blobs.len(),
+                    size_bytes = r.bytes_freed,
+                    "periodic garbage collection done"
+                ),
+                Err(e) => tracing::warn!(error = %e, "periodic garbage collection failed"),
+            }
         }
     }
 }

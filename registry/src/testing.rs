@@ -74,7 +74,12 @@ impl TestServer {
     pub async fn create_project(&self, name: &str, public: bool) {
         self.state
             .meta
-            .project_create(name, public)
+            .project_create(
+                name,
+                public,
+                None,
+                self.config.quota.base_projects.iter().any(|b| b == name),
+            )
             .await
             .expect("project created");
         self.state.auth.forget_project(name);

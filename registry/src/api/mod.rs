@@ -8,6 +8,7 @@
 pub mod audit;
 pub mod projects;
 pub mod robots;
+pub mod storage;
 
 use std::net::SocketAddr;
 
@@ -35,12 +36,15 @@ use crate::server::AppState;
         projects::list, projects::create, projects::get, projects::update, projects::delete,
         robots::list, robots::create, robots::get, robots::update, robots::rotate, robots::delete,
         audit::list,
+        storage::project_usage, storage::all_usage, storage::recompute, storage::gc,
     ),
     components(schemas(
         ErrorBody,
         projects::ProjectView, projects::NewProject, projects::ProjectUpdate,
         robots::RobotView, robots::NewRobot, robots::RobotUpdateBody, robots::RobotSecret,
         audit::AuditPage, audit::AuditView,
+        storage::UsageView, storage::RecomputeReport, storage::DriftView, storage::GcRequest,
+        storage::GcReportView, storage::GcManifestView,
     )),
     modifiers(&BasicAuth),
     security(("basic" = [])),
@@ -88,6 +92,13 @@ pub fn router() -> Router<AppState> {
             post(robots::rotate),
         )
         .route("/api/v1/audit", get(audit::list))
+        .route(
+            "/api/v1/projects/{project}/usage",
+            get(storage::project_usage),
+        )
+        .route("/api/v1/usage", get(storage::all_usage))
+        .route("/api/v1/usage/recompute", post(storage::recompute))
+        .route("/api/v1/gc", post(storage::gc))
         .fallback(|| async {
             Error::new(StatusCode::NOT_FOUND, "no such endpoint in the admin API")
         })

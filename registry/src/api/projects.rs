@@ -19,6 +19,12 @@ pub struct ProjectView {
     pub public: bool,
     pub created_at: String,
     pub updated_at: String,
+    /// Storage quota in bytes; absent: unlimited.
+    pub quota_bytes: Option<u64>,
+    /// A shared base project: its blobs cost the other projects nothing.
+    pub base: bool,
+    /// Tagged images kept per repository; absent: the server's default.
+    pub retention_keep: Option<u32>,
     /// Repositories and the number of manifests each holds (single project only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub repositories: Option<Vec<RepositoryView>>,
@@ -38,6 +44,9 @@ pub struct NewProject {
     pub name: String,
     #[serde(default = "yes")]
     pub public: bool,
+    /// Storage quota in bytes; absent: unlimited.
+    #[serde(default)]
+    pub quota_bytes: Option<u64>,
 }
 
 fn yes() -> bool {
@@ -48,6 +57,23 @@ fn yes() -> bool {
 #[serde(deny_unknown_fields)]
 pub struct ProjectUpdate {
     pub public: Option<bool>,
+    /// Bytes; `null` removes the quota.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<u64>)]
+    pub quota_bytes: Option<Option<u64>>,
+    /// Tagged images kept per repository; `null`: the server's default.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<u32>)]
+    pub retention_keep: Option<Option<u32>>,
+}
+
+/// Tells a field set to `null` (`Some(None)`) from an absent one (`None`).
+fn present<'de, D, T>(d: D) -> std::result::Result<Option<Option<T>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Option::<T>::deserialize(d).map(Some)
 }
 
 fn view(p: Project) -> ProjectView {
@@ -56,6 +82,9 @@ fn view(p: Project) -> ProjectView {
         public: p.public,
         created_at: time(p.created_at),
         updated_at: time(p.updated_at),
+        quota_bytes: p.quota_bytes,
+        base: p.is_base,
+        retention_keep: p.retention_keep,
         repositories: None,
     }
 }
@@ -95,7 +124,16 @@ pub async fn create(
     Json(body): Json<NewProject>,
 ) -> Result<Response> {
     check_name(&body.name)?;
-    let p = state.meta.project_create(&body.name, body.public).await?;
+    let is_base = state
+        .config
+        .quota
+        .base_projects
+        .iter()
+        .any(|b| *b == body.name);
+    let p = state
+        .meta
+        .project_create(&body.name, body.public, body.quota_bytes, is_base)
+        .await?;
     state.auth.forget_project(&p.name);
     audit(
         &state,
@@ -103,7 +141,7 @@ pub async fn create(
         "project.create",
         Some(&p.name),
         &p.name,
-        json!({"public": p.public}),
+        json!({"public": p.public, "quota_bytes": p.quota_bytes}),
     )
     .await?;
     Ok((StatusCode::CREATED, Json(view(p))).into_response())
@@ -138,25 +176,27 @@ pub async fn update(
     Path(name): Path<String>,
     Json(body): Json<ProjectUpdate>,
 ) -> Result<Json<ProjectView>> {
-    let mut p = found(&state, &name).await?;
+    found(&state, &name).await?;
     if let Some(public) = body.public {
-        p = state
-            .meta
-            .project_set_public(&name, public)
-            .await?
-            .ok_or_else(|| Error::not_found(format!("project {name} does not exist")))?;
-        state.auth.forget_project(&name);
-        audit(
-            &state,
-            &caller,
-            "project.update",
-            Some(&name),
-            &name,
-            json!({"public": public}),
-        )
-        .await?;
+        state.meta.project_set_public(&name, public).await?;
     }
-    Ok(Json(view(p)))
+    if let Some(quota) = body.quota_bytes {
+        state.meta.set_quota(&name, quota).await?;
+    }
+    if let Some(keep) = body.retention_keep {
+        state.meta.set_retention(&name, keep).await?;
+    }
+    state.auth.forget_project(&name);
+    audit(
+        &state,
+        &caller,
+        "project.update",
+        Some(&name),
+        &name,
+        json!({"public": body.public, "quota_bytes": body.quota_bytes, "retention_keep": body.retention_keep}),
+    )
+    .await?;
+    Ok(Json(view(found(&state, &name).await?)))
 }
 
 #[utoipa::path(delete, path = "/api/v1/projects/{project}", tag = "projects",

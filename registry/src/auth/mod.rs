@@ -204,6 +204,15 @@ impl AppState {
         Ok(p)
     }
 
+    /// Whether the project has a quota (from the short-lived cache: the
+    /// authoritative checks run in the storage transactions).
+    pub async fn has_quota(&self, project: &str) -> ApiResult<bool> {
+        Ok(self
+            .project(project)
+            .await?
+            .is_some_and(|p| p.quota_bytes.is_some()))
+    }
+
     /// What `principal` may do, now, in repositories of `project`.
     pub async fn allowed(&self, principal: &Principal, project: &str) -> ApiResult<Actions> {
         let Some(p) = self.project(project).await? else {

@@ -156,6 +156,7 @@ pub async fn put(
     state
         .meta
         .manifest_put(
+            &repo,
             repo_id,
             &NewManifest {
                 digest: digest.clone(),
@@ -178,6 +179,7 @@ pub async fn put(
         detail,
     )
     .await;
+    quota_warnings(state, caller, &repo).await;
     let mut headers = HeaderMap::new();
     set(
         &mut headers,
@@ -211,6 +213,7 @@ pub async fn delete(
                 json!({}),
             )
             .await;
+            quota_warnings(state, caller, &repo).await;
         }
         Reference::Tag(tag) => {
             if !state.meta.tag_delete(&repo, &tag).await? {
@@ -230,6 +233,57 @@ pub async fn delete(
     let mut headers = HeaderMap::new();
     set(&mut headers, header::CONTENT_LENGTH, "0");
     Ok(empty(StatusCode::ACCEPTED, headers))
+}
+
+/// Records in the audit log when a project's usage reaches a configured
+/// warning threshold (once per threshold; going back below re-arms it).
+async fn quota_warnings(state: &AppState, caller: &Caller, repo: &RepoName) {
+    let project = repo.project();
+    match state.has_quota(project).await {
+        Ok(true) => {}
+        _ => return,
+    }
+    let Ok(Some(usage)) = state.meta.usage(project).await else {
+        return;
+    };
+    let percent = usage.percent().unwrap_or(0.0);
+    let reached = state
+        .config
+        .quota
+        .warn_percent
+        .iter()
+        .copied()
+        .filter(|t| percent >= *t as f64)
+        .max()
+        .unwrap_or(0);
+    if reached == usage.warned_percent {
+        return;
+    }
+    match state.meta.set_warned_percent(project, reached).await {
+        Ok(before) if reached > before => {
+            audit(
+                state,
+                caller,
+                "quota.warning",
+                repo,
+                project.to_owned(),
+                json!({
+                    "threshold_percent": reached,
+                    "percent": (percent * 10.0).round() / 10.0,
+                    "used_bytes": usage.used_bytes,
+                    "quota_bytes": usage.quota_bytes,
+                }),
+            )
+            .await;
+            tracing::warn!(
+                project,
+                threshold_percent = reached,
+                "a project reached a quota warning threshold"
+            );
+        }
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, project, "recording a quota warning failed"),
+    }
 }
 
 /// Reads a request body of at most `max` bytes.

@@ -14,7 +14,11 @@ async fn app() -> (axum::Router, tempfile::TempDir) {
     let mut config = Config::for_tests(dir.path());
     config.auth.admin_password = Some(Secret::new(ADMIN_PASSWORD));
     let state = AppState::open(config).await.unwrap();
-    state.meta.project_create("tool-a", false).await.unwrap();
+    state
+        .meta
+        .project_create("tool-a", false, None, false)
+        .await
+        .unwrap();
     (router(state), dir)
 }
 

@@ -136,7 +136,7 @@ impl FsBlobStore {
     /// returns the new size and hash state. Bytes past `offset` (left by a
     /// request that died mid-write) are cut off first. Refuses to take the
     /// upload beyond `max_size` bytes, before writing the chunk that would.
-    pub async fn upload_append<S, E>(
+    pub async fn upload_append<S>(
         &self,
         id: &str,
         offset: u64,
@@ -145,8 +145,7 @@ impl FsBlobStore {
         max_size: u64,
     ) -> Result<(u64, Hasher)>
     where
-        S: Stream<Item = std::result::Result<Bytes, E>> + Send,
-        E: std::fmt::Display,
+        S: Stream<Item = Result<Bytes>> + Send,
     {
         let path = self.upload_path(id);
         let upload_id = id.to_owned();
@@ -187,12 +186,11 @@ impl FsBlobStore {
         written
     }
 
-    /// Checks the upload's bytes against `expected` and publishes them under
-    /// that digest. Returns the blob size. On a mismatch the upload file is
-    /// left for the caller to cancel.
-    pub async fn upload_publish(&self, id: &str, expected: &Digest, hasher: Hasher) -> Result<u64> {
+    /// Checks the upload's bytes against `expected` (re-reading them only if
+    /// `hasher` is of another algorithm) and returns their size. On a
+    /// mismatch the upload file is left for the caller to cancel.
+    pub async fn upload_verify(&self, id: &str, expected: &Digest, hasher: Hasher) -> Result<u64> {
         let path = self.upload_path(id);
-        let dest = self.blob_path(expected);
         let expected = expected.clone();
         let upload_id = id.to_owned();
         tokio::task::spawn_blocking(move || -> Result<u64> {
@@ -212,14 +210,39 @@ impl FsBlobStore {
             if actual != expected {
                 return Err(StorageError::DigestMismatch { expected, actual });
             }
+            Ok(size)
+        })
+        .await
+        .map_err(join_error)?
+    }
+
+    /// Publishes a verified upload under its digest: fsync, rename, fsync of
+    /// the directory. If the blob is already stored, the upload file just
+    /// goes away.
+    pub async fn upload_publish(&self, id: &str, digest: &Digest) -> Result<()> {
+        let path = self.upload_path(id);
+        let dest = self.blob_path(digest);
+        let upload_id = id.to_owned();
+        tokio::task::spawn_blocking(move || -> Result<()> {
             if dest.exists() {
-                fs::remove_file(&path)?;
-                return Ok(size);
+                return match fs::remove_file(&path) {
+                    Ok(()) => Ok(()),
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                        Err(StorageError::UploadUnknown(upload_id))
+                    }
+                    Err(e) => Err(e.into()),
+                };
             }
+            let file = match File::open(&path) {
+                Ok(f) => f,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    return Err(StorageError::UploadUnknown(upload_id));
+                }
+                Err(e) => return Err(e.into()),
+            };
             file.sync_all()?;
             drop(file);
-            publish_file(&path, &dest)?;
-            Ok(size)
+            publish_file(&path, &dest)
         })
         .await
         .map_err(join_error)?
@@ -254,21 +277,15 @@ impl FsBlobStore {
 }
 
 /// Moves the body into the writer in chunks of about [`CHUNK`] bytes.
-async fn feed<S, E>(body: S, tx: &mpsc::Sender<Bytes>, offset: u64, max_size: u64) -> Result<()>
+async fn feed<S>(body: S, tx: &mpsc::Sender<Bytes>, offset: u64, max_size: u64) -> Result<()>
 where
-    S: Stream<Item = std::result::Result<Bytes, E>> + Send,
-    E: std::fmt::Display,
+    S: Stream<Item = Result<Bytes>> + Send,
 {
     let mut body = std::pin::pin!(body);
     let mut buf = BytesMut::new();
     let mut size = offset;
     while let Some(frame) = body.next().await {
-        let frame = frame.map_err(|e| {
-            StorageError::Io(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                format!("reading the request body failed: {e}"),
-            ))
-        })?;
+        let frame = frame?;
         size += frame.len() as u64;
         if size > max_size {
             return Err(StorageError::TooLarge(format!(

@@ -101,6 +101,18 @@ contract!(uploads);
 contract!(projects_and_robots);
 contract!(audit_log);
 
+/// A verified blob, claimed and made visible in a repository of `project`.
+async fn link(
+    m: &Metadata,
+    project: &str,
+    repo_id: i64,
+    d: &Digest,
+    size: u64,
+) -> Result<(), StorageError> {
+    m.blob_claim(d, size).await?;
+    m.blob_complete(None, repo_id, project, d, size, true).await
+}
+
 fn repo(s: &str) -> RepoName {
     RepoName::parse(s).unwrap()
 }
@@ -151,20 +163,25 @@ async fn repositories_and_visibility(m: &Metadata) {
     assert_eq!(m.repo_id(&repo("tool-c/none")).await.unwrap(), None);
 
     let (d, size) = blob(1);
-    m.link_blob(id_a, &d, size).await.unwrap();
+    link(m, "tool-a", id_a, &d, size).await.unwrap();
     assert_eq!(m.repo_blob_size(&a, &d).await.unwrap(), Some(size));
     assert_eq!(m.blob_size(&d).await.unwrap(), Some(size));
     // Stored once, visible only where pushed or mounted.
     assert_eq!(m.repo_blob_size(&b, &d).await.unwrap(), None);
     assert_eq!(
-        m.mount_blob(id_b, &repo("tool-c/none"), &d).await.unwrap(),
+        m.mount_blob(id_b, "tool-b", &repo("tool-c/none"), &d)
+            .await
+            .unwrap(),
         None
     );
     assert_eq!(m.repo_blob_size(&b, &d).await.unwrap(), None);
-    assert_eq!(m.mount_blob(id_b, &a, &d).await.unwrap(), Some(size));
+    assert_eq!(
+        m.mount_blob(id_b, "tool-b", &a, &d).await.unwrap(),
+        Some(size)
+    );
     assert_eq!(m.repo_blob_size(&b, &d).await.unwrap(), Some(size));
     // Linking twice is harmless.
-    m.link_blob(id_a, &d, size).await.unwrap();
+    link(m, "tool-a", id_a, &d, size).await.unwrap();
 }
 
 async fn manifests_and_tags(m: &Metadata) {
@@ -173,7 +190,7 @@ async fn manifests_and_tags(m: &Metadata) {
     let (config, layer) = (blob(1), blob(2));
     let man = image(&config, &[&layer], Some("v1"));
 
-    match m.manifest_put(id, &man).await {
+    match m.manifest_put(&r, id, &man).await {
         Err(StorageError::ManifestBlobUnknown(d)) => assert_eq!(d, config.0),
         other => panic!("expected ManifestBlobUnknown, got {other:?}"),
     }
@@ -182,18 +199,18 @@ async fn manifests_and_tags(m: &Metadata) {
         "nothing half-written"
     );
 
-    m.link_blob(id, &config.0, config.1).await.unwrap();
+    link(m, "tool-a", id, &config.0, config.1).await.unwrap();
     let (wrong, _) = blob(3);
-    m.link_blob(id, &wrong, 99).await.unwrap();
+    link(m, "tool-a", id, &wrong, 99).await.unwrap();
     let mut bad_size = image(&config, &[&(wrong.clone(), 3)], Some("v1"));
     bad_size.tag = Some("v1".into());
     assert!(matches!(
-        m.manifest_put(id, &bad_size).await,
+        m.manifest_put(&r, id, &bad_size).await,
         Err(StorageError::ManifestInvalid(_))
     ));
 
-    m.link_blob(id, &layer.0, layer.1).await.unwrap();
-    m.manifest_put(id, &man).await.unwrap();
+    link(m, "tool-a", id, &layer.0, layer.1).await.unwrap();
+    m.manifest_put(&r, id, &man).await.unwrap();
     let got = m.manifest_by_tag(&r, "v1").await.unwrap().unwrap();
     assert_eq!(got.digest, man.digest);
     assert_eq!(got.body, man.body);
@@ -215,9 +232,9 @@ async fn manifests_and_tags(m: &Metadata) {
     );
 
     // Re-putting is idempotent; a tag moves.
-    m.manifest_put(id, &man).await.unwrap();
+    m.manifest_put(&r, id, &man).await.unwrap();
     let man2 = image(&config, &[], Some("v1"));
-    m.manifest_put(id, &man2).await.unwrap();
+    m.manifest_put(&r, id, &man2).await.unwrap();
     assert_eq!(
         m.manifest_by_tag(&r, "v1").await.unwrap().unwrap().digest,
         man2.digest
@@ -234,10 +251,10 @@ async fn deletes_keep_references_whole(m: &Metadata) {
     let r = repo("tool-a/web");
     let id = m.ensure_repo(&r).await.unwrap();
     let (config, layer) = (blob(1), blob(2));
-    m.link_blob(id, &config.0, config.1).await.unwrap();
-    m.link_blob(id, &layer.0, layer.1).await.unwrap();
+    link(m, "tool-a", id, &config.0, config.1).await.unwrap();
+    link(m, "tool-a", id, &layer.0, layer.1).await.unwrap();
     let man = image(&config, &[&layer], Some("v1"));
-    m.manifest_put(id, &man).await.unwrap();
+    m.manifest_put(&r, id, &man).await.unwrap();
 
     let index_body = Bytes::from(format!("{{\"manifests\":[\"{}\"]}}", man.digest));
     let index = NewManifest {
@@ -254,7 +271,7 @@ async fn deletes_keep_references_whole(m: &Metadata) {
         }],
         tag: Some("multi".into()),
     };
-    m.manifest_put(id, &index).await.unwrap();
+    m.manifest_put(&r, id, &index).await.unwrap();
 
     assert!(matches!(
         m.unlink_blob(&r, &layer.0).await,
@@ -296,15 +313,15 @@ async fn listing_order_and_referrers(m: &Metadata) {
     let r = repo("tool-a/web");
     let id = m.ensure_repo(&r).await.unwrap();
     let config = blob(1);
-    m.link_blob(id, &config.0, config.1).await.unwrap();
+    link(m, "tool-a", id, &config.0, config.1).await.unwrap();
     let subject = image(&config, &[], None);
-    m.manifest_put(id, &subject).await.unwrap();
+    m.manifest_put(&r, id, &subject).await.unwrap();
     // Byte order: upper case before lower case, '-' before digits.
     let names = ["b", "a", "B", "A", "a-1", "a1", "_x", "Z9"];
     for t in names {
         let mut man = image(&config, &[], Some(t));
         man.tag = Some(t.into());
-        m.manifest_put(id, &man).await.unwrap();
+        m.manifest_put(&r, id, &man).await.unwrap();
     }
     let mut want: Vec<String> = names.iter().map(|s| s.to_string()).collect();
     want.sort();
@@ -341,12 +358,12 @@ async fn listing_order_and_referrers(m: &Metadata) {
         (12, "application/x-sig"),
     ] {
         let c = blob(i);
-        m.link_blob(id, &c.0, c.1).await.unwrap();
+        link(m, "tool-a", id, &c.0, c.1).await.unwrap();
         let mut man = image(&c, &[], None);
         man.subject = Some(subject.digest.clone());
         man.artifact_type = Some(at.into());
         man.annotations = Some(format!("{{\"n\":\"{i}\"}}"));
-        m.manifest_put(id, &man).await.unwrap();
+        m.manifest_put(&r, id, &man).await.unwrap();
     }
     let all = m.referrers(&r, &subject.digest, None).await.unwrap();
     assert_eq!(all.len(), 3);
@@ -383,7 +400,10 @@ async fn uploads(m: &Metadata) {
     assert!(m.upload_exists("u1").await.unwrap());
 
     let (d, size) = blob(5);
-    m.upload_complete("u1", id, &d, size).await.unwrap();
+    m.blob_claim(&d, size).await.unwrap();
+    m.blob_complete(Some("u1"), id, "tool-a", &d, size, false)
+        .await
+        .unwrap();
     assert!(m.upload_get("u1").await.unwrap().is_none());
     assert_eq!(m.repo_blob_size(&r, &d).await.unwrap(), Some(size));
 
@@ -398,13 +418,18 @@ async fn uploads(m: &Metadata) {
 }
 
 async fn projects_and_robots(m: &Metadata) {
-    let p = m.project_create("tool-a", false).await.unwrap();
+    let p = m
+        .project_create("tool-a", false, None, false)
+        .await
+        .unwrap();
     assert!(!p.public);
     assert!(matches!(
-        m.project_create("tool-a", true).await,
+        m.project_create("tool-a", true, None, false).await,
         Err(StorageError::Conflict(_))
     ));
-    m.project_create("platform", true).await.unwrap();
+    m.project_create("platform", true, None, true)
+        .await
+        .unwrap();
     let names: Vec<String> = m
         .projects()
         .await
@@ -498,9 +523,9 @@ async fn projects_and_robots(m: &Metadata) {
     let repo_a = repo("tool-a/web");
     let id = m.ensure_repo(&repo_a).await.unwrap();
     let c = blob(1);
-    m.link_blob(id, &c.0, c.1).await.unwrap();
+    link(m, "tool-a", id, &c.0, c.1).await.unwrap();
     let man = image(&c, &[], Some("v1"));
-    m.manifest_put(id, &man).await.unwrap();
+    m.manifest_put(&repo_a, id, &man).await.unwrap();
     assert!(matches!(
         m.project_delete("tool-a").await,
         Err(StorageError::Conflict(_))
