@@ -149,8 +149,11 @@ impl FsBlobStore {
     {
         let path = self.upload_path(id);
         let upload_id = id.to_owned();
-        let (tx, mut rx) = mpsc::channel::<Bytes>(4);
-        let writer = tokio::task::spawn_blocking(move || -> Result<(u64, Hasher)> {
+        // Hashing and writing run on two threads, fed the same chunks, so
+        // the hash and the copy into the page cache overlap.
+        let (write_tx, mut write_rx) = mpsc::channel::<Bytes>(4);
+        let (hash_tx, mut hash_rx) = mpsc::channel::<Bytes>(4);
+        let writer = tokio::task::spawn_blocking(move || -> Result<u64> {
             let mut file = match OpenOptions::new().write(true).open(&path) {
                 Ok(f) => f,
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {
@@ -169,21 +172,28 @@ impl FsBlobStore {
             }
             file.seek(SeekFrom::Start(offset))?;
             let mut size = offset;
-            while let Some(chunk) = rx.blocking_recv() {
-                hasher.update(&chunk);
+            while let Some(chunk) = write_rx.blocking_recv() {
                 file.write_all(&chunk)?;
                 size += chunk.len() as u64;
             }
-            Ok((size, hasher))
+            Ok(size)
+        });
+        let hashing = tokio::task::spawn_blocking(move || {
+            while let Some(chunk) = hash_rx.blocking_recv() {
+                hasher.update(&chunk);
+            }
+            hasher
         });
 
-        let fed = feed(body, &tx, offset, max_size).await;
-        drop(tx);
+        let fed = feed(body, &[&write_tx, &hash_tx], offset, max_size).await;
+        drop(write_tx);
+        drop(hash_tx);
         let written = writer.await.map_err(join_error)?;
+        let hasher = hashing.await.map_err(join_error)?;
         // A failure to read the body wins over what the writer saw: the
         // writer's result is then only partial.
         fed?;
-        written
+        Ok((written?, hasher))
     }
 
     /// Checks the upload's bytes against `expected` (re-reading them only if
@@ -276,13 +286,21 @@ impl FsBlobStore {
     }
 }
 
-/// Moves the body into the writer in chunks of about [`CHUNK`] bytes.
-async fn feed<S>(body: S, tx: &mpsc::Sender<Bytes>, offset: u64, max_size: u64) -> Result<()>
+/// Hands the body to every consumer in chunks of about [`CHUNK`] bytes.
+async fn feed<S>(body: S, to: &[&mpsc::Sender<Bytes>], offset: u64, max_size: u64) -> Result<()>
 where
     S: Stream<Item = Result<Bytes>> + Send,
 {
+    async fn send(to: &[&mpsc::Sender<Bytes>], chunk: Bytes) -> bool {
+        for tx in to {
+            if tx.send(chunk.clone()).await.is_err() {
+                return false; // a consumer failed; its error is reported
+            }
+        }
+        true
+    }
     let mut body = std::pin::pin!(body);
-    let mut buf = BytesMut::new();
+    let mut buf = BytesMut::with_capacity(CHUNK);
     let mut size = offset;
     while let Some(frame) = body.next().await {
         let frame = frame?;
@@ -293,18 +311,21 @@ where
             )));
         }
         if buf.is_empty() && frame.len() >= CHUNK {
-            if tx.send(frame).await.is_err() {
-                return Ok(()); // the writer failed; its error is reported
+            if !send(to, frame).await {
+                return Ok(());
             }
             continue;
         }
         buf.extend_from_slice(&frame);
-        if buf.len() >= CHUNK && tx.send(buf.split().freeze()).await.is_err() {
-            return Ok(());
+        if buf.len() >= CHUNK {
+            let chunk = std::mem::replace(&mut buf, BytesMut::with_capacity(CHUNK)).freeze();
+            if !send(to, chunk).await {
+                return Ok(());
+            }
         }
     }
     if !buf.is_empty() {
-        let _ = tx.send(buf.freeze()).await;
+        send(to, buf.freeze()).await;
     }
     Ok(())
 }
