@@ -14,6 +14,9 @@ use crate::digest::Digest;
 use crate::error::{Result, StorageError};
 use crate::names::RepoName;
 
+/// How long a claimed blob is protected from GC before it is linked.
+pub const CLAIM_WINDOW_MS: i64 = 10 * 60 * 1000;
+
 #[derive(Debug, Clone)]
 pub struct UploadRecord {
     pub id: String,
@@ -49,18 +52,21 @@ impl Metadata {
         Ok(row.map(|r| r.get::<i64, _>(0) as u64))
     }
 
-    /// Claims `digest` before its bytes are published: records the blob (or
-    /// refreshes its `last_ref_change`). While GC holds the row, this waits;
-    /// once this commits, GC's grace period protects the blob.
+    /// Claims `digest` before its bytes are published: records the blob and
+    /// sets its `last_ref_change` ahead by [`CLAIM_WINDOW_MS`], so GC leaves
+    /// it alone whatever its grace period, until [`Metadata::blob_complete`]
+    /// links it (or the window passes, after a crash). While GC holds the
+    /// row, this waits.
     pub async fn blob_claim(&self, digest: &Digest, size: u64) -> Result<()> {
         let now = now_ms();
         sqlx::query(
-            "INSERT INTO blobs (digest, size, created_at, last_ref_change) VALUES ($1, $2, $3, $3) \
+            "INSERT INTO blobs (digest, size, created_at, last_ref_change) VALUES ($1, $2, $3, $4) \
              ON CONFLICT (digest) DO UPDATE SET last_ref_change = excluded.last_ref_change",
         )
         .bind(digest.as_str())
         .bind(size as i64)
         .bind(now)
+        .bind(now + CLAIM_WINDOW_MS)
         .execute(&self.write)
         .await?;
         Ok(())
