@@ -7,4 +7,5 @@ mod api;
 mod architecture;
 mod lifecycle;
 mod logs;
+mod quota;
 mod security;

@@ -86,7 +86,7 @@ impl Env {
     pub async fn push_image(&self, repo: &str, tag: &str, seed: &[u8]) -> String {
         let admin = self.admin();
         let layer = [seed, b"-layer"].concat();
-        let config = json!({"architecture": "amd64", "os": "linux", "seed": STANDARD.encode(seed)})
+        let config = json!({"architecture": "amd64", "os": "linux", "seed": digest(seed)})
             .to_string()
             .into_bytes();
         for blob in [&layer, &config] {

@@ -630,7 +630,13 @@ contract!(gc_removes_only_what_nothing_holds);
 contract!(retention_keeps_the_newest_and_live_referrers);
 
 /// An image whose blobs are made visible first (as a push would).
-async fn push(m: &Metadata, repo: &RepoName, config: &(Digest, u64), layers: &[&(Digest, u64)], tag: Option<&str>) -> Result<NewManifest, StorageError> {
+async fn push(
+    m: &Metadata,
+    repo: &RepoName,
+    config: &(Digest, u64),
+    layers: &[&(Digest, u64)],
+    tag: Option<&str>,
+) -> Result<NewManifest, StorageError> {
     let id = m.ensure_repo(repo).await?;
     for b in std::iter::once(config).chain(layers.iter().copied()) {
         link(m, repo.project(), id, &b.0, b.1).await?;
@@ -645,42 +651,100 @@ async fn used(m: &Metadata, project: &str) -> u64 {
 }
 
 async fn quota_usage_is_exact_and_dedup_aware(m: &Metadata) {
-    m.project_create("platform", true, None, true).await.unwrap();
+    m.project_create("platform", true, None, true)
+        .await
+        .unwrap();
     m.project_create("tool-a", true, None, false).await.unwrap();
     m.project_create("tool-b", true, None, false).await.unwrap();
     let (base, shared, own) = (blob(1), blob(2), blob(3));
-    let run = push(m, &repo("platform/run"), &blob(9), &[&base], Some("v1")).await.unwrap();
+    let run = push(m, &repo("platform/run"), &blob(9), &[&base], Some("v1"))
+        .await
+        .unwrap();
 
     // tool-a: two repositories and two tags sharing `shared`; `base` comes
     // from the platform and costs nothing.
-    let a1 = push(m, &repo("tool-a/web"), &blob(10), &[&base, &shared, &own], Some("v1")).await.unwrap();
-    let a2 = push(m, &repo("tool-a/worker"), &blob(11), &[&base, &shared], Some("v1")).await.unwrap();
-    let want = blob(10).1 + shared.1 + own.1 + a1.body.len() as u64 + blob(11).1 + a2.body.len() as u64;
-    assert_eq!(used(m, "tool-a").await, want, "each blob once, base blobs free");
+    let a1 = push(
+        m,
+        &repo("tool-a/web"),
+        &blob(10),
+        &[&base, &shared, &own],
+        Some("v1"),
+    )
+    .await
+    .unwrap();
+    let a2 = push(
+        m,
+        &repo("tool-a/worker"),
+        &blob(11),
+        &[&base, &shared],
+        Some("v1"),
+    )
+    .await
+    .unwrap();
+    let want =
+        blob(10).1 + shared.1 + own.1 + a1.body.len() as u64 + blob(11).1 + a2.body.len() as u64;
+    assert_eq!(
+        used(m, "tool-a").await,
+        want,
+        "each blob once, base blobs free"
+    );
     let u = m.usage("tool-a").await.unwrap().unwrap();
     assert_eq!(u.blob_count, 7, "the base layer is listed, not charged");
-    assert_eq!(u.reserved_bytes, 0, "referenced blobs are no longer reservations");
+    assert_eq!(
+        u.reserved_bytes, 0,
+        "referenced blobs are no longer reservations"
+    );
 
     // The same image pushed to tool-b costs tool-b the same, independently.
-    let b1 = push(m, &repo("tool-b/web"), &blob(10), &[&base, &shared, &own], Some("v1")).await.unwrap();
-    assert_eq!(used(m, "tool-b").await, blob(10).1 + shared.1 + own.1 + b1.body.len() as u64);
+    let b1 = push(
+        m,
+        &repo("tool-b/web"),
+        &blob(10),
+        &[&base, &shared, &own],
+        Some("v1"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        used(m, "tool-b").await,
+        blob(10).1 + shared.1 + own.1 + b1.body.len() as u64
+    );
     // The platform pays for its own blobs.
-    assert_eq!(used(m, "platform").await, blob(9).1 + base.1 + run.body.len() as u64);
+    assert_eq!(
+        used(m, "platform").await,
+        blob(9).1 + base.1 + run.body.len() as u64
+    );
 
     // Deleting a manifest releases only what nothing else in the project uses.
     let before = used(m, "tool-a").await;
-    m.manifest_delete(&repo("tool-a/worker"), &a2.digest).await.unwrap();
-    assert_eq!(used(m, "tool-a").await, before - blob(11).1 - a2.body.len() as u64, "shared stays counted");
+    m.manifest_delete(&repo("tool-a/worker"), &a2.digest)
+        .await
+        .unwrap();
+    assert_eq!(
+        used(m, "tool-a").await,
+        before - blob(11).1 - a2.body.len() as u64,
+        "shared stays counted"
+    );
     // Untagging keeps the manifest and its usage.
     m.tag_delete(&repo("tool-a/web"), "v1").await.unwrap();
-    assert_eq!(used(m, "tool-a").await, before - blob(11).1 - a2.body.len() as u64);
-    m.manifest_delete(&repo("tool-a/web"), &a1.digest).await.unwrap();
+    assert_eq!(
+        used(m, "tool-a").await,
+        before - blob(11).1 - a2.body.len() as u64
+    );
+    m.manifest_delete(&repo("tool-a/web"), &a1.digest)
+        .await
+        .unwrap();
     assert_eq!(used(m, "tool-a").await, 0);
-    assert!(m.recompute(false).await.unwrap().is_empty(), "running rows equal the recompute");
+    assert!(
+        m.recompute(false).await.unwrap().is_empty(),
+        "running rows equal the recompute"
+    );
 }
 
 async fn quota_refuses_without_overshooting(m: &Metadata) {
-    m.project_create("tool-q", true, Some(1000), false).await.unwrap();
+    m.project_create("tool-q", true, Some(1000), false)
+        .await
+        .unwrap();
     let r = repo("tool-q/web");
     let id = m.ensure_repo(&r).await.unwrap();
     // Reservations: an uploaded blob holds its bytes until referenced.
@@ -690,17 +754,33 @@ async fn quota_refuses_without_overshooting(m: &Metadata) {
     assert_eq!((u.used_bytes, u.reserved_bytes), (0, 600));
     let other = (Digest::sha256_of(b"other"), 500);
     match link(m, "tool-q", id, &other.0, other.1).await {
-        Err(StorageError::QuotaExceeded { project, used, reserved, quota, needed }) => {
-            assert_eq!((project.as_str(), used, reserved, quota, needed), ("tool-q", 0, 600, 1000, 500));
+        Err(StorageError::QuotaExceeded {
+            project,
+            used,
+            reserved,
+            quota,
+            needed,
+        }) => {
+            assert_eq!(
+                (project.as_str(), used, reserved, quota, needed),
+                ("tool-q", 0, 600, 1000, 500)
+            );
         }
         other => panic!("expected QuotaExceeded, got {other:?}"),
     }
-    assert_eq!(m.repo_blob_size(&r, &other.0).await.unwrap(), None, "a refused blob is not visible");
+    assert_eq!(
+        m.repo_blob_size(&r, &other.0).await.unwrap(),
+        None,
+        "a refused blob is not visible"
+    );
     assert_eq!(m.room("tool-q").await.unwrap(), Some(400));
     // Chunk reservations on an upload.
     m.upload_insert("u1", id, b"s").await.unwrap();
     m.upload_reserve("u1", "tool-q", 300).await.unwrap();
-    assert!(matches!(m.upload_reserve("u1", "tool-q", 101).await, Err(StorageError::QuotaExceeded { .. })));
+    assert!(matches!(
+        m.upload_reserve("u1", "tool-q", 101).await,
+        Err(StorageError::QuotaExceeded { .. })
+    ));
     m.upload_release("u1").await.unwrap();
     m.upload_delete("u1").await.unwrap();
     // The manifest turns the reservation into usage; its own bytes must fit.
@@ -709,27 +789,47 @@ async fn quota_refuses_without_overshooting(m: &Metadata) {
     let man = image(&config, &[&big], Some("v1"));
     m.manifest_put(&r, id, &man).await.unwrap();
     let u = m.usage("tool-q").await.unwrap().unwrap();
-    assert_eq!((u.used_bytes, u.reserved_bytes), (610 + man.body.len() as u64, 0));
+    assert_eq!(
+        (u.used_bytes, u.reserved_bytes),
+        (610 + man.body.len() as u64, 0)
+    );
     // Over the quota: refused whole, nothing half-written.
     m.set_quota("tool-q", Some(u.used_bytes + 5)).await.unwrap();
     let c2 = (Digest::sha256_of(b"cfg2"), 10);
-    assert!(matches!(link(m, "tool-q", id, &c2.0, c2.1).await, Err(StorageError::QuotaExceeded { .. })));
+    assert!(matches!(
+        link(m, "tool-q", id, &c2.0, c2.1).await,
+        Err(StorageError::QuotaExceeded { .. })
+    ));
     m.set_quota("tool-q", None).await.unwrap();
     link(m, "tool-q", id, &c2.0, c2.1).await.unwrap();
     m.set_quota("tool-q", Some(u.used_bytes + 5)).await.unwrap();
     let man2 = image(&c2, &[&big], Some("v2"));
-    assert!(matches!(m.manifest_put(&r, id, &man2).await, Err(StorageError::QuotaExceeded { .. })));
+    assert!(matches!(
+        m.manifest_put(&r, id, &man2).await,
+        Err(StorageError::QuotaExceeded { .. })
+    ));
     assert!(m.manifest_by_tag(&r, "v2").await.unwrap().is_none());
-    assert_eq!(m.usage("tool-q").await.unwrap().unwrap().used_bytes, u.used_bytes);
+    assert_eq!(
+        m.usage("tool-q").await.unwrap().unwrap().used_bytes,
+        u.used_bytes
+    );
     // Mounting is checked too.
-    m.project_create("tool-src", true, None, false).await.unwrap();
+    m.project_create("tool-src", true, None, false)
+        .await
+        .unwrap();
     let src = repo("tool-src/x");
     let src_id = m.ensure_repo(&src).await.unwrap();
     let far = (Digest::sha256_of(b"far"), 500);
     link(m, "tool-src", src_id, &far.0, far.1).await.unwrap();
-    assert!(matches!(m.mount_blob(id, "tool-q", &src, &far.0).await, Err(StorageError::QuotaExceeded { .. })));
+    assert!(matches!(
+        m.mount_blob(id, "tool-q", &src, &far.0).await,
+        Err(StorageError::QuotaExceeded { .. })
+    ));
     m.set_quota("tool-q", None).await.unwrap();
-    assert_eq!(m.mount_blob(id, "tool-q", &src, &far.0).await.unwrap(), Some(500));
+    assert_eq!(
+        m.mount_blob(id, "tool-q", &src, &far.0).await.unwrap(),
+        Some(500)
+    );
     // Expired reservations are not held.
     assert_eq!(m.expire_reservations().await.unwrap(), 0);
 }
@@ -746,9 +846,13 @@ async fn gc_removes_only_what_nothing_holds(m: &Metadata) {
     let (kd, dd) = (Digest::sha256_of(&keep_cfg), Digest::sha256_of(&drop_layer));
     store.put(&kd, keep_cfg.clone()).await.unwrap();
     store.put(&dd, drop_layer.clone()).await.unwrap();
-    let kept = push(m, &r, &(kd.clone(), keep_cfg.len() as u64), &[], Some("v1")).await.unwrap();
+    let kept = push(m, &r, &(kd.clone(), keep_cfg.len() as u64), &[], Some("v1"))
+        .await
+        .unwrap();
     let id = m.ensure_repo(&r).await.unwrap();
-    link(m, "tool-g", id, &dd, drop_layer.len() as u64).await.unwrap();
+    link(m, "tool-g", id, &dd, drop_layer.len() as u64)
+        .await
+        .unwrap();
     let opts = |grace_ms: u64| GcOptions {
         dry_run: false,
         blob_grace: std::time::Duration::from_millis(grace_ms),
@@ -761,16 +865,32 @@ async fn gc_removes_only_what_nothing_holds(m: &Metadata) {
     let report = collect(m, &store, &opts(3_600_000)).await.unwrap();
     assert!(report.blobs.is_empty());
     let report = collect(m, &store, &opts(0)).await.unwrap();
-    assert!(report.blobs.is_empty(), "the unreferenced blob is still reserved");
+    assert!(
+        report.blobs.is_empty(),
+        "the unreferenced blob is still reserved"
+    );
     // Reservations expire (simulated: the project drops the link).
     m.unlink_blob(&r, &dd).await.unwrap();
     std::thread::sleep(std::time::Duration::from_millis(5));
     let report = collect(m, &store, &opts(1)).await.unwrap();
-    assert_eq!(report.blobs.iter().map(|b| b.digest.clone()).collect::<Vec<_>>(), vec![dd.to_string()]);
+    assert_eq!(
+        report
+            .blobs
+            .iter()
+            .map(|b| b.digest.clone())
+            .collect::<Vec<_>>(),
+        vec![dd.to_string()]
+    );
     assert_eq!(store.stat(&dd).await.unwrap(), None, "the bytes went");
     assert_eq!(m.blob_size(&dd).await.unwrap(), None, "and the row");
-    assert!(store.stat(&kd).await.unwrap().is_some(), "a referenced blob stays");
-    assert_eq!(m.manifest_by_tag(&r, "v1").await.unwrap().unwrap().digest, kept.digest);
+    assert!(
+        store.stat(&kd).await.unwrap().is_some(),
+        "a referenced blob stays"
+    );
+    assert_eq!(
+        m.manifest_by_tag(&r, "v1").await.unwrap().unwrap().digest,
+        kept.digest
+    );
     // A claimed blob (a push in flight) is not collected.
     m.blob_claim(&dd, drop_layer.len() as u64).await.unwrap();
     let report = collect(m, &store, &opts(60_000)).await.unwrap();
@@ -782,7 +902,15 @@ async fn retention_keeps_the_newest_and_live_referrers(m: &Metadata) {
     let r = repo("tool-r/web");
     let mut images = Vec::new();
     for i in 0..5u8 {
-        let man = push(m, &r, &blob(20 + i), &[&blob(30)], Some(&format!("build-{i}"))).await.unwrap();
+        let man = push(
+            m,
+            &r,
+            &blob(20 + i),
+            &[&blob(30)],
+            Some(&format!("build-{i}")),
+        )
+        .await
+        .unwrap();
         images.push(man);
         std::thread::sleep(std::time::Duration::from_millis(3));
     }
@@ -799,19 +927,38 @@ async fn retention_keeps_the_newest_and_live_referrers(m: &Metadata) {
     let going = m.retention_candidates(Some("tool-r"), 2, 0).await.unwrap();
     let digests: Vec<&str> = going.iter().map(|g| g.digest.as_str()).collect();
     for old in &images[..3] {
-        assert!(digests.contains(&old.digest.as_str()), "old build {} goes", old.digest);
+        assert!(
+            digests.contains(&old.digest.as_str()),
+            "old build {} goes",
+            old.digest
+        );
     }
     for new in &images[3..] {
-        assert!(!digests.contains(&new.digest.as_str()), "the newest two stay");
+        assert!(
+            !digests.contains(&new.digest.as_str()),
+            "the newest two stay"
+        );
     }
-    assert!(!digests.contains(&sig.digest.as_str()), "a live referrer stays");
-    assert!(digests.contains(&leftover.digest.as_str()), "an untagged leftover goes");
+    assert!(
+        !digests.contains(&sig.digest.as_str()),
+        "a live referrer stays"
+    );
+    assert!(
+        digests.contains(&leftover.digest.as_str()),
+        "an untagged leftover goes"
+    );
     assert!(going.iter().any(|g| g.tags == ["build-0"]));
     // With a long grace, untagged manifests stay.
-    let going = m.retention_candidates(Some("tool-r"), 2, 3_600_000).await.unwrap();
+    let going = m
+        .retention_candidates(Some("tool-r"), 2, 3_600_000)
+        .await
+        .unwrap();
     assert!(!going.iter().any(|g| g.digest == leftover.digest.as_str()));
     // The project's own setting wins over the default.
     m.set_retention("tool-r", Some(4)).await.unwrap();
-    let going = m.retention_candidates(Some("tool-r"), 2, 3_600_000).await.unwrap();
+    let going = m
+        .retention_candidates(Some("tool-r"), 2, 3_600_000)
+        .await
+        .unwrap();
     assert_eq!(going.len(), 1);
 }
