@@ -97,7 +97,7 @@ async fn route(state: AppState, req: Request) -> ApiResult<Response> {
             manifests::delete(&state, &caller, name, reference).await
         }
         (Endpoint::Blob { name, digest }, &Method::GET | &Method::HEAD) => {
-            blobs::get(&state, name, digest, req.headers(), head).await
+            blobs::get(&state, &caller, name, digest, req.headers(), head).await
         }
         (Endpoint::Blob { name, digest }, &Method::DELETE) => {
             blobs::delete(&state, &caller, name, digest).await

@@ -52,6 +52,22 @@ impl Metadata {
         Ok(row.map(|r| r.get::<i64, _>(0) as u64))
     }
 
+    /// Restarts GC's grace period for `digest` (a pusher is about to
+    /// reference it). Skips the write when it was refreshed in the last
+    /// second.
+    pub async fn blob_touch(&self, digest: &Digest) -> Result<()> {
+        let now = now_ms();
+        sqlx::query(
+            "UPDATE blobs SET last_ref_change = $1 WHERE digest = $2 AND last_ref_change < $3",
+        )
+        .bind(now)
+        .bind(digest.as_str())
+        .bind(now - 1000)
+        .execute(&self.write)
+        .await?;
+        Ok(())
+    }
+
     /// Claims `digest` before its bytes are published: records the blob and
     /// sets its `last_ref_change` ahead by [`CLAIM_WINDOW_MS`], so GC leaves
     /// it alone whatever its grace period, until [`Metadata::blob_complete`]
