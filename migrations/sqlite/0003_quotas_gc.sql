@@ -8,6 +8,9 @@ ALTER TABLE projects ADD COLUMN quota_bytes BIGINT;
 ALTER TABLE projects ADD COLUMN is_base BIGINT NOT NULL DEFAULT 0;
 ALTER TABLE projects ADD COLUMN warned_percent BIGINT NOT NULL DEFAULT 0;
 ALTER TABLE projects ADD COLUMN retention_keep BIGINT;
+-- The running count of the project's usage, kept in step with
+-- `project_blobs` in the same transactions; `usage recompute` checks it.
+ALTER TABLE projects ADD COLUMN used_bytes BIGINT NOT NULL DEFAULT 0;
 
 -- The source of truth for usage: one row per (project, blob) referenced by
 -- any manifest of the project (layers, configs, and manifests themselves),
@@ -19,6 +22,7 @@ CREATE TABLE project_blobs (
     PRIMARY KEY (project, digest)
 );
 CREATE INDEX project_blobs_digest ON project_blobs (digest);
+CREATE INDEX manifest_refs_digest ON manifest_refs (ref_digest);
 
 -- Blobs uploaded or mounted into a project and not yet referenced by a
 -- manifest: held against the quota until `expires_at`, never usage.
@@ -29,6 +33,7 @@ CREATE TABLE reservations (
     expires_at  BIGINT  NOT NULL,
     PRIMARY KEY (project, digest)
 );
+CREATE INDEX reservations_digest ON reservations (digest);
 
 -- Bytes announced by a chunk being received, on top of `size`.
 ALTER TABLE uploads ADD COLUMN pending BIGINT NOT NULL DEFAULT 0;
@@ -56,3 +61,9 @@ JOIN repositories r ON r.id = mr.repo_id
 JOIN blobs b ON b.digest = mr.ref_digest
 WHERE mr.is_manifest = 0
 ON CONFLICT (project, digest) DO NOTHING;
+
+UPDATE projects SET used_bytes = (
+    SELECT COALESCE(SUM(pb.size), 0) FROM project_blobs pb WHERE pb.project = projects.name
+    AND (projects.is_base = 1 OR NOT EXISTS (
+        SELECT 1 FROM project_blobs b JOIN projects bp ON bp.name = b.project
+        WHERE bp.is_base = 1 AND b.digest = pb.digest)));

@@ -45,6 +45,10 @@ pub enum StorageError {
         quota: u64,
         needed: u64,
     },
+    /// The request body broke off before its end (the client went away or
+    /// sent less than it announced). Nothing of it is kept.
+    #[error("the request body ended early: {0}")]
+    BodyIncomplete(String),
     /// A limit the caller exceeded (request body too large, …).
     #[error("{0}")]
     TooLarge(String),

@@ -174,7 +174,31 @@ pub async fn finish(state: &AppState, name: &str, id: &str, req: Request) -> Api
     } else {
         Hasher::restore(&upload.hash_state)?
     };
-    let size = match state.blobs.upload_verify(id, &expected, hasher).await {
+    let verified = state
+        .blobs
+        .upload_verify(id, &expected, hasher.clone())
+        .await;
+    // A crash between publishing and linking leaves the record and a
+    // published blob, but no upload file: the same PUT finishes the job.
+    let published_before = matches!(verified, Err(StorageError::UploadUnknown(_)))
+        && hasher.clone().finish() == expected
+        && state.blobs.stat(&expected).await? == Some(upload.size);
+    if published_before {
+        state.meta.blob_claim(&expected, upload.size).await?;
+        state
+            .meta
+            .blob_complete(
+                Some(id),
+                upload.repo_id,
+                repo.project(),
+                &expected,
+                upload.size,
+                false,
+            )
+            .await?;
+        return Ok(blob_created(&repo, &expected));
+    }
+    let size = match verified {
         Ok(size) => size,
         Err(e @ StorageError::DigestMismatch { .. }) => {
             // The upload cannot become that blob: remove it, leave nothing.
@@ -259,7 +283,7 @@ async fn append(
     }
     let declared = check_declared_length(state, req.headers(), upload.size)?;
     if let (Some((start, end)), Some(len)) = (range, declared)
-        && end + 1 - start != len
+        && end - start + 1 != len
     {
         return Err(ApiError::new(
             StatusCode::RANGE_NOT_SATISFIABLE,
@@ -361,10 +385,7 @@ fn body_stream(body: Body) -> impl Stream<Item = Result<Bytes, StorageError>> + 
             metrics::counter!("slipway_upload_bytes_total").increment(c.len() as u64);
             Ok(c)
         }
-        Err(e) => Err(StorageError::Io(std::io::Error::new(
-            std::io::ErrorKind::UnexpectedEof,
-            format!("reading the request body failed: {e}"),
-        ))),
+        Err(e) => Err(StorageError::BodyIncomplete(e.to_string())),
     })
 }
 
@@ -455,7 +476,8 @@ pub fn parse_content_range(v: &str) -> Option<(u64, u64)> {
         s.parse().ok()
     };
     let (a, b) = (num(a)?, num(b)?);
-    (a <= b).then_some((a, b))
+    // An end of u64::MAX has no byte after it: no upload gets that large.
+    (a <= b && b < u64::MAX).then_some((a, b))
 }
 
 fn upload_location(repo: &RepoName, id: &str) -> String {
@@ -533,6 +555,8 @@ mod tests {
             ("", None),
             ("1-", None),
             ("18446744073709551616-1", None),
+            ("0-18446744073709551615", None),
+            ("0-18446744073709551614", Some((0, u64::MAX - 1))),
         ];
         for (v, want) in cases {
             assert_eq!(parse_content_range(v), *want, "{v}");

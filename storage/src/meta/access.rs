@@ -210,6 +210,8 @@ impl Metadata {
             "DELETE FROM uploads WHERE repo_id IN (SELECT id FROM repositories WHERE project = $1)",
             "DELETE FROM repositories WHERE project = $1",
             "DELETE FROM robots WHERE project = $1",
+            "DELETE FROM project_blobs WHERE project = $1",
+            "DELETE FROM reservations WHERE project = $1",
         ] {
             sqlx::query(sql).bind(name).execute(&mut *tx).await?;
         }

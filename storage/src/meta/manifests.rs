@@ -104,6 +104,13 @@ impl Metadata {
             fresh.push((digest, size));
         }
         self.admit(&mut tx, &budget, added, released).await?;
+        self.charge(&mut tx, project, added as i64).await?;
+        if budget.is_base {
+            for (digest, size) in &fresh {
+                self.shift_base_blob(&mut tx, project, digest.as_str(), *size, -1)
+                    .await?;
+            }
+        }
         for (digest, size) in &fresh {
             sqlx::query(
                 "INSERT INTO project_blobs (project, digest, size) VALUES ($1, $2, $3) \
@@ -210,7 +217,7 @@ impl Metadata {
         let Some(repo_id) = repo_id_tx(&mut tx, repo).await? else {
             return Err(unknown());
         };
-        self.lock_project(&mut tx, repo.project()).await?;
+        let budget = self.lock_project(&mut tx, repo.project()).await?;
         let parent = sqlx::query(
             "SELECT manifest_digest FROM manifest_refs \
              WHERE repo_id = $1 AND ref_digest = $2 AND is_manifest = 1 LIMIT 1",
@@ -276,11 +283,27 @@ impl Metadata {
             .await?
             .is_some();
             if !still {
+                let size = sqlx::query(
+                    "SELECT size FROM project_blobs WHERE project = $1 AND digest = $2",
+                )
+                .bind(repo.project())
+                .bind(d)
+                .fetch_optional(&mut *tx)
+                .await?
+                .map(|r| r.get::<i64, _>(0).max(0) as u64);
+                let Some(size) = size else { continue };
                 sqlx::query("DELETE FROM project_blobs WHERE project = $1 AND digest = $2")
                     .bind(repo.project())
                     .bind(d)
                     .execute(&mut *tx)
                     .await?;
+                if budget.is_base {
+                    self.charge(&mut tx, repo.project(), -(size as i64)).await?;
+                    self.shift_base_blob(&mut tx, repo.project(), d, size, 1)
+                        .await?;
+                } else if !self.base_holds(&mut tx, d, "").await? {
+                    self.charge(&mut tx, repo.project(), -(size as i64)).await?;
+                }
             }
         }
         for r in &refs {

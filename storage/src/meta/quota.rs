@@ -140,7 +140,7 @@ impl Metadata {
         if needed <= released {
             return Ok(());
         }
-        let (used, _) = used_in(tx, &budget.project, budget.is_base).await?;
+        let used = running_used(tx, &budget.project).await?;
         let reserved = reserved_in(tx, &budget.project, now_ms()).await?;
         let after = used + reserved.saturating_sub(released) + needed;
         if after > quota {
@@ -233,7 +233,7 @@ impl Metadata {
         let Some(quota) = budget.quota else {
             return Ok(None);
         };
-        let (used, _) = used_in(&mut tx, project, budget.is_base).await?;
+        let used = running_used(&mut tx, project).await?;
         let reserved = reserved_in(&mut tx, project, now_ms()).await?;
         tx.commit().await?;
         Ok(Some(quota.saturating_sub(used + reserved)))
@@ -271,7 +271,7 @@ impl Metadata {
             return Ok(None);
         };
         let is_base = row.get::<i64, _>(1) != 0;
-        let (used, count) = used_in(&mut tx, project, is_base).await?;
+        let used = running_used(&mut tx, project).await?;
         let reserved = reserved_in(&mut tx, project, now_ms()).await?;
         let all = sqlx::query("SELECT COUNT(*) FROM project_blobs WHERE project = $1")
             .bind(project)
@@ -279,7 +279,6 @@ impl Metadata {
             .await?
             .get::<i64, _>(0) as u64;
         tx.commit().await?;
-        debug_assert!(count <= all);
         Ok(Some(Usage {
             project: project.to_owned(),
             used_bytes: used,
@@ -316,15 +315,51 @@ impl Metadata {
         Ok(n == 1)
     }
 
-    /// Marks exactly `names` as base projects.
+    /// Marks exactly `names` as base projects. When that changes which
+    /// projects are base, every running count is recomputed.
     pub async fn set_base_projects(&self, names: &[String]) -> Result<()> {
+        let current: Vec<String> = self
+            .projects()
+            .await?
+            .into_iter()
+            .filter(|p| p.is_base)
+            .map(|p| p.name)
+            .collect();
+        let existing: Vec<&String> = {
+            let all = self.projects().await?;
+            names
+                .iter()
+                .filter(|n| all.iter().any(|p| &p.name == *n))
+                .collect()
+        };
+        let mut wanted: Vec<String> = existing.into_iter().cloned().collect();
+        wanted.sort();
+        let mut current = current;
+        current.sort();
+        if wanted == current {
+            return Ok(());
+        }
         let mut tx = self.write.begin().await?;
         sqlx::query("UPDATE projects SET is_base = 0")
             .execute(&mut *tx)
             .await?;
-        for name in names {
+        for name in &wanted {
             sqlx::query("UPDATE projects SET is_base = 1 WHERE name = $1")
                 .bind(name)
+                .execute(&mut *tx)
+                .await?;
+        }
+        let projects: Vec<(String, bool)> = sqlx::query("SELECT name, is_base FROM projects")
+            .fetch_all(&mut *tx)
+            .await?
+            .into_iter()
+            .map(|r| (r.get::<String, _>(0), r.get::<i64, _>(1) != 0))
+            .collect();
+        for (name, is_base) in projects {
+            let (used, _) = used_in(&mut tx, &name, is_base).await?;
+            sqlx::query("UPDATE projects SET used_bytes = $1 WHERE name = $2")
+                .bind(used as i64)
+                .bind(&name)
                 .execute(&mut *tx)
                 .await?;
         }
@@ -362,14 +397,19 @@ impl Metadata {
         )
     }
 
-    /// Recomputes every project's (project, blob) rows from its manifests
-    /// and reports where they differ from the running rows; with `fix`,
-    /// replaces the running rows by the recomputed ones.
+    /// Recomputes every project's (project, blob) rows from its manifests,
+    /// and its usage from those rows, and reports where they differ from
+    /// the running rows and count; with `fix`, keeps the recomputed ones.
+    /// Runs in one transaction, so it sees one consistent state.
     pub async fn recompute(&self, fix: bool) -> Result<Vec<Drift>> {
+        let projects = self.projects().await?;
+        let mut tx = self.write.begin().await?;
         let mut drifts = Vec::new();
-        for p in self.projects().await? {
-            let mut tx = self.write.begin().await?;
-            let budget = self.lock_project(&mut tx, &p.name).await?;
+        let mut counters = Vec::new();
+        for p in &projects {
+            self.lock_project(&mut tx, &p.name).await?;
+            let counter = running_used(&mut tx, &p.name).await?;
+            counters.push(counter);
             let expected: BTreeMap<String, i64> = sqlx::query(
                 "SELECT m.digest, m.size FROM manifests m JOIN repositories r ON r.id = m.repo_id \
                  WHERE r.project = $1 \
@@ -393,22 +433,19 @@ impl Metadata {
                     .map(|r| (r.get::<String, _>(0), r.get::<i64, _>(1)))
                     .collect();
             if expected == running {
-                tx.commit().await?;
+                drifts.push(None);
                 continue;
             }
-            let (used_before, _) = used_in(&mut tx, &p.name, budget.is_base).await?;
-            let missing: Vec<String> = expected
+            let missing = expected
                 .iter()
                 .filter(|(d, s)| running.get(*d) != Some(s))
                 .map(|(d, _)| d.clone())
                 .collect();
-            let extra: Vec<String> = running
+            let extra = running
                 .keys()
                 .filter(|d| !expected.contains_key(*d))
                 .cloned()
                 .collect();
-            // Apply the recomputed rows in the transaction to measure them;
-            // keep them only when fixing.
             sqlx::query("DELETE FROM project_blobs WHERE project = $1")
                 .bind(&p.name)
                 .execute(&mut *tx)
@@ -423,22 +460,100 @@ impl Metadata {
                 .execute(&mut *tx)
                 .await?;
             }
-            let (used_after, _) = used_in(&mut tx, &p.name, budget.is_base).await?;
-            if fix {
-                tx.commit().await?;
-            } else {
-                tx.rollback().await?;
+            drifts.push(Some((missing, extra)));
+        }
+        // Usage from the (recomputed) rows, against the running count.
+        let mut out = Vec::new();
+        for ((p, counter), rows) in projects.iter().zip(counters).zip(drifts) {
+            let (computed, _) = used_in(&mut tx, &p.name, p.is_base).await?;
+            if rows.is_none() && computed == counter {
+                continue;
             }
-            drifts.push(Drift {
-                project: p.name,
+            sqlx::query("UPDATE projects SET used_bytes = $1 WHERE name = $2")
+                .bind(computed as i64)
+                .bind(&p.name)
+                .execute(&mut *tx)
+                .await?;
+            let (missing, extra) = rows.unwrap_or_default();
+            out.push(Drift {
+                project: p.name.clone(),
                 missing,
                 extra,
-                used_before,
-                used_after,
+                used_before: counter,
+                used_after: computed,
             });
         }
-        Ok(drifts)
+        if fix {
+            tx.commit().await?;
+        } else {
+            tx.rollback().await?;
+        }
+        Ok(out)
     }
+
+    /// Adds `delta` bytes to a project's running usage.
+    pub(crate) async fn charge(&self, tx: &mut Tx<'_>, project: &str, delta: i64) -> Result<()> {
+        if delta != 0 {
+            sqlx::query("UPDATE projects SET used_bytes = used_bytes + $1 WHERE name = $2")
+                .bind(delta)
+                .bind(project)
+                .execute(&mut **tx)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Whether a base project other than `except` holds `digest`.
+    pub(crate) async fn base_holds(
+        &self,
+        tx: &mut Tx<'_>,
+        digest: &str,
+        except: &str,
+    ) -> Result<bool> {
+        Ok(sqlx::query(
+            "SELECT 1 FROM project_blobs pb JOIN projects p ON p.name = pb.project \
+             WHERE pb.digest = $1 AND p.is_base = 1 AND pb.project <> $2 LIMIT 1",
+        )
+        .bind(digest)
+        .bind(except)
+        .fetch_optional(&mut **tx)
+        .await?
+        .is_some())
+    }
+
+    /// A base project gained (`sign` −1) or lost (+1) `digest`, and no other
+    /// base project holds it: every other project holding it pays `size`
+    /// less (or more).
+    pub(crate) async fn shift_base_blob(
+        &self,
+        tx: &mut Tx<'_>,
+        base: &str,
+        digest: &str,
+        size: u64,
+        sign: i64,
+    ) -> Result<()> {
+        if self.base_holds(tx, digest, base).await? {
+            return Ok(());
+        }
+        sqlx::query(
+            "UPDATE projects SET used_bytes = used_bytes + $1 WHERE is_base = 0 \
+             AND name IN (SELECT project FROM project_blobs WHERE digest = $2)",
+        )
+        .bind(sign * size as i64)
+        .bind(digest)
+        .execute(&mut **tx)
+        .await?;
+        Ok(())
+    }
+}
+
+/// The running count.
+async fn running_used(tx: &mut Tx<'_>, project: &str) -> Result<u64> {
+    let row = sqlx::query("SELECT used_bytes FROM projects WHERE name = $1")
+        .bind(project)
+        .fetch_optional(&mut **tx)
+        .await?;
+    Ok(row.map(|r| r.get::<i64, _>(0).max(0) as u64).unwrap_or(0))
 }
 
 async fn used_in(tx: &mut Tx<'_>, project: &str, is_base: bool) -> Result<(u64, u64)> {
