@@ -129,7 +129,7 @@ async fn recompute_and_gc(
     let digests: Vec<Digest> = (0..blobs)
         .map(|i| Digest::sha256_of(format!("blob {i}").as_bytes()))
         .collect();
-    let per_manifest = 5;
+    let per_manifest = 3;
     for m in 0..manifests {
         let project = format!("tool-{}", m % projects);
         let repo = RepoName::parse(&format!("{project}/app{}", m % 7)).unwrap();

@@ -154,11 +154,15 @@ pub struct Authenticator {
     verified: secrets::VerifiedCache,
     pub limiter: secrets::FailureLimiter,
     projects: Mutex<HashMap<String, (Option<Project>, Instant)>>,
+    rooms: Mutex<HashMap<String, (u64, Instant)>>,
     touched: Mutex<HashMap<i64, Instant>>,
 }
 
 /// How long a project's visibility may be served from memory.
 const PROJECT_TTL: Duration = Duration::from_secs(2);
+/// How long a project's free room may be served from memory, for early
+/// refusals only.
+const ROOM_HINT_TTL: Duration = Duration::from_secs(1);
 /// How often a robot's last-used time is written.
 const TOUCH_EVERY: Duration = Duration::from_secs(60);
 
@@ -169,6 +173,7 @@ impl Authenticator {
             verified: secrets::VerifiedCache::new(Duration::from_secs(60)),
             limiter: secrets::FailureLimiter::new(10, Duration::from_secs(60)),
             projects: Mutex::new(HashMap::new()),
+            rooms: Mutex::new(HashMap::new()),
             touched: Mutex::new(HashMap::new()),
         }
     }
@@ -176,6 +181,7 @@ impl Authenticator {
     /// Forgets a project's cached state (after it changed here).
     pub fn forget_project(&self, name: &str) {
         self.projects.lock().expect("project cache").remove(name);
+        self.rooms.lock().expect("room hints").remove(name);
     }
 }
 
@@ -211,6 +217,32 @@ impl AppState {
             .project(project)
             .await?
             .is_some_and(|p| p.quota_bytes.is_some()))
+    }
+
+    /// The room the project has for a monolithic upload of `len` bytes,
+    /// from a hint at most a second old when it leaves plenty; otherwise
+    /// asked from the database, and the quota error if `len` does not fit.
+    /// (The authoritative check runs when the blob is linked.)
+    pub async fn room_hint(&self, project: &str, len: u64) -> ApiResult<Option<u64>> {
+        if let Some((room, at)) = self.auth().rooms.lock().expect("room hints").get(project)
+            && at.elapsed() < ROOM_HINT_TTL
+            && *room >= len.saturating_mul(2)
+        {
+            return Ok(Some(*room));
+        }
+        let Some(room) = self.meta.room(project).await? else {
+            return Ok(None);
+        };
+        self.auth()
+            .rooms
+            .lock()
+            .expect("room hints")
+            .insert(project.to_owned(), (room, Instant::now()));
+        if len > room {
+            // In the quota's own words, with its numbers.
+            self.meta.check_room(project, len).await?;
+        }
+        Ok(Some(room))
     }
 
     /// What `principal` may do, now, in repositories of `project`.

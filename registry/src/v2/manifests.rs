@@ -243,10 +243,14 @@ async fn quota_warnings(state: &AppState, caller: &Caller, repo: &RepoName) {
         Ok(true) => {}
         _ => return,
     }
-    let Ok(Some(usage)) = state.meta.usage(project).await else {
+    let Ok(Some((used, Some(quota), warned))) = state.meta.quota_state(project).await else {
         return;
     };
-    let percent = usage.percent().unwrap_or(0.0);
+    let percent = if quota == 0 {
+        100.0
+    } else {
+        used as f64 * 100.0 / quota as f64
+    };
     let reached = state
         .config
         .quota
@@ -256,7 +260,7 @@ async fn quota_warnings(state: &AppState, caller: &Caller, repo: &RepoName) {
         .filter(|t| percent >= *t as f64)
         .max()
         .unwrap_or(0);
-    if reached == usage.warned_percent {
+    if reached == warned {
         return;
     }
     match state.meta.set_warned_percent(project, reached).await {
@@ -270,8 +274,8 @@ async fn quota_warnings(state: &AppState, caller: &Caller, repo: &RepoName) {
                 json!({
                     "threshold_percent": reached,
                     "percent": (percent * 10.0).round() / 10.0,
-                    "used_bytes": usage.used_bytes,
-                    "quota_bytes": usage.quota_bytes,
+                    "used_bytes": used,
+                    "quota_bytes": quota,
                 }),
             )
             .await;

@@ -98,10 +98,8 @@ async fn monolithic(
     let declared = check_declared_length(state, req.headers(), 0)?;
     let mut max = state.config.limits.max_blob_bytes;
     if state.has_quota(project).await? {
-        if let Some(len) = declared {
-            state.meta.check_room(project, len).await?;
-        }
-        if let Some(room) = state.meta.room(project).await? {
+        // Early refusal; the exact check runs when the blob is linked.
+        if let Some(room) = state.room_hint(project, declared.unwrap_or(0)).await? {
             max = max.min(room);
         }
     }

@@ -54,6 +54,8 @@ pub(crate) struct Budget {
     pub project: String,
     pub quota: Option<u64>,
     pub is_base: bool,
+    /// The running usage when the lock was taken.
+    pub used: u64,
 }
 
 /// A difference between the running (project, blob) rows and a recompute
@@ -85,24 +87,13 @@ impl Metadata {
     /// has no quota.
     pub(crate) async fn lock_project(&self, tx: &mut Tx<'_>, project: &str) -> Result<Budget> {
         let row = sqlx::query(self.pick(
-            "SELECT quota_bytes, is_base FROM projects WHERE name = $1",
-            "SELECT quota_bytes, is_base FROM projects WHERE name = $1 FOR UPDATE",
+            "SELECT quota_bytes, is_base, used_bytes FROM projects WHERE name = $1",
+            "SELECT quota_bytes, is_base, used_bytes FROM projects WHERE name = $1 FOR UPDATE",
         ))
         .bind(project)
         .fetch_optional(&mut **tx)
         .await?;
-        Ok(match row {
-            Some(r) => Budget {
-                project: project.to_owned(),
-                quota: r.get::<Option<i64>, _>(0).map(|q| q.max(0) as u64),
-                is_base: r.get::<i64, _>(1) != 0,
-            },
-            None => Budget {
-                project: project.to_owned(),
-                quota: None,
-                is_base: false,
-            },
-        })
+        Ok(budget(project, row))
     }
 
     /// Whether holding `digest` adds nothing to the project's usage: the
@@ -140,7 +131,7 @@ impl Metadata {
         if needed <= released {
             return Ok(());
         }
-        let used = running_used(tx, &budget.project).await?;
+        let used = budget.used;
         let reserved = reserved_in(tx, &budget.project, now_ms()).await?;
         let after = used + reserved.saturating_sub(released) + needed;
         if after > quota {
@@ -233,29 +224,18 @@ impl Metadata {
         let Some(quota) = budget.quota else {
             return Ok(None);
         };
-        let used = running_used(&mut tx, project).await?;
         let reserved = reserved_in(&mut tx, project, now_ms()).await?;
         tx.commit().await?;
-        Ok(Some(quota.saturating_sub(used + reserved)))
+        Ok(Some(quota.saturating_sub(budget.used + reserved)))
     }
 
     async fn lock_project_read(&self, tx: &mut Tx<'_>, project: &str) -> Result<Budget> {
-        let row = sqlx::query("SELECT quota_bytes, is_base FROM projects WHERE name = $1")
-            .bind(project)
-            .fetch_optional(&mut **tx)
-            .await?;
-        Ok(match row {
-            Some(r) => Budget {
-                project: project.to_owned(),
-                quota: r.get::<Option<i64>, _>(0).map(|q| q.max(0) as u64),
-                is_base: r.get::<i64, _>(1) != 0,
-            },
-            None => Budget {
-                project: project.to_owned(),
-                quota: None,
-                is_base: false,
-            },
-        })
+        let row =
+            sqlx::query("SELECT quota_bytes, is_base, used_bytes FROM projects WHERE name = $1")
+                .bind(project)
+                .fetch_optional(&mut **tx)
+                .await?;
+        Ok(budget(project, row))
     }
 
     /// A project's usage, or `None` if it does not exist.
@@ -287,6 +267,24 @@ impl Metadata {
             quota_bytes: row.get::<Option<i64>, _>(0).map(|q| q.max(0) as u64),
             is_base,
             warned_percent: row.get::<i64, _>(2).max(0) as u32,
+        }))
+    }
+
+    /// A project's running usage, quota and warning level in one row read
+    /// (cheap enough to run after every push).
+    pub async fn quota_state(&self, project: &str) -> Result<Option<(u64, Option<u64>, u32)>> {
+        let row = sqlx::query(
+            "SELECT used_bytes, quota_bytes, warned_percent FROM projects WHERE name = $1",
+        )
+        .bind(project)
+        .fetch_optional(&self.read)
+        .await?;
+        Ok(row.map(|r| {
+            (
+                r.get::<i64, _>(0).max(0) as u64,
+                r.get::<Option<i64>, _>(1).map(|q| q.max(0) as u64),
+                r.get::<i64, _>(2).max(0) as u32,
+            )
         }))
     }
 
@@ -544,6 +542,23 @@ impl Metadata {
         .execute(&mut **tx)
         .await?;
         Ok(())
+    }
+}
+
+fn budget(project: &str, row: Option<sqlx::any::AnyRow>) -> Budget {
+    match row {
+        Some(r) => Budget {
+            project: project.to_owned(),
+            quota: r.get::<Option<i64>, _>(0).map(|q| q.max(0) as u64),
+            is_base: r.get::<i64, _>(1) != 0,
+            used: r.get::<i64, _>(2).max(0) as u64,
+        },
+        None => Budget {
+            project: project.to_owned(),
+            quota: None,
+            is_base: false,
+            used: 0,
+        },
     }
 }
 
