@@ -20,7 +20,130 @@ pub struct Config {
     pub database: DatabaseConfig,
     pub storage: StorageConfig,
     pub limits: LimitsConfig,
+    pub auth: AuthConfig,
+    pub quota: QuotaConfig,
+    pub gc: GcConfig,
     pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct QuotaConfig {
+    /// Shared base projects: their blobs cost the other projects nothing.
+    pub base_projects: Vec<String>,
+    /// How long a blob uploaded but not yet referenced by a manifest is held
+    /// against its project's quota (seconds).
+    pub reservation_ttl_secs: u64,
+    /// Usage thresholds (percent of the quota) recorded as audit events.
+    pub warn_percent: Vec<u32>,
+}
+
+impl Default for QuotaConfig {
+    fn default() -> Self {
+        QuotaConfig {
+            base_projects: vec!["platform".into()],
+            reservation_ttl_secs: 3600,
+            warn_percent: vec![80, 95],
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GcConfig {
+    /// Seconds between periodic collections; 0 turns them off.
+    pub interval_secs: u64,
+    /// Blobs whose references changed more recently than this (seconds) are
+    /// kept: a push in flight has uploaded them and will reference them.
+    pub blob_grace_secs: u64,
+    /// Untagged manifests are kept this long (seconds).
+    pub untagged_grace_secs: u64,
+    /// Tagged images kept per repository, unless a project says otherwise.
+    pub keep_images: u32,
+    /// Whether periodic collections apply retention (else only blobs).
+    pub retention: bool,
+}
+
+impl Default for GcConfig {
+    fn default() -> Self {
+        GcConfig {
+            interval_secs: 3600,
+            blob_grace_secs: 2 * 3600,
+            untagged_grace_secs: 24 * 3600,
+            keep_images: 10,
+            retention: true,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// The `service` of the token protocol: the tokens' audience.
+    pub service: String,
+    /// The tokens' issuer.
+    pub issuer: String,
+    /// The token endpoint announced in challenges; empty means
+    /// `http://<Host of the request>/auth/token`.
+    pub realm: String,
+    /// Lifetime of access tokens, in seconds.
+    pub token_ttl_secs: u64,
+    /// Lifetime of refresh tokens, in seconds.
+    pub refresh_ttl_secs: u64,
+    /// Tolerated clock difference when checking token times, in seconds.
+    pub clock_skew_secs: u64,
+    /// Whether robot accounts may hold `push` and `delete`. Off: the build
+    /// front end is the only credentialed writer.
+    pub robots_may_write: bool,
+    /// The token signing key (PKCS#8 PEM, created if missing); empty means
+    /// `<data_dir>/token-signing-key.pem`. Replicas share one file.
+    pub key_file: PathBuf,
+    /// The admin password; from `SLIPWAY_ADMIN_PASSWORD` only, never from a
+    /// file. Without it, a password is generated on first start.
+    #[serde(skip)]
+    pub admin_password: Option<Secret>,
+}
+
+/// A secret string whose `Debug` and `Display` never show it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: impl Into<String>) -> Secret {
+        Secret(s.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+impl std::fmt::Display for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("***")
+    }
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            service: "slipway".into(),
+            issuer: "slipway".into(),
+            realm: String::new(),
+            token_ttl_secs: 300,
+            refresh_ttl_secs: 30 * 24 * 3600,
+            clock_skew_secs: 30,
+            robots_may_write: false,
+            key_file: PathBuf::new(),
+            admin_password: None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -76,6 +199,9 @@ impl Default for Config {
             database: DatabaseConfig::default(),
             storage: StorageConfig::default(),
             limits: LimitsConfig::default(),
+            auth: AuthConfig::default(),
+            quota: QuotaConfig::default(),
+            gc: GcConfig::default(),
             log: LogConfig::default(),
         }
     }
@@ -174,6 +300,21 @@ impl Config {
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
+        if self.auth.token_ttl_secs == 0 || self.auth.token_ttl_secs > 24 * 3600 {
+            return Err(ConfigError(
+                "auth.token_ttl_secs must be between 1 and 86400 (tokens are short-lived)".into(),
+            ));
+        }
+        if self.auth.service.is_empty() || self.auth.issuer.is_empty() {
+            return Err(ConfigError(
+                "auth.service and auth.issuer cannot be empty".into(),
+            ));
+        }
+        if self.quota.warn_percent.iter().any(|p| *p == 0 || *p > 100) {
+            return Err(ConfigError(
+                "quota.warn_percent values must be between 1 and 100".into(),
+            ));
+        }
         if self.limits.max_manifest_bytes == 0 {
             return Err(ConfigError(
                 "limits.max_manifest_bytes must be above 0".into(),
@@ -208,6 +349,14 @@ impl Config {
             self.data_dir.join("blobs")
         } else {
             self.storage.path.clone()
+        }
+    }
+
+    pub fn key_file(&self) -> PathBuf {
+        if self.auth.key_file.as_os_str().is_empty() {
+            self.data_dir.join("token-signing-key.pem")
+        } else {
+            self.auth.key_file.clone()
         }
     }
 

@@ -152,7 +152,25 @@ impl From<StorageError> for ApiError {
                 Some(json!({"digest": d})),
             ),
             StorageError::Conflict(_) => (S::CONFLICT, C::Denied, None),
+            StorageError::QuotaExceeded {
+                project,
+                used,
+                reserved,
+                quota,
+                needed,
+            } => (
+                S::FORBIDDEN,
+                C::Denied,
+                Some(json!({
+                    "project": project,
+                    "used_bytes": used,
+                    "reserved_bytes": reserved,
+                    "quota_bytes": quota,
+                    "needed_bytes": needed,
+                })),
+            ),
             StorageError::TooLarge(_) => (S::PAYLOAD_TOO_LARGE, C::SizeInvalid, None),
+            StorageError::BodyIncomplete(_) => (S::BAD_REQUEST, C::BlobUploadInvalid, None),
             StorageError::Unavailable(_) => (S::SERVICE_UNAVAILABLE, C::Unavailable, None),
             StorageError::Corrupt(_)
             | StorageError::Io(_)
@@ -267,6 +285,11 @@ mod tests {
             ),
             (StorageError::Conflict("x".into()), 409, "DENIED"),
             (StorageError::TooLarge("x".into()), 413, "SIZE_INVALID"),
+            (
+                StorageError::BodyIncomplete("x".into()),
+                400,
+                "BLOB_UPLOAD_INVALID",
+            ),
             (StorageError::Unavailable("x".into()), 503, "UNAVAILABLE"),
             (StorageError::Corrupt("x".into()), 500, "UNKNOWN"),
         ];

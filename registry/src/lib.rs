@@ -5,6 +5,8 @@
 //! [`testing::TestServer`] (a server on `127.0.0.1:0` with its own data
 //! directory). This is the only crate that speaks HTTP and OCI error JSON.
 
+pub mod api;
+pub mod auth;
 pub mod config;
 pub mod error;
 pub mod manifest;

@@ -4,8 +4,10 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+mod cli;
+
 use clap::{Parser, Subcommand};
-use slipway_registry::config::{Config, Overrides};
+use slipway_registry::config::{Config, Overrides, Secret};
 use slipway_registry::{Server, telemetry};
 
 #[derive(Parser)]
@@ -33,6 +35,8 @@ enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
     },
+    /// Administer a running Slipway: projects, robots, the audit log.
+    Admin(cli::AdminArgs),
 }
 
 fn main() -> ExitCode {
@@ -54,12 +58,22 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             config,
         } => {
             let overrides = Overrides { listen, data_dir };
-            let config = Config::load(config.as_deref(), std::env::vars(), &overrides)?;
+            let mut config = Config::load(config.as_deref(), std::env::vars(), &overrides)?;
+            config.auth.admin_password = std::env::var("SLIPWAY_ADMIN_PASSWORD")
+                .ok()
+                .filter(|p| !p.is_empty())
+                .map(Secret::new);
             telemetry::init_logging(&config.log)?;
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()?;
             runtime.block_on(serve(config))
+        }
+        Command::Admin(args) => {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            runtime.block_on(cli::run(args))
         }
     }
 }

@@ -15,6 +15,7 @@ use slipway_storage::blob::fs::FsBlobStore;
 use slipway_storage::{BlobStore, Metadata};
 use tokio::net::TcpListener;
 
+use crate::auth::{self, Authenticator, tokens::TokenKeys};
 use crate::config::Config;
 use crate::telemetry;
 use crate::v2;
@@ -28,6 +29,7 @@ pub struct Inner {
     pub meta: Metadata,
     pub blobs: BlobStore,
     pub upload_locks: UploadLocks,
+    pub auth: Authenticator,
     pub metrics: metrics_exporter_prometheus::PrometheusHandle,
 }
 
@@ -88,11 +90,19 @@ impl AppState {
         let meta =
             Metadata::connect(&config.database_url(), config.database.max_connections).await?;
         let blobs = BlobStore::Fs(FsBlobStore::open(config.blob_path())?);
+        let keys = TokenKeys::load_or_create(
+            &config.key_file(),
+            &config.auth.service,
+            &config.auth.issuer,
+            config.auth.clock_skew_secs,
+        )?;
+        auth::bootstrap::ensure_accounts(&meta, &config).await?;
         Ok(AppState(Arc::new(Inner {
             config,
             meta,
             blobs,
             upload_locks: UploadLocks::default(),
+            auth: Authenticator::new(keys),
             metrics: telemetry::metrics_handle(),
         })))
     }
@@ -103,9 +113,14 @@ pub fn router(state: AppState) -> Router {
         .route("/v2", any(v2::dispatch))
         .route("/v2/", any(v2::dispatch))
         .route("/v2/{*rest}", any(v2::dispatch))
+        .route(
+            "/auth/token",
+            get(auth::endpoint::token).post(auth::endpoint::token),
+        )
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .merge(crate::api::router())
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             telemetry::track,
@@ -186,6 +201,7 @@ impl Server {
                 tracing::debug!(error = %e, "cannot set TCP_NODELAY");
             }
         });
+        let app = app.into_make_service_with_connect_info::<SocketAddr>();
         let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
             shutdown.await;
             let _ = stop_tx.send(true);
@@ -208,14 +224,30 @@ impl Server {
     }
 }
 
-/// Removes uploads idle for longer than the configured time, and upload
-/// files left without a record by a crash.
+/// Removes idle uploads, upload files left by a crash and expired
+/// reservations every ten minutes; runs GC on its own schedule.
 async fn janitor(state: AppState) {
     let mut tick = tokio::time::interval(Duration::from_secs(600));
+    let gc_every = state.config.gc.interval_secs;
+    let mut last_gc = std::time::Instant::now();
     loop {
         tick.tick().await;
         if let Err(e) = v2::uploads::expire(&state).await {
             tracing::warn!(error = %e, "removing idle uploads failed");
+        }
+        if gc_every > 0 && last_gc.elapsed() >= Duration::from_secs(gc_every) {
+            last_gc = std::time::Instant::now();
+            let opts =
+                crate::api::storage::gc_options(&state, false, None, state.config.gc.retention);
+            match slipway_storage::gc::collect(&state.meta, &state.blobs, &opts).await {
+                Ok(r) => tracing::info!(
+                    manifests = r.manifests.len(),
+                    blobs = r.blobs.len(),
+                    size_bytes = r.bytes_freed,
+                    "periodic garbage collection done"
+                ),
+                Err(e) => tracing::warn!(error = %e, "periodic garbage collection failed"),
+            }
         }
     }
 }

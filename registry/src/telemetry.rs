@@ -92,8 +92,12 @@ pub fn route_label(path: &str) -> &'static str {
     if let Some(rest) = path.strip_prefix("/v2/") {
         return path::parse(rest).map(|e| e.label()).unwrap_or("v2.other");
     }
+    if path.starts_with("/api/v1/") {
+        return "api";
+    }
     match path {
         "/v2" => "v2.base",
+        "/auth/token" => "auth.token",
         "/healthz" => "healthz",
         "/readyz" => "readyz",
         "/metrics" => "metrics",

@@ -7,14 +7,18 @@ use std::path::{Path, PathBuf};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-use crate::config::Config;
-use crate::server::Server;
+use crate::auth::secrets;
+use crate::config::{Config, Secret};
+use crate::server::{AppState, Server};
 
 pub struct TestServer {
     /// `http://127.0.0.1:<port>`, without a trailing slash.
     pub url: String,
     pub addr: SocketAddr,
     pub config: Config,
+    /// The admin's password (user `admin`).
+    pub admin_password: String,
+    pub state: AppState,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<anyhow::Result<()>>>,
     _dir: Option<tempfile::TempDir>,
@@ -37,9 +41,19 @@ impl TestServer {
     }
 
     /// Starts a server with exactly `config` (its `listen` should be port 0).
-    pub async fn start_config(config: Config) -> TestServer {
+    /// Without an admin password in it, one is generated.
+    pub async fn start_config(mut config: Config) -> TestServer {
+        let admin_password = match &config.auth.admin_password {
+            Some(p) => p.expose().to_owned(),
+            None => {
+                let p = secrets::generate();
+                config.auth.admin_password = Some(Secret::new(p.clone()));
+                p
+            }
+        };
         let server = Server::bind(config.clone()).await.expect("server starts");
         let addr = server.local_addr();
+        let state = server.state().clone();
         let (tx, rx) = oneshot::channel::<()>();
         let task = tokio::spawn(server.run(async move {
             let _ = rx.await;
@@ -48,10 +62,32 @@ impl TestServer {
             url: format!("http://{addr}"),
             addr,
             config,
+            admin_password,
+            state,
             stop: Some(tx),
             task: Some(task),
             _dir: None,
         }
+    }
+
+    /// Creates a project directly in the database (as the admin would).
+    pub async fn create_project(&self, name: &str, public: bool) {
+        self.state
+            .meta
+            .project_create(
+                name,
+                public,
+                None,
+                self.config.quota.base_projects.iter().any(|b| b == name),
+            )
+            .await
+            .expect("project created");
+        self.state.auth.forget_project(name);
+    }
+
+    /// `admin:<password>`, as skopeo's `--creds` wants it.
+    pub fn admin_creds(&self) -> String {
+        format!("admin:{}", self.admin_password)
     }
 
     pub fn data_dir(&self) -> &Path {

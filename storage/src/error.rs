@@ -33,6 +33,22 @@ pub enum StorageError {
     /// The operation would break a reference held by something else.
     #[error("{0}")]
     Conflict(String),
+    /// The push would take the project over its quota.
+    #[error(
+        "quota exceeded for project {project}: {} used of {}, this push needs {}",
+        human_bytes(*used + *reserved), human_bytes(*quota), human_bytes(*needed)
+    )]
+    QuotaExceeded {
+        project: String,
+        used: u64,
+        reserved: u64,
+        quota: u64,
+        needed: u64,
+    },
+    /// The request body broke off before its end (the client went away or
+    /// sent less than it announced). Nothing of it is kept.
+    #[error("the request body ended early: {0}")]
+    BodyIncomplete(String),
     /// A limit the caller exceeded (request body too large, …).
     #[error("{0}")]
     TooLarge(String),
@@ -77,3 +93,42 @@ impl StorageError {
 }
 
 pub type Result<T, E = StorageError> = std::result::Result<T, E>;
+
+/// Bytes for people: `1.9 GiB`, `300 MiB`, `512 B`.
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
+    let mut v = n as f64;
+    let mut unit = 0;
+    while v >= 1024.0 && unit < UNITS.len() - 1 {
+        v /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{n} B")
+    } else if v >= 100.0 || v.fract() < 0.05 {
+        format!("{v:.0} {}", UNITS[unit])
+    } else {
+        format!("{v:.1} {}", UNITS[unit])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::human_bytes;
+
+    #[test]
+    fn bytes_for_people() {
+        let cases = [
+            (0, "0 B"),
+            (512, "512 B"),
+            (1024, "1 KiB"),
+            (1536, "1.5 KiB"),
+            (300 << 20, "300 MiB"),
+            ((19 << 30) / 10, "1.9 GiB"),
+            (2 << 30, "2 GiB"),
+        ];
+        for (n, want) in cases {
+            assert_eq!(human_bytes(n), want, "{n}");
+        }
+    }
+}

@@ -5,12 +5,14 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::Response;
 use slipway_storage::StorageError;
 
-use super::{CONTENT_DIGEST, digest, empty, repo_name, set};
+use super::{CONTENT_DIGEST, audit, digest, empty, repo_name, set};
+use crate::auth::{Actions, Caller, Principal};
 use crate::error::{ApiError, ApiResult, ErrorCode};
 use crate::server::AppState;
 
 pub async fn get(
     state: &AppState,
+    caller: &Caller,
     name: &str,
     digest_str: &str,
     req_headers: &HeaderMap,
@@ -23,6 +25,17 @@ pub async fn get(
         .repo_blob_size(&repo, &digest)
         .await?
         .ok_or_else(|| ApiError::from(StorageError::BlobUnknown(digest.clone())))?;
+    // A pusher asking whether a blob is there is about to reference it:
+    // restart GC's grace period for it (pulls never write).
+    if head
+        && caller.principal != Principal::Anonymous
+        && state
+            .allowed(&caller.principal, repo.project())
+            .await?
+            .contains(Actions::PUSH)
+    {
+        state.meta.blob_touch(&digest).await?;
+    }
     let range = match req_headers.get(header::RANGE) {
         Some(v) => Some(parse_range(v.to_str().unwrap_or(""), size).ok_or_else(|| {
             ApiError::new(
@@ -84,10 +97,24 @@ pub async fn get(
     Ok(resp)
 }
 
-pub async fn delete(state: &AppState, name: &str, digest_str: &str) -> ApiResult<Response> {
+pub async fn delete(
+    state: &AppState,
+    caller: &Caller,
+    name: &str,
+    digest_str: &str,
+) -> ApiResult<Response> {
     let repo = repo_name(name)?;
     let digest = digest(digest_str)?;
     state.meta.unlink_blob(&repo, &digest).await?;
+    audit(
+        state,
+        caller,
+        "blob.delete",
+        &repo,
+        format!("{repo}@{digest}"),
+        serde_json::json!({}),
+    )
+    .await;
     let mut headers = HeaderMap::new();
     set(&mut headers, header::CONTENT_LENGTH, "0");
     Ok(empty(StatusCode::ACCEPTED, headers))

@@ -6,6 +6,9 @@ use serde_json::{Value, json};
 use slipway_storage::StorageError;
 
 use super::{OCI_FILTERS_APPLIED, digest, query_pairs, query_param, repo_name, set};
+use std::collections::HashMap;
+
+use crate::auth::{Actions, Caller, project_of};
 use crate::error::{ApiError, ApiResult, ErrorCode};
 use crate::manifest::OCI_INDEX;
 use crate::server::AppState;
@@ -86,14 +89,38 @@ pub async fn tags(state: &AppState, name: &str, uri: &Uri) -> ApiResult<Response
     ))
 }
 
-pub async fn catalog(state: &AppState, uri: &Uri) -> ApiResult<Response> {
+/// The repositories the caller may pull from, in pages.
+pub async fn catalog(state: &AppState, caller: &Caller, uri: &Uri) -> ApiResult<Response> {
     let (n, last) = page(uri)?;
     let limit = n.unwrap_or(MAX_PAGE).min(MAX_PAGE);
-    let repos = if limit == 0 {
-        Vec::new()
-    } else {
-        state.meta.catalog(last.as_deref(), limit + 1).await?
-    };
+    let mut repos = Vec::new();
+    let mut cursor = last;
+    let mut verdicts: HashMap<String, bool> = HashMap::new();
+    while limit > 0 && repos.len() <= limit as usize {
+        let batch = state.meta.catalog(cursor.as_deref(), limit + 1).await?;
+        let done = batch.len() <= limit as usize;
+        for name in batch {
+            let project = project_of(&name).to_owned();
+            let visible = match verdicts.get(&project) {
+                Some(v) => *v,
+                None => {
+                    let v = state
+                        .allowed(&caller.principal, &project)
+                        .await?
+                        .contains(Actions::PULL);
+                    verdicts.insert(project, v);
+                    v
+                }
+            };
+            cursor = Some(name.clone());
+            if visible {
+                repos.push(name);
+            }
+        }
+        if done {
+            break;
+        }
+    }
     Ok(paged(
         "/v2/_catalog",
         "repositories",

@@ -10,7 +10,10 @@ use slipway_storage::meta::{ManifestRecord, NewManifest};
 use slipway_storage::names::valid_tag;
 use slipway_storage::{Algorithm, Digest, RepoName, StorageError};
 
-use super::{CONTENT_DIGEST, OCI_SUBJECT, empty, repo_name, set};
+use serde_json::json;
+
+use super::{CONTENT_DIGEST, OCI_SUBJECT, audit, empty, repo_name, set};
+use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult, ErrorCode};
 use crate::manifest::{self, Invalid};
 use crate::server::AppState;
@@ -120,6 +123,7 @@ fn accepts(headers: &HeaderMap, media_type: &str) -> bool {
 
 pub async fn put(
     state: &AppState,
+    caller: &Caller,
     name: &str,
     reference_str: &str,
     req: Request,
@@ -148,9 +152,11 @@ pub async fn put(
     })?;
     let repo_id = state.meta.ensure_repo(&repo).await?;
     let subject = parsed.subject.clone();
+    let detail = json!({"tag": tag, "media_type": parsed.media_type, "size": body.len()});
     state
         .meta
         .manifest_put(
+            &repo,
             repo_id,
             &NewManifest {
                 digest: digest.clone(),
@@ -164,6 +170,16 @@ pub async fn put(
             },
         )
         .await?;
+    audit(
+        state,
+        caller,
+        "manifest.push",
+        &repo,
+        format!("{repo}@{digest}"),
+        detail,
+    )
+    .await;
+    quota_warnings(state, caller, &repo).await;
     let mut headers = HeaderMap::new();
     set(
         &mut headers,
@@ -178,19 +194,100 @@ pub async fn put(
     Ok(empty(StatusCode::CREATED, headers))
 }
 
-pub async fn delete(state: &AppState, name: &str, reference_str: &str) -> ApiResult<Response> {
+pub async fn delete(
+    state: &AppState,
+    caller: &Caller,
+    name: &str,
+    reference_str: &str,
+) -> ApiResult<Response> {
     let repo = repo_name(name)?;
     match reference(reference_str)? {
-        Reference::Digest(d) => state.meta.manifest_delete(&repo, &d).await?,
+        Reference::Digest(d) => {
+            state.meta.manifest_delete(&repo, &d).await?;
+            audit(
+                state,
+                caller,
+                "manifest.delete",
+                &repo,
+                format!("{repo}@{d}"),
+                json!({}),
+            )
+            .await;
+            quota_warnings(state, caller, &repo).await;
+        }
         Reference::Tag(tag) => {
             if !state.meta.tag_delete(&repo, &tag).await? {
                 return Err(unknown(state, &repo, reference_str).await);
             }
+            audit(
+                state,
+                caller,
+                "tag.delete",
+                &repo,
+                format!("{repo}:{tag}"),
+                json!({}),
+            )
+            .await;
         }
     }
     let mut headers = HeaderMap::new();
     set(&mut headers, header::CONTENT_LENGTH, "0");
     Ok(empty(StatusCode::ACCEPTED, headers))
+}
+
+/// Records in the audit log when a project's usage reaches a configured
+/// warning threshold (once per threshold; going back below re-arms it).
+async fn quota_warnings(state: &AppState, caller: &Caller, repo: &RepoName) {
+    let project = repo.project();
+    match state.has_quota(project).await {
+        Ok(true) => {}
+        _ => return,
+    }
+    let Ok(Some((used, Some(quota), warned))) = state.meta.quota_state(project).await else {
+        return;
+    };
+    let percent = if quota == 0 {
+        100.0
+    } else {
+        used as f64 * 100.0 / quota as f64
+    };
+    let reached = state
+        .config
+        .quota
+        .warn_percent
+        .iter()
+        .copied()
+        .filter(|t| percent >= *t as f64)
+        .max()
+        .unwrap_or(0);
+    if reached == warned {
+        return;
+    }
+    match state.meta.set_warned_percent(project, reached).await {
+        Ok(before) if reached > before => {
+            audit(
+                state,
+                caller,
+                "quota.warning",
+                repo,
+                project.to_owned(),
+                json!({
+                    "threshold_percent": reached,
+                    "percent": (percent * 10.0).round() / 10.0,
+                    "used_bytes": used,
+                    "quota_bytes": quota,
+                }),
+            )
+            .await;
+            tracing::warn!(
+                project,
+                threshold_percent = reached,
+                "a project reached a quota warning threshold"
+            );
+        }
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, project, "recording a quota warning failed"),
+    }
 }
 
 /// Reads a request body of at most `max` bytes.

@@ -10,14 +10,18 @@ pub mod path;
 pub mod uploads;
 
 use axum::body::Body;
-use axum::extract::{Request, State};
+use std::net::SocketAddr;
+
+use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use slipway_storage::{Digest, RepoName};
 
+use crate::auth::{Actions, Caller, Need};
 use crate::error::{ApiError, ApiResult, ErrorCode};
 use crate::server::AppState;
 use path::{Endpoint, PathError};
+use slipway_storage::meta::NewAuditEntry;
 
 pub const API_VERSION: HeaderName = HeaderName::from_static("docker-distribution-api-version");
 pub const CONTENT_DIGEST: HeaderName = HeaderName::from_static("docker-content-digest");
@@ -59,11 +63,26 @@ async fn route(state: AppState, req: Request) -> ApiResult<Response> {
     };
     let method = req.method().clone();
     let head = method == Method::HEAD;
+    let Some(need) = need(&endpoint, &method) else {
+        let allow = allowed(&endpoint);
+        return Err(ApiError::unsupported(format!(
+            "{method} is not supported on this endpoint; use {allow}"
+        ))
+        .with_header(header::ALLOW, allow));
+    };
+    if let Some(name) = endpoint.name() {
+        repo_name(name)?;
+    }
+    let remote = req
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip());
+    let caller = state.authorize(req.headers(), remote, need).await?;
     match (&endpoint, &method) {
         (Endpoint::Base, &Method::GET | &Method::HEAD) => {
             Ok(([(header::CONTENT_TYPE, "application/json")], "{}").into_response())
         }
-        (Endpoint::Catalog, &Method::GET) => listing::catalog(&state, req.uri()).await,
+        (Endpoint::Catalog, &Method::GET) => listing::catalog(&state, &caller, req.uri()).await,
         (Endpoint::Tags { name }, &Method::GET) => listing::tags(&state, name, req.uri()).await,
         (Endpoint::Referrers { name, digest }, &Method::GET) => {
             listing::referrers(&state, name, digest, req.uri()).await
@@ -72,18 +91,20 @@ async fn route(state: AppState, req: Request) -> ApiResult<Response> {
             manifests::get(&state, name, reference, req.headers(), head).await
         }
         (Endpoint::Manifest { name, reference }, &Method::PUT) => {
-            manifests::put(&state, name, reference, req).await
+            manifests::put(&state, &caller, name, reference, req).await
         }
         (Endpoint::Manifest { name, reference }, &Method::DELETE) => {
-            manifests::delete(&state, name, reference).await
+            manifests::delete(&state, &caller, name, reference).await
         }
         (Endpoint::Blob { name, digest }, &Method::GET | &Method::HEAD) => {
-            blobs::get(&state, name, digest, req.headers(), head).await
+            blobs::get(&state, &caller, name, digest, req.headers(), head).await
         }
         (Endpoint::Blob { name, digest }, &Method::DELETE) => {
-            blobs::delete(&state, name, digest).await
+            blobs::delete(&state, &caller, name, digest).await
         }
-        (Endpoint::UploadStart { name }, &Method::POST) => uploads::start(&state, name, req).await,
+        (Endpoint::UploadStart { name }, &Method::POST) => {
+            uploads::start(&state, &caller, name, req).await
+        }
         (Endpoint::Upload { name, id }, &Method::GET) => uploads::status(&state, name, id).await,
         (Endpoint::Upload { name, id }, &Method::PATCH) => {
             uploads::patch(&state, name, id, req).await
@@ -92,13 +113,63 @@ async fn route(state: AppState, req: Request) -> ApiResult<Response> {
             uploads::finish(&state, name, id, req).await
         }
         (Endpoint::Upload { name, id }, &Method::DELETE) => uploads::cancel(&state, name, id).await,
-        (endpoint, method) => {
-            let allow = allowed(endpoint);
-            Err(ApiError::unsupported(format!(
-                "{method} is not supported on this endpoint; use {allow}"
-            ))
-            .with_header(header::ALLOW, allow))
+        _ => unreachable!("need() accepts only the pairs handled here"),
+    }
+}
+
+/// What a request on `endpoint` with `method` needs; `None` when the
+/// method is not supported there.
+fn need<'a>(endpoint: &Endpoint<'a>, method: &Method) -> Option<Need<'a>> {
+    let repo = |name: &'a str, actions| Some(Need::Repository { name, actions });
+    let read = *method == Method::GET || *method == Method::HEAD;
+    match endpoint {
+        Endpoint::Base if read => Some(Need::Login),
+        Endpoint::Catalog if *method == Method::GET => Some(Need::Catalog),
+        Endpoint::Tags { name } | Endpoint::Referrers { name, .. } if *method == Method::GET => {
+            repo(name, Actions::PULL)
         }
+        Endpoint::Manifest { name, .. } | Endpoint::Blob { name, .. } if read => {
+            repo(name, Actions::PULL)
+        }
+        Endpoint::Manifest { name, .. } if *method == Method::PUT => repo(name, Actions::PUSH),
+        Endpoint::Manifest { name, .. } | Endpoint::Blob { name, .. }
+            if *method == Method::DELETE =>
+        {
+            repo(name, Actions::DELETE)
+        }
+        Endpoint::UploadStart { name } if *method == Method::POST => repo(name, Actions::PUSH),
+        Endpoint::Upload { name, .. }
+            if matches!(
+                *method,
+                Method::GET | Method::PATCH | Method::PUT | Method::DELETE
+            ) =>
+        {
+            repo(name, Actions::PUSH)
+        }
+        _ => None,
+    }
+}
+
+/// Records an action in the audit log; a failure to record is logged, not
+/// returned (the action itself already happened).
+pub(crate) async fn audit(
+    state: &AppState,
+    caller: &Caller,
+    action: &str,
+    repo: &RepoName,
+    target: String,
+    detail: serde_json::Value,
+) {
+    let entry = NewAuditEntry {
+        principal: caller.principal.subject(),
+        action: action.to_owned(),
+        project: Some(repo.project().to_owned()),
+        target: Some(target),
+        detail: Some(detail.to_string()),
+        remote_addr: caller.remote.map(|r| r.to_string()),
+    };
+    if let Err(e) = state.meta.audit(&entry).await {
+        tracing::error!(error = %e, action, "writing the audit log failed");
     }
 }
 

@@ -5,6 +5,12 @@
 //! An upload's state (bytes so far and the saved hash state at that offset)
 //! lives in the database after every request, so a client can resume after
 //! a restart of the server — or its own — by asking for the upload's status.
+//!
+//! Quotas are enforced while the bytes stream in: a chunk with a
+//! `Content-Length` is reserved before it is read (and refused if the
+//! project has no room); a body without one reserves as it goes, in steps.
+//! Finishing an upload claims the digest, publishes the bytes, then links
+//! the blob (see `slipway_storage::meta::blobs`).
 
 use std::time::{Duration, SystemTime};
 
@@ -12,26 +18,42 @@ use axum::body::Body;
 use axum::extract::Request;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::Response;
-use futures::StreamExt;
+use bytes::Bytes;
+use futures::{Stream, StreamExt};
 use slipway_storage::meta::UploadRecord;
 use slipway_storage::{Algorithm, Digest, Hasher, RepoName, StorageError};
 
 use super::{CONTENT_DIGEST, UPLOAD_UUID, digest, empty, query_pairs, query_param, repo_name, set};
+use crate::auth::{Actions, Caller};
 use crate::error::{ApiError, ApiResult, ErrorCode};
 use crate::server::AppState;
 
-pub async fn start(state: &AppState, name: &str, req: Request) -> ApiResult<Response> {
+/// A body without `Content-Length` reserves quota in steps of this size.
+const RESERVE_STEP: u64 = 8 << 20;
+
+pub async fn start(
+    state: &AppState,
+    caller: &Caller,
+    name: &str,
+    req: Request,
+) -> ApiResult<Response> {
     let repo = repo_name(name)?;
     let pairs = query_pairs(req.uri());
     if let Some(mount) = query_param(&pairs, "mount") {
         let digest = digest(mount)?;
+        // Mounting needs pull on the source: without it, the blob is
+        // uploaded like any other (and never revealed to exist).
         if let Some(from) = query_param(&pairs, "from")
             && let Ok(from) = RepoName::parse(from)
+            && state
+                .allowed(&caller.principal, from.project())
+                .await?
+                .contains(Actions::PULL)
         {
             let repo_id = state.meta.ensure_repo(&repo).await?;
             if state
                 .meta
-                .mount_blob(repo_id, &from, &digest)
+                .mount_blob(repo_id, repo.project(), &from, &digest)
                 .await?
                 .is_some()
             {
@@ -63,33 +85,40 @@ async fn new_session(state: &AppState, repo: &RepoName) -> ApiResult<Response> {
     Ok(empty(StatusCode::ACCEPTED, session_headers(repo, &id, 0)))
 }
 
-/// `POST ?digest=` with the whole blob as the body.
+/// `POST ?digest=` with the whole blob as the body. Checked against the
+/// quota before reading (with `Content-Length`), while reading (never past
+/// the room the project has), and finally when the blob is linked.
 async fn monolithic(
     state: &AppState,
     repo: &RepoName,
     expected: &Digest,
     req: Request,
 ) -> ApiResult<Response> {
+    let project = repo.project();
+    let declared = check_declared_length(state, req.headers(), 0)?;
+    let mut max = state.config.limits.max_blob_bytes;
+    if state.has_quota(project).await? {
+        // Early refusal; the exact check runs when the blob is linked.
+        if let Some(room) = state.room_hint(project, declared.unwrap_or(0)).await? {
+            max = max.min(room);
+        }
+    }
     let repo_id = state.meta.ensure_repo(repo).await?;
-    check_declared_length(state, req.headers(), 0)?;
     let id = uuid::Uuid::new_v4().simple().to_string();
     state.blobs.upload_create(&id).await?;
     let result = async {
-        let body = counted(req.into_body());
-        let (size, hasher) = state
+        let body = quota_limited(body_stream(req.into_body()), state, project, max);
+        let (_, hasher) = state
             .blobs
-            .upload_append(
-                &id,
-                0,
-                Hasher::new(expected.algorithm()),
-                body,
-                state.config.limits.max_blob_bytes,
-            )
+            .upload_append(&id, 0, Hasher::new(expected.algorithm()), body, u64::MAX)
             .await?;
-        let published = state.blobs.upload_publish(&id, expected, hasher).await?;
-        debug_assert_eq!(size, published);
-        state.meta.link_blob(repo_id, expected, published).await?;
-        Ok::<_, StorageError>(())
+        let size = state.blobs.upload_verify(&id, expected, hasher).await?;
+        state.meta.blob_claim(expected, size).await?;
+        state.blobs.upload_publish(&id, expected).await?;
+        state
+            .meta
+            .blob_complete(None, repo_id, project, expected, size, true)
+            .await
     }
     .await;
     if let Err(e) = result {
@@ -138,28 +167,59 @@ pub async fn finish(state: &AppState, name: &str, id: &str, req: Request) -> Api
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .is_none_or(|v| v.trim() != "0");
-    let (size, hasher) = if has_body {
-        append(state, &repo, &upload, req).await?
+    let hasher = if has_body {
+        append(state, &repo, &upload, req).await?.1
     } else {
-        (upload.size, Hasher::restore(&upload.hash_state)?)
+        Hasher::restore(&upload.hash_state)?
     };
-    match state.blobs.upload_publish(id, &expected, hasher).await {
-        Ok(published) => {
-            debug_assert_eq!(published, size);
-            state
-                .meta
-                .upload_complete(id, upload.repo_id, &expected, published)
-                .await?;
-            Ok(blob_created(&repo, &expected))
-        }
+    let verified = state
+        .blobs
+        .upload_verify(id, &expected, hasher.clone())
+        .await;
+    // A crash between publishing and linking leaves the record and a
+    // published blob, but no upload file: the same PUT finishes the job.
+    let published_before = matches!(verified, Err(StorageError::UploadUnknown(_)))
+        && hasher.clone().finish() == expected
+        && state.blobs.stat(&expected).await? == Some(upload.size);
+    if published_before {
+        state.meta.blob_claim(&expected, upload.size).await?;
+        state
+            .meta
+            .blob_complete(
+                Some(id),
+                upload.repo_id,
+                repo.project(),
+                &expected,
+                upload.size,
+                false,
+            )
+            .await?;
+        return Ok(blob_created(&repo, &expected));
+    }
+    let size = match verified {
+        Ok(size) => size,
         Err(e @ StorageError::DigestMismatch { .. }) => {
             // The upload cannot become that blob: remove it, leave nothing.
             state.meta.upload_delete(id).await?;
             state.blobs.upload_abort(id).await?;
-            Err(e.into())
+            return Err(e.into());
         }
-        Err(e) => Err(e.into()),
-    }
+        Err(e) => return Err(e.into()),
+    };
+    state.meta.blob_claim(&expected, size).await?;
+    state.blobs.upload_publish(id, &expected).await?;
+    state
+        .meta
+        .blob_complete(
+            Some(id),
+            upload.repo_id,
+            repo.project(),
+            &expected,
+            size,
+            false,
+        )
+        .await?;
+    Ok(blob_created(&repo, &expected))
 }
 
 pub async fn cancel(state: &AppState, name: &str, id: &str) -> ApiResult<Response> {
@@ -187,7 +247,8 @@ async fn load(state: &AppState, repo: &RepoName, id: &str) -> ApiResult<UploadRe
 }
 
 /// Appends the request body to the upload, honouring `Content-Range` when
-/// given (it must start where the upload ends), and records the new state.
+/// given (it must start where the upload ends), reserving quota for it, and
+/// records the new state.
 async fn append(
     state: &AppState,
     repo: &RepoName,
@@ -220,7 +281,7 @@ async fn append(
     }
     let declared = check_declared_length(state, req.headers(), upload.size)?;
     if let (Some((start, end)), Some(len)) = (range, declared)
-        && end + 1 - start != len
+        && end - start + 1 != len
     {
         return Err(ApiError::new(
             StatusCode::RANGE_NOT_SATISFIABLE,
@@ -229,24 +290,50 @@ async fn append(
         )
         .with_header(header::RANGE, &range_value(upload.size)));
     }
+    let project = repo.project();
+    let quota = state.has_quota(project).await?;
+    if quota && let Some(len) = declared.filter(|l| *l > 0) {
+        state.meta.upload_reserve(&upload.id, project, len).await?;
+    }
     let hasher = Hasher::restore(&upload.hash_state)?;
-    let (size, hasher) = state
+    let body = body_stream(req.into_body());
+    let body: std::pin::Pin<Box<dyn Stream<Item = Result<Bytes, StorageError>> + Send + '_>> =
+        if quota && declared.is_none() {
+            Box::pin(reserving(body, state, &upload.id, project))
+        } else {
+            Box::pin(body)
+        };
+    let appended = state
         .blobs
         .upload_append(
             &upload.id,
             upload.size,
             hasher,
-            counted(req.into_body()),
+            body,
             state.config.limits.max_blob_bytes,
         )
-        .await?;
+        .await;
+    let (size, hasher) = match appended {
+        Ok(r) => r,
+        Err(e) => {
+            // What this chunk announced is not held any longer.
+            if quota {
+                let _ = state.meta.upload_release(&upload.id).await;
+            }
+            return Err(e.into());
+        }
+    };
     if let Some((start, end)) = range
         && size != end + 1
     {
+        if quota {
+            let _ = state.meta.upload_release(&upload.id).await;
+        }
         return Err(ApiError::bad_request(
             ErrorCode::BlobUploadInvalid,
             format!(
-                "Content-Range announced bytes {start}-{end} but the body had {} bytes; the chunk was not kept",
+                "Content-Range announced bytes {start}-{end} but the body had {} bytes; \
+                 the chunk was not kept",
                 size - start
             ),
         ));
@@ -290,11 +377,82 @@ fn check_declared_length(
 }
 
 /// The body as a stream of bytes, counted into the upload metric.
-fn counted(body: Body) -> impl futures::Stream<Item = Result<bytes::Bytes, axum::Error>> + Send {
-    body.into_data_stream().inspect(|chunk| {
-        if let Ok(c) = chunk {
+fn body_stream(body: Body) -> impl Stream<Item = Result<Bytes, StorageError>> + Send {
+    body.into_data_stream().map(|chunk| match chunk {
+        Ok(c) => {
             metrics::counter!("slipway_upload_bytes_total").increment(c.len() as u64);
+            Ok(c)
         }
+        Err(e) => Err(StorageError::BodyIncomplete(e.to_string())),
+    })
+}
+
+/// Reserves quota for upload `id` in steps as a body of unknown length
+/// streams in; a step the project has no room for ends the stream.
+fn reserving<'a>(
+    body: impl Stream<Item = Result<Bytes, StorageError>> + Send + 'a,
+    state: &'a AppState,
+    id: &'a str,
+    project: &'a str,
+) -> impl Stream<Item = Result<Bytes, StorageError>> + Send + 'a {
+    futures::stream::unfold(
+        (Box::pin(body), 0u64, 0u64, false),
+        move |(mut body, mut received, mut reserved, failed)| async move {
+            if failed {
+                return None;
+            }
+            let frame = match body.next().await? {
+                Ok(f) => f,
+                Err(e) => return Some((Err(e), (body, received, reserved, true))),
+            };
+            received += frame.len() as u64;
+            while received > reserved {
+                if let Err(e) = state.meta.upload_reserve(id, project, RESERVE_STEP).await {
+                    return Some((Err(e), (body, received, reserved, true)));
+                }
+                reserved += RESERVE_STEP;
+            }
+            Some((Ok(frame), (body, received, reserved, false)))
+        },
+    )
+}
+
+/// Ends a stream with the quota error once it passes `max` bytes (the room
+/// the project had when the upload started).
+fn quota_limited<'a>(
+    body: impl Stream<Item = Result<Bytes, StorageError>> + Send + 'a,
+    state: &'a AppState,
+    project: &'a str,
+    max: u64,
+) -> impl Stream<Item = Result<Bytes, StorageError>> + Send + 'a {
+    let mut received = 0u64;
+    let mut failed = false;
+    body.then(move |frame| {
+        let over = match &frame {
+            Ok(f) => {
+                received += f.len() as u64;
+                received > max
+            }
+            Err(_) => false,
+        };
+        async move {
+            if over {
+                // Report the quota in its own words.
+                return Err(match state.meta.check_room(project, received).await {
+                    Err(e) => e,
+                    Ok(()) => StorageError::TooLarge(format!(
+                        "blobs are limited to {} bytes",
+                        state.config.limits.max_blob_bytes
+                    )),
+                });
+            }
+            frame
+        }
+    })
+    .take_while(move |r| {
+        let keep = !failed;
+        failed |= r.is_err();
+        futures::future::ready(keep)
     })
 }
 
@@ -316,7 +474,8 @@ pub fn parse_content_range(v: &str) -> Option<(u64, u64)> {
         s.parse().ok()
     };
     let (a, b) = (num(a)?, num(b)?);
-    (a <= b).then_some((a, b))
+    // An end of u64::MAX has no byte after it: no upload gets that large.
+    (a <= b && b < u64::MAX).then_some((a, b))
 }
 
 fn upload_location(repo: &RepoName, id: &str) -> String {
@@ -349,9 +508,10 @@ fn blob_created(repo: &RepoName, digest: &Digest) -> Response {
     empty(StatusCode::CREATED, h)
 }
 
-/// Removes uploads idle longer than configured, and upload files that have
-/// no record (left by a crash between creating the file and the record, or
-/// by a monolithic push that died) once they are as old.
+/// Removes uploads idle longer than configured, upload files that have no
+/// record (left by a crash between creating the file and the record, or by
+/// a monolithic push that died) once they are as old, and expired quota
+/// reservations.
 pub async fn expire(state: &AppState) -> Result<(), StorageError> {
     let idle = state.config.upload_idle();
     let cutoff = slipway_storage::meta::now_ms() - idle.as_millis() as i64;
@@ -367,6 +527,10 @@ pub async fn expire(state: &AppState) -> Result<(), StorageError> {
             state.blobs.upload_abort(&id).await?;
             tracing::info!(upload.id = %id, "removed an upload file without a record");
         }
+    }
+    let n = state.meta.expire_reservations().await?;
+    if n > 0 {
+        tracing::info!(count = n, "removed expired quota reservations");
     }
     Ok(())
 }
@@ -389,6 +553,8 @@ mod tests {
             ("", None),
             ("1-", None),
             ("18446744073709551616-1", None),
+            ("0-18446744073709551615", None),
+            ("0-18446744073709551614", Some((0, u64::MAX - 1))),
         ];
         for (v, want) in cases {
             assert_eq!(parse_content_range(v), *want, "{v}");

@@ -3,12 +3,22 @@
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use http_body_util::BodyExt;
+use slipway_registry::config::Secret;
 use slipway_registry::{AppState, Config, server::router};
 use tower::ServiceExt;
 
+const ADMIN_PASSWORD: &str = "api-test-password";
+
 async fn app() -> (axum::Router, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
-    let state = AppState::open(Config::for_tests(dir.path())).await.unwrap();
+    let mut config = Config::for_tests(dir.path());
+    config.auth.admin_password = Some(Secret::new(ADMIN_PASSWORD));
+    let state = AppState::open(config).await.unwrap();
+    state
+        .meta
+        .project_create("tool-a", false, None, false)
+        .await
+        .unwrap();
     (router(state), dir)
 }
 
@@ -18,9 +28,12 @@ async fn send(
     uri: &str,
     body: &'static [u8],
 ) -> (StatusCode, axum::http::HeaderMap, Vec<u8>) {
+    use base64::Engine;
+    let basic = base64::engine::general_purpose::STANDARD.encode(format!("admin:{ADMIN_PASSWORD}"));
     let req = Request::builder()
         .method(method)
         .uri(uri)
+        .header("authorization", format!("Basic {basic}"))
         .body(Body::from(body))
         .unwrap();
     let resp = app.clone().oneshot(req).await.unwrap();
@@ -67,4 +80,25 @@ async fn metrics_count_requests_by_route() {
         text.contains("slipway_http_request_duration_seconds_bucket"),
         "{text}"
     );
+}
+
+#[tokio::test]
+async fn the_openapi_document_lists_the_admin_routes() {
+    let (app, _dir) = app().await;
+    let (status, _, body) = send(&app, "GET", "/api/v1/openapi.json", b"").await;
+    assert_eq!(status, StatusCode::OK);
+    let doc: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    for path in [
+        "/api/v1/projects",
+        "/api/v1/projects/{project}",
+        "/api/v1/projects/{project}/robots",
+        "/api/v1/projects/{project}/robots/{robot}",
+        "/api/v1/projects/{project}/robots/{robot}/rotate",
+        "/api/v1/audit",
+    ] {
+        assert!(
+            doc["paths"][path].is_object(),
+            "{path} missing from the OpenAPI document"
+        );
+    }
 }

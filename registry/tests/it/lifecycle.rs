@@ -30,9 +30,18 @@ fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
 #[tokio::test]
 async fn a_request_in_flight_finishes_after_stop_is_asked() {
     let server = TestServer::start().await;
+    server.create_project("tool-a", false).await;
+    let auth = {
+        use base64::Engine;
+        base64::engine::general_purpose::STANDARD.encode(server.admin_creds())
+    };
     let mut c = TcpStream::connect(server.addr).await.unwrap();
     c.write_all(
-        b"POST /v2/tool-a/web/blobs/uploads/ HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n",
+        format!(
+            "POST /v2/tool-a/web/blobs/uploads/ HTTP/1.1\r\nHost: x\r\n\
+             Authorization: Basic {auth}\r\nContent-Length: 0\r\n\r\n"
+        )
+        .as_bytes(),
     )
     .await
     .unwrap();
@@ -43,13 +52,17 @@ async fn a_request_in_flight_finishes_after_stop_is_asked() {
     // Half of a chunk is sent, then the server is told to stop.
     let mut c2 = TcpStream::connect(server.addr).await.unwrap();
     c2.write_all(
-        format!("PATCH {location} HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nhello")
-            .as_bytes(),
+        format!(
+            "PATCH {location} HTTP/1.1\r\nHost: x\r\nAuthorization: Basic {auth}\r\n\
+             Content-Length: 10\r\n\r\nhello"
+        )
+        .as_bytes(),
     )
     .await
     .unwrap();
     // Let the server start reading the body before it is asked to stop.
-    let probe = format!("GET {location} HTTP/1.1\r\nHost: x\r\n\r\n");
+    let probe =
+        format!("GET {location} HTTP/1.1\r\nHost: x\r\nAuthorization: Basic {auth}\r\n\r\n");
     c.write_all(probe.as_bytes()).await.unwrap();
     let head = read_head(&mut c).await;
     assert!(head.starts_with("HTTP/1.1 204"), "{head}");

@@ -5,4 +5,8 @@
 
 mod api;
 mod architecture;
+mod gc_stress;
 mod lifecycle;
+mod logs;
+mod quota;
+mod security;

@@ -136,7 +136,7 @@ impl FsBlobStore {
     /// returns the new size and hash state. Bytes past `offset` (left by a
     /// request that died mid-write) are cut off first. Refuses to take the
     /// upload beyond `max_size` bytes, before writing the chunk that would.
-    pub async fn upload_append<S, E>(
+    pub async fn upload_append<S>(
         &self,
         id: &str,
         offset: u64,
@@ -145,13 +145,15 @@ impl FsBlobStore {
         max_size: u64,
     ) -> Result<(u64, Hasher)>
     where
-        S: Stream<Item = std::result::Result<Bytes, E>> + Send,
-        E: std::fmt::Display,
+        S: Stream<Item = Result<Bytes>> + Send,
     {
         let path = self.upload_path(id);
         let upload_id = id.to_owned();
-        let (tx, mut rx) = mpsc::channel::<Bytes>(4);
-        let writer = tokio::task::spawn_blocking(move || -> Result<(u64, Hasher)> {
+        // Hashing and writing run on two threads, fed the same chunks, so
+        // the hash and the copy into the page cache overlap.
+        let (write_tx, mut write_rx) = mpsc::channel::<Bytes>(4);
+        let (hash_tx, mut hash_rx) = mpsc::channel::<Bytes>(4);
+        let writer = tokio::task::spawn_blocking(move || -> Result<u64> {
             let mut file = match OpenOptions::new().write(true).open(&path) {
                 Ok(f) => f,
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {
@@ -170,29 +172,35 @@ impl FsBlobStore {
             }
             file.seek(SeekFrom::Start(offset))?;
             let mut size = offset;
-            while let Some(chunk) = rx.blocking_recv() {
-                hasher.update(&chunk);
+            while let Some(chunk) = write_rx.blocking_recv() {
                 file.write_all(&chunk)?;
                 size += chunk.len() as u64;
             }
-            Ok((size, hasher))
+            Ok(size)
+        });
+        let hashing = tokio::task::spawn_blocking(move || {
+            while let Some(chunk) = hash_rx.blocking_recv() {
+                hasher.update(&chunk);
+            }
+            hasher
         });
 
-        let fed = feed(body, &tx, offset, max_size).await;
-        drop(tx);
+        let fed = feed(body, &[&write_tx, &hash_tx], offset, max_size).await;
+        drop(write_tx);
+        drop(hash_tx);
         let written = writer.await.map_err(join_error)?;
+        let hasher = hashing.await.map_err(join_error)?;
         // A failure to read the body wins over what the writer saw: the
         // writer's result is then only partial.
         fed?;
-        written
+        Ok((written?, hasher))
     }
 
-    /// Checks the upload's bytes against `expected` and publishes them under
-    /// that digest. Returns the blob size. On a mismatch the upload file is
-    /// left for the caller to cancel.
-    pub async fn upload_publish(&self, id: &str, expected: &Digest, hasher: Hasher) -> Result<u64> {
+    /// Checks the upload's bytes against `expected` (re-reading them only if
+    /// `hasher` is of another algorithm) and returns their size. On a
+    /// mismatch the upload file is left for the caller to cancel.
+    pub async fn upload_verify(&self, id: &str, expected: &Digest, hasher: Hasher) -> Result<u64> {
         let path = self.upload_path(id);
-        let dest = self.blob_path(expected);
         let expected = expected.clone();
         let upload_id = id.to_owned();
         tokio::task::spawn_blocking(move || -> Result<u64> {
@@ -212,14 +220,39 @@ impl FsBlobStore {
             if actual != expected {
                 return Err(StorageError::DigestMismatch { expected, actual });
             }
+            Ok(size)
+        })
+        .await
+        .map_err(join_error)?
+    }
+
+    /// Publishes a verified upload under its digest: fsync, rename, fsync of
+    /// the directory. If the blob is already stored, the upload file just
+    /// goes away.
+    pub async fn upload_publish(&self, id: &str, digest: &Digest) -> Result<()> {
+        let path = self.upload_path(id);
+        let dest = self.blob_path(digest);
+        let upload_id = id.to_owned();
+        tokio::task::spawn_blocking(move || -> Result<()> {
             if dest.exists() {
-                fs::remove_file(&path)?;
-                return Ok(size);
+                return match fs::remove_file(&path) {
+                    Ok(()) => Ok(()),
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                        Err(StorageError::UploadUnknown(upload_id))
+                    }
+                    Err(e) => Err(e.into()),
+                };
             }
+            let file = match File::open(&path) {
+                Ok(f) => f,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    return Err(StorageError::UploadUnknown(upload_id));
+                }
+                Err(e) => return Err(e.into()),
+            };
             file.sync_all()?;
             drop(file);
-            publish_file(&path, &dest)?;
-            Ok(size)
+            publish_file(&path, &dest)
         })
         .await
         .map_err(join_error)?
@@ -253,22 +286,24 @@ impl FsBlobStore {
     }
 }
 
-/// Moves the body into the writer in chunks of about [`CHUNK`] bytes.
-async fn feed<S, E>(body: S, tx: &mpsc::Sender<Bytes>, offset: u64, max_size: u64) -> Result<()>
+/// Hands the body to every consumer in chunks of about [`CHUNK`] bytes.
+async fn feed<S>(body: S, to: &[&mpsc::Sender<Bytes>], offset: u64, max_size: u64) -> Result<()>
 where
-    S: Stream<Item = std::result::Result<Bytes, E>> + Send,
-    E: std::fmt::Display,
+    S: Stream<Item = Result<Bytes>> + Send,
 {
+    async fn send(to: &[&mpsc::Sender<Bytes>], chunk: Bytes) -> bool {
+        for tx in to {
+            if tx.send(chunk.clone()).await.is_err() {
+                return false; // a consumer failed; its error is reported
+            }
+        }
+        true
+    }
     let mut body = std::pin::pin!(body);
-    let mut buf = BytesMut::new();
+    let mut buf = BytesMut::with_capacity(CHUNK);
     let mut size = offset;
     while let Some(frame) = body.next().await {
-        let frame = frame.map_err(|e| {
-            StorageError::Io(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                format!("reading the request body failed: {e}"),
-            ))
-        })?;
+        let frame = frame?;
         size += frame.len() as u64;
         if size > max_size {
             return Err(StorageError::TooLarge(format!(
@@ -276,18 +311,21 @@ where
             )));
         }
         if buf.is_empty() && frame.len() >= CHUNK {
-            if tx.send(frame).await.is_err() {
-                return Ok(()); // the writer failed; its error is reported
+            if !send(to, frame).await {
+                return Ok(());
             }
             continue;
         }
         buf.extend_from_slice(&frame);
-        if buf.len() >= CHUNK && tx.send(buf.split().freeze()).await.is_err() {
-            return Ok(());
+        if buf.len() >= CHUNK {
+            let chunk = std::mem::replace(&mut buf, BytesMut::with_capacity(CHUNK)).freeze();
+            if !send(to, chunk).await {
+                return Ok(());
+            }
         }
     }
     if !buf.is_empty() {
-        let _ = tx.send(buf.freeze()).await;
+        send(to, buf.freeze()).await;
     }
     Ok(())
 }

@@ -69,7 +69,9 @@ impl BlobStore {
         }
     }
 
-    pub async fn upload_append<S, E>(
+    /// Appends `body` to upload `id` (which holds `offset` verified bytes)
+    /// while hashing it; refuses to grow the upload beyond `max_size`.
+    pub async fn upload_append<S>(
         &self,
         id: &str,
         offset: u64,
@@ -78,17 +80,24 @@ impl BlobStore {
         max_size: u64,
     ) -> Result<(u64, Hasher)>
     where
-        S: Stream<Item = std::result::Result<Bytes, E>> + Send,
-        E: std::fmt::Display,
+        S: Stream<Item = Result<Bytes>> + Send,
     {
         match self {
             BlobStore::Fs(s) => s.upload_append(id, offset, hasher, body, max_size).await,
         }
     }
 
-    pub async fn upload_publish(&self, id: &str, expected: &Digest, hasher: Hasher) -> Result<u64> {
+    /// Checks an upload against its digest; returns its size.
+    pub async fn upload_verify(&self, id: &str, expected: &Digest, hasher: Hasher) -> Result<u64> {
         match self {
-            BlobStore::Fs(s) => s.upload_publish(id, expected, hasher).await,
+            BlobStore::Fs(s) => s.upload_verify(id, expected, hasher).await,
+        }
+    }
+
+    /// Publishes a verified upload under its digest (once per digest).
+    pub async fn upload_publish(&self, id: &str, digest: &Digest) -> Result<()> {
+        match self {
+            BlobStore::Fs(s) => s.upload_publish(id, digest).await,
         }
     }
 

@@ -12,6 +12,12 @@ pub struct Project {
     pub public: bool,
     pub created_at: i64,
     pub updated_at: i64,
+    /// `None`: unlimited.
+    pub quota_bytes: Option<u64>,
+    /// A shared base project: its blobs cost the others nothing.
+    pub is_base: bool,
+    /// Tagged images kept per repository; `None`: the server's default.
+    pub retention_keep: Option<u32>,
 }
 
 #[derive(Debug, Clone)]
@@ -54,12 +60,25 @@ pub struct RobotUpdate {
     pub secret_hash: Option<String>,
 }
 
+macro_rules! project_select {
+    ($where:literal) => {
+        concat!(
+            "SELECT name, public, created_at, updated_at, quota_bytes, is_base, retention_keep ",
+            "FROM projects ",
+            $where
+        )
+    };
+}
+
 fn project(r: AnyRow) -> Project {
     Project {
         name: r.get(0),
         public: r.get::<i64, _>(1) != 0,
         created_at: r.get(2),
         updated_at: r.get(3),
+        quota_bytes: r.get::<Option<i64>, _>(4).map(|q| q.max(0) as u64),
+        is_base: r.get::<i64, _>(5) != 0,
+        retention_keep: r.get::<Option<i64>, _>(6).map(|k| k.max(0) as u32),
     }
 }
 
@@ -93,15 +112,24 @@ fn robot(r: AnyRow) -> Robot {
 impl Metadata {
     // ----- projects -------------------------------------------------------
 
-    pub async fn project_create(&self, name: &str, public: bool) -> Result<Project> {
+    /// Creates a project; `is_base` marks a shared base project.
+    pub async fn project_create(
+        &self,
+        name: &str,
+        public: bool,
+        quota: Option<u64>,
+        is_base: bool,
+    ) -> Result<Project> {
         let now = now_ms();
         let n = sqlx::query(
-            "INSERT INTO projects (name, public, created_at, updated_at) VALUES ($1, $2, $3, $3) \
-             ON CONFLICT (name) DO NOTHING",
+            "INSERT INTO projects (name, public, created_at, updated_at, quota_bytes, is_base) \
+             VALUES ($1, $2, $3, $3, $4, $5) ON CONFLICT (name) DO NOTHING",
         )
         .bind(name)
         .bind(public as i64)
         .bind(now)
+        .bind(quota.map(|q| q as i64))
+        .bind(is_base as i64)
         .execute(&self.write)
         .await?
         .rows_affected();
@@ -115,24 +143,24 @@ impl Metadata {
             public,
             created_at: now,
             updated_at: now,
+            quota_bytes: quota,
+            is_base,
+            retention_keep: None,
         })
     }
 
     pub async fn project_get(&self, name: &str) -> Result<Option<Project>> {
-        let row = sqlx::query(
-            "SELECT name, public, created_at, updated_at FROM projects WHERE name = $1",
-        )
-        .bind(name)
-        .fetch_optional(&self.read)
-        .await?;
+        let row = sqlx::query(project_select!("WHERE name = $1"))
+            .bind(name)
+            .fetch_optional(&self.read)
+            .await?;
         Ok(row.map(project))
     }
 
     pub async fn projects(&self) -> Result<Vec<Project>> {
-        let rows =
-            sqlx::query("SELECT name, public, created_at, updated_at FROM projects ORDER BY name")
-                .fetch_all(&self.read)
-                .await?;
+        let rows = sqlx::query(project_select!("ORDER BY name"))
+            .fetch_all(&self.read)
+            .await?;
         Ok(rows.into_iter().map(project).collect())
     }
 
@@ -182,6 +210,8 @@ impl Metadata {
             "DELETE FROM uploads WHERE repo_id IN (SELECT id FROM repositories WHERE project = $1)",
             "DELETE FROM repositories WHERE project = $1",
             "DELETE FROM robots WHERE project = $1",
+            "DELETE FROM project_blobs WHERE project = $1",
+            "DELETE FROM reservations WHERE project = $1",
         ] {
             sqlx::query(sql).bind(name).execute(&mut *tx).await?;
         }

@@ -12,7 +12,7 @@ fn store(dir: &std::path::Path) -> BlobStore {
 
 fn body(
     parts: &[&'static [u8]],
-) -> impl futures::Stream<Item = Result<Bytes, std::io::Error>> + Send {
+) -> impl futures::Stream<Item = Result<Bytes, StorageError>> + Send {
     futures::stream::iter(
         parts
             .iter()
@@ -95,7 +95,8 @@ async fn uploads_resume_after_a_restart_and_publish_once() {
         .unwrap();
     assert_eq!(size, 11);
     let d = Digest::sha256_of(b"hello world");
-    assert_eq!(s.upload_publish("u1", &d, h).await.unwrap(), 11);
+    assert_eq!(s.upload_verify("u1", &d, h).await.unwrap(), 11);
+    s.upload_publish("u1", &d).await.unwrap();
     assert_eq!(read(&s, &d, None).await, b"hello world");
 
     // The same content again: the second upload file just goes away.
@@ -110,7 +111,8 @@ async fn uploads_resume_after_a_restart_and_publish_once() {
         )
         .await
         .unwrap();
-    s.upload_publish("u2", &d, h).await.unwrap();
+    s.upload_verify("u2", &d, h).await.unwrap();
+    s.upload_publish("u2", &d).await.unwrap();
     assert!(s.upload_files().await.unwrap().is_empty());
 }
 
@@ -131,7 +133,7 @@ async fn a_wrong_digest_publishes_nothing() {
         .unwrap();
     let claimed = Digest::sha256_of(b"abd");
     assert!(matches!(
-        s.upload_publish("u1", &claimed, h).await,
+        s.upload_verify("u1", &claimed, h).await,
         Err(StorageError::DigestMismatch { .. })
     ));
     assert_eq!(s.stat(&claimed).await.unwrap(), None);
@@ -155,7 +157,8 @@ async fn sha512_is_verified_even_when_hashed_as_sha256() {
         .await
         .unwrap();
     let d = Digest::of(Algorithm::Sha512, b"abc");
-    s.upload_publish("u1", &d, h).await.unwrap();
+    s.upload_verify("u1", &d, h).await.unwrap();
+    s.upload_publish("u1", &d).await.unwrap();
     assert_eq!(read(&s, &d, None).await, b"abc");
 }
 

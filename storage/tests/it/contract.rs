@@ -101,6 +101,18 @@ contract!(uploads);
 contract!(projects_and_robots);
 contract!(audit_log);
 
+/// A verified blob, claimed and made visible in a repository of `project`.
+async fn link(
+    m: &Metadata,
+    project: &str,
+    repo_id: i64,
+    d: &Digest,
+    size: u64,
+) -> Result<(), StorageError> {
+    m.blob_claim(d, size).await?;
+    m.blob_complete(None, repo_id, project, d, size, true).await
+}
+
 fn repo(s: &str) -> RepoName {
     RepoName::parse(s).unwrap()
 }
@@ -151,20 +163,25 @@ async fn repositories_and_visibility(m: &Metadata) {
     assert_eq!(m.repo_id(&repo("tool-c/none")).await.unwrap(), None);
 
     let (d, size) = blob(1);
-    m.link_blob(id_a, &d, size).await.unwrap();
+    link(m, "tool-a", id_a, &d, size).await.unwrap();
     assert_eq!(m.repo_blob_size(&a, &d).await.unwrap(), Some(size));
     assert_eq!(m.blob_size(&d).await.unwrap(), Some(size));
     // Stored once, visible only where pushed or mounted.
     assert_eq!(m.repo_blob_size(&b, &d).await.unwrap(), None);
     assert_eq!(
-        m.mount_blob(id_b, &repo("tool-c/none"), &d).await.unwrap(),
+        m.mount_blob(id_b, "tool-b", &repo("tool-c/none"), &d)
+            .await
+            .unwrap(),
         None
     );
     assert_eq!(m.repo_blob_size(&b, &d).await.unwrap(), None);
-    assert_eq!(m.mount_blob(id_b, &a, &d).await.unwrap(), Some(size));
+    assert_eq!(
+        m.mount_blob(id_b, "tool-b", &a, &d).await.unwrap(),
+        Some(size)
+    );
     assert_eq!(m.repo_blob_size(&b, &d).await.unwrap(), Some(size));
     // Linking twice is harmless.
-    m.link_blob(id_a, &d, size).await.unwrap();
+    link(m, "tool-a", id_a, &d, size).await.unwrap();
 }
 
 async fn manifests_and_tags(m: &Metadata) {
@@ -173,7 +190,7 @@ async fn manifests_and_tags(m: &Metadata) {
     let (config, layer) = (blob(1), blob(2));
     let man = image(&config, &[&layer], Some("v1"));
 
-    match m.manifest_put(id, &man).await {
+    match m.manifest_put(&r, id, &man).await {
         Err(StorageError::ManifestBlobUnknown(d)) => assert_eq!(d, config.0),
         other => panic!("expected ManifestBlobUnknown, got {other:?}"),
     }
@@ -182,18 +199,18 @@ async fn manifests_and_tags(m: &Metadata) {
         "nothing half-written"
     );
 
-    m.link_blob(id, &config.0, config.1).await.unwrap();
+    link(m, "tool-a", id, &config.0, config.1).await.unwrap();
     let (wrong, _) = blob(3);
-    m.link_blob(id, &wrong, 99).await.unwrap();
+    link(m, "tool-a", id, &wrong, 99).await.unwrap();
     let mut bad_size = image(&config, &[&(wrong.clone(), 3)], Some("v1"));
     bad_size.tag = Some("v1".into());
     assert!(matches!(
-        m.manifest_put(id, &bad_size).await,
+        m.manifest_put(&r, id, &bad_size).await,
         Err(StorageError::ManifestInvalid(_))
     ));
 
-    m.link_blob(id, &layer.0, layer.1).await.unwrap();
-    m.manifest_put(id, &man).await.unwrap();
+    link(m, "tool-a", id, &layer.0, layer.1).await.unwrap();
+    m.manifest_put(&r, id, &man).await.unwrap();
     let got = m.manifest_by_tag(&r, "v1").await.unwrap().unwrap();
     assert_eq!(got.digest, man.digest);
     assert_eq!(got.body, man.body);
@@ -215,9 +232,9 @@ async fn manifests_and_tags(m: &Metadata) {
     );
 
     // Re-putting is idempotent; a tag moves.
-    m.manifest_put(id, &man).await.unwrap();
+    m.manifest_put(&r, id, &man).await.unwrap();
     let man2 = image(&config, &[], Some("v1"));
-    m.manifest_put(id, &man2).await.unwrap();
+    m.manifest_put(&r, id, &man2).await.unwrap();
     assert_eq!(
         m.manifest_by_tag(&r, "v1").await.unwrap().unwrap().digest,
         man2.digest
@@ -234,10 +251,10 @@ async fn deletes_keep_references_whole(m: &Metadata) {
     let r = repo("tool-a/web");
     let id = m.ensure_repo(&r).await.unwrap();
     let (config, layer) = (blob(1), blob(2));
-    m.link_blob(id, &config.0, config.1).await.unwrap();
-    m.link_blob(id, &layer.0, layer.1).await.unwrap();
+    link(m, "tool-a", id, &config.0, config.1).await.unwrap();
+    link(m, "tool-a", id, &layer.0, layer.1).await.unwrap();
     let man = image(&config, &[&layer], Some("v1"));
-    m.manifest_put(id, &man).await.unwrap();
+    m.manifest_put(&r, id, &man).await.unwrap();
 
     let index_body = Bytes::from(format!("{{\"manifests\":[\"{}\"]}}", man.digest));
     let index = NewManifest {
@@ -254,7 +271,7 @@ async fn deletes_keep_references_whole(m: &Metadata) {
         }],
         tag: Some("multi".into()),
     };
-    m.manifest_put(id, &index).await.unwrap();
+    m.manifest_put(&r, id, &index).await.unwrap();
 
     assert!(matches!(
         m.unlink_blob(&r, &layer.0).await,
@@ -296,15 +313,15 @@ async fn listing_order_and_referrers(m: &Metadata) {
     let r = repo("tool-a/web");
     let id = m.ensure_repo(&r).await.unwrap();
     let config = blob(1);
-    m.link_blob(id, &config.0, config.1).await.unwrap();
+    link(m, "tool-a", id, &config.0, config.1).await.unwrap();
     let subject = image(&config, &[], None);
-    m.manifest_put(id, &subject).await.unwrap();
+    m.manifest_put(&r, id, &subject).await.unwrap();
     // Byte order: upper case before lower case, '-' before digits.
     let names = ["b", "a", "B", "A", "a-1", "a1", "_x", "Z9"];
     for t in names {
         let mut man = image(&config, &[], Some(t));
         man.tag = Some(t.into());
-        m.manifest_put(id, &man).await.unwrap();
+        m.manifest_put(&r, id, &man).await.unwrap();
     }
     let mut want: Vec<String> = names.iter().map(|s| s.to_string()).collect();
     want.sort();
@@ -341,12 +358,12 @@ async fn listing_order_and_referrers(m: &Metadata) {
         (12, "application/x-sig"),
     ] {
         let c = blob(i);
-        m.link_blob(id, &c.0, c.1).await.unwrap();
+        link(m, "tool-a", id, &c.0, c.1).await.unwrap();
         let mut man = image(&c, &[], None);
         man.subject = Some(subject.digest.clone());
         man.artifact_type = Some(at.into());
         man.annotations = Some(format!("{{\"n\":\"{i}\"}}"));
-        m.manifest_put(id, &man).await.unwrap();
+        m.manifest_put(&r, id, &man).await.unwrap();
     }
     let all = m.referrers(&r, &subject.digest, None).await.unwrap();
     assert_eq!(all.len(), 3);
@@ -383,7 +400,10 @@ async fn uploads(m: &Metadata) {
     assert!(m.upload_exists("u1").await.unwrap());
 
     let (d, size) = blob(5);
-    m.upload_complete("u1", id, &d, size).await.unwrap();
+    m.blob_claim(&d, size).await.unwrap();
+    m.blob_complete(Some("u1"), id, "tool-a", &d, size, false)
+        .await
+        .unwrap();
     assert!(m.upload_get("u1").await.unwrap().is_none());
     assert_eq!(m.repo_blob_size(&r, &d).await.unwrap(), Some(size));
 
@@ -398,13 +418,18 @@ async fn uploads(m: &Metadata) {
 }
 
 async fn projects_and_robots(m: &Metadata) {
-    let p = m.project_create("tool-a", false).await.unwrap();
+    let p = m
+        .project_create("tool-a", false, None, false)
+        .await
+        .unwrap();
     assert!(!p.public);
     assert!(matches!(
-        m.project_create("tool-a", true).await,
+        m.project_create("tool-a", true, None, false).await,
         Err(StorageError::Conflict(_))
     ));
-    m.project_create("platform", true).await.unwrap();
+    m.project_create("platform", true, None, true)
+        .await
+        .unwrap();
     let names: Vec<String> = m
         .projects()
         .await
@@ -498,9 +523,9 @@ async fn projects_and_robots(m: &Metadata) {
     let repo_a = repo("tool-a/web");
     let id = m.ensure_repo(&repo_a).await.unwrap();
     let c = blob(1);
-    m.link_blob(id, &c.0, c.1).await.unwrap();
+    link(m, "tool-a", id, &c.0, c.1).await.unwrap();
     let man = image(&c, &[], Some("v1"));
-    m.manifest_put(id, &man).await.unwrap();
+    m.manifest_put(&repo_a, id, &man).await.unwrap();
     assert!(matches!(
         m.project_delete("tool-a").await,
         Err(StorageError::Conflict(_))
@@ -597,4 +622,343 @@ async fn audit_log(m: &Metadata) {
         .await
         .unwrap();
     assert!(none.is_empty());
+}
+
+contract!(quota_usage_is_exact_and_dedup_aware);
+contract!(quota_refuses_without_overshooting);
+contract!(gc_removes_only_what_nothing_holds);
+contract!(retention_keeps_the_newest_and_live_referrers);
+
+/// An image whose blobs are made visible first (as a push would).
+async fn push(
+    m: &Metadata,
+    repo: &RepoName,
+    config: &(Digest, u64),
+    layers: &[&(Digest, u64)],
+    tag: Option<&str>,
+) -> Result<NewManifest, StorageError> {
+    let id = m.ensure_repo(repo).await?;
+    for b in std::iter::once(config).chain(layers.iter().copied()) {
+        link(m, repo.project(), id, &b.0, b.1).await?;
+    }
+    let man = image(config, layers, tag);
+    m.manifest_put(repo, id, &man).await?;
+    Ok(man)
+}
+
+async fn used(m: &Metadata, project: &str) -> u64 {
+    m.usage(project).await.unwrap().unwrap().used_bytes
+}
+
+async fn quota_usage_is_exact_and_dedup_aware(m: &Metadata) {
+    m.project_create("platform", true, None, true)
+        .await
+        .unwrap();
+    m.project_create("tool-a", true, None, false).await.unwrap();
+    m.project_create("tool-b", true, None, false).await.unwrap();
+    let (base, shared, own) = (blob(1), blob(2), blob(3));
+    let run = push(m, &repo("platform/run"), &blob(9), &[&base], Some("v1"))
+        .await
+        .unwrap();
+
+    // tool-a: two repositories and two tags sharing `shared`; `base` comes
+    // from the platform and costs nothing.
+    let a1 = push(
+        m,
+        &repo("tool-a/web"),
+        &blob(10),
+        &[&base, &shared, &own],
+        Some("v1"),
+    )
+    .await
+    .unwrap();
+    let a2 = push(
+        m,
+        &repo("tool-a/worker"),
+        &blob(11),
+        &[&base, &shared],
+        Some("v1"),
+    )
+    .await
+    .unwrap();
+    let want =
+        blob(10).1 + shared.1 + own.1 + a1.body.len() as u64 + blob(11).1 + a2.body.len() as u64;
+    assert_eq!(
+        used(m, "tool-a").await,
+        want,
+        "each blob once, base blobs free"
+    );
+    let u = m.usage("tool-a").await.unwrap().unwrap();
+    assert_eq!(u.blob_count, 7, "the base layer is listed, not charged");
+    assert_eq!(
+        u.reserved_bytes, 0,
+        "referenced blobs are no longer reservations"
+    );
+
+    // The same image pushed to tool-b costs tool-b the same, independently.
+    let b1 = push(
+        m,
+        &repo("tool-b/web"),
+        &blob(10),
+        &[&base, &shared, &own],
+        Some("v1"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        used(m, "tool-b").await,
+        blob(10).1 + shared.1 + own.1 + b1.body.len() as u64
+    );
+    // The platform pays for its own blobs.
+    assert_eq!(
+        used(m, "platform").await,
+        blob(9).1 + base.1 + run.body.len() as u64
+    );
+
+    // Deleting a manifest releases only what nothing else in the project uses.
+    let before = used(m, "tool-a").await;
+    m.manifest_delete(&repo("tool-a/worker"), &a2.digest)
+        .await
+        .unwrap();
+    assert_eq!(
+        used(m, "tool-a").await,
+        before - blob(11).1 - a2.body.len() as u64,
+        "shared stays counted"
+    );
+    // Untagging keeps the manifest and its usage.
+    m.tag_delete(&repo("tool-a/web"), "v1").await.unwrap();
+    assert_eq!(
+        used(m, "tool-a").await,
+        before - blob(11).1 - a2.body.len() as u64
+    );
+    m.manifest_delete(&repo("tool-a/web"), &a1.digest)
+        .await
+        .unwrap();
+    assert_eq!(used(m, "tool-a").await, 0);
+    assert!(
+        m.recompute(false).await.unwrap().is_empty(),
+        "running rows equal the recompute"
+    );
+}
+
+async fn quota_refuses_without_overshooting(m: &Metadata) {
+    m.project_create("tool-q", true, Some(1000), false)
+        .await
+        .unwrap();
+    let r = repo("tool-q/web");
+    let id = m.ensure_repo(&r).await.unwrap();
+    // Reservations: an uploaded blob holds its bytes until referenced.
+    let big = (Digest::sha256_of(b"big"), 600);
+    link(m, "tool-q", id, &big.0, big.1).await.unwrap();
+    let u = m.usage("tool-q").await.unwrap().unwrap();
+    assert_eq!((u.used_bytes, u.reserved_bytes), (0, 600));
+    let other = (Digest::sha256_of(b"other"), 500);
+    match link(m, "tool-q", id, &other.0, other.1).await {
+        Err(StorageError::QuotaExceeded {
+            project,
+            used,
+            reserved,
+            quota,
+            needed,
+        }) => {
+            assert_eq!(
+                (project.as_str(), used, reserved, quota, needed),
+                ("tool-q", 0, 600, 1000, 500)
+            );
+        }
+        other => panic!("expected QuotaExceeded, got {other:?}"),
+    }
+    assert_eq!(
+        m.repo_blob_size(&r, &other.0).await.unwrap(),
+        None,
+        "a refused blob is not visible"
+    );
+    assert_eq!(m.room("tool-q").await.unwrap(), Some(400));
+    // Chunk reservations on an upload.
+    m.upload_insert("u1", id, b"s").await.unwrap();
+    m.upload_reserve("u1", "tool-q", 300).await.unwrap();
+    assert!(matches!(
+        m.upload_reserve("u1", "tool-q", 101).await,
+        Err(StorageError::QuotaExceeded { .. })
+    ));
+    m.upload_release("u1").await.unwrap();
+    m.upload_delete("u1").await.unwrap();
+    // The manifest turns the reservation into usage; its own bytes must fit.
+    let config = (Digest::sha256_of(b"cfg"), 10);
+    link(m, "tool-q", id, &config.0, config.1).await.unwrap();
+    let man = image(&config, &[&big], Some("v1"));
+    m.manifest_put(&r, id, &man).await.unwrap();
+    let u = m.usage("tool-q").await.unwrap().unwrap();
+    assert_eq!(
+        (u.used_bytes, u.reserved_bytes),
+        (610 + man.body.len() as u64, 0)
+    );
+    // Over the quota: refused whole, nothing half-written.
+    m.set_quota("tool-q", Some(u.used_bytes + 5)).await.unwrap();
+    let c2 = (Digest::sha256_of(b"cfg2"), 10);
+    assert!(matches!(
+        link(m, "tool-q", id, &c2.0, c2.1).await,
+        Err(StorageError::QuotaExceeded { .. })
+    ));
+    m.set_quota("tool-q", None).await.unwrap();
+    link(m, "tool-q", id, &c2.0, c2.1).await.unwrap();
+    m.set_quota("tool-q", Some(u.used_bytes + 5)).await.unwrap();
+    let man2 = image(&c2, &[&big], Some("v2"));
+    assert!(matches!(
+        m.manifest_put(&r, id, &man2).await,
+        Err(StorageError::QuotaExceeded { .. })
+    ));
+    assert!(m.manifest_by_tag(&r, "v2").await.unwrap().is_none());
+    assert_eq!(
+        m.usage("tool-q").await.unwrap().unwrap().used_bytes,
+        u.used_bytes
+    );
+    // Mounting is checked too.
+    m.project_create("tool-src", true, None, false)
+        .await
+        .unwrap();
+    let src = repo("tool-src/x");
+    let src_id = m.ensure_repo(&src).await.unwrap();
+    let far = (Digest::sha256_of(b"far"), 500);
+    link(m, "tool-src", src_id, &far.0, far.1).await.unwrap();
+    assert!(matches!(
+        m.mount_blob(id, "tool-q", &src, &far.0).await,
+        Err(StorageError::QuotaExceeded { .. })
+    ));
+    m.set_quota("tool-q", None).await.unwrap();
+    assert_eq!(
+        m.mount_blob(id, "tool-q", &src, &far.0).await.unwrap(),
+        Some(500)
+    );
+    // Expired reservations are not held.
+    assert_eq!(m.expire_reservations().await.unwrap(), 0);
+}
+
+async fn gc_removes_only_what_nothing_holds(m: &Metadata) {
+    use slipway_storage::blob::fs::FsBlobStore;
+    use slipway_storage::gc::{GcOptions, collect};
+    let dir = tempfile::tempdir().unwrap();
+    let store = slipway_storage::BlobStore::Fs(FsBlobStore::open(dir.path()).unwrap());
+    m.project_create("tool-g", true, None, false).await.unwrap();
+    let r = repo("tool-g/web");
+    let keep_cfg = Bytes::from_static(b"keep-config");
+    let drop_layer = Bytes::from_static(b"drop-layer");
+    let (kd, dd) = (Digest::sha256_of(&keep_cfg), Digest::sha256_of(&drop_layer));
+    store.put(&kd, keep_cfg.clone()).await.unwrap();
+    store.put(&dd, drop_layer.clone()).await.unwrap();
+    let kept = push(m, &r, &(kd.clone(), keep_cfg.len() as u64), &[], Some("v1"))
+        .await
+        .unwrap();
+    let id = m.ensure_repo(&r).await.unwrap();
+    link(m, "tool-g", id, &dd, drop_layer.len() as u64)
+        .await
+        .unwrap();
+    let opts = |grace_ms: u64| GcOptions {
+        dry_run: false,
+        blob_grace: std::time::Duration::from_millis(grace_ms),
+        untagged_grace: std::time::Duration::from_secs(3600),
+        keep_default: 10,
+        project: None,
+        retention: false,
+    };
+    // Within the grace period, or while reserved, nothing goes.
+    let report = collect(m, &store, &opts(3_600_000)).await.unwrap();
+    assert!(report.blobs.is_empty());
+    let report = collect(m, &store, &opts(0)).await.unwrap();
+    assert!(
+        report.blobs.is_empty(),
+        "the unreferenced blob is still reserved"
+    );
+    // Reservations expire (simulated: the project drops the link).
+    m.unlink_blob(&r, &dd).await.unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(5));
+    let report = collect(m, &store, &opts(1)).await.unwrap();
+    assert_eq!(
+        report
+            .blobs
+            .iter()
+            .map(|b| b.digest.clone())
+            .collect::<Vec<_>>(),
+        vec![dd.to_string()]
+    );
+    assert_eq!(store.stat(&dd).await.unwrap(), None, "the bytes went");
+    assert_eq!(m.blob_size(&dd).await.unwrap(), None, "and the row");
+    assert!(
+        store.stat(&kd).await.unwrap().is_some(),
+        "a referenced blob stays"
+    );
+    assert_eq!(
+        m.manifest_by_tag(&r, "v1").await.unwrap().unwrap().digest,
+        kept.digest
+    );
+    // A claimed blob (a push in flight) is not collected.
+    m.blob_claim(&dd, drop_layer.len() as u64).await.unwrap();
+    let report = collect(m, &store, &opts(60_000)).await.unwrap();
+    assert!(report.blobs.is_empty());
+}
+
+async fn retention_keeps_the_newest_and_live_referrers(m: &Metadata) {
+    m.project_create("tool-r", true, None, false).await.unwrap();
+    let r = repo("tool-r/web");
+    let mut images = Vec::new();
+    for i in 0..5u8 {
+        let man = push(
+            m,
+            &r,
+            &blob(20 + i),
+            &[&blob(30)],
+            Some(&format!("build-{i}")),
+        )
+        .await
+        .unwrap();
+        images.push(man);
+        std::thread::sleep(std::time::Duration::from_millis(3));
+    }
+    // A signature (untagged referrer) of the newest image.
+    let id = m.ensure_repo(&r).await.unwrap();
+    let sig_cfg = blob(40);
+    link(m, "tool-r", id, &sig_cfg.0, sig_cfg.1).await.unwrap();
+    let mut sig = image(&sig_cfg, &[], None);
+    sig.subject = Some(images[4].digest.clone());
+    m.manifest_put(&r, id, &sig).await.unwrap();
+    // An untagged leftover.
+    let leftover = push(m, &r, &blob(41), &[], None).await.unwrap();
+
+    let going = m.retention_candidates(Some("tool-r"), 2, 0).await.unwrap();
+    let digests: Vec<&str> = going.iter().map(|g| g.digest.as_str()).collect();
+    for old in &images[..3] {
+        assert!(
+            digests.contains(&old.digest.as_str()),
+            "old build {} goes",
+            old.digest
+        );
+    }
+    for new in &images[3..] {
+        assert!(
+            !digests.contains(&new.digest.as_str()),
+            "the newest two stay"
+        );
+    }
+    assert!(
+        !digests.contains(&sig.digest.as_str()),
+        "a live referrer stays"
+    );
+    assert!(
+        digests.contains(&leftover.digest.as_str()),
+        "an untagged leftover goes"
+    );
+    assert!(going.iter().any(|g| g.tags == ["build-0"]));
+    // With a long grace, untagged manifests stay.
+    let going = m
+        .retention_candidates(Some("tool-r"), 2, 3_600_000)
+        .await
+        .unwrap();
+    assert!(!going.iter().any(|g| g.digest == leftover.digest.as_str()));
+    // The project's own setting wins over the default.
+    m.set_retention("tool-r", Some(4)).await.unwrap();
+    let going = m
+        .retention_candidates(Some("tool-r"), 2, 3_600_000)
+        .await
+        .unwrap();
+    assert_eq!(going.len(), 1);
 }

@@ -1,0 +1,271 @@
+//! The admin API under `/api/v1`: projects, robots, the audit log; its
+//! OpenAPI document at `/api/v1/openapi.json`.
+//!
+//! Every route but the document needs the admin (Basic credentials or a
+//! bearer token from `/auth/token`). Errors are `{"error": "<sentence>"}`;
+//! the status comes from the same table as on `/v2` (`ApiError`).
+
+pub mod audit;
+pub mod projects;
+pub mod robots;
+pub mod storage;
+
+use std::net::SocketAddr;
+
+use axum::Json;
+use axum::Router;
+use axum::extract::{ConnectInfo, FromRequestParts};
+use axum::http::request::Parts;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde::Serialize;
+use slipway_storage::StorageError;
+use slipway_storage::meta::NewAuditEntry;
+use utoipa::OpenApi;
+
+use crate::auth::tokens::TokenUse;
+use crate::auth::{Caller, Credentials, Principal, parse_authorization};
+use crate::error::ApiError;
+use crate::server::AppState;
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "Slipway admin API", description = "Projects, robot accounts and the audit log."),
+    paths(
+        projects::list, projects::create, projects::get, projects::update, projects::delete,
+        robots::list, robots::create, robots::get, robots::update, robots::rotate, robots::delete,
+        audit::list,
+        storage::project_usage, storage::all_usage, storage::recompute, storage::gc,
+    ),
+    components(schemas(
+        ErrorBody,
+        projects::ProjectView, projects::NewProject, projects::ProjectUpdate,
+        robots::RobotView, robots::NewRobot, robots::RobotUpdateBody, robots::RobotSecret,
+        audit::AuditPage, audit::AuditView,
+        storage::UsageView, storage::RecomputeReport, storage::DriftView, storage::GcRequest,
+        storage::GcReportView, storage::GcManifestView,
+    )),
+    modifiers(&BasicAuth),
+    security(("basic" = [])),
+)]
+pub struct ApiDoc;
+
+struct BasicAuth;
+
+impl utoipa::Modify for BasicAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "basic",
+            SecurityScheme::Http(Http::new(HttpAuthScheme::Basic)),
+        );
+    }
+}
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/api/v1/openapi.json", get(openapi))
+        .route(
+            "/api/v1/projects",
+            get(projects::list).post(projects::create),
+        )
+        .route(
+            "/api/v1/projects/{project}",
+            get(projects::get)
+                .patch(projects::update)
+                .delete(projects::delete),
+        )
+        .route(
+            "/api/v1/projects/{project}/robots",
+            get(robots::list).post(robots::create),
+        )
+        .route(
+            "/api/v1/projects/{project}/robots/{robot}",
+            get(robots::get)
+                .patch(robots::update)
+                .delete(robots::delete),
+        )
+        .route(
+            "/api/v1/projects/{project}/robots/{robot}/rotate",
+            post(robots::rotate),
+        )
+        .route("/api/v1/audit", get(audit::list))
+        .route(
+            "/api/v1/projects/{project}/usage",
+            get(storage::project_usage),
+        )
+        .route("/api/v1/usage", get(storage::all_usage))
+        .route("/api/v1/usage/recompute", post(storage::recompute))
+        .route("/api/v1/gc", post(storage::gc))
+        .fallback(|| async {
+            Error::new(StatusCode::NOT_FOUND, "no such endpoint in the admin API")
+        })
+}
+
+async fn openapi() -> Response {
+    match ApiDoc::openapi().to_pretty_json() {
+        Ok(json) => ([(header::CONTENT_TYPE, "application/json")], json).into_response(),
+        Err(e) => Error::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+    }
+}
+
+/// `{"error": "<sentence>"}`
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    pub error: String,
+}
+
+#[derive(Debug)]
+pub struct Error {
+    status: StatusCode,
+    message: String,
+    challenge: bool,
+}
+
+impl Error {
+    pub fn new(status: StatusCode, message: impl Into<String>) -> Error {
+        Error {
+            status,
+            message: message.into(),
+            challenge: false,
+        }
+    }
+
+    pub fn bad_request(message: impl Into<String>) -> Error {
+        Error::new(StatusCode::BAD_REQUEST, message)
+    }
+
+    pub fn not_found(message: impl Into<String>) -> Error {
+        Error::new(StatusCode::NOT_FOUND, message)
+    }
+}
+
+impl From<ApiError> for Error {
+    fn from(e: ApiError) -> Self {
+        Error::new(e.status, e.message)
+    }
+}
+
+impl From<StorageError> for Error {
+    fn from(e: StorageError) -> Self {
+        ApiError::from(e).into()
+    }
+}
+
+impl IntoResponse for Error {
+    fn into_response(self) -> Response {
+        let mut resp = (
+            self.status,
+            Json(ErrorBody {
+                error: self.message.clone(),
+            }),
+        )
+            .into_response();
+        if self.challenge {
+            resp.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                header::HeaderValue::from_static("Basic realm=\"slipway\""),
+            );
+        }
+        if self.status.is_server_error() {
+            resp.extensions_mut()
+                .insert(crate::error::ErrorCause(self.message));
+        }
+        resp
+    }
+}
+
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// The admin, authenticated. Extracting it refuses everyone else.
+pub struct Admin(pub Caller);
+
+impl FromRequestParts<AppState> for Admin {
+    type Rejection = Error;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Admin> {
+        let remote = parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|c| c.0.ip());
+        let unauthorized = || Error {
+            status: StatusCode::UNAUTHORIZED,
+            message: "the admin API needs the admin's credentials".into(),
+            challenge: true,
+        };
+        let principal = match parse_authorization(&parts.headers) {
+            Credentials::Basic(user, secret) => {
+                if let Some(wait) = state.auth.limiter.blocked(remote) {
+                    return Err(Error::new(
+                        StatusCode::TOO_MANY_REQUESTS,
+                        format!(
+                            "too many failed logins from this address; try again in {} seconds",
+                            wait.as_secs().max(1)
+                        ),
+                    ));
+                }
+                match state.login(&user, &secret).await? {
+                    Some((p, _)) => p,
+                    None => {
+                        state.auth.limiter.failed(remote);
+                        return Err(unauthorized());
+                    }
+                }
+            }
+            Credentials::Bearer(token) => {
+                let claims = state
+                    .auth
+                    .keys
+                    .verify(&token, TokenUse::Access)
+                    .map_err(|_| unauthorized())?;
+                state
+                    .token_principal(&claims)
+                    .await?
+                    .ok_or_else(unauthorized)?
+            }
+            Credentials::None | Credentials::Invalid => return Err(unauthorized()),
+        };
+        if principal != Principal::Admin {
+            return Err(Error::new(
+                StatusCode::FORBIDDEN,
+                format!(
+                    "{} may not use the admin API; only the admin may",
+                    principal.subject()
+                ),
+            ));
+        }
+        Ok(Admin(Caller { principal, remote }))
+    }
+}
+
+/// Records an admin action. A failure to record is reported to the caller
+/// (the database is then failing, and the caller should look).
+pub async fn audit(
+    state: &AppState,
+    caller: &Caller,
+    action: &str,
+    project: Option<&str>,
+    target: &str,
+    detail: serde_json::Value,
+) -> Result<()> {
+    state
+        .meta
+        .audit(&NewAuditEntry {
+            principal: caller.principal.subject(),
+            action: action.to_owned(),
+            project: project.map(str::to_owned),
+            target: Some(target.to_owned()),
+            detail: Some(detail.to_string()),
+            remote_addr: caller.remote.map(|r| r.to_string()),
+        })
+        .await?;
+    Ok(())
+}
+
+/// Epoch milliseconds as RFC 3339, for people.
+pub fn time(ms: i64) -> String {
+    let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms.max(0) as u64);
+    humantime::format_rfc3339_seconds(t).to_string()
+}
