@@ -111,6 +111,10 @@ start_postgres() {
 	local version
 	version=$(ls /etc/postgresql 2>/dev/null | sort -V | tail -n 1 || true)
 	[ -n "$version" ] || die "PostgreSQL is installed but has no cluster in /etc/postgresql; create one with: pg_createcluster --start 15 main"
+	local port
+	port=$(pg_conftool "$version" main show -s port 2>/dev/null || true)
+	[ "${port:-5432}" = 5432 ] ||
+		die "PostgreSQL $version/main is set to listen on port $port, not 5432 (see /etc/postgresql/$version/main/postgresql.conf); the tests expect it at 127.0.0.1:5432."
 	say "starting PostgreSQL $version"
 	as_root pg_ctlcluster --skip-systemctl-redirect "$version" main start ||
 		die "pg_ctlcluster could not start PostgreSQL $version; see /var/log/postgresql/postgresql-$version-main.log."
