@@ -63,11 +63,7 @@ async fn sigkill_during_concurrent_pushes_leaves_no_corrupt_or_half_visible_cont
     let started = Instant::now();
     let data = tempfile::tempdir().expect("data directory");
     let logs = tempfile::tempdir().expect("log directory");
-    let client = reqwest::Client::builder()
-        .no_proxy()
-        .timeout(Duration::from_secs(60))
-        .build()
-        .expect("HTTP client");
+    let client = process::admin_client();
     let shared = push::shared_layers();
     let mut ledger = Ledger::default();
 

@@ -71,9 +71,24 @@ fn sha256(bytes: &[u8]) -> String {
     format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
 }
 
-/// A client that opens a new connection for every request.
-fn client() -> reqwest::Client {
+/// `Basic <admin credentials>` for a test server.
+fn admin_auth(server: &TestServer) -> String {
+    use base64::Engine;
+    format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(server.admin_creds())
+    )
+}
+
+/// A client that opens a new connection for every request, as the admin.
+fn client(auth: &str) -> reqwest::Client {
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(
+        reqwest::header::AUTHORIZATION,
+        auth.parse().expect("a header value"),
+    );
     reqwest::Client::builder()
+        .default_headers(headers)
         .no_proxy()
         .pool_max_idle_per_host(0)
         .timeout(Duration::from_secs(30))
@@ -90,7 +105,9 @@ async fn random_requests() {
     let seed = seed();
     let started = Instant::now();
     let server = TestServer::start().await;
-    let client = client();
+    server.create_project("fuzz", false).await;
+    let auth = admin_auth(&server);
+    let client = client(&auth);
     let mut fx = Fixture {
         repos: vec!["fuzz/real".into(), "fuzz/other/deep".into()],
         tags: vec!["v1".into(), "multi".into(), "sig".into()],
@@ -107,11 +124,17 @@ async fn random_requests() {
         }
         let req = requests::request(&mut rng, &fx);
         let target = encode_target(&req.target);
+        // Most requests carry the admin's credentials, so they reach the
+        // handlers; every eighth goes without, through the 401 path.
+        let mut headers = req.headers.clone();
+        if i % 8 != 0 {
+            headers.push(("Authorization", auth.clone()));
+        }
         let answer = raw::request(
             server.addr,
             req.method.as_str(),
             &target,
-            &req.headers,
+            &headers,
             &req.body,
         )
         .await;
@@ -388,7 +411,9 @@ fn malformed_http_never_yields_a_server_error_or_stops_the_server() {
 async fn malformed_http() {
     let seed = seed();
     let server = TestServer::start().await;
-    let client = client();
+    server.create_project("fuzz", false).await;
+    let auth = admin_auth(&server);
+    let client = client(&auth);
     let url = &server.url;
     let repo = "fuzz/raw";
 
@@ -579,7 +604,9 @@ async fn malformed_http() {
 
     let mut failures = Vec::new();
     for c in &cases {
-        let a = raw::exchange(server.addr, &c.bytes, c.end).await;
+        // With credentials, so cut bodies reach the upload handlers.
+        let bytes = with_auth(&c.bytes, &auth);
+        let a = raw::exchange(server.addr, &bytes, c.end).await;
         let preview = String::from_utf8_lossy(&c.bytes[..c.bytes.len().min(200)])
             .escape_debug()
             .to_string();
@@ -660,4 +687,18 @@ async fn malformed_http() {
         cases.len(),
         failures.join("\n")
     );
+}
+
+/// The request bytes with an `Authorization` header after the first `Host`.
+fn with_auth(bytes: &[u8], auth: &str) -> Vec<u8> {
+    let host = b"Host: x\r\n";
+    match bytes.windows(host.len()).position(|w| w == host) {
+        Some(at) => {
+            let mut out = bytes[..at + host.len()].to_vec();
+            out.extend_from_slice(format!("Authorization: {auth}\r\n").as_bytes());
+            out.extend_from_slice(&bytes[at + host.len()..]);
+            out
+        }
+        None => bytes.to_vec(),
+    }
 }

@@ -24,6 +24,28 @@ pub struct Slipway {
     log: PathBuf,
 }
 
+/// The admin password the test gives the server.
+pub const ADMIN_PASSWORD: &str = "crash-test-admin-password";
+/// The project every pushed repository belongs to.
+pub const PROJECT: &str = "crash";
+
+/// A client that sends the admin's credentials with every request.
+pub fn admin_client() -> reqwest::Client {
+    use base64::Engine;
+    let basic = base64::engine::general_purpose::STANDARD.encode(format!("admin:{ADMIN_PASSWORD}"));
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(
+        reqwest::header::AUTHORIZATION,
+        format!("Basic {basic}").parse().expect("a header value"),
+    );
+    reqwest::Client::builder()
+        .default_headers(headers)
+        .no_proxy()
+        .timeout(Duration::from_secs(60))
+        .build()
+        .expect("HTTP client")
+}
+
 impl Slipway {
     /// Starts `slipway serve` over `data_dir`, logging to `log`, and waits
     /// until it answers `/healthz`. A port taken between choosing and
@@ -66,10 +88,28 @@ impl Slipway {
                 cmd.env_remove(key);
             }
         }
+        cmd.env("SLIPWAY_ADMIN_PASSWORD", ADMIN_PASSWORD);
         let child = cmd.spawn().expect("start the slipway binary");
         let mut server = Slipway { child, url, log };
         server.wait_ready().await?;
+        server.ensure_project().await;
         Ok(server)
+    }
+
+    /// Creates the test's project (already there after a restart).
+    async fn ensure_project(&self) {
+        let r = admin_client()
+            .post(format!("{}/api/v1/projects", self.url))
+            .json(&serde_json::json!({"name": PROJECT, "public": false}))
+            .send()
+            .await
+            .expect("create the project");
+        assert!(
+            r.status() == reqwest::StatusCode::CREATED
+                || r.status() == reqwest::StatusCode::CONFLICT,
+            "creating project {PROJECT} answered {}",
+            r.status()
+        );
     }
 
     async fn wait_ready(&mut self) -> Result<(), String> {
