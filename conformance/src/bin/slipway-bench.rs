@@ -229,7 +229,21 @@ async fn start_slipway(bin: &Path, dir: &Path, password: &str) -> Result<Server>
         client: client()?,
         push_auth: Some(("admin".into(), password.into())),
     };
-    wait_ready(server).await
+    let server = wait_ready(server).await?;
+    // The benchmark's project, public: pulls are anonymous on both servers.
+    let project = REPO.split('/').next().unwrap_or(REPO);
+    let r = server
+        .client
+        .post(server.url("/api/v1/projects"))
+        .basic_auth("admin", Some(password))
+        .json(&serde_json::json!({"name": project, "public": true}))
+        .send()
+        .await
+        .context("cannot create the benchmark's project")?;
+    if r.status() != reqwest::StatusCode::CREATED {
+        bail!("creating project {project} answered {}", r.status());
+    }
+    Ok(server)
 }
 
 async fn start_distribution(bin: &Path, dir: &Path) -> Result<Server> {
