@@ -104,9 +104,22 @@ pub struct AuthConfig {
     pub admin_password: Option<Secret>,
 }
 
-/// A secret string whose `Debug` and `Display` never show it.
-#[derive(Clone, PartialEq, Eq)]
+/// A secret string whose `Debug`, `Display` and serialisation never show it
+/// (it serialises as `***`, or as nothing when empty).
+#[derive(Clone, PartialEq, Eq, Default)]
 pub struct Secret(String);
+
+impl Serialize for Secret {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(if self.0.is_empty() { "" } else { "***" })
+    }
+}
+
+impl<'de> Deserialize<'de> for Secret {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d).map(Secret)
+    }
+}
 
 impl Secret {
     pub fn new(s: impl Into<String>) -> Secret {
@@ -158,8 +171,60 @@ pub struct DatabaseConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StorageConfig {
-    /// Blob tree; empty means `<data_dir>/blobs`.
+    /// `filesystem` (the default) or `s3`.
+    pub backend: StorageBackend,
+    /// Blob tree for the filesystem backend; empty means `<data_dir>/blobs`.
     pub path: PathBuf,
+    pub s3: S3Config,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum StorageBackend {
+    Filesystem,
+    S3,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct S3Config {
+    /// Empty: AWS's endpoint for the region.
+    pub endpoint: String,
+    pub region: String,
+    pub bucket: String,
+    /// Key prefix inside the bucket.
+    pub prefix: String,
+    /// Path-style addressing (most self-hosted stores need it).
+    pub path_style: bool,
+    /// Static credentials; both empty: the default provider chain.
+    pub access_key: String,
+    pub secret_key: Secret,
+    /// Size of multipart parts, in MiB (at least 5).
+    pub part_size_mib: usize,
+    /// Answer blob GETs with a 307 to a presigned URL instead of streaming.
+    pub redirect: bool,
+    /// Validity of presigned URLs, in seconds.
+    pub presign_ttl_secs: u64,
+    /// Create the bucket at start if it does not exist.
+    pub create_bucket: bool,
+}
+
+impl Default for S3Config {
+    fn default() -> Self {
+        S3Config {
+            endpoint: String::new(),
+            region: "us-east-1".into(),
+            bucket: "slipway".into(),
+            prefix: String::new(),
+            path_style: true,
+            access_key: String::new(),
+            secret_key: Secret::default(),
+            part_size_mib: 8,
+            redirect: false,
+            presign_ttl_secs: 300,
+            create_bucket: false,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -219,7 +284,9 @@ impl Default for DatabaseConfig {
 impl Default for StorageConfig {
     fn default() -> Self {
         StorageConfig {
+            backend: StorageBackend::Filesystem,
             path: PathBuf::new(),
+            s3: S3Config::default(),
         }
     }
 }
@@ -314,6 +381,16 @@ impl Config {
             return Err(ConfigError(
                 "quota.warn_percent values must be between 1 and 100".into(),
             ));
+        }
+        if self.storage.backend == StorageBackend::S3 {
+            if self.storage.s3.bucket.is_empty() {
+                return Err(ConfigError("storage.s3.bucket cannot be empty".into()));
+            }
+            if self.storage.s3.part_size_mib < 5 {
+                return Err(ConfigError(
+                    "storage.s3.part_size_mib must be at least 5 (S3's smallest part)".into(),
+                ));
+            }
         }
         if self.limits.max_manifest_bytes == 0 {
             return Err(ConfigError(

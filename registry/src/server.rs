@@ -12,11 +12,12 @@ use axum::response::IntoResponse;
 use axum::routing::{any, get};
 use axum::serve::ListenerExt;
 use slipway_storage::blob::fs::FsBlobStore;
+use slipway_storage::blob::s3::{S3BlobStore, S3Connection, S3Options};
 use slipway_storage::{BlobStore, Metadata};
 use tokio::net::TcpListener;
 
 use crate::auth::{self, Authenticator, tokens::TokenKeys};
-use crate::config::Config;
+use crate::config::{Config, StorageBackend};
 use crate::telemetry;
 use crate::v2;
 
@@ -89,7 +90,31 @@ impl AppState {
         })?;
         let meta =
             Metadata::connect(&config.database_url(), config.database.max_connections).await?;
-        let blobs = BlobStore::Fs(FsBlobStore::open(config.blob_path())?);
+        let blobs = match config.storage.backend {
+            StorageBackend::Filesystem => BlobStore::Fs(FsBlobStore::open(config.blob_path())?),
+            StorageBackend::S3 => {
+                let s3 = &config.storage.s3;
+                let store = S3BlobStore::connect(
+                    &S3Connection {
+                        endpoint: s3.endpoint.clone(),
+                        region: s3.region.clone(),
+                        path_style: s3.path_style,
+                        access_key: s3.access_key.clone(),
+                        secret_key: s3.secret_key.expose().to_owned(),
+                    },
+                    S3Options {
+                        bucket: s3.bucket.clone(),
+                        prefix: s3.prefix.clone(),
+                        part_size: s3.part_size_mib << 20,
+                    },
+                )
+                .await;
+                if s3.create_bucket {
+                    store.ensure_bucket().await?;
+                }
+                BlobStore::S3(store)
+            }
+        };
         let keys = TokenKeys::load_or_create(
             &config.key_file(),
             &config.auth.service,

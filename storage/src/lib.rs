@@ -16,6 +16,7 @@ pub mod error;
 pub mod gc;
 pub mod meta;
 pub mod names;
+pub mod testing;
 
 pub use blob::BlobStore;
 pub use digest::{Algorithm, Digest, Hasher};

@@ -1,5 +1,7 @@
 //! `GET`/`HEAD`/`DELETE /v2/<name>/blobs/<digest>`.
 
+use std::time::Duration;
+
 use axum::body::Body;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::Response;
@@ -80,6 +82,22 @@ pub async fn get(
     );
     if head {
         return Ok(empty(status, headers));
+    }
+    if state.config.storage.s3.redirect
+        && let Some(url) = state
+            .blobs
+            .direct_url(
+                &digest,
+                Duration::from_secs(state.config.storage.s3.presign_ttl_secs),
+            )
+            .await?
+    {
+        // The object store serves the bytes (the client repeats any Range).
+        let mut headers = HeaderMap::new();
+        set(&mut headers, header::LOCATION, &url);
+        set(&mut headers, CONTENT_DIGEST, digest.as_str());
+        set(&mut headers, header::CONTENT_LENGTH, "0");
+        return Ok(empty(StatusCode::TEMPORARY_REDIRECT, headers));
     }
     let stream = state
         .blobs

@@ -20,6 +20,7 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::Response;
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
+use slipway_storage::blob::UploadState;
 use slipway_storage::meta::UploadRecord;
 use slipway_storage::{Algorithm, Digest, Hasher, RepoName, StorageError};
 
@@ -73,13 +74,18 @@ pub async fn start(
 async fn new_session(state: &AppState, repo: &RepoName) -> ApiResult<Response> {
     let repo_id = state.meta.ensure_repo(repo).await?;
     let id = uuid::Uuid::new_v4().simple().to_string();
-    state.blobs.upload_create(&id).await?;
+    let backend = state.blobs.upload_create(&id).await?;
     if let Err(e) = state
         .meta
-        .upload_insert(&id, repo_id, &Hasher::new(Algorithm::Sha256).save())
+        .upload_insert(
+            &id,
+            repo_id,
+            &Hasher::new(Algorithm::Sha256).save(),
+            &backend,
+        )
         .await
     {
-        let _ = state.blobs.upload_abort(&id).await;
+        let _ = state.blobs.upload_abort(&id, &backend).await;
         return Err(e.into());
     }
     Ok(empty(StatusCode::ACCEPTED, session_headers(repo, &id, 0)))
@@ -105,16 +111,28 @@ async fn monolithic(
     }
     let repo_id = state.meta.ensure_repo(repo).await?;
     let id = uuid::Uuid::new_v4().simple().to_string();
-    state.blobs.upload_create(&id).await?;
+    let mut backend = state.blobs.upload_create(&id).await?;
     let result = async {
         let body = quota_limited(body_stream(req.into_body()), state, project, max);
-        let (_, hasher) = state
+        let (_, hasher, appended) = state
             .blobs
-            .upload_append(&id, 0, Hasher::new(expected.algorithm()), body, u64::MAX)
+            .upload_append(
+                &id,
+                0,
+                Hasher::new(expected.algorithm()),
+                &backend,
+                body,
+                u64::MAX,
+            )
             .await?;
-        let size = state.blobs.upload_verify(&id, expected, hasher).await?;
+        backend = appended;
+        let (size, verified) = state
+            .blobs
+            .upload_verify(&id, expected, hasher, &backend)
+            .await?;
+        backend = verified;
         state.meta.blob_claim(expected, size).await?;
-        state.blobs.upload_publish(&id, expected).await?;
+        state.blobs.upload_publish(&id, expected, &backend).await?;
         state
             .meta
             .blob_complete(None, repo_id, project, expected, size, true)
@@ -122,7 +140,7 @@ async fn monolithic(
     }
     .await;
     if let Err(e) = result {
-        let _ = state.blobs.upload_abort(&id).await;
+        let _ = state.blobs.upload_abort(&id, &backend).await;
         return Err(e.into());
     }
     Ok(blob_created(repo, expected))
@@ -141,7 +159,7 @@ pub async fn patch(state: &AppState, name: &str, id: &str, req: Request) -> ApiR
     let repo = repo_name(name)?;
     let _guard = state.upload_locks.lock(id).await;
     let upload = load(state, &repo, id).await?;
-    let (size, _) = append(state, &repo, &upload, req).await?;
+    let (size, _, _) = append(state, &repo, &upload, req).await?;
     Ok(empty(
         StatusCode::ACCEPTED,
         session_headers(&repo, id, size),
@@ -167,14 +185,18 @@ pub async fn finish(state: &AppState, name: &str, id: &str, req: Request) -> Api
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .is_none_or(|v| v.trim() != "0");
-    let hasher = if has_body {
-        append(state, &repo, &upload, req).await?.1
+    let (hasher, backend) = if has_body {
+        let (_, hasher, backend) = append(state, &repo, &upload, req).await?;
+        (hasher, backend)
     } else {
-        Hasher::restore(&upload.hash_state)?
+        (
+            Hasher::restore(&upload.hash_state)?,
+            upload.backend_state.clone(),
+        )
     };
     let verified = state
         .blobs
-        .upload_verify(id, &expected, hasher.clone())
+        .upload_verify(id, &expected, hasher.clone(), &backend)
         .await;
     // A crash between publishing and linking leaves the record and a
     // published blob, but no upload file: the same PUT finishes the job.
@@ -196,18 +218,18 @@ pub async fn finish(state: &AppState, name: &str, id: &str, req: Request) -> Api
             .await?;
         return Ok(blob_created(&repo, &expected));
     }
-    let size = match verified {
-        Ok(size) => size,
+    let (size, backend) = match verified {
+        Ok(v) => v,
         Err(e @ StorageError::DigestMismatch { .. }) => {
             // The upload cannot become that blob: remove it, leave nothing.
             state.meta.upload_delete(id).await?;
-            state.blobs.upload_abort(id).await?;
+            state.blobs.upload_abort(id, &backend).await?;
             return Err(e.into());
         }
         Err(e) => return Err(e.into()),
     };
     state.meta.blob_claim(&expected, size).await?;
-    state.blobs.upload_publish(id, &expected).await?;
+    state.blobs.upload_publish(id, &expected, &backend).await?;
     state
         .meta
         .blob_complete(
@@ -225,9 +247,9 @@ pub async fn finish(state: &AppState, name: &str, id: &str, req: Request) -> Api
 pub async fn cancel(state: &AppState, name: &str, id: &str) -> ApiResult<Response> {
     let repo = repo_name(name)?;
     let _guard = state.upload_locks.lock(id).await;
-    load(state, &repo, id).await?;
+    let upload = load(state, &repo, id).await?;
     state.meta.upload_delete(id).await?;
-    state.blobs.upload_abort(id).await?;
+    state.blobs.upload_abort(id, &upload.backend_state).await?;
     let mut headers = HeaderMap::new();
     set(&mut headers, header::CONTENT_LENGTH, "0");
     Ok(empty(StatusCode::NO_CONTENT, headers))
@@ -254,7 +276,7 @@ async fn append(
     repo: &RepoName,
     upload: &UploadRecord,
     req: Request,
-) -> ApiResult<(u64, Hasher)> {
+) -> ApiResult<(u64, Hasher, UploadState)> {
     let range = match req.headers().get(header::CONTENT_RANGE) {
         Some(v) => Some(
             parse_content_range(v.to_str().unwrap_or("")).ok_or_else(|| {
@@ -309,11 +331,12 @@ async fn append(
             &upload.id,
             upload.size,
             hasher,
+            &upload.backend_state,
             body,
             state.config.limits.max_blob_bytes,
         )
         .await;
-    let (size, hasher) = match appended {
+    let (size, hasher, backend) = match appended {
         Ok(r) => r,
         Err(e) => {
             // What this chunk announced is not held any longer.
@@ -340,12 +363,12 @@ async fn append(
     }
     let moved = state
         .meta
-        .upload_advance(&upload.id, upload.size, size, &hasher.save())
+        .upload_advance(&upload.id, upload.size, size, &hasher.save(), &backend)
         .await?;
     if !moved {
         return Err(StorageError::UploadBusy(upload.id.clone()).into());
     }
-    Ok((size, hasher))
+    Ok((size, hasher, backend))
 }
 
 /// Reads `Content-Length`, refusing early a body that would make the blob
@@ -517,14 +540,17 @@ pub async fn expire(state: &AppState) -> Result<(), StorageError> {
     let cutoff = slipway_storage::meta::now_ms() - idle.as_millis() as i64;
     for id in state.meta.uploads_idle_since(cutoff).await? {
         let _guard = state.upload_locks.lock(&id).await;
+        let Some(upload) = state.meta.upload_get(&id).await? else {
+            continue;
+        };
         state.meta.upload_delete(&id).await?;
-        state.blobs.upload_abort(&id).await?;
+        state.blobs.upload_abort(&id, &upload.backend_state).await?;
         tracing::info!(upload.id = %id, "removed an idle upload");
     }
     let old = SystemTime::now() - idle.max(Duration::from_secs(3600));
     for (id, modified) in state.blobs.upload_files().await? {
         if modified < old && !state.meta.upload_exists(&id).await? {
-            state.blobs.upload_abort(&id).await?;
+            state.blobs.upload_abort(&id, &[]).await?;
             tracing::info!(upload.id = %id, "removed an upload file without a record");
         }
     }

@@ -24,6 +24,8 @@ pub struct UploadRecord {
     pub repo: String,
     pub size: u64,
     pub hash_state: Vec<u8>,
+    /// The blob store's own state of the upload (see `blob::UploadState`).
+    pub backend_state: Vec<u8>,
     pub updated_at: i64,
 }
 
@@ -206,16 +208,23 @@ impl Metadata {
 
     // ----- uploads --------------------------------------------------------
 
-    pub async fn upload_insert(&self, id: &str, repo_id: i64, hash_state: &[u8]) -> Result<()> {
+    pub async fn upload_insert(
+        &self,
+        id: &str,
+        repo_id: i64,
+        hash_state: &[u8],
+        backend_state: &[u8],
+    ) -> Result<()> {
         let now = now_ms();
         sqlx::query(
-            "INSERT INTO uploads (id, repo_id, size, hash_state, created_at, updated_at) \
-             VALUES ($1, $2, 0, $3, $4, $4)",
+            "INSERT INTO uploads (id, repo_id, size, hash_state, created_at, updated_at, backend_state) \
+             VALUES ($1, $2, 0, $3, $4, $4, $5)",
         )
         .bind(id)
         .bind(repo_id)
         .bind(hash_state)
         .bind(now)
+        .bind(backend_state)
         .execute(&self.write)
         .await?;
         Ok(())
@@ -223,7 +232,7 @@ impl Metadata {
 
     pub async fn upload_get(&self, id: &str) -> Result<Option<UploadRecord>> {
         let row = sqlx::query(
-            "SELECT u.id, u.repo_id, r.name, u.size, u.hash_state, u.updated_at \
+            "SELECT u.id, u.repo_id, r.name, u.size, u.hash_state, u.updated_at, u.backend_state \
              FROM uploads u JOIN repositories r ON r.id = u.repo_id WHERE u.id = $1",
         )
         .bind(id)
@@ -236,6 +245,7 @@ impl Metadata {
             size: r.get::<i64, _>(3) as u64,
             hash_state: r.get(4),
             updated_at: r.get(5),
+            backend_state: r.get::<Option<Vec<u8>>, _>(6).unwrap_or_default(),
         }))
     }
 
@@ -248,16 +258,18 @@ impl Metadata {
         old_size: u64,
         new_size: u64,
         hash_state: &[u8],
+        backend_state: &[u8],
     ) -> Result<bool> {
         let n = sqlx::query(
-            "UPDATE uploads SET size = $1, hash_state = $2, updated_at = $3, pending = 0 \
-             WHERE id = $4 AND size = $5",
+            "UPDATE uploads SET size = $1, hash_state = $2, updated_at = $3, pending = 0, \
+             backend_state = $6 WHERE id = $4 AND size = $5",
         )
         .bind(new_size as i64)
         .bind(hash_state)
         .bind(now_ms())
         .bind(id)
         .bind(old_size as i64)
+        .bind(backend_state)
         .execute(&self.write)
         .await?
         .rows_affected();

@@ -1,24 +1,64 @@
-//! The filesystem blob store: verification before visibility, dedup,
-//! resumable uploads.
+//! The blob store contract, on the filesystem and on S3 (SeaweedFS, started
+//! by the test): verification before visibility, dedup, resumable uploads.
 
 use bytes::Bytes;
 use futures::TryStreamExt;
 use slipway_storage::blob::fs::FsBlobStore;
+use slipway_storage::testing::SeaweedFs;
 use slipway_storage::{Algorithm, BlobStore, Digest, Hasher, StorageError};
 
-fn store(dir: &std::path::Path) -> BlobStore {
-    BlobStore::Fs(FsBlobStore::open(dir).unwrap())
+/// A store and what keeps it alive.
+struct Backend {
+    store: BlobStore,
+    _dir: Option<tempfile::TempDir>,
 }
 
-fn body(
-    parts: &[&'static [u8]],
-) -> impl futures::Stream<Item = Result<Bytes, StorageError>> + Send {
-    futures::stream::iter(
-        parts
-            .iter()
-            .map(|p| Ok(Bytes::from_static(p)))
-            .collect::<Vec<_>>(),
-    )
+async fn fs() -> Backend {
+    let dir = tempfile::tempdir().unwrap();
+    Backend {
+        store: BlobStore::Fs(FsBlobStore::open(dir.path()).unwrap()),
+        _dir: Some(dir),
+    }
+}
+
+async fn s3() -> Backend {
+    let prefix = format!("blobs-test-{}/", uuid::Uuid::new_v4().simple());
+    Backend {
+        store: BlobStore::S3(SeaweedFs::shared().store(&prefix).await),
+        _dir: None,
+    }
+}
+
+/// Runs a contract test on both backends.
+macro_rules! contract {
+    ($name:ident) => {
+        mod $name {
+            #[tokio::test]
+            async fn filesystem() {
+                super::$name(&super::fs().await.store).await;
+            }
+
+            #[tokio::test]
+            async fn s3() {
+                super::$name(&super::s3().await.store).await;
+            }
+        }
+    };
+}
+
+contract!(put_verifies_and_reads_ranges);
+contract!(uploads_resume_across_requests_and_publish_once);
+contract!(a_wrong_digest_publishes_nothing);
+contract!(sha512_is_verified_even_when_hashed_as_sha256);
+contract!(size_limit_is_enforced_while_streaming);
+contract!(large_uploads_cross_part_boundaries);
+
+fn body(parts: Vec<Bytes>) -> impl futures::Stream<Item = Result<Bytes, StorageError>> + Send {
+    futures::stream::iter(parts.into_iter().map(Ok).collect::<Vec<_>>())
+}
+
+fn parts(p: &[&'static [u8]]) -> Vec<Bytes> {
+    p.iter().map(|b| Bytes::from_static(b)).collect()
 }
 
 async fn read(s: &BlobStore, d: &Digest, range: Option<std::ops::Range<u64>>) -> Vec<u8> {
@@ -26,10 +66,7 @@ async fn read(s: &BlobStore, d: &Digest, range: Option<std::ops::Range<u64>>) ->
     parts.concat()
 }
 
-#[tokio::test]
-async fn put_verifies_and_reads_ranges() {
-    let dir = tempfile::tempdir().unwrap();
-    let s = store(dir.path());
+async fn put_verifies_and_reads_ranges(s: &BlobStore) {
     let d = Digest::sha256_of(b"hello world");
     let wrong = Digest::sha256_of(b"other");
     assert!(matches!(
@@ -39,29 +76,26 @@ async fn put_verifies_and_reads_ranges() {
     assert_eq!(s.stat(&wrong).await.unwrap(), None);
     s.put(&d, Bytes::from_static(b"hello world")).await.unwrap();
     assert_eq!(s.stat(&d).await.unwrap(), Some(11));
-    assert_eq!(read(&s, &d, None).await, b"hello world");
-    assert_eq!(read(&s, &d, Some(6..11)).await, b"world");
-    assert!(matches!(
-        s.read(&d, Some(6..12)).await,
-        Err(StorageError::SizeInvalid(_))
-    ));
+    assert_eq!(read(s, &d, None).await, b"hello world");
+    assert_eq!(read(s, &d, Some(6..11)).await, b"world");
     assert!(matches!(
         s.read(&wrong, None).await,
         Err(StorageError::BlobUnknown(_))
     ));
+    s.delete(&d).await.unwrap();
+    assert_eq!(s.stat(&d).await.unwrap(), None);
+    s.delete(&d).await.unwrap();
 }
 
-#[tokio::test]
-async fn uploads_resume_after_a_restart_and_publish_once() {
-    let dir = tempfile::tempdir().unwrap();
-    let s = store(dir.path());
-    s.upload_create("u1").await.unwrap();
-    let (size, h) = s
+async fn uploads_resume_across_requests_and_publish_once(s: &BlobStore) {
+    let st = s.upload_create("u1").await.unwrap();
+    let (size, h, st) = s
         .upload_append(
             "u1",
             0,
             Hasher::new(Algorithm::Sha256),
-            body(&[b"hello ", b"wor"]),
+            &st,
+            body(parts(&[b"hello ", b"wor"])),
             u64::MAX,
         )
         .await
@@ -69,112 +103,165 @@ async fn uploads_resume_after_a_restart_and_publish_once() {
     assert_eq!(size, 9);
     let saved = h.save();
 
-    // A request that died mid-write left bytes past the recorded offset.
-    let (_, _) = s
+    // A request that died: its result was never recorded.
+    let _ = s
         .upload_append(
             "u1",
             9,
             Hasher::restore(&saved).unwrap(),
-            body(&[b"GARBAGE"]),
+            &st,
+            body(parts(&[b"GARBAGE"])),
             u64::MAX,
         )
         .await
         .unwrap();
 
-    // "Restart": a new store on the same directory, state from the record.
-    let s = store(dir.path());
-    let (size, h) = s
+    // The next request resumes from the recorded state (any replica).
+    let (size, h, st) = s
         .upload_append(
             "u1",
             9,
             Hasher::restore(&saved).unwrap(),
-            body(&[b"ld"]),
+            &st,
+            body(parts(&[b"ld"])),
             u64::MAX,
         )
         .await
         .unwrap();
     assert_eq!(size, 11);
     let d = Digest::sha256_of(b"hello world");
-    assert_eq!(s.upload_verify("u1", &d, h).await.unwrap(), 11);
-    s.upload_publish("u1", &d).await.unwrap();
-    assert_eq!(read(&s, &d, None).await, b"hello world");
+    let (verified, st) = s.upload_verify("u1", &d, h, &st).await.unwrap();
+    assert_eq!(verified, 11);
+    assert_eq!(
+        s.stat(&d).await.unwrap(),
+        None,
+        "not visible before publishing"
+    );
+    s.upload_publish("u1", &d, &st).await.unwrap();
+    assert_eq!(read(s, &d, None).await, b"hello world");
 
-    // The same content again: the second upload file just goes away.
-    s.upload_create("u2").await.unwrap();
-    let (_, h) = s
+    // The same content again: nothing is stored twice, the upload goes.
+    let st = s.upload_create("u2").await.unwrap();
+    let (_, h, st) = s
         .upload_append(
             "u2",
             0,
             Hasher::new(Algorithm::Sha256),
-            body(&[b"hello world"]),
+            &st,
+            body(parts(&[b"hello world"])),
             u64::MAX,
         )
         .await
         .unwrap();
-    s.upload_verify("u2", &d, h).await.unwrap();
-    s.upload_publish("u2", &d).await.unwrap();
-    assert!(s.upload_files().await.unwrap().is_empty());
+    let (_, st) = s.upload_verify("u2", &d, h, &st).await.unwrap();
+    s.upload_publish("u2", &d, &st).await.unwrap();
+    let ids: Vec<String> = s
+        .upload_files()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(id, _)| id)
+        .collect();
+    assert!(
+        !ids.contains(&"u1".to_string()) && !ids.contains(&"u2".to_string()),
+        "{ids:?}"
+    );
 }
 
-#[tokio::test]
-async fn a_wrong_digest_publishes_nothing() {
-    let dir = tempfile::tempdir().unwrap();
-    let s = store(dir.path());
-    s.upload_create("u1").await.unwrap();
-    let (_, h) = s
+async fn a_wrong_digest_publishes_nothing(s: &BlobStore) {
+    let st = s.upload_create("u1").await.unwrap();
+    let (_, h, st) = s
         .upload_append(
             "u1",
             0,
             Hasher::new(Algorithm::Sha256),
-            body(&[b"abc"]),
+            &st,
+            body(parts(&[b"abc"])),
             u64::MAX,
         )
         .await
         .unwrap();
     let claimed = Digest::sha256_of(b"abd");
     assert!(matches!(
-        s.upload_verify("u1", &claimed, h).await,
+        s.upload_verify("u1", &claimed, h, &st).await,
         Err(StorageError::DigestMismatch { .. })
     ));
     assert_eq!(s.stat(&claimed).await.unwrap(), None);
-    s.upload_abort("u1").await.unwrap();
-    assert!(s.upload_files().await.unwrap().is_empty());
+    s.upload_abort("u1", &st).await.unwrap();
+    assert!(
+        s.upload_files()
+            .await
+            .unwrap()
+            .iter()
+            .all(|(id, _)| id != "u1")
+    );
 }
 
-#[tokio::test]
-async fn sha512_is_verified_even_when_hashed_as_sha256() {
-    let dir = tempfile::tempdir().unwrap();
-    let s = store(dir.path());
-    s.upload_create("u1").await.unwrap();
-    let (_, h) = s
+async fn sha512_is_verified_even_when_hashed_as_sha256(s: &BlobStore) {
+    let st = s.upload_create("u1").await.unwrap();
+    let (_, h, st) = s
         .upload_append(
             "u1",
             0,
             Hasher::new(Algorithm::Sha256),
-            body(&[b"abc"]),
+            &st,
+            body(parts(&[b"abc"])),
             u64::MAX,
         )
         .await
         .unwrap();
     let d = Digest::of(Algorithm::Sha512, b"abc");
-    s.upload_verify("u1", &d, h).await.unwrap();
-    s.upload_publish("u1", &d).await.unwrap();
-    assert_eq!(read(&s, &d, None).await, b"abc");
+    let (_, st) = s.upload_verify("u1", &d, h, &st).await.unwrap();
+    s.upload_publish("u1", &d, &st).await.unwrap();
+    assert_eq!(read(s, &d, None).await, b"abc");
 }
 
-#[tokio::test]
-async fn size_limit_is_enforced_while_streaming() {
-    let dir = tempfile::tempdir().unwrap();
-    let s = store(dir.path());
-    s.upload_create("u1").await.unwrap();
+async fn size_limit_is_enforced_while_streaming(s: &BlobStore) {
+    let st = s.upload_create("u1").await.unwrap();
     let r = s
         .upload_append(
             "u1",
             0,
             Hasher::new(Algorithm::Sha256),
-            body(&[b"abc", b"def"]),
+            &st,
+            body(parts(&[b"abc", b"def"])),
             4,
         )
         .await;
     assert!(matches!(r, Err(StorageError::TooLarge(_))), "{r:?}");
+    s.upload_abort("u1", &st).await.unwrap();
+}
+
+/// 21 MiB in odd chunks over three requests: several S3 parts, tails
+/// carried between requests, and a range read across part boundaries.
+async fn large_uploads_cross_part_boundaries(s: &BlobStore) {
+    let data: Vec<u8> = (0..21u32 << 20)
+        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+        .collect();
+    let d = Digest::sha256_of(&data);
+    let mut st = s.upload_create("big").await.unwrap();
+    let mut h = Hasher::new(Algorithm::Sha256);
+    let mut offset = 0u64;
+    for request in [3_000_001usize, 9_000_000, 10_020_151] {
+        let end = (offset as usize + request).min(data.len());
+        let chunk = Bytes::copy_from_slice(&data[offset as usize..end]);
+        let pieces: Vec<Bytes> = chunk.chunks(777_777).map(Bytes::copy_from_slice).collect();
+        let (size, nh, nst) = s
+            .upload_append("big", offset, h, &st, body(pieces), u64::MAX)
+            .await
+            .unwrap();
+        assert_eq!(size, end as u64);
+        (offset, h, st) = (size, nh, nst);
+    }
+    assert_eq!(offset, data.len() as u64);
+    let (_, st) = s.upload_verify("big", &d, h, &st).await.unwrap();
+    s.upload_publish("big", &d, &st).await.unwrap();
+    assert_eq!(s.stat(&d).await.unwrap(), Some(data.len() as u64));
+    let mid = (8 << 20) - 10..(8 << 20) + 10;
+    assert_eq!(
+        read(s, &d, Some(mid.clone())).await,
+        &data[mid.start as usize..mid.end as usize]
+    );
+    let all = read(s, &d, None).await;
+    assert!(all == data, "the whole blob reads back");
 }

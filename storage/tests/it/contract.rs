@@ -383,19 +383,31 @@ async fn listing_order_and_referrers(m: &Metadata) {
 async fn uploads(m: &Metadata) {
     let r = repo("tool-a/web");
     let id = m.ensure_repo(&r).await.unwrap();
-    m.upload_insert("u1", id, b"state0").await.unwrap();
+    m.upload_insert("u1", id, b"state0", b"backend0")
+        .await
+        .unwrap();
     let u = m.upload_get("u1").await.unwrap().unwrap();
     assert_eq!(
         (u.size, u.repo.as_str(), u.hash_state.as_slice()),
         (0, "tool-a/web", &b"state0"[..])
     );
-    assert!(m.upload_advance("u1", 0, 10, b"state10").await.unwrap());
     assert!(
-        !m.upload_advance("u1", 0, 20, b"stale").await.unwrap(),
+        m.upload_advance("u1", 0, 10, b"state10", b"backend10")
+            .await
+            .unwrap()
+    );
+    assert!(
+        !m.upload_advance("u1", 0, 20, b"stale", b"stale")
+            .await
+            .unwrap(),
         "compare-and-set on size"
     );
     let u = m.upload_get("u1").await.unwrap().unwrap();
     assert_eq!((u.size, u.hash_state.as_slice()), (10, &b"state10"[..]));
+    assert_eq!(
+        u.backend_state, b"backend10",
+        "the blob store's state travels with the record"
+    );
     assert_eq!(m.upload_count().await.unwrap(), 1);
     assert!(m.upload_exists("u1").await.unwrap());
 
@@ -407,7 +419,7 @@ async fn uploads(m: &Metadata) {
     assert!(m.upload_get("u1").await.unwrap().is_none());
     assert_eq!(m.repo_blob_size(&r, &d).await.unwrap(), Some(size));
 
-    m.upload_insert("u2", id, b"s").await.unwrap();
+    m.upload_insert("u2", id, b"s", b"").await.unwrap();
     assert_eq!(
         m.uploads_idle_since(i64::MAX).await.unwrap(),
         vec!["u2".to_string()]
@@ -775,7 +787,7 @@ async fn quota_refuses_without_overshooting(m: &Metadata) {
     );
     assert_eq!(m.room("tool-q").await.unwrap(), Some(400));
     // Chunk reservations on an upload.
-    m.upload_insert("u1", id, b"s").await.unwrap();
+    m.upload_insert("u1", id, b"s", b"").await.unwrap();
     m.upload_reserve("u1", "tool-q", 300).await.unwrap();
     assert!(matches!(
         m.upload_reserve("u1", "tool-q", 101).await,
