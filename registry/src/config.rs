@@ -505,14 +505,18 @@ mod tests {
         let e = env(&[
             ("SLIPWAY_LISTEN", "127.0.0.1:7000"),
             ("SLIPWAY_LIMITS__MAX_MANIFEST_BYTES", "2000"),
-            ("SLIPWAY_DATABASE__URL", "postgres://u:secret@h/db"),
+            ("SLIPWAY_DATABASE__URL", "postgres://u:hunter2-pw@h/db"),
+            ("SLIPWAY_STORAGE__S3__SECRET_KEY", "s3-hunter3"),
             ("SLIPWAY_ADMIN_PASSWORD", "not-config"),
             ("OTHER", "x"),
         ]);
         let c = Config::load(Some(&file), e.clone(), &Overrides::default()).unwrap();
         assert_eq!(c.listen.port(), 7000);
         assert_eq!(c.limits.max_manifest_bytes, 2000);
-        assert!(!c.redacted().contains("secret"));
+        assert_eq!(c.storage.s3.secret_key.expose(), "s3-hunter3");
+        for leak in ["hunter2-pw", "s3-hunter3"] {
+            assert!(!c.redacted().contains(leak), "{leak} in {}", c.redacted());
+        }
 
         let o = Overrides {
             listen: Some("127.0.0.1:8000".parse().unwrap()),
