@@ -154,13 +154,41 @@ impl SeaweedFs {
         }
     }
 
+    /// Waits until a bucket exists and an object can be written. Runs its
+    /// own runtime on a thread of its own, so it may be called from async
+    /// code as well.
     fn wait_ready(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(90);
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("a runtime");
-        let probe = rt.block_on(self.store("readiness-probe/"));
+        let conn = self.connection();
+        let probe = move || {
+            std::thread::spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .expect("a runtime");
+                rt.block_on(async {
+                    let store = S3BlobStore::connect(
+                        &conn,
+                        S3Options {
+                            bucket: "slipway-test".into(),
+                            prefix: "readiness-probe/".into(),
+                            part_size: DEFAULT_PART_SIZE,
+                        },
+                    )
+                    .await;
+                    store.ensure_bucket().await.is_ok()
+                        && store
+                            .put(
+                                &crate::Digest::sha256_of(b"probe"),
+                                bytes::Bytes::from_static(b"probe"),
+                            )
+                            .await
+                            .is_ok()
+                })
+            })
+            .join()
+            .unwrap_or(false)
+        };
         loop {
             if let Some(child) = self.child.as_mut()
                 && let Ok(Some(status)) = child.try_wait()
@@ -170,18 +198,7 @@ impl SeaweedFs {
                     std::fs::read_to_string(self.dir.join("weed.log")).unwrap_or_default()
                 );
             }
-            // Ready when a bucket exists and an object can be written.
-            let ok = rt.block_on(async {
-                probe.ensure_bucket().await.is_ok()
-                    && probe
-                        .put(
-                            &crate::Digest::sha256_of(b"probe"),
-                            bytes::Bytes::from_static(b"probe"),
-                        )
-                        .await
-                        .is_ok()
-            });
-            if ok {
+            if probe.clone()() {
                 return;
             }
             assert!(
@@ -221,4 +238,64 @@ impl Drop for SeaweedFs {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// A fresh PostgreSQL database for one test, dropped afterwards.
+pub struct PostgresDb {
+    pub url: String,
+    admin: String,
+    name: String,
+}
+
+impl PostgresDb {
+    /// Creates a database on the server `admin_url` points to (a role that
+    /// may create databases), or on `SLIPWAY_TEST_POSTGRES_URL`, or on the
+    /// machine's server at 127.0.0.1:5432.
+    pub async fn fresh(admin_url: Option<&str>) -> PostgresDb {
+        let admin = admin_url
+            .map(str::to_owned)
+            .or_else(|| std::env::var("SLIPWAY_TEST_POSTGRES_URL").ok())
+            .unwrap_or_else(|| "postgres://postgres@127.0.0.1:5432/postgres".into());
+        let name = format!("slipway_test_{}", uuid::Uuid::new_v4().simple());
+        let pool = admin_pool(&admin).await;
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .execute(&pool)
+            .await
+            .unwrap_or_else(|e| panic!("cannot create a test database on PostgreSQL: {e}"));
+        pool.close().await;
+        let (base, _) = admin
+            .rsplit_once('/')
+            .expect("a database URL ends with /<database>");
+        PostgresDb {
+            url: format!("{base}/{name}"),
+            admin,
+            name,
+        }
+    }
+
+    /// Drops the database (connections still open are ended).
+    pub async fn drop_db(self) {
+        let pool = admin_pool(&self.admin).await;
+        let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+            self.name
+        )))
+        .execute(&pool)
+        .await;
+        pool.close().await;
+    }
+}
+
+async fn admin_pool(url: &str) -> sqlx::AnyPool {
+    sqlx::any::install_default_drivers();
+    sqlx::any::AnyPoolOptions::new()
+        .max_connections(1)
+        .connect(url)
+        .await
+        .unwrap_or_else(|e| {
+            panic!(
+                "cannot reach PostgreSQL at {} (set SLIPWAY_TEST_POSTGRES_URL; conformance/test.sh starts the server): {e}",
+                crate::meta::redact_url(url)
+            )
+        })
 }

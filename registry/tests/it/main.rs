@@ -9,4 +9,5 @@ mod gc_stress;
 mod lifecycle;
 mod logs;
 mod quota;
+mod replicas;
 mod security;

@@ -1,0 +1,513 @@
+//! Several stateless replicas over PostgreSQL and S3 (SeaweedFS, started by
+//! the tests): uploads hop between replicas, quotas hold across them, and
+//! faults of the object store are answered cleanly.
+
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+use slipway_registry::Config;
+use slipway_registry::config::{Secret, StorageBackend};
+use slipway_registry::testing::TestServer;
+use slipway_storage::testing::{ACCESS_KEY, PostgresDb, SECRET_KEY, SeaweedFs};
+
+use crate::security::{basic, digest};
+
+const MIB: usize = 1 << 20;
+
+/// Replicas sharing one database, one bucket prefix, one signing key and
+/// one admin password.
+pub struct Deployment {
+    pub replicas: Vec<TestServer>,
+    pub db: Option<PostgresDb>,
+    pub admin: String,
+    pub http: reqwest::Client,
+    _dir: tempfile::TempDir,
+}
+
+pub fn s3_config(c: &mut Config, weed: &SeaweedFs, prefix: &str) {
+    c.storage.backend = StorageBackend::S3;
+    c.storage.s3.endpoint = weed.endpoint.clone();
+    c.storage.s3.bucket = "slipway-test".into();
+    c.storage.s3.prefix = prefix.to_owned();
+    c.storage.s3.access_key = ACCESS_KEY.into();
+    c.storage.s3.secret_key = Secret::new(SECRET_KEY);
+    c.storage.s3.part_size_mib = 5;
+    c.storage.s3.create_bucket = true;
+}
+
+impl Deployment {
+    pub async fn start(n: usize, weed: &SeaweedFs, adjust: impl Fn(&mut Config)) -> Deployment {
+        let dir = tempfile::tempdir().unwrap();
+        let db = PostgresDb::fresh(None).await;
+        let prefix = format!("replicas-{}/", uuid::Uuid::new_v4().simple());
+        let password = "replica-admin-password";
+        let mut replicas = Vec::new();
+        for i in 0..n {
+            let mut c = Config::for_tests(&dir.path().join(format!("replica-{i}")));
+            c.database.url = db.url.clone();
+            s3_config(&mut c, weed, &prefix);
+            c.auth.key_file = dir.path().join("token-signing-key.pem");
+            c.auth.admin_password = Some(Secret::new(password));
+            adjust(&mut c);
+            replicas.push(TestServer::start_config(c).await);
+        }
+        Deployment {
+            replicas,
+            db: Some(db),
+            admin: basic("admin", password),
+            http: reqwest::Client::new(),
+            _dir: dir,
+        }
+    }
+
+    pub fn url(&self, replica: usize, path: &str) -> String {
+        format!("{}{path}", self.replicas[replica].url)
+    }
+
+    pub async fn send(
+        &self,
+        replica: usize,
+        method: Method,
+        path: &str,
+        body: Vec<u8>,
+        headers: &[(&str, String)],
+    ) -> (StatusCode, reqwest::header::HeaderMap, Vec<u8>) {
+        let mut req = self
+            .http
+            .request(method, self.url(replica, path))
+            .header("authorization", &self.admin)
+            .body(body);
+        for (k, v) in headers {
+            req = req.header(*k, v);
+        }
+        let resp = req.send().await.expect("request sent");
+        let (status, headers) = (resp.status(), resp.headers().clone());
+        (status, headers, resp.bytes().await.unwrap().to_vec())
+    }
+
+    pub async fn project(&self, name: &str, quota: Option<u64>) {
+        let (s, _, b) = self
+            .send(
+                0,
+                Method::POST,
+                "/api/v1/projects",
+                json!({"name": name, "quota_bytes": quota})
+                    .to_string()
+                    .into_bytes(),
+                &[("content-type", "application/json".into())],
+            )
+            .await;
+        assert_eq!(s, StatusCode::CREATED, "{}", String::from_utf8_lossy(&b));
+    }
+
+    pub async fn stop(mut self) {
+        for r in self.replicas.drain(..) {
+            r.stop().await;
+        }
+        if let Some(db) = self.db.take() {
+            db.drop_db().await;
+        }
+    }
+}
+
+fn data(n: usize, seed: u8) -> Vec<u8> {
+    (0..n as u32)
+        .map(|i| ((i.wrapping_mul(2654435761) >> 11) as u8) ^ seed)
+        .collect()
+}
+
+/// Pushes `blob` through `chunks` PATCHes whose replica alternates, and
+/// finishes on the last replica. Returns the digest.
+async fn chunked_across(d: &Deployment, repo: &str, blob: &[u8], chunks: usize) -> String {
+    let (s, h, _) = d
+        .send(
+            0,
+            Method::POST,
+            &format!("/v2/{repo}/blobs/uploads/"),
+            Vec::new(),
+            &[],
+        )
+        .await;
+    assert_eq!(s, StatusCode::ACCEPTED);
+    let mut location = h["location"].to_str().unwrap().to_owned();
+    let size = blob.len().div_ceil(chunks);
+    for (i, chunk) in blob.chunks(size).enumerate() {
+        let replica = i % d.replicas.len();
+        let start = i * size;
+        let range = format!("{start}-{}", start + chunk.len() - 1);
+        let (s, h, b) = d
+            .send(
+                replica,
+                Method::PATCH,
+                &location,
+                chunk.to_vec(),
+                &[
+                    ("content-range", range),
+                    ("content-type", "application/octet-stream".into()),
+                ],
+            )
+            .await;
+        assert_eq!(
+            s,
+            StatusCode::ACCEPTED,
+            "chunk {i} on replica {replica}: {}",
+            String::from_utf8_lossy(&b)
+        );
+        location = h["location"].to_str().unwrap().to_owned();
+    }
+    let dg = digest(blob);
+    let last = chunks % d.replicas.len();
+    let (s, _, b) = d
+        .send(
+            last,
+            Method::PUT,
+            &format!("{location}?digest={dg}"),
+            Vec::new(),
+            &[],
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{}", String::from_utf8_lossy(&b));
+    dg
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uploads_hop_between_replicas_and_pulls_work_on_any() {
+    let weed = SeaweedFs::shared();
+    let d = Deployment::start(2, weed, |_| {}).await;
+    d.project("tool-r", None).await;
+    // 12 MiB in three chunks over two replicas: parts and tails cross over.
+    let blob = data(12 * MIB + 12345, 1);
+    let dg = chunked_across(&d, "tool-r/web", &blob, 3).await;
+    let config = json!({"os": "linux", "architecture": "amd64"})
+        .to_string()
+        .into_bytes();
+    let (s, _, _) = d
+        .send(
+            1,
+            Method::POST,
+            &format!("/v2/tool-r/web/blobs/uploads/?digest={}", digest(&config)),
+            config.clone(),
+            &[],
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED);
+    let manifest = json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": digest(&config), "size": config.len()},
+        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": dg, "size": blob.len()}],
+    })
+    .to_string()
+    .into_bytes();
+    let (s, _, b) = d
+        .send(
+            0,
+            Method::PUT,
+            "/v2/tool-r/web/manifests/v1",
+            manifest.clone(),
+            &[(
+                "content-type",
+                "application/vnd.oci.image.manifest.v1+json".into(),
+            )],
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{}", String::from_utf8_lossy(&b));
+    // Pulled through the other replica, whole and in ranges.
+    let (s, _, m) = d
+        .send(
+            1,
+            Method::GET,
+            "/v2/tool-r/web/manifests/v1",
+            Vec::new(),
+            &[],
+        )
+        .await;
+    assert_eq!((s, m), (StatusCode::OK, manifest));
+    let (s, _, got) = d
+        .send(
+            1,
+            Method::GET,
+            &format!("/v2/tool-r/web/blobs/{dg}"),
+            Vec::new(),
+            &[],
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    assert!(
+        got == blob,
+        "the blob reads back whole through the other replica"
+    );
+    let (s, h, part) = d
+        .send(
+            1,
+            Method::GET,
+            &format!("/v2/tool-r/web/blobs/{dg}"),
+            Vec::new(),
+            &[("range", format!("bytes={}-{}", 5 * MIB - 3, 5 * MIB + 2))],
+        )
+        .await;
+    assert_eq!(s, StatusCode::PARTIAL_CONTENT);
+    assert_eq!(part, &blob[5 * MIB - 3..5 * MIB + 3]);
+    assert_eq!(
+        h["content-range"],
+        format!("bytes {}-{}/{}", 5 * MIB - 3, 5 * MIB + 2, blob.len()).as_str()
+    );
+    // The same blob pushed again is stored once (a HEAD says it is there).
+    let (s, _, _) = d
+        .send(
+            0,
+            Method::HEAD,
+            &format!("/v2/tool-r/web/blobs/{dg}"),
+            Vec::new(),
+            &[],
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    d.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quotas_hold_across_replicas() {
+    let weed = SeaweedFs::shared();
+    let d = std::sync::Arc::new(Deployment::start(2, weed, |_| {}).await);
+    d.project("tool-q", Some(3 * MIB as u64)).await;
+    let mut tasks = Vec::new();
+    for i in 0..8u8 {
+        let d = d.clone();
+        tasks.push(tokio::spawn(async move {
+            let replica = (i % 2) as usize;
+            let blob = data(MIB, 10 + i);
+            let (s, h, _) = d
+                .send(
+                    replica,
+                    Method::POST,
+                    "/v2/tool-q/web/blobs/uploads/",
+                    Vec::new(),
+                    &[],
+                )
+                .await;
+            assert_eq!(s, StatusCode::ACCEPTED);
+            let location = h["location"].to_str().unwrap().to_owned();
+            let (s, _, _) = d
+                .send(
+                    replica,
+                    Method::PATCH,
+                    &location,
+                    blob.clone(),
+                    &[("content-range", format!("0-{}", MIB - 1))],
+                )
+                .await;
+            if s != StatusCode::ACCEPTED {
+                return s;
+            }
+            d.send(
+                1 - replica,
+                Method::PUT,
+                &format!("{location}?digest={}", digest(&blob)),
+                Vec::new(),
+                &[],
+            )
+            .await
+            .0
+        }));
+    }
+    let mut created = 0;
+    for t in tasks {
+        match t.await.unwrap() {
+            StatusCode::CREATED => created += 1,
+            StatusCode::FORBIDDEN => {}
+            other => panic!("unexpected {other}"),
+        }
+    }
+    assert_eq!(
+        created, 3,
+        "room for exactly three, whichever replica took them"
+    );
+    let (_, _, b) = d
+        .send(
+            1,
+            Method::GET,
+            "/api/v1/projects/tool-q/usage",
+            Vec::new(),
+            &[],
+        )
+        .await;
+    let u: Value = serde_json::from_slice(&b).unwrap();
+    assert_eq!(u["reserved_bytes"], 3 * MIB as u64);
+    std::sync::Arc::into_inner(d).unwrap().stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presigned_redirects_serve_the_blob_and_its_ranges() {
+    let weed = SeaweedFs::shared();
+    let d = Deployment::start(1, weed, |c| c.storage.s3.redirect = true).await;
+    d.project("tool-p", None).await;
+    let blob = data(2 * MIB, 3);
+    let (s, _, _) = d
+        .send(
+            0,
+            Method::POST,
+            &format!("/v2/tool-p/web/blobs/uploads/?digest={}", digest(&blob)),
+            blob.clone(),
+            &[],
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED);
+    let no_redirects = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let r = no_redirects
+        .get(d.url(0, &format!("/v2/tool-p/web/blobs/{}", digest(&blob))))
+        .header("authorization", &d.admin)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::TEMPORARY_REDIRECT);
+    let location = r.headers()["location"].to_str().unwrap().to_owned();
+    assert!(location.starts_with(&weed.endpoint), "{location}");
+    // HEAD never touches the data: answered by the registry.
+    let (s, h, _) = d
+        .send(
+            0,
+            Method::HEAD,
+            &format!("/v2/tool-p/web/blobs/{}", digest(&blob)),
+            Vec::new(),
+            &[],
+        )
+        .await;
+    assert_eq!(
+        (s, h["content-length"].to_str().unwrap()),
+        (StatusCode::OK, "2097152")
+    );
+    // Following the redirect, whole and with a Range.
+    let whole = reqwest::get(&location)
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    assert!(whole == blob);
+    let r = reqwest::Client::new()
+        .get(&location)
+        .header("range", "bytes=100-199")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::PARTIAL_CONTENT);
+    assert_eq!(r.bytes().await.unwrap(), &blob[100..200]);
+    // A client that follows redirects gets the bytes from one GET.
+    let (s, _, got) = d
+        .send(
+            0,
+            Method::GET,
+            &format!("/v2/tool-p/web/blobs/{}", digest(&blob)),
+            Vec::new(),
+            &[("range", "bytes=0-9".into())],
+        )
+        .await;
+    assert_eq!(
+        (s, got.as_slice()),
+        (StatusCode::PARTIAL_CONTENT, &blob[..10])
+    );
+    d.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s3_down_mid_push_is_a_503_and_the_same_push_succeeds_after() {
+    let mut weed = SeaweedFs::start();
+    let d = Deployment::start(1, &weed, |_| {}).await;
+    d.project("tool-f", None).await;
+    let blob = data(11 * MIB, 7);
+    let dg = digest(&blob);
+    let (s, h, _) = d
+        .send(
+            0,
+            Method::POST,
+            "/v2/tool-f/web/blobs/uploads/",
+            Vec::new(),
+            &[],
+        )
+        .await;
+    assert_eq!(s, StatusCode::ACCEPTED);
+    let location = h["location"].to_str().unwrap().to_owned();
+    let first = 6 * MIB;
+    let (s, _, _) = d
+        .send(
+            0,
+            Method::PATCH,
+            &location,
+            blob[..first].to_vec(),
+            &[("content-range", format!("0-{}", first - 1))],
+        )
+        .await;
+    assert_eq!(s, StatusCode::ACCEPTED);
+
+    weed.stop();
+    let (s, _, b) = d
+        .send(
+            0,
+            Method::PATCH,
+            &location,
+            blob[first..].to_vec(),
+            &[("content-range", format!("{first}-{}", blob.len() - 1))],
+        )
+        .await;
+    assert_eq!(
+        s,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "{}",
+        String::from_utf8_lossy(&b)
+    );
+    let v: Value = serde_json::from_slice(&b).unwrap();
+    assert_eq!(v["errors"][0]["code"], "UNAVAILABLE");
+    // The registry itself still answers, and nothing half-written shows.
+    let (s, _, _) = d
+        .send(
+            0,
+            Method::HEAD,
+            &format!("/v2/tool-f/web/blobs/{dg}"),
+            Vec::new(),
+            &[],
+        )
+        .await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    let (s, h, _) = d.send(0, Method::GET, &location, Vec::new(), &[]).await;
+    assert_eq!(
+        (s, h["range"].to_str().unwrap()),
+        (StatusCode::NO_CONTENT, format!("0-{}", first - 1).as_str())
+    );
+
+    weed.resume();
+    let (s, _, b) = d
+        .send(
+            0,
+            Method::PATCH,
+            &location,
+            blob[first..].to_vec(),
+            &[("content-range", format!("{first}-{}", blob.len() - 1))],
+        )
+        .await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{}", String::from_utf8_lossy(&b));
+    let (s, _, b) = d
+        .send(
+            0,
+            Method::PUT,
+            &format!("{location}?digest={dg}"),
+            Vec::new(),
+            &[],
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{}", String::from_utf8_lossy(&b));
+    let (s, _, got) = d
+        .send(
+            0,
+            Method::GET,
+            &format!("/v2/tool-f/web/blobs/{dg}"),
+            Vec::new(),
+            &[],
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    assert!(got == blob);
+    d.stop().await;
+}
