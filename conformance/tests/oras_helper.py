@@ -7,6 +7,7 @@ error and end the script with a non-zero status.
 
     oras_helper.py push HOST REPO:TAG FILE --artifact-type T
                    --subject-digest D --subject-size N --subject-media-type M
+                   [--username U]   (password in $ORAS_HELPER_PASSWORD)
     oras_helper.py pull HOST REF OUTDIR
     oras_helper.py referrers HOST REPO DIGEST [--artifact-type T]
 
@@ -30,12 +31,17 @@ except ImportError as e:
     )
 
 
-def client(host):
-    return oras.client.OrasClient(hostname=host, insecure=True)
+def client(host, username=None):
+    c = oras.client.OrasClient(hostname=host, insecure=True)
+    if username:
+        # What `login` does first; `login` itself would also write the
+        # credentials into ~/.docker/config.json.
+        c.auth.set_basic_auth(username, os.environ["ORAS_HELPER_PASSWORD"])
+    return c
 
 
 def push(args):
-    c = client(args.host)
+    c = client(args.host, args.username)
     subject = oras.oci.Subject(
         mediaType=args.subject_media_type,
         digest=args.subject_digest,
@@ -106,6 +112,7 @@ def main():
     s.add_argument("--subject-digest", required=True)
     s.add_argument("--subject-size", type=int, required=True)
     s.add_argument("--subject-media-type", required=True)
+    s.add_argument("--username")
     s.set_defaults(run=push)
 
     s = sub.add_parser("pull")
