@@ -7,7 +7,7 @@ use serde_json::{Value, json};
 use slipway_registry::Config;
 use slipway_registry::config::{Secret, StorageBackend};
 use slipway_registry::testing::TestServer;
-use slipway_storage::testing::{ACCESS_KEY, PostgresDb, SECRET_KEY, SeaweedFs};
+use slipway_storage::testing::{ACCESS_KEY, PostgresDb, PrivatePostgres, SECRET_KEY, SeaweedFs};
 
 use crate::security::{basic, digest};
 
@@ -36,8 +36,19 @@ pub fn s3_config(c: &mut Config, weed: &SeaweedFs, prefix: &str) {
 
 impl Deployment {
     pub async fn start(n: usize, weed: &SeaweedFs, adjust: impl Fn(&mut Config)) -> Deployment {
+        Self::start_on(None, n, weed, adjust).await
+    }
+
+    /// Replicas on a fresh database of the PostgreSQL server `postgres`
+    /// (default: the machine's).
+    pub async fn start_on(
+        postgres: Option<&str>,
+        n: usize,
+        weed: &SeaweedFs,
+        adjust: impl Fn(&mut Config),
+    ) -> Deployment {
         let dir = tempfile::tempdir().unwrap();
-        let db = PostgresDb::fresh(None).await;
+        let db = PostgresDb::fresh(postgres).await;
         let prefix = format!("replicas-{}/", uuid::Uuid::new_v4().simple());
         let password = "replica-admin-password";
         let mut replicas = Vec::new();
@@ -509,5 +520,81 @@ async fn s3_down_mid_push_is_a_503_and_the_same_push_succeeds_after() {
         .await;
     assert_eq!(s, StatusCode::OK);
     assert!(got == blob);
+    d.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_postgres_restart_is_answered_503_and_slipway_recovers_by_itself() {
+    let pg = PrivatePostgres::start();
+    let weed = SeaweedFs::shared();
+    let d = Deployment::start_on(Some(&pg.url), 2, weed, |c| c.database.max_connections = 4).await;
+    d.project("tool-db", None).await;
+    let blob = data(1000, 5);
+    let path = format!("/v2/tool-db/web/blobs/uploads/?digest={}", digest(&blob));
+    let (s, _, _) = d.send(0, Method::POST, &path, blob.clone(), &[]).await;
+    assert_eq!(s, StatusCode::CREATED);
+
+    pg.stop();
+    for replica in 0..2 {
+        let started = std::time::Instant::now();
+        let (s, _, b) = d
+            .send(
+                replica,
+                Method::HEAD,
+                &format!("/v2/tool-db/web/blobs/{}", digest(&blob)),
+                Vec::new(),
+                &[],
+            )
+            .await;
+        assert_eq!(
+            s,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "replica {replica}: {}",
+            String::from_utf8_lossy(&b)
+        );
+        let (s, _, b) = d
+            .send(
+                replica,
+                Method::GET,
+                "/v2/tool-db/web/tags/list",
+                Vec::new(),
+                &[],
+            )
+            .await;
+        assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE);
+        let v: Value = serde_json::from_slice(&b).unwrap();
+        assert_eq!(v["errors"][0]["code"], "UNAVAILABLE");
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(40),
+            "answered in {:?}",
+            started.elapsed()
+        );
+        let (s, _, _) = d
+            .send(replica, Method::GET, "/readyz", Vec::new(), &[])
+            .await;
+        assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE);
+    }
+
+    pg.resume();
+    for replica in 0..2 {
+        let (s, _, got) = d
+            .send(
+                replica,
+                Method::GET,
+                &format!("/v2/tool-db/web/blobs/{}", digest(&blob)),
+                Vec::new(),
+                &[],
+            )
+            .await;
+        assert_eq!(
+            (s, got),
+            (StatusCode::OK, blob.clone()),
+            "replica {replica} recovered"
+        );
+    }
+    let more = data(2000, 6);
+    let path = format!("/v2/tool-db/web/blobs/uploads/?digest={}", digest(&more));
+    let (s, _, _) = d.send(1, Method::POST, &path, more, &[]).await;
+    assert_eq!(s, StatusCode::CREATED);
     d.stop().await;
 }
