@@ -318,6 +318,12 @@ pub struct Overrides {
     pub data_dir: Option<PathBuf>,
 }
 
+/// The keys of [`Config`]: environment variables starting with anything
+/// else are not configuration.
+const TOP_LEVEL_KEYS: &[&str] = &[
+    "listen", "data_dir", "database", "storage", "limits", "auth", "quota", "gc", "log",
+];
+
 #[derive(Debug, thiserror::Error)]
 #[error("the configuration is invalid: {0}")]
 pub struct ConfigError(String);
@@ -346,11 +352,13 @@ impl Config {
             let Some(rest) = key.strip_prefix("SLIPWAY_") else {
                 continue;
             };
-            // Credentials and other settings that are not part of `Config`.
-            if matches!(rest, "ADMIN_PASSWORD" | "USER" | "PASSWORD" | "URL") {
+            let path: Vec<String> = rest.split("__").map(|p| p.to_ascii_lowercase()).collect();
+            // Other SLIPWAY_… variables (credentials for the CLI, test
+            // settings) are not configuration; within a section, unknown
+            // keys are errors like in the file.
+            if !TOP_LEVEL_KEYS.contains(&path[0].as_str()) {
                 continue;
             }
-            let path: Vec<String> = rest.split("__").map(|p| p.to_ascii_lowercase()).collect();
             let value: figment::value::Value = value.parse().expect("figment parses any string");
             insert_path(&mut env_map, &path, value);
         }
@@ -508,6 +516,7 @@ mod tests {
             ("SLIPWAY_DATABASE__URL", "postgres://u:hunter2-pw@h/db"),
             ("SLIPWAY_STORAGE__S3__SECRET_KEY", "s3-hunter3"),
             ("SLIPWAY_ADMIN_PASSWORD", "not-config"),
+            ("SLIPWAY_TEST_POSTGRES_URL", "not-config-either"),
             ("OTHER", "x"),
         ]);
         let c = Config::load(Some(&file), e.clone(), &Overrides::default()).unwrap();

@@ -598,3 +598,188 @@ async fn a_postgres_restart_is_answered_503_and_slipway_recovers_by_itself() {
     assert_eq!(s, StatusCode::CREATED);
     d.stop().await;
 }
+
+/// A `slipway serve` process (for what only a real process can show: a
+/// replica killed with SIGKILL).
+struct Process {
+    child: tokio::process::Child,
+    url: String,
+}
+
+impl Process {
+    async fn start(config: &std::path::Path, password: &str) -> Process {
+        let text = std::fs::read_to_string(config).unwrap();
+        let listen = text
+            .lines()
+            .find_map(|l| l.strip_prefix("listen = \""))
+            .and_then(|l| l.strip_suffix('"'))
+            .unwrap()
+            .to_owned();
+        let log_path = config.with_extension("log");
+        let log = std::fs::File::create(&log_path).unwrap();
+        let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_slipway"))
+            .args(["serve", "--config"])
+            .arg(config)
+            .env("SLIPWAY_ADMIN_PASSWORD", password)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()
+            .expect("start slipway");
+        let url = format!("http://{listen}");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            if let Ok(r) = reqwest::get(format!("{url}/readyz")).await
+                && r.status() == StatusCode::OK
+            {
+                return Process { child, url };
+            }
+            let exited = child.try_wait().unwrap();
+            assert!(
+                exited.is_none() && std::time::Instant::now() < deadline,
+                "slipway at {url} did not become ready ({exited:?}); its log:\n{}",
+                std::fs::read_to_string(&log_path).unwrap_or_default()
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_killed_mid_chunk_leaves_an_upload_the_other_finishes() {
+    let weed = SeaweedFs::shared();
+    let db = PostgresDb::fresh(None).await;
+    let dir = tempfile::tempdir().unwrap();
+    let password = "kill-test-password";
+    let prefix = format!("kill-{}/", uuid::Uuid::new_v4().simple());
+    let mut configs = Vec::new();
+    for name in ["a", "b"] {
+        let path = dir.path().join(format!("{name}.toml"));
+        std::fs::write(
+            &path,
+            format!(
+                "listen = \"127.0.0.1:{port}\"\ndata_dir = \"{data}\"\n\n[database]\nurl = \"{db}\"\n\n\
+                 [auth]\nkey_file = \"{key}\"\n\n[storage]\nbackend = \"s3\"\n\n[storage.s3]\n\
+                 endpoint = \"{endpoint}\"\nbucket = \"slipway-test\"\nprefix = \"{prefix}\"\n\
+                 access_key = \"{ACCESS_KEY}\"\nsecret_key = \"{SECRET_KEY}\"\npart_size_mib = 5\n\
+                 create_bucket = true\n\n[log]\nfilter = \"warn\"\n",
+                port = free_port(),
+                data = dir.path().join(name).display(),
+                db = db.url,
+                key = dir.path().join("key.pem").display(),
+                endpoint = weed.endpoint,
+            ),
+        )
+        .unwrap();
+        configs.push(path);
+    }
+    let mut a = Process::start(&configs[0], password).await;
+    let b = Process::start(&configs[1], password).await;
+    let admin = basic("admin", password);
+    let http = reqwest::Client::new();
+    let r = http
+        .post(format!("{}/api/v1/projects", a.url))
+        .header("authorization", &admin)
+        .json(&json!({"name": "tool-k"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let blob = data(13 * MIB, 9);
+    let dg = digest(&blob);
+    let r = http
+        .post(format!("{}/v2/tool-k/web/blobs/uploads/", a.url))
+        .header("authorization", &admin)
+        .send()
+        .await
+        .unwrap();
+    let location = r.headers()["location"].to_str().unwrap().to_owned();
+    let first = 6 * MIB;
+    let r = http
+        .patch(format!("{}{location}", a.url))
+        .header("authorization", &admin)
+        .header("content-range", format!("0-{}", first - 1))
+        .body(blob[..first].to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+
+    // The second chunk starts streaming into A; A dies in the middle.
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<bytes::Bytes, std::io::Error>>(4);
+    let stream =
+        futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|x| (x, rx)) });
+    let patch = http
+        .patch(format!("{}{location}", a.url))
+        .header("authorization", &admin)
+        .header("content-range", format!("{first}-{}", blob.len() - 1))
+        .header("content-length", (blob.len() - first).to_string())
+        .body(reqwest::Body::wrap_stream(stream))
+        .send();
+    let in_flight = tokio::spawn(patch);
+    for piece in blob[first..first + 3 * MIB].chunks(256 * 1024) {
+        tx.send(Ok(bytes::Bytes::copy_from_slice(piece)))
+            .await
+            .unwrap();
+    }
+    a.child.start_kill().unwrap();
+    a.child.wait().await.unwrap();
+    drop(tx);
+    let answer = in_flight.await.unwrap();
+    assert!(
+        answer.is_err() || !answer.unwrap().status().is_success(),
+        "the killed chunk was not acknowledged"
+    );
+
+    // The client asks the other replica where the upload stands, and goes on.
+    let r = http
+        .get(format!("{}{location}", b.url))
+        .header("authorization", &admin)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    let range = r.headers()["range"].to_str().unwrap().to_owned();
+    let next: usize = range.split('-').nth(1).unwrap().parse::<usize>().unwrap() + 1;
+    assert_eq!(next, first, "only the acknowledged chunk counts");
+    let r = http
+        .patch(format!("{}{location}", b.url))
+        .header("authorization", &admin)
+        .header("content-range", format!("{next}-{}", blob.len() - 1))
+        .body(blob[next..].to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    let r = http
+        .put(format!("{}{location}?digest={dg}", b.url))
+        .header("authorization", &admin)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let got = http
+        .get(format!("{}/v2/tool-k/web/blobs/{dg}", b.url))
+        .header("authorization", &admin)
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    assert!(
+        got == blob,
+        "the blob finished on the other replica is whole"
+    );
+    drop(b);
+    db.drop_db().await;
+}
