@@ -17,3 +17,25 @@ pub mod v2;
 
 pub use config::Config;
 pub use server::{AppState, Server};
+
+/// Copies a stopped registry (metadata, then blobs) from the stores `from`
+/// configures to the (empty) stores `to` configures.
+pub async fn migrate(
+    from: &Config,
+    to: &Config,
+) -> anyhow::Result<slipway_storage::migrate::MigrationReport> {
+    use slipway_storage::migrate::{MigrationReport, copy_blobs, copy_metadata};
+    let (src_meta, src_blobs) = server::open_stores(from).await?;
+    std::fs::create_dir_all(&to.data_dir)?;
+    let (dst_meta, dst_blobs) = server::open_stores(to).await?;
+    let mut report = MigrationReport::default();
+    copy_metadata(&src_meta, &dst_meta, &mut report).await?;
+    copy_blobs(&src_meta, &src_blobs, &dst_blobs, &mut report).await?;
+    // The target's key file: tokens signed before stay valid if it is the
+    // same key; copy it when the target looks for it elsewhere.
+    let (src_key, dst_key) = (from.key_file(), to.key_file());
+    if src_key != dst_key && src_key.exists() && !dst_key.exists() {
+        std::fs::copy(&src_key, &dst_key)?;
+    }
+    Ok(report)
+}

@@ -37,6 +37,18 @@ enum Command {
     },
     /// Administer a running Slipway: projects, robots, the audit log.
     Admin(cli::AdminArgs),
+    /// Copy a stopped registry's metadata and blobs to other stores, e.g.
+    /// from the single-node SQLite + filesystem to PostgreSQL + S3. Stop
+    /// every server first; the target must be empty.
+    Migrate {
+        /// Configuration of the source (read from the file alone).
+        #[arg(long)]
+        from: PathBuf,
+        /// Configuration of the target (SLIPWAY_… variables apply, e.g. the
+        /// S3 secret key).
+        #[arg(long)]
+        to: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
@@ -68,6 +80,32 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 .enable_all()
                 .build()?;
             runtime.block_on(serve(config))
+        }
+        Command::Migrate { from, to } => {
+            let from = Config::load(Some(&from), std::iter::empty(), &Overrides::default())?;
+            let to = Config::load(Some(&to), std::env::vars(), &Overrides::default())?;
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
+            let report = runtime.block_on(slipway_registry::migrate(&from, &to))?;
+            for (table, rows) in &report.rows {
+                println!("{table:>16}: {rows} rows");
+            }
+            println!(
+                "{:>16}: {} ({} copied)",
+                "blobs",
+                report.blobs,
+                slipway_storage::error::human_bytes(report.bytes)
+            );
+            if !report.missing.is_empty() {
+                println!(
+                    "warning: {} blobs recorded in the source were missing from its store: {}",
+                    report.missing.len(),
+                    report.missing.join(", ")
+                );
+            }
+            println!("Done. Start the servers with the target configuration.");
+            Ok(())
         }
         Command::Admin(args) => {
             let runtime = tokio::runtime::Builder::new_current_thread()

@@ -88,33 +88,8 @@ impl AppState {
                 config.data_dir.display()
             )
         })?;
-        let meta =
-            Metadata::connect(&config.database_url(), config.database.max_connections).await?;
-        let blobs = match config.storage.backend {
-            StorageBackend::Filesystem => BlobStore::Fs(FsBlobStore::open(config.blob_path())?),
-            StorageBackend::S3 => {
-                let s3 = &config.storage.s3;
-                let store = S3BlobStore::connect(
-                    &S3Connection {
-                        endpoint: s3.endpoint.clone(),
-                        region: s3.region.clone(),
-                        path_style: s3.path_style,
-                        access_key: s3.access_key.clone(),
-                        secret_key: s3.secret_key.expose().to_owned(),
-                    },
-                    S3Options {
-                        bucket: s3.bucket.clone(),
-                        prefix: s3.prefix.clone(),
-                        part_size: s3.part_size_mib << 20,
-                    },
-                )
-                .await;
-                if s3.create_bucket {
-                    store.ensure_bucket().await?;
-                }
-                BlobStore::S3(store)
-            }
-        };
+        let (meta, blobs) = open_stores(&config).await?;
+        meta.set_base_projects(&config.quota.base_projects).await?;
         let keys = TokenKeys::load_or_create(
             &config.key_file(),
             &config.auth.service,
@@ -131,6 +106,40 @@ impl AppState {
             metrics: telemetry::metrics_handle(),
         })))
     }
+}
+
+/// The database and the blob store as configured (migrations applied;
+/// nothing else written).
+pub async fn open_stores(config: &Config) -> anyhow::Result<(Metadata, BlobStore)> {
+    let meta = Metadata::connect(&config.database_url(), config.database.max_connections)
+        .await?
+        .with_reservation_ttl(Duration::from_secs(config.quota.reservation_ttl_secs));
+    let blobs = match config.storage.backend {
+        StorageBackend::Filesystem => BlobStore::Fs(FsBlobStore::open(config.blob_path())?),
+        StorageBackend::S3 => {
+            let s3 = &config.storage.s3;
+            let store = S3BlobStore::connect(
+                &S3Connection {
+                    endpoint: s3.endpoint.clone(),
+                    region: s3.region.clone(),
+                    path_style: s3.path_style,
+                    access_key: s3.access_key.clone(),
+                    secret_key: s3.secret_key.expose().to_owned(),
+                },
+                S3Options {
+                    bucket: s3.bucket.clone(),
+                    prefix: s3.prefix.clone(),
+                    part_size: s3.part_size_mib << 20,
+                },
+            )
+            .await;
+            if s3.create_bucket {
+                store.ensure_bucket().await?;
+            }
+            BlobStore::S3(store)
+        }
+    };
+    Ok((meta, blobs))
 }
 
 pub fn router(state: AppState) -> Router {

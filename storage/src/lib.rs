@@ -15,6 +15,7 @@ pub mod digest;
 pub mod error;
 pub mod gc;
 pub mod meta;
+pub mod migrate;
 pub mod names;
 pub mod testing;
 

@@ -361,3 +361,42 @@ async fn deleting_releases_and_gc_removes_unreferenced_blobs() {
         .await;
     assert_eq!((s, again["blobs"].as_u64()), (StatusCode::OK, Some(0)));
 }
+
+#[tokio::test]
+async fn reservations_last_as_configured_and_base_projects_follow_the_configuration() {
+    let env = Env::with(|c| c.quota.reservation_ttl_secs = 0).await;
+    env.project_with_quota("tool-q", 10 * MIB).await;
+    let (s, _) = env.put_blob("tool-q/web", random(MIB, 3)).await;
+    assert_eq!(s, StatusCode::CREATED);
+    assert_eq!(
+        env.usage("tool-q").await["reserved_bytes"],
+        0,
+        "a reservation of 0 s holds nothing"
+    );
+    let env = Env::with(|c| c.quota.reservation_ttl_secs = 3600).await;
+    env.project_with_quota("tool-q", 10 * MIB).await;
+    env.put_blob("tool-q/web", random(MIB, 3)).await;
+    assert_eq!(env.usage("tool-q").await["reserved_bytes"], MIB);
+    // `tool-pub` becomes a base project when the configuration says so.
+    let (_, p) = env
+        .admin_json(Method::GET, "/api/v1/projects/tool-pub", None)
+        .await;
+    assert_eq!(p["base"], false);
+    let meta = env.server.state.meta.clone();
+    meta.set_base_projects(&["platform".into(), "tool-pub".into()])
+        .await
+        .unwrap();
+    env.server.state.auth.forget_project("tool-pub");
+    let (_, p) = env
+        .admin_json(Method::GET, "/api/v1/projects/tool-pub", None)
+        .await;
+    assert_eq!(p["base"], true);
+    let (_, r) = env
+        .admin_json(Method::POST, "/api/v1/usage/recompute?dry_run=true", None)
+        .await;
+    assert_eq!(
+        r["drifts"],
+        json!([]),
+        "changing the base projects keeps the counts exact: {r}"
+    );
+}

@@ -783,3 +783,105 @@ async fn a_replica_killed_mid_chunk_leaves_an_upload_the_other_finishes() {
     drop(b);
     db.drop_db().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_single_node_migrates_to_postgres_and_s3() {
+    use crate::security::Env;
+    // A single node with projects, images, a robot and an audit trail.
+    let env = Env::new().await;
+    let secret = env.robot("tool-a", "ci", &["pull"]).await;
+    let robot = basic("robot$tool-a+ci", &secret);
+    let (_, _, manifest_before) = env.get("/v2/tool-a/web/manifests/v1", Some(&robot)).await;
+    let usage_before = env.usage("tool-a").await;
+    let catalog_before = env.repositories().await;
+    let from = env.server.config.clone();
+    let admin_password = env.server.admin_password.clone();
+    let kept = env.server.stop().await.expect("a temporary data directory");
+
+    // Into PostgreSQL and S3.
+    let weed = SeaweedFs::shared();
+    let db = PostgresDb::fresh(None).await;
+    let target = tempfile::tempdir().unwrap();
+    let mut to = Config::for_tests(target.path());
+    to.database.url = db.url.clone();
+    s3_config(
+        &mut to,
+        weed,
+        &format!("migrated-{}/", uuid::Uuid::new_v4().simple()),
+    );
+    let report = slipway_registry::migrate(&from, &to).await.unwrap();
+    assert!(report.missing.is_empty());
+    assert!(report.blobs >= 6, "{report:?}");
+    assert!(
+        report
+            .rows
+            .iter()
+            .any(|(t, n)| *t == "manifests" && *n == 3),
+        "{report:?}"
+    );
+    // The target is not empty any more: a second run refuses.
+    assert!(slipway_registry::migrate(&from, &to).await.is_err());
+
+    to.auth.admin_password = Some(Secret::new(admin_password));
+    let server = TestServer::start_config(to).await;
+    let http = reqwest::Client::new();
+    let get = |path: String, auth: String| {
+        let http = http.clone();
+        let url = format!("{}{path}", server.url);
+        async move {
+            let r = http
+                .get(url)
+                .header("authorization", auth)
+                .send()
+                .await
+                .unwrap();
+            (r.status(), r.bytes().await.unwrap().to_vec())
+        }
+    };
+    // The robot's secret still works; the image is whole; usage is the same.
+    let (s, manifest_after) = get("/v2/tool-a/web/manifests/v1".into(), robot.clone()).await;
+    assert_eq!((s, &manifest_after), (StatusCode::OK, &manifest_before));
+    let m: Value = serde_json::from_slice(&manifest_after).unwrap();
+    for layer in m["layers"].as_array().unwrap() {
+        let d = layer["digest"].as_str().unwrap();
+        let (s, bytes) = get(format!("/v2/tool-a/web/blobs/{d}"), robot.clone()).await;
+        assert_eq!(s, StatusCode::OK);
+        assert_eq!(digest(&bytes), d);
+    }
+    let admin = basic("admin", &server.admin_password);
+    let (_, u) = get("/api/v1/projects/tool-a/usage".into(), admin.clone()).await;
+    let u: Value = serde_json::from_slice(&u).unwrap();
+    assert_eq!(u["used_bytes"], usage_before["used_bytes"]);
+    let (_, c) = get("/v2/_catalog".into(), admin.clone()).await;
+    let c: Value = serde_json::from_slice(&c).unwrap();
+    assert_eq!(c["repositories"], json!(catalog_before));
+    let (_, a) = get("/api/v1/audit?action=robot.create".into(), admin.clone()).await;
+    assert_eq!(
+        serde_json::from_slice::<Value>(&a).unwrap()["entries"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    // New rows get new ids after the copied ones.
+    let (s, _, b) = env_push_robot(&http, &server.url, &admin).await;
+    assert_eq!(s, StatusCode::CREATED, "{b}");
+    server.stop().await;
+    db.drop_db().await;
+    std::fs::remove_dir_all(kept).ok();
+}
+
+async fn env_push_robot(
+    http: &reqwest::Client,
+    url: &str,
+    admin: &str,
+) -> (StatusCode, (), String) {
+    let r = http
+        .post(format!("{url}/api/v1/projects/tool-b/robots"))
+        .header("authorization", admin)
+        .json(&json!({"name": "after-migration"}))
+        .send()
+        .await
+        .unwrap();
+    (r.status(), (), r.text().await.unwrap())
+}

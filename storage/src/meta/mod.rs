@@ -210,6 +210,14 @@ impl Metadata {
         self.backend
     }
 
+    pub(crate) fn read_pool(&self) -> &AnyPool {
+        &self.read
+    }
+
+    pub(crate) fn write_pool(&self) -> &AnyPool {
+        &self.write
+    }
+
     /// Whether the database answers.
     pub async fn ping(&self) -> Result<()> {
         sqlx::query("SELECT 1").execute(&self.read).await?;
