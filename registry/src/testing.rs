@@ -7,8 +7,10 @@ use std::path::{Path, PathBuf};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
+use slipway_storage::testing::{self as s3_testing, PostgresDb, SeaweedFs};
+
 use crate::auth::secrets;
-use crate::config::{Config, Secret};
+use crate::config::{Config, Secret, StorageBackend};
 use crate::server::{AppState, Server};
 
 pub struct TestServer {
@@ -115,6 +117,83 @@ impl Drop for TestServer {
     fn drop(&mut self) {
         if let Some(tx) = self.stop.take() {
             let _ = tx.send(());
+        }
+    }
+}
+
+/// Points `config` at the S3 store of a test SeaweedFS, under `prefix`.
+pub fn use_s3(config: &mut Config, weed: &SeaweedFs, prefix: &str) {
+    config.storage.backend = StorageBackend::S3;
+    config.storage.s3.endpoint = weed.endpoint.clone();
+    config.storage.s3.bucket = "slipway-test".into();
+    config.storage.s3.prefix = prefix.to_owned();
+    config.storage.s3.access_key = s3_testing::ACCESS_KEY.into();
+    config.storage.s3.secret_key = Secret::new(s3_testing::SECRET_KEY);
+    config.storage.s3.part_size_mib = 5;
+    config.storage.s3.create_bucket = true;
+}
+
+/// Several replicas of one deployment: one fresh PostgreSQL database, one
+/// S3 prefix, one token signing key, one admin password.
+pub struct Replicas {
+    pub servers: Vec<TestServer>,
+    pub admin_password: String,
+    db: Option<PostgresDb>,
+    _dir: tempfile::TempDir,
+}
+
+impl Replicas {
+    /// `n` replicas over a fresh database on the PostgreSQL server at
+    /// `postgres` (default: `SLIPWAY_TEST_POSTGRES_URL`, else the machine's)
+    /// and the SeaweedFS `weed`; `adjust` may change each configuration.
+    pub async fn start(
+        n: usize,
+        weed: &SeaweedFs,
+        postgres: Option<&str>,
+        adjust: impl Fn(&mut Config),
+    ) -> Replicas {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let db = PostgresDb::fresh(postgres).await;
+        let prefix = format!("replicas-{}/", uuid::Uuid::new_v4().simple());
+        let admin_password = secrets::generate();
+        let mut servers = Vec::new();
+        for i in 0..n {
+            let mut c = Config::for_tests(&dir.path().join(format!("replica-{i}")));
+            c.database.url = db.url.clone();
+            use_s3(&mut c, weed, &prefix);
+            c.auth.key_file = dir.path().join("token-signing-key.pem");
+            c.auth.admin_password = Some(Secret::new(admin_password.clone()));
+            adjust(&mut c);
+            servers.push(TestServer::start_config(c).await);
+        }
+        Replicas {
+            servers,
+            admin_password,
+            db: Some(db),
+            _dir: dir,
+        }
+    }
+
+    /// `admin:<password>`.
+    pub fn admin_creds(&self) -> String {
+        format!("admin:{}", self.admin_password)
+    }
+
+    /// Creates a project (in the shared database).
+    pub async fn create_project(&self, name: &str, public: bool) {
+        self.servers[0].create_project(name, public).await;
+        for s in &self.servers {
+            s.state.auth.forget_project(name);
+        }
+    }
+
+    /// Stops every replica and drops the database.
+    pub async fn stop(mut self) {
+        for s in self.servers.drain(..) {
+            s.stop().await;
+        }
+        if let Some(db) = self.db.take() {
+            db.drop_db().await;
         }
     }
 }

@@ -5,8 +5,8 @@
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use slipway_registry::Config;
-use slipway_registry::config::{Secret, StorageBackend};
-use slipway_registry::testing::TestServer;
+use slipway_registry::config::Secret;
+use slipway_registry::testing::{Replicas, TestServer, use_s3};
 use slipway_storage::testing::{ACCESS_KEY, PostgresDb, PrivatePostgres, SECRET_KEY, SeaweedFs};
 
 use crate::security::{basic, digest};
@@ -14,24 +14,15 @@ use crate::security::{basic, digest};
 const MIB: usize = 1 << 20;
 
 /// Replicas sharing one database, one bucket prefix, one signing key and
-/// one admin password.
+/// one admin password, with an HTTP client that speaks as the admin.
 pub struct Deployment {
-    pub replicas: Vec<TestServer>,
-    pub db: Option<PostgresDb>,
+    pub replicas: Replicas,
     pub admin: String,
     pub http: reqwest::Client,
-    _dir: tempfile::TempDir,
 }
 
 pub fn s3_config(c: &mut Config, weed: &SeaweedFs, prefix: &str) {
-    c.storage.backend = StorageBackend::S3;
-    c.storage.s3.endpoint = weed.endpoint.clone();
-    c.storage.s3.bucket = "slipway-test".into();
-    c.storage.s3.prefix = prefix.to_owned();
-    c.storage.s3.access_key = ACCESS_KEY.into();
-    c.storage.s3.secret_key = Secret::new(SECRET_KEY);
-    c.storage.s3.part_size_mib = 5;
-    c.storage.s3.create_bucket = true;
+    use_s3(c, weed, prefix);
 }
 
 impl Deployment {
@@ -47,31 +38,17 @@ impl Deployment {
         weed: &SeaweedFs,
         adjust: impl Fn(&mut Config),
     ) -> Deployment {
-        let dir = tempfile::tempdir().unwrap();
-        let db = PostgresDb::fresh(postgres).await;
-        let prefix = format!("replicas-{}/", uuid::Uuid::new_v4().simple());
-        let password = "replica-admin-password";
-        let mut replicas = Vec::new();
-        for i in 0..n {
-            let mut c = Config::for_tests(&dir.path().join(format!("replica-{i}")));
-            c.database.url = db.url.clone();
-            s3_config(&mut c, weed, &prefix);
-            c.auth.key_file = dir.path().join("token-signing-key.pem");
-            c.auth.admin_password = Some(Secret::new(password));
-            adjust(&mut c);
-            replicas.push(TestServer::start_config(c).await);
-        }
+        let replicas = Replicas::start(n, weed, postgres, adjust).await;
+        let admin = basic("admin", &replicas.admin_password);
         Deployment {
             replicas,
-            db: Some(db),
-            admin: basic("admin", password),
+            admin,
             http: reqwest::Client::new(),
-            _dir: dir,
         }
     }
 
     pub fn url(&self, replica: usize, path: &str) -> String {
-        format!("{}{path}", self.replicas[replica].url)
+        format!("{}{path}", self.replicas.servers[replica].url)
     }
 
     pub async fn send(
@@ -110,13 +87,8 @@ impl Deployment {
         assert_eq!(s, StatusCode::CREATED, "{}", String::from_utf8_lossy(&b));
     }
 
-    pub async fn stop(mut self) {
-        for r in self.replicas.drain(..) {
-            r.stop().await;
-        }
-        if let Some(db) = self.db.take() {
-            db.drop_db().await;
-        }
+    pub async fn stop(self) {
+        self.replicas.stop().await;
     }
 }
 
@@ -142,7 +114,7 @@ async fn chunked_across(d: &Deployment, repo: &str, blob: &[u8], chunks: usize) 
     let mut location = h["location"].to_str().unwrap().to_owned();
     let size = blob.len().div_ceil(chunks);
     for (i, chunk) in blob.chunks(size).enumerate() {
-        let replica = i % d.replicas.len();
+        let replica = i % d.replicas.servers.len();
         let start = i * size;
         let range = format!("{start}-{}", start + chunk.len() - 1);
         let (s, h, b) = d
@@ -166,7 +138,7 @@ async fn chunked_across(d: &Deployment, repo: &str, blob: &[u8], chunks: usize) 
         location = h["location"].to_str().unwrap().to_owned();
     }
     let dg = digest(blob);
-    let last = chunks % d.replicas.len();
+    let last = chunks % d.replicas.servers.len();
     let (s, _, b) = d
         .send(
             last,
