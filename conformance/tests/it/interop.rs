@@ -26,9 +26,9 @@
 //! (`./conformance/test.sh` installs them all). Every command runs under a
 //! deadline (see `tools`); waits poll with a deadline, with no fixed sleeps.
 
-mod image;
+pub(crate) mod image;
 mod registry;
-mod tools;
+pub(crate) mod tools;
 
 use std::path::Path;
 use std::time::Instant;
@@ -312,7 +312,7 @@ async fn ctr_pulls_unpacks_and_mounts_images() {
 }
 
 /// `ctr image check` shows `reference` whole, unpacked, as `digest`.
-async fn check_pulled(daemon: &Containerd, reference: &str, digest: &str) {
+pub(crate) async fn check_pulled(daemon: &Containerd, reference: &str, digest: &str) {
     let listed = run(daemon.ctr(["image", "check"])).await;
     let line = listed
         .lines()

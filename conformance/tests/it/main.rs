@@ -11,4 +11,5 @@ mod crash;
 mod fuzz;
 mod interop;
 mod peer;
+mod replicas;
 mod suite;
