@@ -428,6 +428,77 @@ async fn podman_pulls_retags_and_pushes_to_another_repository() {
 }
 
 // ---------------------------------------------------------------------------
+// every client, with a robot's credentials and with the admin's
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_client_pulls_a_private_image_with_a_robot_and_with_the_admin() {
+    require_root("containerd and podman");
+    let work = tempfile::tempdir().expect("temporary directory");
+    let image = Image::build(&work.path().join("image"), 64 << 10).await;
+    let registry = Registry::start().await;
+    let repo = format!("{PRIVATE}/creds");
+    let digest = registry.push(&image, &repo, "v1").await;
+    let robot = registry.pull_robot(PRIVATE, "everyone").await.joined();
+    let admin = registry.admin().joined();
+    let reference = format!("{}/{repo}:v1", registry.host());
+
+    // skopeo
+    let skopeo = Skopeo::find(work.path());
+    for creds in [&robot, &admin] {
+        let out = run(skopeo.cmd([
+            "inspect",
+            "--tls-verify=false",
+            "--creds",
+            creds,
+            &format!("docker://{reference}"),
+        ]))
+        .await;
+        assert_eq!(
+            json(&out)["Digest"],
+            digest.as_str(),
+            "skopeo with {creds:.20}…"
+        );
+    }
+    let err = run_failing(skopeo.cmd([
+        "inspect",
+        "--tls-verify=false",
+        &format!("docker://{reference}"),
+    ]))
+    .await;
+    assert!(wants_credentials(&err), "skopeo without credentials: {err}");
+
+    // containerd (the kubelet's path)
+    let daemon = Containerd::start().await;
+    for creds in [&robot, &admin] {
+        run(daemon.ctr(["image", "pull", "--plain-http", "--user", creds, &reference])).await;
+        check_pulled(&daemon, &reference, &digest).await;
+        run(daemon.ctr(["image", "rm", &reference])).await;
+    }
+    drop(daemon);
+
+    // podman
+    let podman = Podman::find(work.path());
+    let policy = podman.policy.clone();
+    for creds in [&robot, &admin] {
+        run(podman
+            .cmd([
+                "pull",
+                "--tls-verify=false",
+                "--creds",
+                creds,
+                "--signature-policy",
+            ])
+            .arg(&policy)
+            .arg(&reference))
+        .await;
+        let got =
+            run(podman.cmd(["image", "inspect", "--format", "{{.Digest}}", &reference])).await;
+        assert_eq!(got.trim(), digest, "podman with {creds:.20}…");
+        run(podman.cmd(["rmi", "--all", "--force"])).await;
+    }
+}
+
+// ---------------------------------------------------------------------------
 // oras
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
