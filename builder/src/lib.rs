@@ -15,6 +15,8 @@
 //!   `/workspace`, and `/layers/config/metadata.toml` ([`metadata`]).
 
 pub mod launcher;
+pub mod layers;
+pub mod oci;
 pub mod metadata;
 
 /// Where the app's source is, in the build sandbox and in the image.
