@@ -1,0 +1,262 @@
+//! Pull: manifests and blobs by tag and digest, `HEAD`, content
+//! negotiation, ranges, and what is not there.
+
+use reqwest::Method;
+use reqwest::header::{ACCEPT, RANGE};
+
+use super::Ctx;
+use crate::client::Request;
+use crate::content::{
+    self, Blob, DOCKER_LIST, Image, Manifest, OCI_INDEX, OCI_MANIFEST, accept_all, index_of,
+    unknown_digest,
+};
+use crate::expect::{self, Outcome, ensure};
+
+/// An image pushed once for the pull checks.
+pub struct Fixture {
+    pub repo: String,
+    pub tag: &'static str,
+    pub image: Image,
+}
+
+pub async fn fixture(cx: &Ctx) -> Outcome<Fixture> {
+    let repo = cx.repo("pull");
+    let image = Image::oci(&[3000, 1024]);
+    cx.push_image(&repo, "v1", &image).await?;
+    Ok(Fixture {
+        repo,
+        tag: "v1",
+        image,
+    })
+}
+
+/// Which reference a manifest check uses.
+#[derive(Clone, Copy)]
+pub enum Reference {
+    ByTag,
+    ByDigest,
+}
+pub use Reference::{ByDigest, ByTag};
+
+fn reference(f: &Fixture, by: Reference) -> String {
+    match by {
+        ByTag => f.tag.to_owned(),
+        ByDigest => f.image.manifest.digest.clone(),
+    }
+}
+
+/// `GET` a manifest: 200, the pushed bytes, its `Content-Type` and
+/// `Docker-Content-Digest`.
+pub async fn manifest_get(cx: &Ctx, by: Reference) -> Outcome {
+    let f = cx.pull_fixture().await?;
+    let m = &f.image.manifest;
+    let r = cx
+        .fetch_manifest(Method::GET, &f.repo, &reference(f, by))
+        .await?;
+    expect::status(&r, 200)?;
+    expect::content_type(&r, OCI_MANIFEST)?;
+    expect::header_eq(&r, "Docker-Content-Digest", &m.digest)?;
+    expect::body_eq(&r, &m.body)?;
+    expect::content_length(&r, m.len(), false)
+}
+
+/// `HEAD` a manifest: 200, `Content-Length`, `Docker-Content-Digest`,
+/// `Content-Type`, no body.
+pub async fn manifest_head(cx: &Ctx, by: Reference) -> Outcome {
+    let f = cx.pull_fixture().await?;
+    let m = &f.image.manifest;
+    let r = cx
+        .fetch_manifest(Method::HEAD, &f.repo, &reference(f, by))
+        .await?;
+    expect::status(&r, 200)?;
+    expect::header_eq(&r, "Docker-Content-Digest", &m.digest)?;
+    expect::content_length(&r, m.len(), true)?;
+    expect::content_type(&r, OCI_MANIFEST)?;
+    expect::no_body(&r)
+}
+
+/// The manifest types of content negotiation.
+#[derive(Clone, Copy)]
+pub enum Kind {
+    OciManifest,
+    OciIndex,
+    DockerManifest,
+    DockerList,
+}
+
+/// Pushes a manifest of `kind` (children first) and pulls it by tag with
+/// `Accept` naming only its type, then with every type: each time its own
+/// `Content-Type` and exact bytes.
+pub async fn negotiate(cx: &Ctx, kind: Kind) -> Outcome {
+    let repo = cx.repo("negotiate");
+    let (tag, manifest) = match kind {
+        Kind::OciManifest => {
+            let image = Image::oci(&[512]);
+            cx.push_blobs(&repo, &image.blobs).await?;
+            ("oci-manifest", image.manifest)
+        }
+        Kind::DockerManifest => {
+            let image = Image::docker(&[512]);
+            cx.push_blobs(&repo, &image.blobs).await?;
+            ("docker-manifest", image.manifest)
+        }
+        Kind::OciIndex => ("oci-index", push_index(cx, &repo, OCI_INDEX).await?),
+        Kind::DockerList => ("docker-list", push_index(cx, &repo, DOCKER_LIST).await?),
+    };
+    cx.push_manifest(&repo, tag, &manifest).await?;
+    let url = cx.v2(&repo, &format!("manifests/{tag}"))?;
+    for accept in [manifest.media_type.clone(), accept_all()] {
+        let r = cx
+            .send(Request::new(Method::GET, url.clone()).header(ACCEPT, accept.clone()))
+            .await
+            .map_err(|e| format!("Accept: {accept}: {e}"))?;
+        let with = |e: String| format!("{e} (Accept: {accept})");
+        expect::status(&r, 200).map_err(with)?;
+        expect::content_type(&r, &manifest.media_type).map_err(with)?;
+        expect::header_eq(&r, "Docker-Content-Digest", &manifest.digest).map_err(with)?;
+        expect::body_eq(&r, &manifest.body).map_err(with)?;
+    }
+    let r = cx
+        .send(Request::new(Method::HEAD, url).header(ACCEPT, manifest.media_type.clone()))
+        .await?;
+    expect::status(&r, 200)?;
+    expect::content_type(&r, &manifest.media_type)?;
+    expect::content_length(&r, manifest.len(), true)
+}
+
+/// Pushes two images by digest and returns an index (or list) of them,
+/// not yet pushed.
+async fn push_index(cx: &Ctx, repo: &str, media_type: &str) -> Outcome<Manifest> {
+    let docker = media_type == DOCKER_LIST;
+    let mut children = Vec::new();
+    for size in [300, 400] {
+        let image = if docker {
+            Image::docker(&[size])
+        } else {
+            Image::oci(&[size])
+        };
+        cx.push_image(repo, &image.manifest.digest, &image).await?;
+        children.push(image.manifest);
+    }
+    Ok(index_of(media_type, &children.iter().collect::<Vec<_>>()))
+}
+
+fn first_layer(f: &Fixture) -> &Blob {
+    &f.image.layers[0]
+}
+
+/// `GET` a blob: 200, its bytes, `Docker-Content-Digest`.
+pub async fn blob_get(cx: &Ctx) -> Outcome {
+    let f = cx.pull_fixture().await?;
+    let blob = first_layer(f);
+    let r = cx
+        .get(cx.v2(&f.repo, &format!("blobs/{}", blob.digest))?)
+        .await?;
+    expect::status(&r, 200)?;
+    expect::header_eq(&r, "Docker-Content-Digest", &blob.digest)?;
+    expect::body_eq(&r, &blob.data)?;
+    expect::content_length(&r, blob.len(), false)
+}
+
+/// `HEAD` a blob: 200, `Content-Length`, `Docker-Content-Digest`, no body.
+pub async fn blob_head(cx: &Ctx) -> Outcome {
+    let f = cx.pull_fixture().await?;
+    let blob = first_layer(f);
+    let r = cx
+        .head(cx.v2(&f.repo, &format!("blobs/{}", blob.digest))?)
+        .await?;
+    expect::status(&r, 200)?;
+    expect::header_eq(&r, "Docker-Content-Digest", &blob.digest)?;
+    expect::content_length(&r, blob.len(), true)?;
+    expect::no_body(&r)
+}
+
+async fn ranged(cx: &Ctx, range: &str) -> Outcome<(crate::client::Response, Blob)> {
+    let f = cx.pull_fixture().await?;
+    let blob = first_layer(f).clone();
+    let url = cx.v2(&f.repo, &format!("blobs/{}", blob.digest))?;
+    let r = cx
+        .send(Request::new(Method::GET, url).header(RANGE, range))
+        .await?;
+    Ok((r, blob))
+}
+
+/// `Range: bytes=100-199`: 206, `Content-Range: bytes 100-199/<size>`,
+/// those bytes.
+pub async fn blob_range(cx: &Ctx) -> Outcome {
+    let (r, blob) = ranged(cx, "bytes=100-199").await?;
+    expect::status(&r, 206)?;
+    expect::header_eq(
+        &r,
+        "Content-Range",
+        &format!("bytes 100-199/{}", blob.len()),
+    )?;
+    expect::body_eq(&r, &blob.data[100..200])?;
+    expect::content_length(&r, 100, false)
+}
+
+/// `Range: bytes=<size-100>-`: 206 with the last 100 bytes.
+pub async fn blob_range_open(cx: &Ctx) -> Outcome {
+    let f = cx.pull_fixture().await?;
+    let size = first_layer(f).len();
+    let (r, blob) = ranged(cx, &format!("bytes={}-", size - 100)).await?;
+    expect::status(&r, 206)?;
+    expect::header_eq(
+        &r,
+        "Content-Range",
+        &format!("bytes {}-{}/{size}", size - 100, size - 1),
+    )?;
+    expect::body_eq(&r, &blob.data[size - 100..])
+}
+
+/// A range wholly past the end: 416, and `Content-Range: bytes */<size>`
+/// if the header is sent.
+pub async fn blob_range_unsatisfiable(cx: &Ctx) -> Outcome {
+    let f = cx.pull_fixture().await?;
+    let size = first_layer(f).len();
+    let (r, _) = ranged(cx, &format!("bytes={}-{}", size + 10, size + 99)).await?;
+    expect::status(&r, 416)?;
+    if let Some(v) = r.header("Content-Range") {
+        ensure!(
+            v == format!("bytes */{size}"),
+            "{}: 416 with Content-Range {v:?}, expected \"bytes */{size}\"",
+            r.request
+        );
+    }
+    Ok(())
+}
+
+/// An unknown tag or digest in a repository that exists: 404
+/// `MANIFEST_UNKNOWN` (`GET`), 404 (`HEAD`).
+pub async fn manifest_unknown(cx: &Ctx) -> Outcome {
+    let f = cx.pull_fixture().await?;
+    for reference in ["no-such-tag".to_owned(), unknown_digest()] {
+        let r = cx.fetch_manifest(Method::GET, &f.repo, &reference).await?;
+        expect::error(&r, 404, &["MANIFEST_UNKNOWN"])?;
+        let r = cx.fetch_manifest(Method::HEAD, &f.repo, &reference).await?;
+        expect::status(&r, 404)?;
+    }
+    Ok(())
+}
+
+/// An unknown blob: 404 `BLOB_UNKNOWN` (`GET`), 404 (`HEAD`).
+pub async fn blob_unknown(cx: &Ctx) -> Outcome {
+    let f = cx.pull_fixture().await?;
+    let url = cx.v2(&f.repo, &format!("blobs/{}", unknown_digest()))?;
+    let r = cx.get(url.clone()).await?;
+    expect::error(&r, 404, &["BLOB_UNKNOWN"])?;
+    let r = cx.head(url).await?;
+    expect::status(&r, 404)
+}
+
+/// A repository that does not exist: 404, `NAME_UNKNOWN` (or the unknown
+/// manifest's or blob's code).
+pub async fn repository_unknown(cx: &Ctx) -> Outcome {
+    let repo = cx.repo(&format!("no-such-repo-{}", content::random_name()));
+    let r = cx.fetch_manifest(Method::GET, &repo, "latest").await?;
+    expect::error(&r, 404, &["NAME_UNKNOWN", "MANIFEST_UNKNOWN"])?;
+    let r = cx
+        .get(cx.v2(&repo, &format!("blobs/{}", unknown_digest()))?)
+        .await?;
+    expect::error(&r, 404, &["NAME_UNKNOWN", "BLOB_UNKNOWN"])
+}
