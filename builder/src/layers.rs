@@ -71,9 +71,14 @@ pub fn apply_layer(layer: &Path, root: &Path) -> io::Result<()> {
         let entry = entry?;
         let path = entry.path()?.into_owned();
         let Some(rel) = clean(&path) else {
-            return Err(io::Error::new(io::ErrorKind::InvalidData, format!("layer path {} leaves the root", path.display())));
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("layer path {} leaves the root", path.display()),
+            ));
         };
-        let Some(name) = rel.file_name().and_then(|n| n.to_str()) else { continue };
+        let Some(name) = rel.file_name().and_then(|n| n.to_str()) else {
+            continue;
+        };
         let parent = root.join(rel.parent().unwrap_or(Path::new("")));
         if name == ".wh..wh..opq" {
             if let Ok(children) = fs::read_dir(&parent) {
@@ -93,7 +98,11 @@ pub fn apply_layer(layer: &Path, root: &Path) -> io::Result<()> {
     for entry in archive.entries()? {
         let mut entry = entry?;
         let path = entry.path()?.into_owned();
-        if path.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with(".wh.")) {
+        if path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.starts_with(".wh."))
+        {
             continue;
         }
         // A directory replacing a file (or the other way) from a lower layer.
@@ -147,7 +156,11 @@ pub enum Entry {
     /// The tree under `source`, at `target`.
     Tree { source: PathBuf, target: PathBuf },
     /// One file with these bytes and mode.
-    File { target: PathBuf, bytes: Vec<u8>, mode: u32 },
+    File {
+        target: PathBuf,
+        bytes: Vec<u8>,
+        mode: u32,
+    },
     /// A symbolic link.
     Symlink { target: PathBuf, points_to: PathBuf },
 }
@@ -190,7 +203,11 @@ pub fn write_layer(entries: &[Entry], out: &Path) -> io::Result<WrittenLayer> {
                     Ok(())
                 })?;
             }
-            Entry::File { target, bytes, mode } => {
+            Entry::File {
+                target,
+                bytes,
+                mode,
+            } => {
                 add_parents(&mut items, target);
                 items.insert(target.clone(), Item::Bytes(bytes.clone(), *mode));
             }
@@ -202,9 +219,19 @@ pub fn write_layer(entries: &[Entry], out: &Path) -> io::Result<WrittenLayer> {
     }
 
     let file = BufWriter::new(File::create(out)?);
-    let gz_hash = Hashing { inner: file, hasher: Sha256::new(), count: 0 };
-    let gz = flate2::GzBuilder::new().mtime(0).write(gz_hash, Compression::new(6));
-    let tar_hash = Hashing { inner: gz, hasher: Sha256::new(), count: 0 };
+    let gz_hash = Hashing {
+        inner: file,
+        hasher: Sha256::new(),
+        count: 0,
+    };
+    let gz = flate2::GzBuilder::new()
+        .mtime(0)
+        .write(gz_hash, Compression::new(6));
+    let tar_hash = Hashing {
+        inner: gz,
+        hasher: Sha256::new(),
+        count: 0,
+    };
     let mut builder = tar::Builder::new(tar_hash);
     builder.mode(tar::HeaderMode::Deterministic);
     for (path, item) in &items {
@@ -245,14 +272,27 @@ pub fn write_layer(entries: &[Entry], out: &Path) -> io::Result<WrittenLayer> {
     let gz_hash = tar_hash.inner.finish()?;
     let digest = format!("sha256:{}", hex::encode(gz_hash.hasher.finalize()));
     let size = gz_hash.count;
-    gz_hash.inner.into_inner().map_err(|e| e.into_error())?.sync_all()?;
-    Ok(WrittenLayer { path: out.to_owned(), digest, diff_id, size })
+    gz_hash
+        .inner
+        .into_inner()
+        .map_err(|e| e.into_error())?
+        .sync_all()?;
+    Ok(WrittenLayer {
+        path: out.to_owned(),
+        digest,
+        diff_id,
+        size,
+    })
 }
 
 /// Visits `dir` recursively in sorted order, calling `f(path in image,
 /// metadata, real path)`; the image path is `prefix` joined with the
 /// relative path.
-fn walk(dir: &Path, prefix: &Path, f: &mut dyn FnMut(&Path, &fs::Metadata, &Path) -> io::Result<()>) -> io::Result<()> {
+fn walk(
+    dir: &Path,
+    prefix: &Path,
+    f: &mut dyn FnMut(&Path, &fs::Metadata, &Path) -> io::Result<()>,
+) -> io::Result<()> {
     let mut children: Vec<_> = fs::read_dir(dir)?.collect::<io::Result<_>>()?;
     children.sort_by_key(|e| e.file_name());
     for child in children {
@@ -301,15 +341,39 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().join("root");
         fs::create_dir(&root).unwrap();
-        let l1 = layer(dir.path(), "l1.tar", &[("etc", None), ("etc/a", Some("a")), ("etc/b", Some("b")), ("opt", None), ("opt/x", Some("x")), ("opt/y", Some("y"))]);
-        let l2 = layer(dir.path(), "l2.tar", &[("etc/.wh.a", Some("")), ("opt/.wh..wh..opq", Some("")), ("opt/z", Some("z")), ("etc/c", Some("c"))]);
+        let l1 = layer(
+            dir.path(),
+            "l1.tar",
+            &[
+                ("etc", None),
+                ("etc/a", Some("a")),
+                ("etc/b", Some("b")),
+                ("opt", None),
+                ("opt/x", Some("x")),
+                ("opt/y", Some("y")),
+            ],
+        );
+        let l2 = layer(
+            dir.path(),
+            "l2.tar",
+            &[
+                ("etc/.wh.a", Some("")),
+                ("opt/.wh..wh..opq", Some("")),
+                ("opt/z", Some("z")),
+                ("etc/c", Some("c")),
+            ],
+        );
         apply_layer(&l1, &root).unwrap();
         apply_layer(&l2, &root).unwrap();
         assert!(!root.join("etc/a").exists());
         assert_eq!(fs::read_to_string(root.join("etc/b")).unwrap(), "b");
         assert_eq!(fs::read_to_string(root.join("etc/c")).unwrap(), "c");
         assert!(!root.join("opt/x").exists() && !root.join("opt/y").exists());
-        assert_eq!(fs::read_to_string(root.join("opt/z")).unwrap(), "z", "the opaque dir keeps this layer's own entries");
+        assert_eq!(
+            fs::read_to_string(root.join("opt/z")).unwrap(),
+            "z",
+            "the opaque dir keeps this layer's own entries"
+        );
         assert!(!root.join("etc/.wh.a").exists());
     }
 
@@ -345,8 +409,15 @@ mod tests {
         std::os::unix::fs::symlink("b.txt", src.join("link")).unwrap();
         let entries = |src: &Path| {
             vec![
-                Entry::Tree { source: src.to_owned(), target: "layers/bp/layer".into() },
-                Entry::File { target: "cnb/x".into(), bytes: b"x".to_vec(), mode: 0o755 },
+                Entry::Tree {
+                    source: src.to_owned(),
+                    target: "layers/bp/layer".into(),
+                },
+                Entry::File {
+                    target: "cnb/x".into(),
+                    bytes: b"x".to_vec(),
+                    mode: 0o755,
+                },
             ]
         };
         let a = write_layer(&entries(&src), &dir.path().join("a.tgz")).unwrap();
@@ -358,8 +429,14 @@ mod tests {
         let root = dir.path().join("root");
         fs::create_dir(&root).unwrap();
         apply_layer(&a.path, &root).unwrap();
-        assert_eq!(fs::read_to_string(root.join("layers/bp/layer/bin/tool")).unwrap(), "#!/bin/sh\necho hi\n");
-        assert_eq!(fs::read_link(root.join("layers/bp/layer/link")).unwrap(), Path::new("b.txt"));
+        assert_eq!(
+            fs::read_to_string(root.join("layers/bp/layer/bin/tool")).unwrap(),
+            "#!/bin/sh\necho hi\n"
+        );
+        assert_eq!(
+            fs::read_link(root.join("layers/bp/layer/link")).unwrap(),
+            Path::new("b.txt")
+        );
         assert_eq!(fs::read(root.join("cnb/x")).unwrap(), b"x");
         let size = fs::metadata(&a.path).unwrap().len();
         assert_eq!(size, a.size);

@@ -14,10 +14,14 @@
 //!   `/layers/<buildpack id with / as _>/<layer>/`, the app under
 //!   `/workspace`, and `/layers/config/metadata.toml` ([`metadata`]).
 
+pub mod buildpack;
+pub mod env;
 pub mod launcher;
 pub mod layers;
-pub mod oci;
+pub mod lifecycle;
 pub mod metadata;
+pub mod oci;
+pub mod sandbox;
 
 /// Where the app's source is, in the build sandbox and in the image.
 pub const WORKSPACE: &str = "/workspace";

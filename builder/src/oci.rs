@@ -21,7 +21,11 @@ pub const DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list
 #[derive(Debug, thiserror::Error)]
 pub enum OciError {
     #[error("the registry refused: {status} {message}")]
-    Refused { status: u16, code: String, message: String },
+    Refused {
+        status: u16,
+        code: String,
+        message: String,
+    },
     #[error("cannot reach the registry: {0}")]
     Transport(String),
     #[error("{0}")]
@@ -63,7 +67,9 @@ impl ImageRef {
     pub fn parse(s: &str) -> Result<ImageRef> {
         let invalid = || OciError::Invalid(format!("{s:.200} is not an image reference"));
         let (registry, rest) = match s.split_once('/') {
-            Some((first, rest)) if first.contains('.') || first.contains(':') || first == "localhost" => {
+            Some((first, rest))
+                if first.contains('.') || first.contains(':') || first == "localhost" =>
+            {
                 (first.to_owned(), rest)
             }
             _ => (String::new(), s),
@@ -79,7 +85,11 @@ impl ImageRef {
         if repository.is_empty() || reference.is_empty() {
             return Err(invalid());
         }
-        Ok(ImageRef { registry, repository: repository.to_owned(), reference })
+        Ok(ImageRef {
+            registry,
+            repository: repository.to_owned(),
+            reference,
+        })
     }
 }
 
@@ -88,7 +98,11 @@ impl std::fmt::Display for ImageRef {
         if !self.registry.is_empty() {
             write!(f, "{}/", self.registry)?;
         }
-        let sep = if self.reference.contains(':') { '@' } else { ':' };
+        let sep = if self.reference.contains(':') {
+            '@'
+        } else {
+            ':'
+        };
         write!(f, "{}{sep}{}", self.repository, self.reference)
     }
 }
@@ -135,9 +149,19 @@ impl Client {
     /// Sends a request for `repo` needing `actions`; on a Bearer challenge,
     /// fetches a token for the scope and sends it again (`make` rebuilds the
     /// request, bodies included).
-    async fn send(&self, repo: &str, actions: &str, make: impl Fn() -> RequestBuilder) -> Result<Response> {
+    async fn send(
+        &self,
+        repo: &str,
+        actions: &str,
+        make: impl Fn() -> RequestBuilder,
+    ) -> Result<Response> {
         let scope = format!("repository:{repo}:{actions}");
-        let token = self.tokens.lock().expect("token cache").get(&scope).cloned();
+        let token = self
+            .tokens
+            .lock()
+            .expect("token cache")
+            .get(&scope)
+            .cloned();
         let with_auth = |r: RequestBuilder, token: &Option<String>| match token {
             Some(t) => r.bearer_auth(t),
             None => r.basic_auth(&self.user, Some(&self.password)),
@@ -177,7 +201,10 @@ impl Client {
             .or_else(|| body["access_token"].as_str())
             .ok_or_else(|| OciError::Invalid("the token endpoint gave no token".into()))?
             .to_owned();
-        self.tokens.lock().expect("token cache").insert(scope, token.clone());
+        self.tokens
+            .lock()
+            .expect("token cache")
+            .insert(scope, token.clone());
         Ok(with_auth(make(), &Some(token)).send().await?)
     }
 
@@ -190,9 +217,10 @@ impl Client {
         let url = self.url(&format!("/v2/{repo}/manifests/{reference}"));
         let resp = self
             .send(repo, "pull", || {
-                self.http
-                    .get(&url)
-                    .header(header::ACCEPT, format!("{OCI_MANIFEST}, {OCI_INDEX}, {DOCKER_MANIFEST}, {DOCKER_LIST}"))
+                self.http.get(&url).header(
+                    header::ACCEPT,
+                    format!("{OCI_MANIFEST}, {OCI_INDEX}, {DOCKER_MANIFEST}, {DOCKER_LIST}"),
+                )
             })
             .await?;
         if !resp.status().is_success() {
@@ -207,9 +235,15 @@ impl Client {
         let body = resp.bytes().await?;
         let digest = sha256_digest(&body);
         if reference.starts_with("sha256:") && reference != digest {
-            return Err(OciError::Invalid(format!("manifest {reference} hashes to {digest}")));
+            return Err(OciError::Invalid(format!(
+                "manifest {reference} hashes to {digest}"
+            )));
         }
-        Ok(Manifest { digest, media_type, body })
+        Ok(Manifest {
+            digest,
+            media_type,
+            body,
+        })
     }
 
     /// A blob, written to `path` and checked against its digest.
@@ -232,7 +266,9 @@ impl Client {
         let actual = format!("sha256:{}", hex::encode(hasher.finalize()));
         if actual != digest {
             let _ = tokio::fs::remove_file(path).await;
-            return Err(OciError::Invalid(format!("blob {digest} arrived as {actual}")));
+            return Err(OciError::Invalid(format!(
+                "blob {digest} arrived as {actual}"
+            )));
         }
         Ok(size)
     }
@@ -246,7 +282,9 @@ impl Client {
         }
         let body = resp.bytes().await?;
         if sha256_digest(&body) != digest {
-            return Err(OciError::Invalid(format!("blob {digest} arrived with other content")));
+            return Err(OciError::Invalid(format!(
+                "blob {digest} arrived with other content"
+            )));
         }
         Ok(body)
     }
@@ -254,7 +292,9 @@ impl Client {
     /// Whether `repo` has the blob.
     pub async fn has_blob(&self, repo: &str, digest: &str) -> Result<bool> {
         let url = self.url(&format!("/v2/{repo}/blobs/{digest}"));
-        let resp = self.send(repo, "pull,push", || self.http.head(&url)).await?;
+        let resp = self
+            .send(repo, "pull,push", || self.http.head(&url))
+            .await?;
         match resp.status() {
             s if s.is_success() => Ok(true),
             StatusCode::NOT_FOUND => Ok(false),
@@ -265,14 +305,24 @@ impl Client {
     /// Mounts a blob from `from` into `repo`; false when the registry could
     /// not (it then opened an upload, which is cancelled).
     pub async fn mount(&self, repo: &str, digest: &str, from: &str) -> Result<bool> {
-        let url = self.url(&format!("/v2/{repo}/blobs/uploads/?mount={digest}&from={from}"));
-        let resp = self.send(repo, "pull,push", || self.http.post(&url)).await?;
+        let url = self.url(&format!(
+            "/v2/{repo}/blobs/uploads/?mount={digest}&from={from}"
+        ));
+        let resp = self
+            .send(repo, "pull,push", || self.http.post(&url))
+            .await?;
         match resp.status() {
             StatusCode::CREATED => Ok(true),
             StatusCode::ACCEPTED => {
-                if let Some(location) = resp.headers().get(header::LOCATION).and_then(|v| v.to_str().ok()) {
+                if let Some(location) = resp
+                    .headers()
+                    .get(header::LOCATION)
+                    .and_then(|v| v.to_str().ok())
+                {
                     let location = self.absolute(location);
-                    let _ = self.send(repo, "pull,push", || self.http.delete(&location)).await;
+                    let _ = self
+                        .send(repo, "pull,push", || self.http.delete(&location))
+                        .await;
                 }
                 Ok(false)
             }
@@ -281,7 +331,11 @@ impl Client {
     }
 
     fn absolute(&self, location: &str) -> String {
-        if location.starts_with('/') { self.url(location) } else { location.to_owned() }
+        if location.starts_with('/') {
+            self.url(location)
+        } else {
+            location.to_owned()
+        }
     }
 
     /// Uploads a blob from a file in one request (`POST ?digest=`).
@@ -291,9 +345,10 @@ impl Client {
         let resp = self
             .send(repo, "pull,push", || {
                 let path = path.to_owned();
-                let stream = futures::stream::once(async move { tokio::fs::File::open(path).await })
-                    .map_ok(tokio_util_reader)
-                    .try_flatten();
+                let stream =
+                    futures::stream::once(async move { tokio::fs::File::open(path).await })
+                        .map_ok(tokio_util_reader)
+                        .try_flatten();
                 self.http
                     .post(&url)
                     .header(header::CONTENT_LENGTH, len)
@@ -327,7 +382,13 @@ impl Client {
 
     /// Puts a manifest under `reference` (a tag or its digest); returns its
     /// digest.
-    pub async fn put_manifest(&self, repo: &str, reference: &str, media_type: &str, body: Bytes) -> Result<String> {
+    pub async fn put_manifest(
+        &self,
+        repo: &str,
+        reference: &str,
+        media_type: &str,
+        body: Bytes,
+    ) -> Result<String> {
         let url = self.url(&format!("/v2/{repo}/manifests/{reference}"));
         let resp = self
             .send(repo, "pull,push", || {
@@ -382,7 +443,11 @@ async fn refused(resp: Response) -> OciError {
             ))
         })
         .unwrap_or_else(|| (String::new(), text.chars().take(300).collect()));
-    OciError::Refused { status, code, message }
+    OciError::Refused {
+        status,
+        code,
+        message,
+    }
 }
 
 /// `Bearer realm="…",service="…",scope="…"` → its parameters.
@@ -391,7 +456,14 @@ fn parse_challenge(value: &str) -> HashMap<String, String> {
     let mut out = HashMap::new();
     let mut chars = rest.chars().peekable();
     loop {
-        let key: String = chars.by_ref().take_while(|c| *c != '=').collect::<String>().trim().trim_start_matches(',').trim().to_owned();
+        let key: String = chars
+            .by_ref()
+            .take_while(|c| *c != '=')
+            .collect::<String>()
+            .trim()
+            .trim_start_matches(',')
+            .trim()
+            .to_owned();
         if key.is_empty() {
             break;
         }
@@ -421,22 +493,41 @@ mod tests {
         let cases = [
             ("platform/run:bookworm", ("", "platform/run", "bookworm")),
             ("platform/run", ("", "platform/run", "latest")),
-            ("127.0.0.1:5000/platform/run:v1", ("127.0.0.1:5000", "platform/run", "v1")),
-            ("localhost/a/b@sha256:abc", ("localhost", "a/b", "sha256:abc")),
+            (
+                "127.0.0.1:5000/platform/run:v1",
+                ("127.0.0.1:5000", "platform/run", "v1"),
+            ),
+            (
+                "localhost/a/b@sha256:abc",
+                ("localhost", "a/b", "sha256:abc"),
+            ),
             ("registry.example/x", ("registry.example", "x", "latest")),
         ];
         for (input, (reg, repo, reference)) in cases {
             let r = ImageRef::parse(input).unwrap();
-            assert_eq!((r.registry.as_str(), r.repository.as_str(), r.reference.as_str()), (reg, repo, reference), "{input}");
+            assert_eq!(
+                (
+                    r.registry.as_str(),
+                    r.repository.as_str(),
+                    r.reference.as_str()
+                ),
+                (reg, repo, reference),
+                "{input}"
+            );
         }
         assert_eq!(ImageRef::parse("a/b:c").unwrap().to_string(), "a/b:c");
-        assert_eq!(ImageRef::parse("a/b@sha256:1").unwrap().to_string(), "a/b@sha256:1");
+        assert_eq!(
+            ImageRef::parse("a/b@sha256:1").unwrap().to_string(),
+            "a/b@sha256:1"
+        );
         assert!(ImageRef::parse("").is_err());
     }
 
     #[test]
     fn challenges() {
-        let p = parse_challenge(r#"Bearer realm="http://h/auth/token",service="slipway",scope="repository:a/b:pull,push""#);
+        let p = parse_challenge(
+            r#"Bearer realm="http://h/auth/token",service="slipway",scope="repository:a/b:pull,push""#,
+        );
         assert_eq!(p["realm"], "http://h/auth/token");
         assert_eq!(p["service"], "slipway");
         assert_eq!(p["scope"], "repository:a/b:pull,push");
