@@ -64,8 +64,14 @@ impl Request {
     }
 }
 
+/// `METHOD /path?query`, a long query (such as a registry's upload
+/// state) cut short.
 fn describe(method: &Method, url: &Url) -> String {
     match url.query() {
+        Some(q) if q.chars().count() > 60 => {
+            let q: String = q.chars().take(40).collect();
+            format!("{method} {}?{q}…", url.path())
+        }
         Some(q) => format!("{method} {}?{q}", url.path()),
         None => format!("{method} {}", url.path()),
     }
@@ -463,18 +469,21 @@ impl Client {
         if let Some(body) = &req.body {
             builder = builder.body(body.clone());
         }
-        let resp = builder
-            .send()
-            .await
-            .map_err(|e| format!("{}: no response: {}", req.describe(), error_chain(&e)))?;
+        let resp = builder.send().await.map_err(|e| {
+            format!(
+                "{}: no response: {}",
+                req.describe(),
+                error_chain(&e.without_url())
+            )
+        })?;
         let status = resp.status();
         let url = resp.url().clone();
         let headers = resp.headers().clone();
         let body = resp.bytes().await.map_err(|e| {
             format!(
-                "{}: the response body broke off: {}",
+                "{} → {status}, but the body broke off (a Content-Length the body did not fill?): {}",
                 req.describe(),
-                error_chain(&e)
+                error_chain(&e.without_url())
             )
         })?;
         let resp = Response {

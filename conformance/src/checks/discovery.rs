@@ -10,7 +10,11 @@ use crate::content::{self, Image, Manifest, OCI_INDEX, artifact, unknown_digest}
 use crate::expect::{self, Outcome, ensure};
 
 /// The tags pushed for the listing checks, in lexical (and ASCII) order.
-pub const TAGS: &[&str] = &["alpha", "beta", "latest", "rc-1", "v1", "v10", "v2"];
+/// Twelve, pushed scrambled: a registry that lists them in storage order
+/// cannot be sorted by chance.
+pub const TAGS: &[&str] = &[
+    "alpha", "beta", "delta", "gamma", "latest", "rc-1", "rc.2", "v1", "v1.0", "v10", "v2", "zeta",
+];
 
 /// Pages followed at most, so that a `Link` loop ends.
 const MAX_PAGES: usize = 20;
@@ -21,10 +25,10 @@ pub struct TagsFixture {
 
 /// One manifest, tagged with every tag of `TAGS` in a scrambled order.
 pub async fn tags_fixture(cx: &Ctx) -> Outcome<TagsFixture> {
-    let repo = cx.repo("tags");
+    let repo = cx.repo("listing");
     let image = Image::oci(&[64]);
     cx.push_image(&repo, &image.manifest.digest, &image).await?;
-    for i in [3, 6, 0, 5, 1, 4, 2] {
+    for i in [7, 2, 11, 4, 0, 9, 5, 1, 10, 3, 8, 6] {
         cx.push_manifest(&repo, TAGS[i], &image.manifest).await?;
     }
     Ok(TagsFixture { repo })
@@ -165,20 +169,28 @@ pub async fn tags_n(cx: &Ctx) -> Outcome {
     check_page(&page, 3, TAGS)
 }
 
-/// `?n=2&last=beta`: the two tags after `beta`; `?last=v1`: every tag
-/// after `v1`.
+/// `?n=2&last=<2nd tag>`: the two tags after it; `?last=<3rd from the
+/// end>` (no `n`): the two last tags; `?n=2&last=<last tag>`: none.
 pub async fn tags_last(cx: &Ctx) -> Outcome {
     let f = cx.tags_fixture().await?;
     let base = cx.v2(&f.repo, "tags/list")?;
-    let page = tags_page(
-        cx,
-        &f.repo,
-        with_query(&base, &[("n", "2"), ("last", "beta")]),
-    )
-    .await?;
+    let url = with_query(&base, &[("n", "2"), ("last", TAGS[1])]);
+    let page = tags_page(cx, &f.repo, url).await?;
     check_page(&page, 2, &TAGS[2..])?;
-    let page = tags_page(cx, &f.repo, with_query(&base, &[("last", "v1")])).await?;
-    check_page(&page, TAGS.len(), &TAGS[5..])
+    let end = TAGS.len();
+    let url = with_query(&base, &[("last", TAGS[end - 3])]);
+    let page = tags_page(cx, &f.repo, url).await?;
+    check_page(&page, end, &TAGS[end - 2..])?;
+    let url = with_query(&base, &[("n", "2"), ("last", TAGS[end - 1])]);
+    let page = tags_page(cx, &f.repo, url).await?;
+    ensure!(
+        page.tags.is_empty() && page.next.is_none(),
+        "{}: tags {:?} after the last tag (Link: {}), expected none",
+        page.resp.request,
+        page.tags,
+        page.next.is_some()
+    );
+    Ok(())
 }
 
 /// `?n=2`, then the `Link rel="next"` of each page: every tag once, in
@@ -254,10 +266,10 @@ pub struct ReferrersFixture {
 
 /// A subject image and, pointing at it: an SBOM artifact (`artifactType`
 /// set), a signature (no `artifactType`: its config's media type stands
-/// in), an index (no `artifactType`: none listed); and one artifact that
-/// points at another image.
+/// in), an index (no `artifactType`: none listed); one artifact that
+/// points at another image, and one in another repository.
 pub async fn referrers_fixture(cx: &Ctx) -> Outcome<ReferrersFixture> {
-    let repo = cx.repo("referrers");
+    let repo = cx.repo("artifacts");
     let subject = Image::oci(&[256]);
     cx.push_image(&repo, "subject", &subject).await?;
     let other = Image::oci(&[256]);
@@ -283,6 +295,14 @@ pub async fn referrers_fixture(cx: &Ctx) -> Outcome<ReferrersFixture> {
         }),
     );
     let elsewhere = artifact(&other.manifest, Some(SBOM), None, json!({"x": "y"}));
+
+    // The same subject, referred to from another repository: not listed
+    // here (referrers are "in the same <name> namespace").
+    let other_repo = cx.repo("artifacts-elsewhere");
+    let foreign = artifact(s, Some(SBOM), None, json!({"x": "foreign"}));
+    cx.push_blobs(&other_repo, &foreign.blobs).await?;
+    cx.push_manifest(&other_repo, &foreign.manifest.digest, &foreign.manifest)
+        .await?;
 
     for a in [&sbom, &sig, &elsewhere] {
         cx.push_blobs(&repo, &a.blobs).await?;

@@ -11,7 +11,7 @@ use crate::content::{
 use crate::expect::{self, Outcome, ensure};
 
 fn repo(cx: &Ctx) -> String {
-    cx.repo("manifests")
+    cx.repo("images")
 }
 
 /// 201 with `Location` (which serves the manifest) and
@@ -231,4 +231,107 @@ pub async fn tag_overwrite(cx: &Ctx) -> Outcome {
     expect::status(&r, 200)?;
     expect::body_eq(&r, &first.manifest.body)?;
     Ok(())
+}
+
+/// `Content-Type` with a parameter (`; charset=utf-8`), which the registry
+/// SHOULD ignore: 201, and the manifest comes back with its plain type.
+pub async fn content_type_parameters(cx: &Ctx) -> Outcome {
+    let repo = repo(cx);
+    let image = Image::oci(&[100]);
+    cx.push_blobs(&repo, &image.blobs).await?;
+    let m = Manifest {
+        media_type: format!("{OCI_MANIFEST}; charset=utf-8"),
+        ..image.manifest.clone()
+    };
+    let r = cx.put_manifest(&repo, "with-parameter", &m).await?;
+    expect::status(&r, 201)?;
+    let r = cx
+        .fetch_manifest(Method::GET, &repo, "with-parameter")
+        .await?;
+    expect::status(&r, 200)?;
+    expect::content_type(&r, OCI_MANIFEST)?;
+    expect::body_eq(&r, &m.body)
+}
+
+/// `PUT /manifests/<digest>?tag=a&tag=b` (end-7b, MAY): a registry that
+/// takes the tags names each in `OCI-Tag` and serves them; one that does
+/// not sends no `OCI-Tag` and creates none.
+pub async fn tag_parameters(cx: &Ctx) -> Outcome {
+    let repo = repo(cx);
+    let image = Image::oci(&[100]);
+    cx.push_blobs(&repo, &image.blobs).await?;
+    let m = &image.manifest;
+    let tags = ["param-a", "param-b"];
+    let url = super::with_query(
+        &cx.v2(&repo, &format!("manifests/{}", m.digest))?,
+        &[("tag", tags[0]), ("tag", tags[1])],
+    );
+    let r = cx
+        .send(
+            crate::client::Request::new(Method::PUT, url)
+                .header(reqwest::header::CONTENT_TYPE, m.media_type.clone())
+                .body(m.body.clone()),
+        )
+        .await?;
+    expect::status(&r, 201)?;
+    expect::header_eq(&r, "Docker-Content-Digest", &m.digest)?;
+    let announced: Vec<String> = r
+        .header_all("OCI-Tag")
+        .iter()
+        .flat_map(|v| v.split(','))
+        .map(|t| t.trim().to_owned())
+        .filter(|t| !t.is_empty())
+        .collect();
+    for tag in tags {
+        let got = cx.fetch_manifest(Method::GET, &repo, tag).await?;
+        if announced.iter().any(|t| t == tag) {
+            expect::status(&got, 200)
+                .map_err(|e| format!("tag {tag} was announced in OCI-Tag: {e}"))?;
+            expect::body_eq(&got, &m.body)?;
+        } else {
+            ensure!(
+                got.status() == 404,
+                "{}: tag {tag} exists ({}) but the PUT did not name it in OCI-Tag",
+                got.request,
+                got.status()
+            );
+        }
+    }
+    if announced.is_empty() {
+        cx.note("?tag= not supported (MAY)");
+    }
+    Ok(())
+}
+
+/// A manifest of 4,000,000 bytes (the spec: registries SHOULD expect at
+/// least 4 megabytes) is accepted and served whole.
+pub async fn large(cx: &Ctx) -> Outcome {
+    let repo = repo(cx);
+    let image = Image::oci(&[10]);
+    cx.push_blobs(&repo, &image.blobs).await?;
+    let mut value: serde_json::Value =
+        serde_json::from_slice(&image.manifest.body).map_err(|e| e.to_string())?;
+    value["annotations"] = json!({"org.example.padding": ""});
+    let base = serde_json::to_vec(&value).map_err(|e| e.to_string())?.len();
+    value["annotations"]["org.example.padding"] = json!("x".repeat(4_000_000 - base));
+    let m = Manifest::from_value(OCI_MANIFEST, &value);
+    ensure!(m.len() == 4_000_000, "built {} bytes", m.len());
+    let r = cx.put_manifest(&repo, "large", &m).await?;
+    expect::status(&r, 201)?;
+    let r = cx.fetch_manifest(Method::GET, &repo, "large").await?;
+    expect::status(&r, 200)?;
+    expect::body_eq(&r, &m.body)
+}
+
+/// A tag of 128 characters, the longest the grammar allows, is accepted
+/// and listed.
+pub async fn tag_max_length(cx: &Ctx) -> Outcome {
+    let repo = repo(cx);
+    let image = Image::oci(&[10]);
+    let tag = format!("T_{}", "a.b-c".repeat(25)) + "x";
+    ensure!(tag.len() == 128, "built a tag of {} characters", tag.len());
+    cx.push_image(&repo, &tag, &image).await?;
+    let r = cx.fetch_manifest(Method::GET, &repo, &tag).await?;
+    expect::status(&r, 200)?;
+    expect::body_eq(&r, &image.manifest.body)
 }

@@ -254,10 +254,10 @@ impl Ctx {
     }
 }
 
-async fn fixture<'a, T>(
-    cell: &'a OnceCell<Outcome<T>>,
+async fn fixture<T>(
+    cell: &OnceCell<Outcome<T>>,
     make: impl Future<Output = Outcome<T>>,
-) -> Outcome<&'a T> {
+) -> Outcome<&T> {
     cell.get_or_init(|| make)
         .await
         .as_ref()
@@ -428,11 +428,23 @@ pub async fn run(target: &Target, select: &dyn Fn(&str) -> bool) -> Report {
         pull::repository_unknown(cx),
     )
     .await;
+    r.check(
+        "pull/repository-scoping",
+        "Pull: content of another repository is not found (end-2, end-3)",
+        pull::repository_scoping(cx),
+    )
+    .await;
 
     r.check(
         "push/monolithic-post",
         "Push: Single POST (end-4b)",
         push::monolithic_post(cx),
+    )
+    .await;
+    r.check(
+        "push/monolithic-digest-mismatch",
+        "Push: Single POST with a wrong digest (end-4b, code-4)",
+        push::monolithic_digest_mismatch(cx),
     )
     .await;
     r.check(
@@ -481,6 +493,12 @@ pub async fn run(target: &Target, select: &dyn Fn(&str) -> bool) -> Report {
         "push/upload-unknown",
         "Push: unknown upload session (end-5, end-13, code-3)",
         push::upload_unknown(cx),
+    )
+    .await;
+    r.check(
+        "push/upload-finished",
+        "Push: a closed session is unknown (end-13, code-3)",
+        push::upload_finished(cx),
     )
     .await;
     r.check(
@@ -539,6 +557,12 @@ pub async fn run(target: &Target, select: &dyn Fn(&str) -> bool) -> Report {
     )
     .await;
     r.check(
+        "manifest/content-type-parameters",
+        "Push: Pushing Manifests, Content-Type parameters ignored (SHOULD)",
+        manifests::content_type_parameters(cx),
+    )
+    .await;
+    r.check(
         "manifest/digest-mismatch",
         "Push: Pushing Manifests by digest (code-4)",
         manifests::digest_mismatch(cx),
@@ -592,6 +616,24 @@ pub async fn run(target: &Target, select: &dyn Fn(&str) -> bool) -> Report {
         manifests::tag_overwrite(cx),
     )
     .await;
+    r.check(
+        "manifest/tag-parameters",
+        "Push: Pushing Manifests with ?tag= (end-7b, OCI-Tag)",
+        manifests::tag_parameters(cx),
+    )
+    .await;
+    r.check(
+        "manifest/large",
+        "Push: Pushing Manifests of 4 megabytes (SHOULD)",
+        manifests::large(cx),
+    )
+    .await;
+    r.check(
+        "manifest/tag-max-length",
+        "Pulling manifests: a 128-character tag",
+        manifests::tag_max_length(cx),
+    )
+    .await;
 
     r.check(
         "discovery/tags-list",
@@ -613,7 +655,7 @@ pub async fn run(target: &Target, select: &dyn Fn(&str) -> bool) -> Report {
     .await;
     r.check(
         "discovery/tags-link",
-        "Content Discovery: Listing Tags, Link rel=\"next\" (end-8b)",
+        "Content Discovery: Listing Tags, Link rel=\"next\" (end-8b; MAY, required here)",
         discovery::tags_link(cx),
     )
     .await;
@@ -637,7 +679,7 @@ pub async fn run(target: &Target, select: &dyn Fn(&str) -> bool) -> Report {
     .await;
     r.check(
         "discovery/referrers-filter",
-        "Content Discovery: Listing Referrers, artifactType (end-12b)",
+        "Content Discovery: Listing Referrers, artifactType (end-12b; SHOULD, required here)",
         discovery::referrers_filter(cx),
     )
     .await;
@@ -656,7 +698,7 @@ pub async fn run(target: &Target, select: &dyn Fn(&str) -> bool) -> Report {
 
     r.check(
         "management/delete-tag",
-        "Content Management: Deleting tags (end-9)",
+        "Content Management: Deleting tags (end-9; MAY, required here)",
         management::delete_tag(cx),
     )
     .await;

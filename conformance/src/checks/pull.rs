@@ -260,3 +260,24 @@ pub async fn repository_unknown(cx: &Ctx) -> Outcome {
         .await?;
     expect::error(&r, 404, &["NAME_UNKNOWN", "BLOB_UNKNOWN"])
 }
+
+/// A blob or manifest that exists only in another repository of the same
+/// registry is not found here: 404 (`BLOB_UNKNOWN`, `MANIFEST_UNKNOWN`).
+pub async fn repository_scoping(cx: &Ctx) -> Outcome {
+    let f = cx.pull_fixture().await?;
+    let elsewhere = cx.repo("pull-elsewhere");
+    let own = Image::oci(&[32]);
+    cx.push_image(&elsewhere, "own", &own).await?;
+    let blob = first_layer(f);
+    let url = cx.v2(&elsewhere, &format!("blobs/{}", blob.digest))?;
+    let r = cx.head(url.clone()).await?;
+    expect::status(&r, 404).map_err(|e| format!("a blob of another repository: {e}"))?;
+    let r = cx.get(url).await?;
+    expect::error(&r, 404, &["BLOB_UNKNOWN"])
+        .map_err(|e| format!("a blob of another repository: {e}"))?;
+    let r = cx
+        .fetch_manifest(Method::GET, &elsewhere, &f.image.manifest.digest)
+        .await?;
+    expect::error(&r, 404, &["MANIFEST_UNKNOWN"])
+        .map_err(|e| format!("a manifest of another repository: {e}"))
+}

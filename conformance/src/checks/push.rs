@@ -154,6 +154,52 @@ pub async fn chunked(cx: &Ctx, last_in_put: bool) -> Outcome {
     cx.blob_is(&repo, &blob).await
 }
 
+/// Single `POST ?digest=` whose bytes have another digest: 400
+/// `DIGEST_INVALID` and no blob (or 202, for a registry without
+/// single-POST uploads, which then must not have stored anything).
+pub async fn monolithic_digest_mismatch(cx: &Ctx) -> Outcome {
+    let repo = repo(cx);
+    let blob = Blob::random(1000);
+    let claimed = unknown_digest();
+    let url = with_query(&cx.v2(&repo, "blobs/uploads/")?, &[("digest", &claimed)]);
+    let r = cx
+        .send(
+            Request::new(Method::POST, url)
+                .header(CONTENT_TYPE, OCTET_STREAM)
+                .body(blob.data.clone()),
+        )
+        .await?;
+    if r.status() == 202 {
+        if let Ok(at) = location(&r) {
+            cx.cancel(&at).await;
+        }
+        cx.note("202: single-POST unsupported (MAY)");
+    } else {
+        expect::error(&r, 400, &["DIGEST_INVALID"])?;
+    }
+    cx.blob_absent(&repo, &claimed).await?;
+    cx.blob_absent(&repo, &blob.digest).await
+}
+
+/// After the closing `PUT`, the session is over: `GET` on its location is
+/// 404 `BLOB_UPLOAD_UNKNOWN`.
+pub async fn upload_finished(cx: &Ctx) -> Outcome {
+    let repo = repo(cx);
+    let blob = Blob::random(300);
+    let upload = cx.start_upload(&repo, &[]).await?;
+    let r = cx
+        .put_upload(
+            &cx.client,
+            &upload.location,
+            &blob.digest,
+            Some(blob.data.clone()),
+        )
+        .await?;
+    expect::status(&r, 201)?;
+    let r = cx.get(upload.location).await?;
+    expect::error(&r, 404, &["BLOB_UPLOAD_UNKNOWN"])
+}
+
 /// `GET <location>`: 204, `Location`, `Range: 0-<end>`.
 async fn status_of(client: &Client, at: &reqwest::Url) -> Outcome<(Response, usize)> {
     let r = client.send(Request::new(Method::GET, at.clone())).await?;
