@@ -16,6 +16,8 @@
 
 pub mod buildpack;
 pub mod env;
+pub mod export;
+pub mod job;
 pub mod launcher;
 pub mod layers;
 pub mod lifecycle;
