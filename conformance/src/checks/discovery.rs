@@ -161,12 +161,15 @@ fn check_page(page: &TagsPage, n: usize, expected: &[&str]) -> Outcome {
     Ok(())
 }
 
-/// `?n=3`: the first three tags.
+/// `?n=3`: the first three tags; `?n=100`: all of them.
 pub async fn tags_n(cx: &Ctx) -> Outcome {
     let f = cx.tags_fixture().await?;
     let url = with_query(&cx.v2(&f.repo, "tags/list")?, &[("n", "3")]);
     let page = tags_page(cx, &f.repo, url).await?;
-    check_page(&page, 3, TAGS)
+    check_page(&page, 3, TAGS)?;
+    let url = with_query(&cx.v2(&f.repo, "tags/list")?, &[("n", "100")]);
+    let page = tags_page(cx, &f.repo, url).await?;
+    check_page(&page, 100, TAGS)
 }
 
 /// `?n=2&last=<2nd tag>`: the two tags after it; `?last=<3rd from the

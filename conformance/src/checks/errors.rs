@@ -65,11 +65,11 @@ pub async fn name_invalid(cx: &Ctx) -> Outcome {
     expect::error(&r, 400, &["NAME_INVALID"])
 }
 
-/// `PATCH` with a `Content-Range` outside `^[0-9]+-[0-9]+$` (or ending
-/// before it starts): a 4xx with the spec's error JSON.
+/// `PATCH` with a `Content-Range` outside `^[0-9]+-[0-9]+$`, ending before
+/// it starts, or longer than the body: a 4xx with the spec's error JSON.
 pub async fn content_range_malformed(cx: &Ctx) -> Outcome {
     let repo = repo(cx);
-    for range in ["abc", "9-0", "-9"] {
+    for range in ["abc", "9-0", "-9", "0-99"] {
         let upload = cx.start_upload(&repo, &[]).await?;
         let r = cx
             .send(

@@ -102,6 +102,32 @@ pub async fn delete_blob(cx: &Ctx) -> Outcome {
     Ok(())
 }
 
+/// After a manifest and its blobs are deleted, the same blobs and the same
+/// manifest push again (201) and are served.
+pub async fn push_after_delete(cx: &Ctx) -> Outcome {
+    let repo = repo(cx);
+    let image = Image::oci(&[400]);
+    cx.push_image(&repo, "again", &image).await?;
+    let d = &image.manifest.digest;
+    let r = cx.delete(cx.v2(&repo, &format!("manifests/{d}"))?).await?;
+    expect::status(&r, 202)?;
+    for blob in &image.blobs {
+        let r = cx
+            .delete(cx.v2(&repo, &format!("blobs/{}", blob.digest))?)
+            .await?;
+        expect::status(&r, 202)?;
+    }
+    cx.push_image(&repo, "again", &image)
+        .await
+        .map_err(|e| format!("pushing again after the delete: {e}"))?;
+    for blob in &image.blobs {
+        cx.blob_is(&repo, blob).await?;
+    }
+    let r = cx.fetch_manifest(Method::GET, &repo, "again").await?;
+    expect::status(&r, 200)?;
+    expect::body_eq(&r, &image.manifest.body)
+}
+
 /// `DELETE` of a manifest digest the repository never had: 404
 /// `MANIFEST_UNKNOWN`.
 pub async fn delete_unknown_manifest(cx: &Ctx) -> Outcome {

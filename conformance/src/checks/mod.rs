@@ -472,6 +472,18 @@ pub async fn run(target: &Target, select: &dyn Fn(&str) -> bool) -> Report {
     )
     .await;
     r.check(
+        "push/first-chunk-not-zero",
+        "Push: the first chunk's range MUST begin with 0: 416 (end-5)",
+        push::first_chunk_not_zero(cx),
+    )
+    .await;
+    r.check(
+        "push/final-chunk-out-of-order",
+        "Push: closing PUT with an out-of-order final chunk: 416 (end-6)",
+        push::final_chunk_out_of_order(cx),
+    )
+    .await;
+    r.check(
         "push/upload-status",
         "Push: upload status (end-13)",
         push::upload_status(cx),
@@ -535,6 +547,12 @@ pub async fn run(target: &Target, select: &dyn Fn(&str) -> bool) -> Report {
         "push/mount-missing",
         "Push: Mounting a blob, not mountable: 202 (end-11)",
         push::mount_missing(cx),
+    )
+    .await;
+    r.check(
+        "push/concurrent-same-blob",
+        "Use Cases: Layer Upload De-duplication (end-6)",
+        push::concurrent_same_blob(cx),
     )
     .await;
 
@@ -712,6 +730,12 @@ pub async fn run(target: &Target, select: &dyn Fn(&str) -> bool) -> Report {
         "management/delete-blob",
         "Content Management: Deleting Blobs (end-10)",
         management::delete_blob(cx),
+    )
+    .await;
+    r.check(
+        "management/push-after-delete",
+        "Content Management: deleted content can be pushed again (end-9, end-10)",
+        management::push_after_delete(cx),
     )
     .await;
     r.check(

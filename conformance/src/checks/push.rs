@@ -242,6 +242,74 @@ pub async fn chunk_out_of_order(cx: &Ctx) -> Outcome {
     cx.blob_is(&repo, &blob).await
 }
 
+/// A first chunk that does not start at 0: 416.
+pub async fn first_chunk_not_zero(cx: &Ctx) -> Outcome {
+    let repo = repo(cx);
+    let upload = cx.start_upload(&repo, &[]).await?;
+    let size = chunk_size(&upload, 100);
+    let data = content::random_bytes(size);
+    let r = cx.patch(&cx.client, &upload.location, &data, size).await;
+    cx.cancel(&upload.location).await;
+    expect::status(&r?, 416)
+}
+
+/// A closing `PUT` whose final chunk does not follow the last byte: 416;
+/// the upload is unharmed and a `PUT` with the right chunk finishes it.
+pub async fn final_chunk_out_of_order(cx: &Ctx) -> Outcome {
+    let repo = repo(cx);
+    let upload = cx.start_upload(&repo, &[]).await?;
+    let size = chunk_size(&upload, 1000);
+    let blob = Blob::random(size * 3);
+    let at = patch_chunks(cx, &cx.client, upload.location, &blob.data, 0, size, size).await?;
+    let close = |from: usize| {
+        let url = with_query(&at, &[("digest", &blob.digest)]);
+        Request::new(Method::PUT, url)
+            .header(CONTENT_TYPE, OCTET_STREAM)
+            .header(
+                reqwest::header::CONTENT_RANGE,
+                format!("{from}-{}", blob.len() - 1),
+            )
+            .body(blob.data.slice(from..))
+    };
+    let r = cx.send(close(size * 2)).await?;
+    let refused = expect::status(&r, 416);
+    if refused.is_err() {
+        cx.cancel(&at).await;
+    }
+    refused?;
+    let (_, end) = status_of(&cx.client, &at).await?;
+    ensure!(
+        end == size - 1,
+        "after the refused final chunk, the upload status says Range 0-{end}, expected 0-{}",
+        size - 1
+    );
+    let r = cx.send(close(size)).await?;
+    expect::status(&r, 201)?;
+    cx.blob_is(&repo, &blob).await
+}
+
+/// Two sessions upload the same blob at once (the spec's "Layer Upload
+/// De-duplication"): both finish with 201 and the blob is whole.
+pub async fn concurrent_same_blob(cx: &Ctx) -> Outcome {
+    let repo = repo(cx);
+    let a = cx.start_upload(&repo, &[]).await?;
+    let b = cx.start_upload(&repo, &[]).await?;
+    let size = chunk_size(&a, 2500).max(b.min_chunk);
+    let blob = Blob::random(size * 2);
+    let half = size;
+    let a_at = patch_chunks(cx, &cx.client, a.location, &blob.data, 0, half, size).await?;
+    let b_at = patch_chunks(cx, &cx.client, b.location, &blob.data, 0, half, size).await?;
+    let a_at = patch_chunks(cx, &cx.client, a_at, &blob.data, half, blob.len(), size).await?;
+    let b_at = patch_chunks(cx, &cx.client, b_at, &blob.data, half, blob.len(), size).await?;
+    let (ra, rb) = futures::join!(
+        cx.put_upload(&cx.client, &a_at, &blob.digest, None),
+        cx.put_upload(&cx.client, &b_at, &blob.digest, None)
+    );
+    expect::status(&ra?, 201).map_err(|e| format!("first session: {e}"))?;
+    expect::status(&rb?, 201).map_err(|e| format!("second session: {e}"))?;
+    cx.blob_is(&repo, &blob).await
+}
+
 /// `GET <location>` during an upload: 204 with `Location` and
 /// `Range: 0-<last byte>`.
 pub async fn upload_status(cx: &Ctx) -> Outcome {
