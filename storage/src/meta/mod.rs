@@ -44,6 +44,7 @@ macro_rules! for_share {
 mod access;
 mod audit;
 mod blobs;
+mod builds;
 mod gc;
 mod manifests;
 mod quota;
@@ -51,6 +52,7 @@ mod quota;
 pub use access::{Project, Robot, RobotUpdate};
 pub use audit::{AuditEntry, AuditQuery, NewAuditEntry};
 pub use blobs::UploadRecord;
+pub use builds::{BuildRecord, BuildToken, LogLine};
 pub use gc::{GcCandidate, PrunableManifest};
 pub use quota::{Drift, Usage};
 

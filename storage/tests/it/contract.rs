@@ -974,3 +974,148 @@ async fn retention_keeps_the_newest_and_live_referrers(m: &Metadata) {
         .unwrap();
     assert_eq!(going.len(), 1);
 }
+
+contract!(the_build_queue);
+
+fn build_record(id: &str, project: &str) -> slipway_storage::meta::BuildRecord {
+    slipway_storage::meta::BuildRecord {
+        id: id.into(),
+        project: project.into(),
+        image_name: "web".into(),
+        source_url: "https://example.org/app.git".into(),
+        git_ref: "main".into(),
+        git_commit: "0".repeat(40),
+        builder: "platform/builder:bookworm".into(),
+        env: "{}".into(),
+        state: "pending".into(),
+        reason: None,
+        image_digest: None,
+        requested_by: "admin".into(),
+        created_at: slipway_storage::meta::now_ms(),
+        started_at: None,
+        finished_at: None,
+        worker: None,
+        cancel_requested: false,
+    }
+}
+
+async fn the_build_queue(m: &Metadata) {
+    m.project_create("tool-a", true, None, false).await.unwrap();
+    m.project_create("tool-b", true, None, false).await.unwrap();
+    m.build_insert(&build_record("a1", "tool-a"), 2)
+        .await
+        .unwrap();
+    m.build_insert(&build_record("a2", "tool-a"), 2)
+        .await
+        .unwrap();
+    assert!(
+        matches!(
+            m.build_insert(&build_record("a3", "tool-a"), 2).await,
+            Err(StorageError::Conflict(_))
+        ),
+        "two at most"
+    );
+    m.build_insert(&build_record("b1", "tool-b"), 2)
+        .await
+        .unwrap();
+    // One running build per project: a1, then b1 (a2 waits), then nothing.
+    let first = m.build_claim("w1", 1).await.unwrap().unwrap();
+    assert_eq!((first.id.as_str(), first.state.as_str()), ("a1", "running"));
+    let second = m.build_claim("w2", 1).await.unwrap().unwrap();
+    assert_eq!(second.id, "b1");
+    assert!(m.build_claim("w1", 1).await.unwrap().is_none());
+    // Logs in order.
+    m.build_log_append(
+        "a1",
+        1,
+        &[
+            ("detect".into(), "one".into()),
+            ("detect".into(), "two".into()),
+        ],
+    )
+    .await
+    .unwrap();
+    m.build_log_append("a1", 3, &[("build".into(), "three".into())])
+        .await
+        .unwrap();
+    let lines: Vec<String> = m
+        .build_log("a1", 1, 100)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|l| l.line)
+        .collect();
+    assert_eq!(lines, ["two", "three"]);
+    // Cancel: pending at once, running on the next heartbeat.
+    assert!(m.build_cancel("a2").await.unwrap());
+    assert_eq!(
+        m.build_by_id("a2").await.unwrap().unwrap().state,
+        "cancelled"
+    );
+    assert!(!m.build_heartbeat("a1").await.unwrap());
+    assert!(m.build_cancel("a1").await.unwrap());
+    assert!(
+        m.build_heartbeat("a1").await.unwrap(),
+        "the worker learns it should stop"
+    );
+    assert!(
+        m.build_finish("a1", "cancelled", Some("cancelled"), None)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !m.build_finish("a1", "succeeded", None, Some("sha256:x"))
+            .await
+            .unwrap(),
+        "a finished build stays as it ended"
+    );
+    assert!(!m.build_cancel("a1").await.unwrap());
+    // A worker that stops beating: its build fails with a reason.
+    assert_eq!(
+        m.builds_fail_stale(slipway_storage::meta::now_ms() + 1, "the worker stopped")
+            .await
+            .unwrap(),
+        vec!["b1".to_string()]
+    );
+    let b1 = m.build_get("tool-b", "b1").await.unwrap().unwrap();
+    assert_eq!(
+        (b1.state.as_str(), b1.reason.as_deref()),
+        ("failed", Some("the worker stopped"))
+    );
+    assert!(
+        m.build_get("tool-a", "b1").await.unwrap().is_none(),
+        "builds are per project"
+    );
+    let list: Vec<String> = m
+        .builds("tool-a", 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|b| b.id)
+        .collect();
+    assert_eq!(list.len(), 2);
+    assert!(m.build_delete("tool-a", "a1").await.unwrap());
+    assert!(m.build_log("a1", 0, 10).await.unwrap().is_empty());
+    // Tokens and approved builders.
+    m.build_token_create("tool-a", "ci", "$h").await.unwrap();
+    assert!(matches!(
+        m.build_token_create("tool-a", "ci", "$h").await,
+        Err(StorageError::Conflict(_))
+    ));
+    assert_eq!(m.build_tokens("tool-a").await.unwrap().len(), 1);
+    assert!(m.build_token_delete("tool-a", "ci").await.unwrap());
+    m.builder_approve("platform/builder:tiny", "admin")
+        .await
+        .unwrap();
+    assert!(
+        m.builder_is_approved("platform/builder:tiny")
+            .await
+            .unwrap()
+    );
+    assert!(m.builder_revoke("platform/builder:tiny").await.unwrap());
+    assert!(
+        !m.builder_is_approved("platform/builder:tiny")
+            .await
+            .unwrap()
+    );
+}

@@ -1,0 +1,535 @@
+//! The build queue, build logs, build tokens and approved builders.
+//!
+//! The queue is the `builds` table: a worker claims the oldest pending
+//! build whose project has room (a per-project limit on running builds) in
+//! one conditional update, so several workers — in one process or several —
+//! never take the same build. Running builds say they still run with a
+//! heartbeat; a build whose heartbeat stops (its process died) is failed
+//! with a reason and can be retried.
+
+use sqlx::Row;
+use sqlx::any::AnyRow;
+
+use super::{Metadata, now_ms};
+use crate::error::{Result, StorageError};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BuildRecord {
+    pub id: String,
+    pub project: String,
+    pub image_name: String,
+    pub source_url: String,
+    pub git_ref: String,
+    pub git_commit: String,
+    pub builder: String,
+    /// A JSON object of build-time variables.
+    pub env: String,
+    pub state: String,
+    pub reason: Option<String>,
+    pub image_digest: Option<String>,
+    pub requested_by: String,
+    pub created_at: i64,
+    pub started_at: Option<i64>,
+    pub finished_at: Option<i64>,
+    pub worker: Option<String>,
+    pub cancel_requested: bool,
+}
+
+impl BuildRecord {
+    pub fn finished(&self) -> bool {
+        matches!(
+            self.state.as_str(),
+            "succeeded" | "failed" | "cancelled" | "timed_out"
+        )
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogLine {
+    pub seq: i64,
+    pub at: i64,
+    pub phase: String,
+    pub line: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct BuildToken {
+    pub id: i64,
+    pub project: String,
+    pub name: String,
+    pub secret_hash: String,
+    pub created_at: i64,
+    pub last_used_at: Option<i64>,
+}
+
+macro_rules! build_select {
+    ($rest:literal) => {
+        concat!(
+            "SELECT id, project, image_name, source_url, git_ref, git_commit, builder, env, state, reason, ",
+            "image_digest, requested_by, created_at, started_at, finished_at, worker, cancel_requested FROM builds ",
+            $rest
+        )
+    };
+}
+
+fn build(r: AnyRow) -> BuildRecord {
+    BuildRecord {
+        id: r.get(0),
+        project: r.get(1),
+        image_name: r.get(2),
+        source_url: r.get(3),
+        git_ref: r.get(4),
+        git_commit: r.get(5),
+        builder: r.get(6),
+        env: r.get(7),
+        state: r.get(8),
+        reason: r.get(9),
+        image_digest: r.get(10),
+        requested_by: r.get(11),
+        created_at: r.get(12),
+        started_at: r.get(13),
+        finished_at: r.get(14),
+        worker: r.get(15),
+        cancel_requested: r.get::<i64, _>(16) != 0,
+    }
+}
+
+impl Metadata {
+    /// Queues a build, unless the project already has `per_project` builds
+    /// pending or running.
+    pub async fn build_insert(&self, b: &BuildRecord, per_project: u32) -> Result<()> {
+        let mut tx = self.write.begin().await?;
+        // One build queued at a time per project, across replicas: the
+        // project's row is the lock.
+        self.lock_project(&mut tx, &b.project).await?;
+        let active: i64 = sqlx::query(
+            "SELECT COUNT(*) FROM builds WHERE project = $1 AND state IN ('pending', 'running')",
+        )
+        .bind(&b.project)
+        .fetch_one(&mut *tx)
+        .await?
+        .get(0);
+        if active >= per_project as i64 {
+            return Err(StorageError::Conflict(format!(
+                "project {} already has {active} builds pending or running (at most {per_project}); \
+                 wait for one to finish or cancel one",
+                b.project
+            )));
+        }
+        sqlx::query(
+            "INSERT INTO builds (id, project, image_name, source_url, git_ref, git_commit, builder, env, \
+             state, requested_by, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'pending', $9, $10)",
+        )
+        .bind(&b.id)
+        .bind(&b.project)
+        .bind(&b.image_name)
+        .bind(&b.source_url)
+        .bind(&b.git_ref)
+        .bind(&b.git_commit)
+        .bind(&b.builder)
+        .bind(&b.env)
+        .bind(&b.requested_by)
+        .bind(b.created_at)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    pub async fn build_get(&self, project: &str, id: &str) -> Result<Option<BuildRecord>> {
+        let row = sqlx::query(build_select!("WHERE project = $1 AND id = $2"))
+            .bind(project)
+            .bind(id)
+            .fetch_optional(&self.read)
+            .await?;
+        Ok(row.map(build))
+    }
+
+    pub async fn build_by_id(&self, id: &str) -> Result<Option<BuildRecord>> {
+        let row = sqlx::query(build_select!("WHERE id = $1"))
+            .bind(id)
+            .fetch_optional(&self.write)
+            .await?;
+        Ok(row.map(build))
+    }
+
+    /// A project's builds, newest first.
+    pub async fn builds(&self, project: &str, limit: u32) -> Result<Vec<BuildRecord>> {
+        let rows = sqlx::query(build_select!(
+            "WHERE project = $1 ORDER BY created_at DESC, id DESC LIMIT $2"
+        ))
+        .bind(project)
+        .bind(limit.clamp(1, 1000) as i64)
+        .fetch_all(&self.read)
+        .await?;
+        Ok(rows.into_iter().map(build).collect())
+    }
+
+    /// Takes the oldest pending build whose project runs fewer than
+    /// `per_project` builds, for `worker`.
+    pub async fn build_claim(&self, worker: &str, per_project: u32) -> Result<Option<BuildRecord>> {
+        let now = now_ms();
+        let candidates = sqlx::query(
+            "SELECT id FROM builds b WHERE state = 'pending' AND \
+             (SELECT COUNT(*) FROM builds r WHERE r.project = b.project AND r.state = 'running') < $1 \
+             ORDER BY created_at, id LIMIT 5",
+        )
+        .bind(per_project as i64)
+        .fetch_all(&self.write)
+        .await?;
+        for c in candidates {
+            let id: String = c.get(0);
+            let n = sqlx::query(
+                "UPDATE builds SET state = 'running', started_at = $1, heartbeat_at = $1, worker = $2 \
+                 WHERE id = $3 AND state = 'pending'",
+            )
+            .bind(now)
+            .bind(worker)
+            .bind(&id)
+            .execute(&self.write)
+            .await?
+            .rows_affected();
+            if n == 1 {
+                return self.build_by_id(&id).await;
+            }
+        }
+        Ok(None)
+    }
+
+    /// Says a running build still runs; returns whether it was asked to
+    /// stop.
+    pub async fn build_heartbeat(&self, id: &str) -> Result<bool> {
+        sqlx::query("UPDATE builds SET heartbeat_at = $1 WHERE id = $2 AND state = 'running'")
+            .bind(now_ms())
+            .bind(id)
+            .execute(&self.write)
+            .await?;
+        let row = sqlx::query("SELECT cancel_requested FROM builds WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&self.write)
+            .await?;
+        Ok(row.is_some_and(|r| r.get::<i64, _>(0) != 0))
+    }
+
+    /// Ends a build (only once: a finished build stays as it ended).
+    pub async fn build_finish(
+        &self,
+        id: &str,
+        state: &str,
+        reason: Option<&str>,
+        digest: Option<&str>,
+    ) -> Result<bool> {
+        let n = sqlx::query(
+            "UPDATE builds SET state = $1, reason = $2, image_digest = $3, finished_at = $4 \
+             WHERE id = $5 AND state IN ('pending', 'running')",
+        )
+        .bind(state)
+        .bind(reason)
+        .bind(digest)
+        .bind(now_ms())
+        .bind(id)
+        .execute(&self.write)
+        .await?
+        .rows_affected();
+        Ok(n == 1)
+    }
+
+    /// Asks a build to stop: a pending one is cancelled at once, a running
+    /// one by its worker when it notices (at its next heartbeat). False
+    /// when it had finished already.
+    pub async fn build_cancel(&self, id: &str) -> Result<bool> {
+        let n = sqlx::query(
+            "UPDATE builds SET state = 'cancelled', reason = 'cancelled before it started', finished_at = $1 \
+             WHERE id = $2 AND state = 'pending'",
+        )
+        .bind(now_ms())
+        .bind(id)
+        .execute(&self.write)
+        .await?
+        .rows_affected();
+        if n == 1 {
+            return Ok(true);
+        }
+        Ok(sqlx::query(
+            "UPDATE builds SET cancel_requested = 1 WHERE id = $1 AND state = 'running'",
+        )
+        .bind(id)
+        .execute(&self.write)
+        .await?
+        .rows_affected()
+            == 1)
+    }
+
+    /// Fails running builds whose heartbeat stopped before `before_ms`.
+    pub async fn builds_fail_stale(&self, before_ms: i64, reason: &str) -> Result<Vec<String>> {
+        let rows =
+            sqlx::query("SELECT id FROM builds WHERE state = 'running' AND heartbeat_at < $1")
+                .bind(before_ms)
+                .fetch_all(&self.write)
+                .await?;
+        let mut failed = Vec::new();
+        for r in rows {
+            let id: String = r.get(0);
+            if self.build_finish(&id, "failed", Some(reason), None).await? {
+                failed.push(id);
+            }
+        }
+        Ok(failed)
+    }
+
+    /// Fails the running builds of `worker` (its process restarted).
+    pub async fn builds_fail_worker(&self, worker: &str, reason: &str) -> Result<u64> {
+        Ok(sqlx::query(
+            "UPDATE builds SET state = 'failed', reason = $1, finished_at = $2 \
+             WHERE worker = $3 AND state = 'running'",
+        )
+        .bind(reason)
+        .bind(now_ms())
+        .bind(worker)
+        .execute(&self.write)
+        .await?
+        .rows_affected())
+    }
+
+    /// Deletes a finished build and its log.
+    pub async fn build_delete(&self, project: &str, id: &str) -> Result<bool> {
+        let mut tx = self.write.begin().await?;
+        let n = sqlx::query(
+            "DELETE FROM builds WHERE project = $1 AND id = $2 \
+             AND state IN ('succeeded', 'failed', 'cancelled', 'timed_out')",
+        )
+        .bind(project)
+        .bind(id)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if n == 1 {
+            sqlx::query("DELETE FROM build_logs WHERE build_id = $1")
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(n == 1)
+    }
+
+    /// Appends log lines (phase, text) after sequence number `first_seq`.
+    pub async fn build_log_append(
+        &self,
+        id: &str,
+        first_seq: i64,
+        lines: &[(String, String)],
+    ) -> Result<()> {
+        let mut tx = self.write.begin().await?;
+        let now = now_ms();
+        for (i, (phase, line)) in lines.iter().enumerate() {
+            sqlx::query(
+                "INSERT INTO build_logs (build_id, seq, at, phase, line) VALUES ($1, $2, $3, $4, $5) \
+                 ON CONFLICT (build_id, seq) DO NOTHING",
+            )
+            .bind(id)
+            .bind(first_seq + i as i64)
+            .bind(now)
+            .bind(phase)
+            .bind(line)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Log lines after `after_seq`, in order.
+    pub async fn build_log(&self, id: &str, after_seq: i64, limit: u32) -> Result<Vec<LogLine>> {
+        let rows = sqlx::query(
+            "SELECT seq, at, phase, line FROM build_logs WHERE build_id = $1 AND seq > $2 ORDER BY seq LIMIT $3",
+        )
+        .bind(id)
+        .bind(after_seq)
+        .bind(limit.clamp(1, 100_000) as i64)
+        .fetch_all(&self.read)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| LogLine {
+                seq: r.get(0),
+                at: r.get(1),
+                phase: r.get(2),
+                line: r.get(3),
+            })
+            .collect())
+    }
+
+    // ----- build tokens ----------------------------------------------------
+
+    pub async fn build_token_create(
+        &self,
+        project: &str,
+        name: &str,
+        secret_hash: &str,
+    ) -> Result<BuildToken> {
+        let n = sqlx::query(
+            "INSERT INTO build_tokens (project, name, secret_hash, created_at) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (project, name) DO NOTHING",
+        )
+        .bind(project)
+        .bind(name)
+        .bind(secret_hash)
+        .bind(now_ms())
+        .execute(&self.write)
+        .await?
+        .rows_affected();
+        if n == 0 {
+            return Err(StorageError::Conflict(format!(
+                "build token {name} already exists in project {project}"
+            )));
+        }
+        self.build_token(project, name).await?.ok_or_else(|| {
+            StorageError::Corrupt("a build token vanished after its creation".into())
+        })
+    }
+
+    pub async fn build_token(&self, project: &str, name: &str) -> Result<Option<BuildToken>> {
+        let row = sqlx::query(
+            "SELECT id, project, name, secret_hash, created_at, last_used_at FROM build_tokens \
+             WHERE project = $1 AND name = $2",
+        )
+        .bind(project)
+        .bind(name)
+        .fetch_optional(&self.read)
+        .await?;
+        Ok(row.map(|r| BuildToken {
+            id: r.get(0),
+            project: r.get(1),
+            name: r.get(2),
+            secret_hash: r.get(3),
+            created_at: r.get(4),
+            last_used_at: r.get(5),
+        }))
+    }
+
+    pub async fn build_tokens(&self, project: &str) -> Result<Vec<BuildToken>> {
+        let rows = sqlx::query(
+            "SELECT id, project, name, secret_hash, created_at, last_used_at FROM build_tokens \
+             WHERE project = $1 ORDER BY name",
+        )
+        .bind(project)
+        .fetch_all(&self.read)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| BuildToken {
+                id: r.get(0),
+                project: r.get(1),
+                name: r.get(2),
+                secret_hash: r.get(3),
+                created_at: r.get(4),
+                last_used_at: r.get(5),
+            })
+            .collect())
+    }
+
+    pub async fn build_token_delete(&self, project: &str, name: &str) -> Result<bool> {
+        Ok(
+            sqlx::query("DELETE FROM build_tokens WHERE project = $1 AND name = $2")
+                .bind(project)
+                .bind(name)
+                .execute(&self.write)
+                .await?
+                .rows_affected()
+                == 1,
+        )
+    }
+
+    pub async fn build_token_touch(&self, id: i64) -> Result<()> {
+        sqlx::query("UPDATE build_tokens SET last_used_at = $1 WHERE id = $2")
+            .bind(now_ms())
+            .bind(id)
+            .execute(&self.write)
+            .await?;
+        Ok(())
+    }
+
+    // ----- approved builders ------------------------------------------------
+
+    pub async fn builder_approve(&self, image: &str, by: &str) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO approved_builders (image, approved_by, approved_at) VALUES ($1, $2, $3) \
+             ON CONFLICT (image) DO NOTHING",
+        )
+        .bind(image)
+        .bind(by)
+        .bind(now_ms())
+        .execute(&self.write)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn builder_revoke(&self, image: &str) -> Result<bool> {
+        Ok(
+            sqlx::query("DELETE FROM approved_builders WHERE image = $1")
+                .bind(image)
+                .execute(&self.write)
+                .await?
+                .rows_affected()
+                == 1,
+        )
+    }
+
+    pub async fn builders_approved(&self) -> Result<Vec<(String, String, i64)>> {
+        let rows = sqlx::query(
+            "SELECT image, approved_by, approved_at FROM approved_builders ORDER BY image",
+        )
+        .fetch_all(&self.read)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| (r.get(0), r.get(1), r.get(2)))
+            .collect())
+    }
+
+    pub async fn builder_is_approved(&self, image: &str) -> Result<bool> {
+        Ok(
+            sqlx::query("SELECT 1 FROM approved_builders WHERE image = $1")
+                .bind(image)
+                .fetch_optional(&self.read)
+                .await?
+                .is_some(),
+        )
+    }
+
+    /// Holds `bytes` of the project's quota for a build, under a key of its
+    /// own, until it ends or `ttl_ms` passes. Refused when it does not fit.
+    pub async fn build_reserve(
+        &self,
+        project: &str,
+        build_id: &str,
+        bytes: u64,
+        ttl_ms: i64,
+    ) -> Result<()> {
+        let mut tx = self.write.begin().await?;
+        let budget = self.lock_project(&mut tx, project).await?;
+        self.admit(&mut tx, &budget, bytes, 0).await?;
+        sqlx::query(
+            "INSERT INTO reservations (project, digest, bytes, expires_at) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (project, digest) DO UPDATE SET bytes = excluded.bytes, expires_at = excluded.expires_at",
+        )
+        .bind(project)
+        .bind(format!("build:{build_id}"))
+        .bind(bytes as i64)
+        .bind(now_ms() + ttl_ms)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    pub async fn build_release(&self, project: &str, build_id: &str) -> Result<()> {
+        sqlx::query("DELETE FROM reservations WHERE project = $1 AND digest = $2")
+            .bind(project)
+            .bind(format!("build:{build_id}"))
+            .execute(&self.write)
+            .await?;
+        Ok(())
+    }
+}
