@@ -23,7 +23,42 @@ pub struct Config {
     pub auth: AuthConfig,
     pub quota: QuotaConfig,
     pub gc: GcConfig,
+    pub builds: BuildsConfig,
     pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BuildsConfig {
+    /// Build workers in this process (0: this process runs no builds; other
+    /// `slipway serve` processes on the same database may).
+    pub workers: u32,
+    /// Builds a project may have pending or running at once (more: 409).
+    pub per_project: u32,
+    /// Longest a build may run, in seconds.
+    pub timeout_secs: u64,
+    /// The builder used when a build names none (it must be approved).
+    pub default_builder: String,
+    /// Unpacked builders and layer caches; empty: `<data_dir>/builds`.
+    pub cache_dir: PathBuf,
+    /// How builds reach this registry; empty: `http://<listen address>`.
+    pub registry_url: String,
+    /// The builder identity's password; empty: `<data_dir>/builder-password`.
+    pub builder_password: Secret,
+}
+
+impl Default for BuildsConfig {
+    fn default() -> Self {
+        BuildsConfig {
+            workers: 1,
+            per_project: 2,
+            timeout_secs: 1800,
+            default_builder: "platform/builder:bookworm".into(),
+            cache_dir: PathBuf::new(),
+            registry_url: String::new(),
+            builder_password: Secret::default(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -267,6 +302,7 @@ impl Default for Config {
             auth: AuthConfig::default(),
             quota: QuotaConfig::default(),
             gc: GcConfig::default(),
+            builds: BuildsConfig::default(),
             log: LogConfig::default(),
         }
     }
@@ -321,7 +357,7 @@ pub struct Overrides {
 /// The keys of [`Config`]: environment variables starting with anything
 /// else are not configuration.
 const TOP_LEVEL_KEYS: &[&str] = &[
-    "listen", "data_dir", "database", "storage", "limits", "auth", "quota", "gc", "log",
+    "listen", "data_dir", "database", "storage", "limits", "auth", "quota", "gc", "builds", "log",
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -442,6 +478,14 @@ impl Config {
             self.data_dir.join("token-signing-key.pem")
         } else {
             self.auth.key_file.clone()
+        }
+    }
+
+    pub fn build_cache_dir(&self) -> PathBuf {
+        if self.builds.cache_dir.as_os_str().is_empty() {
+            self.data_dir.join("builds")
+        } else {
+            self.builds.cache_dir.clone()
         }
     }
 
