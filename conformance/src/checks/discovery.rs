@@ -462,6 +462,37 @@ pub async fn referrers_filter(cx: &Ctx) -> Outcome {
     same_descriptors(&r.request, &got, &want)
 }
 
+/// A manifest whose `artifactType` is the empty string is listed with its
+/// config's media type ("If the artifactType is empty or missing …"), or
+/// refused as invalid (400 `MANIFEST_INVALID`).
+pub async fn referrers_empty_artifact_type(cx: &Ctx) -> Outcome {
+    let repo = cx.repo("artifacts-empty-type");
+    let subject = Image::oci(&[64]);
+    cx.push_image(&repo, "subject", &subject).await?;
+    let config_type = "application/vnd.example.empty-type.config.v1+json";
+    let a = artifact(
+        &subject.manifest,
+        Some(""),
+        Some(config_type),
+        json!({"k": "v"}),
+    );
+    cx.push_blobs(&repo, &a.blobs).await?;
+    let r = cx
+        .put_manifest(&repo, &a.manifest.digest, &a.manifest)
+        .await?;
+    if r.status() == 400 {
+        expect::error(&r, 400, &["MANIFEST_INVALID"])?;
+        cx.note("refused: artifactType \"\" is not a media type");
+        return Ok(());
+    }
+    expect::status(&r, 201)?;
+    let (got, r) = referrers(cx, &repo, &subject.manifest.digest, &[]).await?;
+    let mut want = a.manifest.descriptor();
+    want["artifactType"] = json!(config_type);
+    want["annotations"] = json!({"k": "v"});
+    same_descriptors(&r.request, &got, &[want])
+}
+
 /// A subject with no referrers: 200 and an empty index.
 pub async fn referrers_unknown_subject(cx: &Ctx) -> Outcome {
     let f = cx.referrers_fixture().await?;

@@ -30,7 +30,8 @@ async fn tags(cx: &Ctx, repo: &str) -> Outcome<Vec<String>> {
 }
 
 /// `DELETE /manifests/<tag>`: 202; the tag is gone (404
-/// `MANIFEST_UNKNOWN`), the manifest and its other tags stay.
+/// `MANIFEST_UNKNOWN`, also to a second `DELETE`), the manifest and its
+/// other tags stay.
 pub async fn delete_tag(cx: &Ctx) -> Outcome {
     let repo = repo(cx);
     let image = Image::oci(&[100]);
@@ -50,7 +51,8 @@ pub async fn delete_tag(cx: &Ctx) -> Outcome {
         listed.iter().any(|t| t == "keep") && !listed.iter().any(|t| t == "drop"),
         "after deleting tag drop, the tags list is {listed:?}"
     );
-    Ok(())
+    let r = cx.delete(cx.v2(&repo, "manifests/drop")?).await?;
+    expect::error(&r, 404, &["MANIFEST_UNKNOWN"]).map_err(|e| format!("deleting it again: {e}"))
 }
 
 /// `DELETE /manifests/<digest>`: 202; the digest and every tag that named

@@ -55,6 +55,29 @@ pub async fn put_by_digest(cx: &Ctx) -> Outcome {
     expect::body_eq(&r, &image.manifest.body)
 }
 
+/// `PUT /manifests/sha512:…`: 201, and `Docker-Content-Digest` is that
+/// digest ("MUST be equal to the client provided digest"); the manifest
+/// is then served by it. SHA-512 is optional (image-spec: MAY), so a
+/// registry may refuse the algorithm: 400 `DIGEST_INVALID`.
+pub async fn put_by_sha512_digest(cx: &Ctx) -> Outcome {
+    let repo = repo(cx);
+    let image = Image::oci(&[300]);
+    cx.push_blobs(&repo, &image.blobs).await?;
+    let digest = crate::content::sha512(&image.manifest.body);
+    let r = cx.put_manifest(&repo, &digest, &image.manifest).await?;
+    if r.status() == 400 {
+        expect::error(&r, 400, &["DIGEST_INVALID"])?;
+        cx.note("refused: sha512 manifests unsupported (MAY)");
+        return Ok(());
+    }
+    expect::status(&r, 201)?;
+    expect::header_eq(&r, "Docker-Content-Digest", &digest)?;
+    expect::header(&r, "Location")?;
+    let r = cx.fetch_manifest(Method::GET, &repo, &digest).await?;
+    expect::status(&r, 200)?;
+    expect::body_eq(&r, &image.manifest.body)
+}
+
 /// A manifest with tabs, a trailing newline, escaped characters and an
 /// unusual key order comes back byte for byte, by tag and by digest.
 pub async fn byte_exact(cx: &Ctx) -> Outcome {

@@ -405,6 +405,12 @@ pub async fn run(target: &Target, select: &dyn Fn(&str) -> bool) -> Report {
     )
     .await;
     r.check(
+        "pull/blob-range-unknown-unit",
+        "Pull: Pulling blobs, Range with an unknown unit is ignored (RFC 9110 14.2)",
+        pull::blob_range_unknown_unit(cx),
+    )
+    .await;
+    r.check(
         "pull/blob-range-unsatisfiable",
         "Pull: Pulling blobs, Range (RFC 9110 15.5.17)",
         pull::blob_range_unsatisfiable(cx),
@@ -521,13 +527,13 @@ pub async fn run(target: &Target, select: &dyn Fn(&str) -> bool) -> Report {
     .await;
     r.check(
         "push/sha512-monolithic",
-        "Push: digest algorithms other than sha256 (end-4b)",
+        "Push: sha512 blobs, single POST (end-4b; image-spec MAY, required here)",
         push::sha512_monolithic(cx),
     )
     .await;
     r.check(
         "push/sha512-chunked",
-        "Push: digest-algorithm=sha512 (end-4c, end-5, end-6)",
+        "Push: sha512 blobs, digest-algorithm=sha512 (end-4c, end-5, end-6; MAY, required here)",
         push::sha512_chunked(cx),
     )
     .await;
@@ -566,6 +572,12 @@ pub async fn run(target: &Target, select: &dyn Fn(&str) -> bool) -> Report {
         "manifest/put-by-digest",
         "Push: Pushing Manifests (end-7a)",
         manifests::put_by_digest(cx),
+    )
+    .await;
+    r.check(
+        "manifest/put-by-sha512-digest",
+        "Push: Pushing Manifests, Docker-Content-Digest equals the client's digest (end-7a)",
+        manifests::put_by_sha512_digest(cx),
     )
     .await;
     r.check(
@@ -701,6 +713,7 @@ pub async fn run(target: &Target, select: &dyn Fn(&str) -> bool) -> Report {
         discovery::referrers_filter(cx),
     )
     .await;
+    r.check("discovery/referrers-empty-artifact-type", "Content Discovery: Listing Referrers, empty artifactType: the config's mediaType (end-12a)", discovery::referrers_empty_artifact_type(cx)).await;
     r.check(
         "discovery/referrers-unknown-subject",
         "Content Discovery: Listing Referrers, no referrers (end-12a)",

@@ -209,6 +209,14 @@ pub async fn blob_range_open(cx: &Ctx) -> Outcome {
     expect::body_eq(&r, &blob.data[size - 100..])
 }
 
+/// `Range: items=0-9`, a unit the server does not know: RFC 9110 14.2
+/// says an origin server MUST ignore it, so 200 with the whole blob.
+pub async fn blob_range_unknown_unit(cx: &Ctx) -> Outcome {
+    let (r, blob) = ranged(cx, "items=0-9").await?;
+    expect::status(&r, 200)?;
+    expect::body_eq(&r, &blob.data)
+}
+
 /// A range wholly past the end: 416, and `Content-Range: bytes */<size>`
 /// if the header is sent.
 pub async fn blob_range_unsatisfiable(cx: &Ctx) -> Outcome {
