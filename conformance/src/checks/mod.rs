@@ -289,6 +289,13 @@ pub fn short(digest: &str) -> String {
     digest.chars().take(19).collect::<String>() + "…"
 }
 
+/// Runs each check in order: `"name", "spec section" => future;`.
+macro_rules! checks {
+    ($runner:ident; $($name:literal, $section:literal => $check:expr;)*) => {
+        $($runner.check($name, $section, $check).await;)*
+    };
+}
+
 /// Runs every check (or those `select` keeps) and reports.
 pub async fn run(target: &Target, select: &dyn Fn(&str) -> bool) -> Report {
     let client = match Client::new(target) {
@@ -319,505 +326,180 @@ pub async fn run(target: &Target, select: &dyn Fn(&str) -> bool) -> Report {
     };
     let cx = &cx;
 
-    r.check(
-        "base/api-version",
-        "Determining Support (end-1)",
-        base::api_version(cx),
-    )
-    .await;
-    r.check(
-        "base/auth-challenge",
-        "Error Codes: UNAUTHORIZED (end-1)",
-        base::auth_challenge(cx),
-    )
-    .await;
+    checks! { r;
+        "base/api-version", "Determining Support (end-1)"
+            => base::api_version(cx);
+        "base/auth-challenge", "Error Codes: UNAUTHORIZED (end-1)"
+            => base::auth_challenge(cx);
 
-    r.check(
-        "pull/manifest-get-by-tag",
-        "Pull: Pulling manifests (end-3)",
-        pull::manifest_get(cx, pull::ByTag),
-    )
-    .await;
-    r.check(
-        "pull/manifest-head-by-tag",
-        "Pull: Checking if content exists (end-3)",
-        pull::manifest_head(cx, pull::ByTag),
-    )
-    .await;
-    r.check(
-        "pull/manifest-get-by-digest",
-        "Pull: Pulling manifests (end-3)",
-        pull::manifest_get(cx, pull::ByDigest),
-    )
-    .await;
-    r.check(
-        "pull/manifest-head-by-digest",
-        "Pull: Checking if content exists (end-3)",
-        pull::manifest_head(cx, pull::ByDigest),
-    )
-    .await;
-    r.check(
-        "pull/negotiate-oci-manifest",
-        "Pull: Pulling manifests, Content Negotiation",
-        pull::negotiate(cx, pull::Kind::OciManifest),
-    )
-    .await;
-    r.check(
-        "pull/negotiate-oci-index",
-        "Pull: Pulling manifests, Content Negotiation",
-        pull::negotiate(cx, pull::Kind::OciIndex),
-    )
-    .await;
-    r.check(
-        "pull/negotiate-docker-manifest",
-        "Pull: Pulling manifests, Content Negotiation",
-        pull::negotiate(cx, pull::Kind::DockerManifest),
-    )
-    .await;
-    r.check(
-        "pull/negotiate-docker-list",
-        "Pull: Pulling manifests, Content Negotiation",
-        pull::negotiate(cx, pull::Kind::DockerList),
-    )
-    .await;
-    r.check(
-        "pull/blob-get",
-        "Pull: Pulling blobs (end-2)",
-        pull::blob_get(cx),
-    )
-    .await;
-    r.check(
-        "pull/blob-head",
-        "Pull: Checking if content exists (end-2)",
-        pull::blob_head(cx),
-    )
-    .await;
-    r.check(
-        "pull/blob-range",
-        "Pull: Pulling blobs, Range (RFC 9110 14)",
-        pull::blob_range(cx),
-    )
-    .await;
-    r.check(
-        "pull/blob-range-open-ended",
-        "Pull: Pulling blobs, Range (RFC 9110 14)",
-        pull::blob_range_open(cx),
-    )
-    .await;
-    r.check(
-        "pull/blob-range-unknown-unit",
-        "Pull: Pulling blobs, Range with an unknown unit is ignored (RFC 9110 14.2)",
-        pull::blob_range_unknown_unit(cx),
-    )
-    .await;
-    r.check(
-        "pull/blob-range-unsatisfiable",
-        "Pull: Pulling blobs, Range (RFC 9110 15.5.17)",
-        pull::blob_range_unsatisfiable(cx),
-    )
-    .await;
-    r.check(
-        "pull/manifest-unknown",
-        "Pull: Pulling manifests (end-3, code-7)",
-        pull::manifest_unknown(cx),
-    )
-    .await;
-    r.check(
-        "pull/blob-unknown",
-        "Pull: Pulling blobs (end-2, code-1)",
-        pull::blob_unknown(cx),
-    )
-    .await;
-    r.check(
-        "pull/repository-unknown",
-        "Push: Pushing Manifests, nonexistent repository (code-9)",
-        pull::repository_unknown(cx),
-    )
-    .await;
-    r.check(
-        "pull/repository-scoping",
-        "Pull: content of another repository is not found (end-2, end-3)",
-        pull::repository_scoping(cx),
-    )
-    .await;
+        "pull/manifest-get-by-tag", "Pull: Pulling manifests (end-3)"
+            => pull::manifest_get(cx, pull::ByTag);
+        "pull/manifest-head-by-tag", "Pull: Checking if content exists (end-3)"
+            => pull::manifest_head(cx, pull::ByTag);
+        "pull/manifest-get-by-digest", "Pull: Pulling manifests (end-3)"
+            => pull::manifest_get(cx, pull::ByDigest);
+        "pull/manifest-head-by-digest", "Pull: Checking if content exists (end-3)"
+            => pull::manifest_head(cx, pull::ByDigest);
+        "pull/negotiate-oci-manifest", "Pull: Pulling manifests, Content Negotiation"
+            => pull::negotiate(cx, pull::Kind::OciManifest);
+        "pull/negotiate-oci-index", "Pull: Pulling manifests, Content Negotiation"
+            => pull::negotiate(cx, pull::Kind::OciIndex);
+        "pull/negotiate-docker-manifest", "Pull: Pulling manifests, Content Negotiation"
+            => pull::negotiate(cx, pull::Kind::DockerManifest);
+        "pull/negotiate-docker-list", "Pull: Pulling manifests, Content Negotiation"
+            => pull::negotiate(cx, pull::Kind::DockerList);
+        "pull/blob-get", "Pull: Pulling blobs (end-2)"
+            => pull::blob_get(cx);
+        "pull/blob-head", "Pull: Checking if content exists (end-2)"
+            => pull::blob_head(cx);
+        "pull/blob-range", "Pull: Pulling blobs, Range (RFC 9110 14)"
+            => pull::blob_range(cx);
+        "pull/blob-range-open-ended", "Pull: Pulling blobs, Range (RFC 9110 14)"
+            => pull::blob_range_open(cx);
+        "pull/blob-range-unknown-unit", "Pull: Pulling blobs, Range with an unknown unit is ignored (RFC 9110 14.2)"
+            => pull::blob_range_unknown_unit(cx);
+        "pull/blob-range-unsatisfiable", "Pull: Pulling blobs, Range (RFC 9110 15.5.17)"
+            => pull::blob_range_unsatisfiable(cx);
+        "pull/manifest-unknown", "Pull: Pulling manifests (end-3, code-7)"
+            => pull::manifest_unknown(cx);
+        "pull/blob-unknown", "Pull: Pulling blobs (end-2, code-1)"
+            => pull::blob_unknown(cx);
+        "pull/repository-unknown", "Push: Pushing Manifests, nonexistent repository (code-9)"
+            => pull::repository_unknown(cx);
+        "pull/repository-scoping", "Pull: content of another repository is not found (end-2, end-3)"
+            => pull::repository_scoping(cx);
 
-    r.check(
-        "push/monolithic-post",
-        "Push: Single POST (end-4b)",
-        push::monolithic_post(cx),
-    )
-    .await;
-    r.check(
-        "push/monolithic-digest-mismatch",
-        "Push: Single POST with a wrong digest (end-4b, code-4)",
-        push::monolithic_digest_mismatch(cx),
-    )
-    .await;
-    r.check(
-        "push/post-then-put",
-        "Push: POST then PUT (end-4a, end-6)",
-        push::post_then_put(cx),
-    )
-    .await;
-    r.check(
-        "push/chunked",
-        "Push: Pushing a blob in chunks (end-5, end-6)",
-        push::chunked(cx, false),
-    )
-    .await;
-    r.check(
-        "push/chunked-last-in-put",
-        "Push: Pushing a blob in chunks, final chunk in PUT (end-6)",
-        push::chunked(cx, true),
-    )
-    .await;
-    r.check(
-        "push/chunk-out-of-order",
-        "Push: Pushing a blob in chunks, out of order: 416 (end-5)",
-        push::chunk_out_of_order(cx),
-    )
-    .await;
-    r.check(
-        "push/first-chunk-not-zero",
-        "Push: the first chunk's range MUST begin with 0: 416 (end-5)",
-        push::first_chunk_not_zero(cx),
-    )
-    .await;
-    r.check(
-        "push/final-chunk-out-of-order",
-        "Push: closing PUT with an out-of-order final chunk: 416 (end-6)",
-        push::final_chunk_out_of_order(cx),
-    )
-    .await;
-    r.check(
-        "push/upload-status",
-        "Push: upload status (end-13)",
-        push::upload_status(cx),
-    )
-    .await;
-    r.check(
-        "push/upload-resume",
-        "Use Cases: Resumable Push (end-13, end-5)",
-        push::upload_resume(cx),
-    )
-    .await;
-    r.check(
-        "push/upload-cancel",
-        "Push: Cancel a blob upload (end-14, code-3)",
-        push::upload_cancel(cx),
-    )
-    .await;
-    r.check(
-        "push/upload-unknown",
-        "Push: unknown upload session (end-5, end-13, code-3)",
-        push::upload_unknown(cx),
-    )
-    .await;
-    r.check(
-        "push/upload-finished",
-        "Push: a closed session is unknown (end-13, code-3)",
-        push::upload_finished(cx),
-    )
-    .await;
-    r.check(
-        "push/digest-mismatch",
-        "Push: closing PUT with a wrong digest (end-6, code-4)",
-        push::digest_mismatch(cx),
-    )
-    .await;
-    r.check(
-        "push/sha512-monolithic",
-        "Push: sha512 blobs, single POST (end-4b; image-spec MAY, required here)",
-        push::sha512_monolithic(cx),
-    )
-    .await;
-    r.check(
-        "push/sha512-chunked",
-        "Push: sha512 blobs, digest-algorithm=sha512 (end-4c, end-5, end-6; MAY, required here)",
-        push::sha512_chunked(cx),
-    )
-    .await;
-    r.check(
-        "push/empty-blob",
-        "Push: POST then PUT of a zero-length blob (end-6)",
-        push::empty_blob(cx),
-    )
-    .await;
-    r.check(
-        "push/mount",
-        "Push: Mounting a blob from another repository (end-11)",
-        push::mount(cx),
-    )
-    .await;
-    r.check(
-        "push/mount-missing",
-        "Push: Mounting a blob, not mountable: 202 (end-11)",
-        push::mount_missing(cx),
-    )
-    .await;
-    r.check(
-        "push/concurrent-same-blob",
-        "Use Cases: Layer Upload De-duplication (end-6)",
-        push::concurrent_same_blob(cx),
-    )
-    .await;
+        "push/monolithic-post", "Push: Single POST (end-4b)"
+            => push::monolithic_post(cx);
+        "push/monolithic-digest-mismatch", "Push: Single POST with a wrong digest (end-4b, code-4)"
+            => push::monolithic_digest_mismatch(cx);
+        "push/post-then-put", "Push: POST then PUT (end-4a, end-6)"
+            => push::post_then_put(cx);
+        "push/chunked", "Push: Pushing a blob in chunks (end-5, end-6)"
+            => push::chunked(cx, false);
+        "push/chunked-last-in-put", "Push: Pushing a blob in chunks, final chunk in PUT (end-6)"
+            => push::chunked(cx, true);
+        "push/chunk-out-of-order", "Push: Pushing a blob in chunks, out of order: 416 (end-5)"
+            => push::chunk_out_of_order(cx);
+        "push/first-chunk-not-zero", "Push: the first chunk's range MUST begin with 0: 416 (end-5)"
+            => push::first_chunk_not_zero(cx);
+        "push/final-chunk-out-of-order", "Push: closing PUT with an out-of-order final chunk: 416 (end-6)"
+            => push::final_chunk_out_of_order(cx);
+        "push/upload-status", "Push: upload status (end-13)"
+            => push::upload_status(cx);
+        "push/upload-resume", "Use Cases: Resumable Push (end-13, end-5)"
+            => push::upload_resume(cx);
+        "push/upload-cancel", "Push: Cancel a blob upload (end-14, code-3)"
+            => push::upload_cancel(cx);
+        "push/upload-unknown", "Push: unknown upload session (end-5, end-13, code-3)"
+            => push::upload_unknown(cx);
+        "push/upload-finished", "Push: a closed session is unknown (end-13, code-3)"
+            => push::upload_finished(cx);
+        "push/digest-mismatch", "Push: closing PUT with a wrong digest (end-6, code-4)"
+            => push::digest_mismatch(cx);
+        "push/sha512-monolithic", "Push: sha512 blobs, single POST (end-4b; image-spec MAY, required here)"
+            => push::sha512_monolithic(cx);
+        "push/sha512-chunked", "Push: sha512 blobs, digest-algorithm=sha512 (end-4c, end-5, end-6; MAY, required here)"
+            => push::sha512_chunked(cx);
+        "push/empty-blob", "Push: POST then PUT of a zero-length blob (end-6)"
+            => push::empty_blob(cx);
+        "push/mount", "Push: Mounting a blob from another repository (end-11)"
+            => push::mount(cx);
+        "push/mount-missing", "Push: Mounting a blob, not mountable: 202 (end-11)"
+            => push::mount_missing(cx);
+        "push/concurrent-same-blob", "Use Cases: Layer Upload De-duplication (end-6)"
+            => push::concurrent_same_blob(cx);
 
-    r.check(
-        "manifest/put-by-tag",
-        "Push: Pushing Manifests (end-7a)",
-        manifests::put_by_tag(cx),
-    )
-    .await;
-    r.check(
-        "manifest/put-by-digest",
-        "Push: Pushing Manifests (end-7a)",
-        manifests::put_by_digest(cx),
-    )
-    .await;
-    r.check(
-        "manifest/put-by-sha512-digest",
-        "Push: Pushing Manifests, Docker-Content-Digest equals the client's digest (end-7a)",
-        manifests::put_by_sha512_digest(cx),
-    )
-    .await;
-    r.check(
-        "manifest/byte-exact",
-        "Push: Pushing Manifests, exact byte representation",
-        manifests::byte_exact(cx),
-    )
-    .await;
-    r.check(
-        "manifest/content-type-parameters",
-        "Push: Pushing Manifests, Content-Type parameters ignored (SHOULD)",
-        manifests::content_type_parameters(cx),
-    )
-    .await;
-    r.check(
-        "manifest/digest-mismatch",
-        "Push: Pushing Manifests by digest (code-4)",
-        manifests::digest_mismatch(cx),
-    )
-    .await;
-    r.check(
-        "manifest/invalid-json",
-        "Push: Pushing Manifests (code-6)",
-        manifests::invalid_json(cx),
-    )
-    .await;
-    r.check(
-        "manifest/invalid-schema",
-        "Push: Pushing Manifests (code-6)",
-        manifests::invalid_schema(cx),
-    )
-    .await;
-    r.check(
-        "manifest/unknown-media-type",
-        "Push: Pushing Manifests (code-6)",
-        manifests::unknown_media_type(cx),
-    )
-    .await;
-    r.check(
-        "manifest/blob-unknown",
-        "Push: manifests referencing missing blobs (code-5)",
-        manifests::blob_unknown(cx),
-    )
-    .await;
-    r.check(
-        "manifest/index-child-unknown",
-        "Push: indexes referencing missing manifests (code-5)",
-        manifests::index_child_unknown(cx),
-    )
-    .await;
-    r.check(
-        "manifest/subject-header",
-        "Push: Pushing Manifests with Subject (OCI-Subject)",
-        manifests::subject_header(cx),
-    )
-    .await;
-    r.check(
-        "manifest/subject-unknown-accepted",
-        "Push: subject referencing a missing manifest is accepted",
-        manifests::subject_unknown(cx),
-    )
-    .await;
-    r.check(
-        "manifest/tag-overwrite",
-        "Push: Pushing Manifests, a tag moves (end-7a, end-3)",
-        manifests::tag_overwrite(cx),
-    )
-    .await;
-    r.check(
-        "manifest/tag-parameters",
-        "Push: Pushing Manifests with ?tag= (end-7b, OCI-Tag)",
-        manifests::tag_parameters(cx),
-    )
-    .await;
-    r.check(
-        "manifest/large",
-        "Push: Pushing Manifests of 4 megabytes (SHOULD)",
-        manifests::large(cx),
-    )
-    .await;
-    r.check(
-        "manifest/tag-max-length",
-        "Pulling manifests: a 128-character tag",
-        manifests::tag_max_length(cx),
-    )
-    .await;
+        "manifest/put-by-tag", "Push: Pushing Manifests (end-7a)"
+            => manifests::put_by_tag(cx);
+        "manifest/put-by-digest", "Push: Pushing Manifests (end-7a)"
+            => manifests::put_by_digest(cx);
+        "manifest/put-by-sha512-digest", "Push: Pushing Manifests, Docker-Content-Digest equals the client's digest (end-7a)"
+            => manifests::put_by_sha512_digest(cx);
+        "manifest/byte-exact", "Push: Pushing Manifests, exact byte representation"
+            => manifests::byte_exact(cx);
+        "manifest/content-type-parameters", "Push: Pushing Manifests, Content-Type parameters ignored (SHOULD)"
+            => manifests::content_type_parameters(cx);
+        "manifest/digest-mismatch", "Push: Pushing Manifests by digest (code-4)"
+            => manifests::digest_mismatch(cx);
+        "manifest/invalid-json", "Push: Pushing Manifests (code-6)"
+            => manifests::invalid_json(cx);
+        "manifest/invalid-schema", "Push: Pushing Manifests (code-6)"
+            => manifests::invalid_schema(cx);
+        "manifest/unknown-media-type", "Push: Pushing Manifests (code-6)"
+            => manifests::unknown_media_type(cx);
+        "manifest/blob-unknown", "Push: manifests referencing missing blobs (code-5)"
+            => manifests::blob_unknown(cx);
+        "manifest/index-child-unknown", "Push: indexes referencing missing manifests (code-5)"
+            => manifests::index_child_unknown(cx);
+        "manifest/subject-header", "Push: Pushing Manifests with Subject (OCI-Subject)"
+            => manifests::subject_header(cx);
+        "manifest/subject-unknown-accepted", "Push: subject referencing a missing manifest is accepted"
+            => manifests::subject_unknown(cx);
+        "manifest/tag-overwrite", "Push: Pushing Manifests, a tag moves (end-7a, end-3)"
+            => manifests::tag_overwrite(cx);
+        "manifest/tag-parameters", "Push: Pushing Manifests with ?tag= (end-7b, OCI-Tag)"
+            => manifests::tag_parameters(cx);
+        "manifest/large", "Push: Pushing Manifests of 4 megabytes (SHOULD)"
+            => manifests::large(cx);
+        "manifest/tag-max-length", "Pulling manifests: a 128-character tag"
+            => manifests::tag_max_length(cx);
 
-    r.check(
-        "discovery/tags-list",
-        "Content Discovery: Listing Tags (end-8a)",
-        discovery::tags_list(cx),
-    )
-    .await;
-    r.check(
-        "discovery/tags-n",
-        "Content Discovery: Listing Tags, n (end-8b)",
-        discovery::tags_n(cx),
-    )
-    .await;
-    r.check(
-        "discovery/tags-last",
-        "Content Discovery: Listing Tags, last (end-8b)",
-        discovery::tags_last(cx),
-    )
-    .await;
-    r.check(
-        "discovery/tags-link",
-        "Content Discovery: Listing Tags, Link rel=\"next\" (end-8b; MAY, required here)",
-        discovery::tags_link(cx),
-    )
-    .await;
-    r.check(
-        "discovery/tags-n-zero",
-        "Content Discovery: Listing Tags, n=0 (end-8b)",
-        discovery::tags_n_zero(cx),
-    )
-    .await;
-    r.check(
-        "discovery/tags-unknown-repo",
-        "Content Discovery: Listing Tags, unknown repository (end-8a, code-9)",
-        discovery::tags_unknown_repo(cx),
-    )
-    .await;
-    r.check(
-        "discovery/referrers-list",
-        "Content Discovery: Listing Referrers (end-12a)",
-        discovery::referrers_list(cx),
-    )
-    .await;
-    r.check(
-        "discovery/referrers-filter",
-        "Content Discovery: Listing Referrers, artifactType (end-12b; SHOULD, required here)",
-        discovery::referrers_filter(cx),
-    )
-    .await;
-    r.check("discovery/referrers-empty-artifact-type", "Content Discovery: Listing Referrers, empty artifactType: the config's mediaType (end-12a)", discovery::referrers_empty_artifact_type(cx)).await;
-    r.check(
-        "discovery/referrers-unknown-subject",
-        "Content Discovery: Listing Referrers, no referrers (end-12a)",
-        discovery::referrers_unknown_subject(cx),
-    )
-    .await;
-    r.check(
-        "discovery/referrers-invalid-digest",
-        "Content Discovery: Listing Referrers, invalid digest: 400 (end-12a)",
-        discovery::referrers_invalid_digest(cx),
-    )
-    .await;
+        "discovery/tags-list", "Content Discovery: Listing Tags (end-8a)"
+            => discovery::tags_list(cx);
+        "discovery/tags-n", "Content Discovery: Listing Tags, n (end-8b)"
+            => discovery::tags_n(cx);
+        "discovery/tags-last", "Content Discovery: Listing Tags, last (end-8b)"
+            => discovery::tags_last(cx);
+        "discovery/tags-link", "Content Discovery: Listing Tags, Link rel=\"next\" (end-8b; MAY, required here)"
+            => discovery::tags_link(cx);
+        "discovery/tags-n-zero", "Content Discovery: Listing Tags, n=0 (end-8b)"
+            => discovery::tags_n_zero(cx);
+        "discovery/tags-unknown-repo", "Content Discovery: Listing Tags, unknown repository (end-8a, code-9)"
+            => discovery::tags_unknown_repo(cx);
+        "discovery/referrers-list", "Content Discovery: Listing Referrers (end-12a)"
+            => discovery::referrers_list(cx);
+        "discovery/referrers-filter", "Content Discovery: Listing Referrers, artifactType (end-12b; SHOULD, required here)"
+            => discovery::referrers_filter(cx);
+        "discovery/referrers-empty-artifact-type", "Content Discovery: Listing Referrers, empty artifactType: the config's mediaType (end-12a)"
+            => discovery::referrers_empty_artifact_type(cx);
+        "discovery/referrers-unknown-subject", "Content Discovery: Listing Referrers, no referrers (end-12a)"
+            => discovery::referrers_unknown_subject(cx);
+        "discovery/referrers-invalid-digest", "Content Discovery: Listing Referrers, invalid digest: 400 (end-12a)"
+            => discovery::referrers_invalid_digest(cx);
 
-    r.check(
-        "management/delete-tag",
-        "Content Management: Deleting tags (end-9; MAY, required here)",
-        management::delete_tag(cx),
-    )
-    .await;
-    r.check(
-        "management/delete-manifest",
-        "Content Management: Deleting Manifests (end-9)",
-        management::delete_manifest(cx),
-    )
-    .await;
-    r.check(
-        "management/delete-blob",
-        "Content Management: Deleting Blobs (end-10)",
-        management::delete_blob(cx),
-    )
-    .await;
-    r.check(
-        "management/push-after-delete",
-        "Content Management: deleted content can be pushed again (end-9, end-10)",
-        management::push_after_delete(cx),
-    )
-    .await;
-    r.check(
-        "management/delete-unknown-manifest",
-        "Content Management: Deleting Manifests, unknown (end-9, code-7)",
-        management::delete_unknown_manifest(cx),
-    )
-    .await;
-    r.check(
-        "management/delete-unknown-blob",
-        "Content Management: Deleting Blobs, unknown (end-10, code-1)",
-        management::delete_unknown_blob(cx),
-    )
-    .await;
-    r.check(
-        "management/referrers-after-delete",
-        "Content Management: a deleted referrer leaves the list (end-9, end-12a)",
-        management::referrers_after_delete(cx),
-    )
-    .await;
+        "management/delete-tag", "Content Management: Deleting tags (end-9; MAY, required here)"
+            => management::delete_tag(cx);
+        "management/delete-manifest", "Content Management: Deleting Manifests (end-9)"
+            => management::delete_manifest(cx);
+        "management/delete-blob", "Content Management: Deleting Blobs (end-10)"
+            => management::delete_blob(cx);
+        "management/push-after-delete", "Content Management: deleted content can be pushed again (end-9, end-10)"
+            => management::push_after_delete(cx);
+        "management/delete-unknown-manifest", "Content Management: Deleting Manifests, unknown (end-9, code-7)"
+            => management::delete_unknown_manifest(cx);
+        "management/delete-unknown-blob", "Content Management: Deleting Blobs, unknown (end-10, code-1)"
+            => management::delete_unknown_blob(cx);
+        "management/referrers-after-delete", "Content Management: a deleted referrer leaves the list (end-9, end-12a)"
+            => management::referrers_after_delete(cx);
 
-    r.check(
-        "errors/digest-invalid-push",
-        "Push: invalid digest: 400 (end-6, code-4)",
-        errors::digest_invalid_push(cx),
-    )
-    .await;
-    r.check(
-        "errors/digest-unsupported-algorithm",
-        "Push: unsupported algorithm: 400 (end-6, code-4)",
-        errors::digest_unsupported(cx),
-    )
-    .await;
-    r.check(
-        "errors/digest-invalid-pull",
-        "Pull: malformed digest (end-2, code-4)",
-        errors::digest_invalid_pull(cx),
-    )
-    .await;
-    r.check(
-        "errors/name-invalid",
-        "Pulling manifests: <name> grammar (code-8)",
-        errors::name_invalid(cx),
-    )
-    .await;
-    r.check(
-        "errors/content-range-malformed",
-        "Push: chunk Content-Range ^[0-9]+-[0-9]+$ (end-5)",
-        errors::content_range_malformed(cx),
-    )
-    .await;
-    r.check(
-        "errors/manifest-binary",
-        "Push: Pushing Manifests, not JSON (code-6)",
-        errors::manifest_binary(cx),
-    )
-    .await;
-    r.check(
-        "errors/error-bodies",
-        "Error Codes: every 4xx JSON body in this run",
-        errors::error_bodies(cx),
-    )
-    .await;
-    r.check(
-        "errors/no-server-errors",
-        "API: no 5xx in this run",
-        errors::no_server_errors(cx),
-    )
-    .await;
+        "errors/digest-invalid-push", "Push: invalid digest: 400 (end-6, code-4)"
+            => errors::digest_invalid_push(cx);
+        "errors/digest-unsupported-algorithm", "Push: unsupported algorithm: 400 (end-6, code-4)"
+            => errors::digest_unsupported(cx);
+        "errors/digest-invalid-pull", "Pull: malformed digest (end-2, code-4)"
+            => errors::digest_invalid_pull(cx);
+        "errors/name-invalid", "Pulling manifests: <name> grammar (code-8)"
+            => errors::name_invalid(cx);
+        "errors/content-range-malformed", "Push: chunk Content-Range ^[0-9]+-[0-9]+$ (end-5)"
+            => errors::content_range_malformed(cx);
+        "errors/manifest-binary", "Push: Pushing Manifests, not JSON (code-6)"
+            => errors::manifest_binary(cx);
+        "errors/error-bodies", "Error Codes: every 4xx JSON body in this run"
+            => errors::error_bodies(cx);
+        "errors/no-server-errors", "API: no 5xx in this run"
+            => errors::no_server_errors(cx);
+    }
 
     r.report
 }
