@@ -472,7 +472,10 @@ impl Client {
         let resp = builder.send().await.map_err(|e| {
             // A server may answer and close the connection before it reads
             // a body; the client then sees a failed write, not the answer.
-            let hint = if req.body.as_ref().is_some_and(|b| !b.is_empty()) && !e.is_timeout() {
+            let hint = if req.body.as_ref().is_some_and(|b| !b.is_empty())
+                && !e.is_timeout()
+                && !e.is_connect()
+            {
                 " (the server may have closed the connection without reading the body)"
             } else {
                 ""

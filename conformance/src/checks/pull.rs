@@ -85,8 +85,8 @@ pub enum Kind {
 }
 
 /// Pushes a manifest of `kind` (children first) and pulls it by tag with
-/// `Accept` naming only its type, then with every type: each time its own
-/// `Content-Type` and exact bytes.
+/// `Accept` naming only its type, then with every type (in one header, then
+/// in one header each): each time its own `Content-Type` and exact bytes.
 pub async fn negotiate(cx: &Ctx, kind: Kind) -> Outcome {
     let repo = cx.repo("negotiate");
     let (tag, manifest) = match kind {
@@ -105,9 +105,17 @@ pub async fn negotiate(cx: &Ctx, kind: Kind) -> Outcome {
     };
     cx.push_manifest(&repo, tag, &manifest).await?;
     let url = cx.v2(&repo, &format!("manifests/{tag}"))?;
-    for accept in [manifest.media_type.clone(), accept_all()] {
+    // Only its type; every type in one header; every type in a header of
+    // its own, as Docker's client sends them.
+    let all: Vec<String> = accept_all().split(", ").map(str::to_owned).collect();
+    for accepts in [vec![manifest.media_type.clone()], vec![accept_all()], all] {
+        let mut req = Request::new(Method::GET, url.clone());
+        for a in &accepts {
+            req = req.header(ACCEPT, a.clone());
+        }
+        let accept = accepts.join(" | ");
         let r = cx
-            .send(Request::new(Method::GET, url.clone()).header(ACCEPT, accept.clone()))
+            .send(req)
             .await
             .map_err(|e| format!("Accept: {accept}: {e}"))?;
         let with = |e: String| format!("{e} (Accept: {accept})");
