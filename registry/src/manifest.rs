@@ -147,7 +147,7 @@ pub fn parse(content_type: Option<&str>, body: &[u8]) -> Result<Parsed, Invalid>
         for child in children {
             push_ref(child, true)?;
         }
-        artifact_type = doc.artifact_type.clone();
+        artifact_type = doc.artifact_type.clone().filter(|t| !t.is_empty());
     } else {
         if doc.manifests.is_some() {
             return Err(bad(
@@ -175,9 +175,11 @@ pub fn parse(content_type: Option<&str>, body: &[u8]) -> Result<Parsed, Invalid>
                 push_ref(layer, false)?;
             }
         }
+        // Empty is missing (distribution-spec: "empty or missing").
         artifact_type = doc
             .artifact_type
             .clone()
+            .filter(|t| !t.is_empty())
             .or_else(|| config.media_type.clone());
     }
     let subject = doc.subject.as_ref().map(descriptor_digest).transpose()?;

@@ -38,7 +38,11 @@ pub async fn get(
     {
         state.meta.blob_touch(&digest).await?;
     }
-    let range = match req_headers.get(header::RANGE) {
+    // A unit other than bytes is ignored (RFC 9110 14.2): the whole blob.
+    let range = match req_headers
+        .get(header::RANGE)
+        .filter(|v| v.as_bytes().trim_ascii_start().starts_with(b"bytes="))
+    {
         Some(v) => Some(parse_range(v.to_str().unwrap_or(""), size).ok_or_else(|| {
             ApiError::new(
                 StatusCode::RANGE_NOT_SATISFIABLE,
