@@ -58,6 +58,11 @@ pub trait BuildLog: Send + Sync {
     /// A phase starts: `fetch`, `detect`, `restore`, `build`, `export`.
     fn phase(&self, name: &str);
     fn line(&self, text: &str);
+    /// Called when the export starts, before its first write (the
+    /// registry releases the build's quota reservation here).
+    fn before_export(&self) -> futures::future::BoxFuture<'_, ()> {
+        Box::pin(async {})
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -368,6 +373,7 @@ async fn run_in(
     let built = lifecycle.build(&detected).await?;
 
     log.phase("export");
+    log.before_export().await;
     let tags = vec![req.build_id.clone(), "latest".to_owned()];
     let project = json!({"source": {"type": "git", "version": {"commit": req.commit}, "metadata": {"repository": req.source_url, "refs": [req.git_ref]}}});
     let exported = Export {

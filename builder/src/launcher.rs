@@ -6,3 +6,7 @@
 //! runtime without the upstream lifecycle.
 //!
 //! Not built yet: see the build front end issue.
+
+/// Placeholder until the launcher crate lands (an empty file: images built
+/// with it do not start).
+pub const LAUNCHER: &[u8] = &[];

@@ -35,6 +35,8 @@ pub struct BuildsConfig {
     pub workers: u32,
     /// Builds a project may have pending or running at once (more: 409).
     pub per_project: u32,
+    /// Builds waiting in the whole queue at most (more: 503).
+    pub max_pending: u32,
     /// Longest a build may run, in seconds.
     pub timeout_secs: u64,
     /// The builder used when a build names none (it must be approved).
@@ -45,6 +47,9 @@ pub struct BuildsConfig {
     pub registry_url: String,
     /// The builder identity's password; empty: `<data_dir>/builder-password`.
     pub builder_password: Secret,
+    /// Whether builds may read `file://` repositories on this machine (off:
+    /// only `https://`, `http://` and `git://`).
+    pub allow_local_sources: bool,
 }
 
 impl Default for BuildsConfig {
@@ -52,11 +57,13 @@ impl Default for BuildsConfig {
         BuildsConfig {
             workers: 1,
             per_project: 2,
+            max_pending: 100,
             timeout_secs: 1800,
             default_builder: "platform/builder:bookworm".into(),
             cache_dir: PathBuf::new(),
             registry_url: String::new(),
             builder_password: Secret::default(),
+            allow_local_sources: false,
         }
     }
 }

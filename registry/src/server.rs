@@ -226,6 +226,16 @@ impl Server {
     ) -> anyhow::Result<()> {
         let state = self.state.clone();
         let janitor = tokio::spawn(janitor(state.clone()));
+        let registry_url = if state.config.builds.registry_url.is_empty() {
+            let mut addr = self.local_addr();
+            if addr.ip().is_unspecified() {
+                addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+            }
+            format!("http://{addr}")
+        } else {
+            state.config.builds.registry_url.clone()
+        };
+        let workers = crate::builds::spawn_workers(state.clone(), registry_url).await?;
         let grace = Duration::from_secs(state.config.limits.shutdown_grace_secs);
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let app = router(state.clone());
@@ -253,6 +263,7 @@ impl Server {
             }
         };
         janitor.abort();
+        workers.stop(&state).await;
         state.meta.close().await;
         result.map_err(Into::into)
     }

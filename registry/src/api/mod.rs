@@ -6,6 +6,7 @@
 //! the status comes from the same table as on `/v2` (`ApiError`).
 
 pub mod audit;
+pub mod builds;
 pub mod projects;
 pub mod robots;
 pub mod storage;
@@ -31,12 +32,15 @@ use crate::server::AppState;
 
 #[derive(OpenApi)]
 #[openapi(
-    info(title = "Slipway admin API", description = "Projects, robot accounts and the audit log."),
+    info(title = "Slipway admin API", description = "Projects, robot accounts, builds and the audit log."),
     paths(
         projects::list, projects::create, projects::get, projects::update, projects::delete,
         robots::list, robots::create, robots::get, robots::update, robots::rotate, robots::delete,
         audit::list,
         storage::project_usage, storage::all_usage, storage::recompute, storage::gc,
+        builds::start, builds::list, builds::latest, builds::get, builds::cancel, builds::retry,
+        builds::delete, builds::logs, builds::tokens, builds::token_create, builds::token_delete,
+        builds::builders, builds::builder_approve, builds::builder_revoke,
     ),
     components(schemas(
         ErrorBody,
@@ -45,6 +49,8 @@ use crate::server::AppState;
         audit::AuditPage, audit::AuditView,
         storage::UsageView, storage::RecomputeReport, storage::DriftView, storage::GcRequest,
         storage::GcReportView, storage::GcManifestView,
+        builds::BuildView, builds::NewBuild, builds::LogLineView, builds::BuildTokenView,
+        builds::BuildTokenSecret, builds::NewBuildToken, builds::BuilderView, builds::BuilderBody,
     )),
     modifiers(&BasicAuth),
     security(("basic" = [])),
@@ -99,6 +105,44 @@ pub fn router() -> Router<AppState> {
         .route("/api/v1/usage", get(storage::all_usage))
         .route("/api/v1/usage/recompute", post(storage::recompute))
         .route("/api/v1/gc", post(storage::gc))
+        .route(
+            "/api/v1/projects/{project}/builds",
+            get(builds::list).post(builds::start),
+        )
+        .route(
+            "/api/v1/projects/{project}/builds/latest",
+            get(builds::latest),
+        )
+        .route(
+            "/api/v1/projects/{project}/builds/{id}",
+            get(builds::get).delete(builds::delete),
+        )
+        .route(
+            "/api/v1/projects/{project}/builds/{id}/logs",
+            get(builds::logs),
+        )
+        .route(
+            "/api/v1/projects/{project}/builds/{id}/cancel",
+            post(builds::cancel),
+        )
+        .route(
+            "/api/v1/projects/{project}/builds/{id}/retry",
+            post(builds::retry),
+        )
+        .route(
+            "/api/v1/projects/{project}/build-tokens",
+            get(builds::tokens).post(builds::token_create),
+        )
+        .route(
+            "/api/v1/projects/{project}/build-tokens/{name}",
+            axum::routing::delete(builds::token_delete),
+        )
+        .route(
+            "/api/v1/builders",
+            get(builds::builders)
+                .post(builds::builder_approve)
+                .delete(builds::builder_revoke),
+        )
         .fallback(|| async {
             Error::new(StatusCode::NOT_FOUND, "no such endpoint in the admin API")
         })
@@ -121,7 +165,7 @@ pub struct ErrorBody {
 pub struct Error {
     status: StatusCode,
     message: String,
-    challenge: bool,
+    pub(crate) challenge: bool,
 }
 
 impl Error {

@@ -43,12 +43,57 @@ pub async fn ensure_accounts(meta: &Metadata, config: &Config) -> anyhow::Result
             }
         }
     }
-    if meta.account_hash(BUILDER).await?.is_none() {
-        let (secret, _) = read_or_create(&config.data_dir.join("builder-password"))?;
-        meta.account_set(BUILDER, &secrets::hash(&secret).await?)
-            .await?;
+    let configured = config.builds.builder_password.expose();
+    match meta.account_hash(BUILDER).await? {
+        // The configured password is authoritative, like the admin's.
+        Some(hash) if !configured.is_empty() => {
+            if !secrets::verify(configured, &hash).await {
+                meta.account_set(BUILDER, &secrets::hash(configured).await?)
+                    .await?;
+                tracing::info!("the builder password was changed to builds.builder_password");
+            }
+        }
+        Some(hash) => {
+            // A replica with a file of its own cannot build: say so.
+            if let Some(secret) = builder_secret(config)?
+                && !secrets::verify(&secret, &hash).await
+            {
+                tracing::warn!(
+                    "{} does not match the builder password in the database: builds here \
+                     cannot write; set builds.builder_password on every replica",
+                    config.data_dir.join("builder-password").display()
+                );
+            }
+        }
+        None => {
+            let secret = if configured.is_empty() {
+                read_or_create(&config.data_dir.join("builder-password"))?.0
+            } else {
+                configured.to_owned()
+            };
+            meta.account_set(BUILDER, &secrets::hash(&secret).await?)
+                .await?;
+        }
     }
     Ok(())
+}
+
+/// The builder identity's password: `builds.builder_password`, else the
+/// one in `<data_dir>/builder-password` (created at the first start).
+pub fn builder_secret(config: &Config) -> anyhow::Result<Option<String>> {
+    let configured = config.builds.builder_password.expose();
+    if !configured.is_empty() {
+        return Ok(Some(configured.to_owned()));
+    }
+    match std::fs::read_to_string(config.data_dir.join("builder-password")) {
+        Ok(s) if !s.trim().is_empty() => Ok(Some(s.trim().to_owned())),
+        Ok(_) => Ok(None),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(anyhow::anyhow!(
+            "cannot read {}: {e}",
+            config.data_dir.join("builder-password").display()
+        )),
+    }
 }
 
 /// The secret in `path`, or a new one written there. `true` when created.

@@ -128,6 +128,13 @@ pub fn parse_robot_name(user: &str) -> Option<(&str, &str)> {
     (!project.is_empty() && !name.is_empty()).then_some((project, name))
 }
 
+/// Splits `build$<project>+<name>`, a build token's user name.
+pub fn parse_build_token_name(user: &str) -> Option<(&str, &str)> {
+    let rest = user.strip_prefix("build$")?;
+    let (project, name) = rest.rsplit_once('+')?;
+    (!project.is_empty() && !name.is_empty()).then_some((project, name))
+}
+
 /// What a request needs on `/v2`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Need<'a> {
@@ -319,6 +326,30 @@ impl AppState {
             return Ok(None);
         }
         Ok(Some((principal, Some(account_version(&hash)))))
+    }
+
+    /// Checks a build token's name (`build$<project>+<name>`) and secret.
+    /// Build tokens start builds of their own project; they have no rights
+    /// on `/v2`.
+    pub async fn build_token_login(
+        &self,
+        user: &str,
+        secret: &str,
+    ) -> ApiResult<Option<slipway_storage::meta::BuildToken>> {
+        let Some((project, name)) = parse_build_token_name(user) else {
+            return Ok(None);
+        };
+        let Some(token) = self.meta.build_token(project, name).await? else {
+            secrets::verify(secret, DUMMY_HASH).await;
+            return Ok(None);
+        };
+        if !self.secret_matches(user, secret, &token.secret_hash).await {
+            return Ok(None);
+        }
+        if let Err(e) = self.meta.build_token_touch(token.id).await {
+            tracing::warn!(error = %e, "recording a build token's use failed");
+        }
+        Ok(Some(token))
     }
 
     async fn secret_matches(&self, user: &str, secret: &str, hash: &str) -> bool {

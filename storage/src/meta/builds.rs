@@ -165,6 +165,16 @@ impl Metadata {
         Ok(rows.into_iter().map(build).collect())
     }
 
+    /// Builds waiting in the whole queue.
+    pub async fn builds_pending(&self) -> Result<i64> {
+        Ok(
+            sqlx::query("SELECT COUNT(*) FROM builds WHERE state = 'pending'")
+                .fetch_one(&self.read)
+                .await?
+                .get(0),
+        )
+    }
+
     /// Takes the oldest pending build whose project runs fewer than
     /// `per_project` builds, for `worker`.
     pub async fn build_claim(&self, worker: &str, per_project: u32) -> Result<Option<BuildRecord>> {

@@ -1,0 +1,510 @@
+//! The build workers: each claims the oldest pending build from the queue in
+//! the database, runs it (`slipway_builder::job`) as the `builder` identity
+//! against this registry's own OCI API — so every layer and tag it writes
+//! goes through the same permission and quota checks as any push — and
+//! records its log and its end.
+//!
+//! A running build sends a heartbeat every few seconds, which is also when
+//! it learns it was cancelled. A build whose heartbeat stops (its process
+//! died) is failed by any replica's reaper; a process that restarts fails
+//! the builds it was running at once. Either way the build can be retried.
+//!
+//! Quota: when a build starts it reserves the size of the previous image of
+//! the same name, so other writes cannot take the room it will need; the
+//! reservation is released when the export starts, and the export's pushes
+//! are then checked exactly like any push — an export over the quota fails
+//! the build with the quota's sentence, and no tag moves (tags are written
+//! last).
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use slipway_builder::job::{self, BuildError, BuildLog, BuildRequest, Context};
+use slipway_builder::oci::{Client, OciError};
+use slipway_storage::meta::{BuildRecord, now_ms};
+use slipway_storage::{RepoName, StorageError};
+
+use crate::server::AppState;
+
+/// How often a running build says it still runs (and looks for a cancel).
+pub const HEARTBEAT: Duration = Duration::from_secs(3);
+/// A running build whose heartbeat is older than this is failed.
+pub const STALE_AFTER: Duration = Duration::from_secs(60);
+/// How often an idle worker looks at the queue.
+const POLL: Duration = Duration::from_millis(500);
+/// Log lines kept per build; later lines are dropped (and counted).
+const MAX_LOG_LINES: i64 = 50_000;
+/// Longest log line kept, in bytes.
+const MAX_LINE: usize = 4096;
+
+/// The build workers of this process.
+#[derive(Default)]
+pub struct Workers {
+    handles: Vec<tokio::task::JoinHandle<()>>,
+    ids: Vec<String>,
+}
+
+impl Workers {
+    /// Stops the workers; the builds they ran are failed with a reason
+    /// (and can be retried).
+    pub async fn stop(self, state: &AppState) {
+        for h in &self.handles {
+            h.abort();
+        }
+        for h in self.handles {
+            let _ = h.await;
+        }
+        for w in &self.ids {
+            if let Err(e) = state
+                .meta
+                .builds_fail_worker(w, "Slipway stopped while this build ran; retry it")
+                .await
+            {
+                tracing::warn!(error = %e, "cannot fail the builds a stop interrupted");
+            }
+        }
+    }
+}
+
+/// Starts the configured number of build workers.
+pub async fn spawn_workers(state: AppState, registry_url: String) -> anyhow::Result<Workers> {
+    let n = state.config.builds.workers;
+    if n == 0 {
+        return Ok(Workers::default());
+    }
+    let Some(password) = crate::auth::bootstrap::builder_secret(&state.config)? else {
+        tracing::warn!(
+            "no builder password (builds.builder_password or <data_dir>/builder-password): \
+             this process runs no builds"
+        );
+        return Ok(Workers::default());
+    };
+    let cache_dir = state.config.build_cache_dir();
+    let work_dir = cache_dir.join("work");
+    std::fs::create_dir_all(&work_dir).map_err(|e| {
+        anyhow::anyhow!(
+            "cannot create the build directory {}: {e}",
+            work_dir.display()
+        )
+    })?;
+    let client = Arc::new(Client::new(
+        &registry_url,
+        crate::auth::BUILDER,
+        password.trim(),
+    ));
+    let ctx = Context {
+        client,
+        cache_dir,
+        work_dir,
+        launcher: slipway_builder::launcher::LAUNCHER,
+    };
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_else(|_| "localhost".into());
+    let data_dir = std::fs::canonicalize(&state.config.data_dir)
+        .unwrap_or_else(|_| state.config.data_dir.clone());
+    let mut workers = Workers::default();
+    for i in 0..n {
+        // Stable across restarts of the same process: what it ran before
+        // a crash is failed when it starts again.
+        let worker = format!("{host}:{}#{i}", data_dir.display());
+        match state
+            .meta
+            .builds_fail_worker(&worker, "Slipway restarted while this build ran; retry it")
+            .await
+        {
+            Ok(0) => {}
+            Ok(n) => tracing::warn!(builds = n, %worker, "failed the builds a restart interrupted"),
+            Err(e) => tracing::warn!(error = %e, "cannot fail the builds a restart interrupted"),
+        }
+        workers.ids.push(worker.clone());
+        workers.handles.push(tokio::spawn(worker_loop(
+            state.clone(),
+            ctx.clone(),
+            worker,
+        )));
+    }
+    workers.handles.push(tokio::spawn(reaper(state)));
+    Ok(workers)
+}
+
+async fn worker_loop(state: AppState, ctx: Context, worker: String) {
+    loop {
+        match state
+            .meta
+            .build_claim(&worker, state.config.builds.per_project)
+            .await
+        {
+            Ok(Some(build)) => run_one(&state, &ctx, build).await,
+            Ok(None) => tokio::time::sleep(POLL).await,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the build queue");
+                tokio::time::sleep(Duration::from_secs(5)).await;
+            }
+        }
+    }
+}
+
+/// Fails running builds whose process stopped sending heartbeats.
+async fn reaper(state: AppState) {
+    let mut tick = tokio::time::interval(Duration::from_secs(15));
+    loop {
+        tick.tick().await;
+        let before = now_ms() - STALE_AFTER.as_millis() as i64;
+        match state
+            .meta
+            .builds_fail_stale(
+                before,
+                "the build's worker stopped answering (its process died?); retry it",
+            )
+            .await
+        {
+            Ok(ids) => {
+                for id in ids {
+                    tracing::warn!(build = %id, "failed a build whose worker stopped");
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot look for stale builds"),
+        }
+    }
+}
+
+/// A build's log: lines collected in memory and written to the database
+/// in batches, so a follower on any replica reads them as they come.
+struct DbLog {
+    inner: Mutex<LogBuf>,
+}
+
+#[derive(Default)]
+struct LogBuf {
+    phase: String,
+    pending: Vec<(String, String)>,
+    next_seq: i64,
+    dropped: u64,
+}
+
+impl DbLog {
+    fn new() -> DbLog {
+        DbLog {
+            inner: Mutex::new(LogBuf {
+                phase: "queue".into(),
+                next_seq: 1,
+                ..Default::default()
+            }),
+        }
+    }
+
+    fn push(&self, phase: Option<&str>, text: &str) {
+        let mut b = self.inner.lock().expect("build log");
+        if let Some(p) = phase {
+            b.phase = p.to_owned();
+        }
+        let phase = b.phase.clone();
+        for line in text.lines() {
+            if b.next_seq + b.pending.len() as i64 > MAX_LOG_LINES {
+                b.dropped += 1;
+                continue;
+            }
+            let mut line = line.to_owned();
+            if line.len() > MAX_LINE {
+                let mut end = MAX_LINE;
+                while !line.is_char_boundary(end) {
+                    end -= 1;
+                }
+                line.truncate(end);
+                line.push('…');
+            }
+            b.pending.push((phase.clone(), line));
+        }
+    }
+
+    fn phase_now(&self) -> String {
+        self.inner.lock().expect("build log").phase.clone()
+    }
+
+    async fn flush(&self, state: &AppState, id: &str) {
+        let (first, lines) = {
+            let mut b = self.inner.lock().expect("build log");
+            if b.pending.is_empty() {
+                return;
+            }
+            let lines = std::mem::take(&mut b.pending);
+            let first = b.next_seq;
+            b.next_seq += lines.len() as i64;
+            (first, lines)
+        };
+        if let Err(e) = state.meta.build_log_append(id, first, &lines).await {
+            tracing::warn!(build = %id, error = %e, "cannot write build log lines");
+        }
+    }
+}
+
+impl BuildLog for DbLog {
+    fn phase(&self, name: &str) {
+        self.push(Some(name), &format!("===> {}", name.to_ascii_uppercase()));
+    }
+
+    fn line(&self, text: &str) {
+        self.push(None, text);
+    }
+}
+
+/// How a build ended.
+enum End {
+    Succeeded(String),
+    Failed(String),
+    Cancelled,
+    TimedOut,
+}
+
+async fn run_one(state: &AppState, ctx: &Context, build: BuildRecord) {
+    let started = Instant::now();
+    let id = build.id.clone();
+    let log = Arc::new(DbLog::new());
+    tracing::info!(build = %id, project = %build.project, image = %build.image_name, "build started");
+    log.line(&format!(
+        "build {id} of {} at {} ({}) with {}",
+        build.source_url, build.git_ref, build.git_commit, build.builder
+    ));
+
+    let end = match reserve(state, &build).await {
+        Err(reason) => End::Failed(reason),
+        Ok(reserved) => {
+            if reserved > 0 {
+                log.line(&format!(
+                    "reserved {} of the project's quota (the previous image's size)",
+                    slipway_storage::error::human_bytes(reserved)
+                ));
+            }
+            let end = supervise(state, ctx, &build, &log).await;
+            if let Err(e) = state.meta.build_release(&build.project, &id).await {
+                tracing::warn!(build = %id, error = %e, "cannot release a build's reservation");
+            }
+            end
+        }
+    };
+    // The work directory goes whatever happened (a cancelled build's job
+    // was dropped before it could clean up).
+    let _ = std::fs::remove_dir_all(ctx.work_dir.join(&id));
+
+    let (state_name, reason, digest) = match &end {
+        End::Succeeded(d) => {
+            log.push(Some("done"), &format!("built {d}"));
+            ("succeeded", None, Some(d.as_str()))
+        }
+        End::Failed(r) => {
+            log.push(Some("done"), &format!("failed: {r}"));
+            ("failed", Some(r.clone()), None)
+        }
+        End::Cancelled => {
+            log.push(Some("done"), "cancelled");
+            ("cancelled", Some("cancelled while it ran".to_owned()), None)
+        }
+        End::TimedOut => {
+            let r = format!(
+                "the build ran longer than {} seconds, the limit",
+                state.config.builds.timeout_secs
+            );
+            log.push(Some("done"), &r);
+            ("timed_out", Some(r), None)
+        }
+    };
+    {
+        let dropped = log.inner.lock().expect("build log").dropped;
+        if dropped > 0 {
+            log.line(&format!("({dropped} more log lines were dropped)"));
+        }
+    }
+    // The log first: who follows it stops when the build has ended.
+    log.flush(state, &id).await;
+    match state
+        .meta
+        .build_finish(&id, state_name, reason.as_deref(), digest)
+        .await
+    {
+        Ok(true) => {}
+        Ok(false) => tracing::warn!(build = %id, "the build had been ended elsewhere"),
+        Err(e) => tracing::error!(build = %id, error = %e, "cannot record a build's end"),
+    }
+    metrics::counter!("slipway_builds_total", "state" => state_name).increment(1);
+    tracing::info!(
+        build = %id,
+        state = state_name,
+        reason = reason.as_deref().unwrap_or(""),
+        secs = started.elapsed().as_secs_f64(),
+        "build ended"
+    );
+}
+
+/// Reserves the previous image's size; the quota's sentence when it does
+/// not fit.
+async fn reserve(state: &AppState, build: &BuildRecord) -> Result<u64, String> {
+    let bytes = previous_size(state, build).await.unwrap_or(0);
+    let ttl = (state.config.builds.timeout_secs as i64 + 60) * 1000;
+    match state
+        .meta
+        .build_reserve(&build.project, &build.id, bytes, ttl)
+        .await
+    {
+        Ok(()) => Ok(bytes),
+        Err(e @ StorageError::QuotaExceeded { .. }) => Err(format!(
+            "{} (the build reserves the size of the previous image)",
+            crate::error::ApiError::from(e).message
+        )),
+        Err(e) => Err(format!("cannot reserve quota for the build: {e}")),
+    }
+}
+
+/// The size of `<project>/<image>:latest` (config and layers), if any.
+async fn previous_size(state: &AppState, build: &BuildRecord) -> Option<u64> {
+    let repo = RepoName::parse(&format!("{}/{}", build.project, build.image_name)).ok()?;
+    let m = state.meta.manifest_by_tag(&repo, "latest").await.ok()??;
+    let v: serde_json::Value = serde_json::from_slice(&m.body).ok()?;
+    let config = v["config"]["size"].as_u64().unwrap_or(0);
+    let layers: u64 = v["layers"]
+        .as_array()?
+        .iter()
+        .filter_map(|l| l["size"].as_u64())
+        .sum();
+    Some(config + layers)
+}
+
+/// Runs the job with heartbeats, cancellation and the timeout.
+async fn supervise(state: &AppState, ctx: &Context, build: &BuildRecord, log: &Arc<DbLog>) -> End {
+    let env: BTreeMap<String, String> = serde_json::from_str(&build.env).unwrap_or_default();
+    let req = BuildRequest {
+        build_id: build.id.clone(),
+        project: build.project.clone(),
+        image_name: build.image_name.clone(),
+        source_url: build.source_url.clone(),
+        git_ref: build.git_ref.clone(),
+        commit: build.git_commit.clone(),
+        builder: build.builder.clone(),
+        env,
+    };
+    let released = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let log_dyn: Arc<DbLog> = log.clone();
+    let job = {
+        let ctx = ctx.clone();
+        let state = state.clone();
+        let released = released.clone();
+        let log = log_dyn.clone();
+        async move {
+            let log = ReleasingLog {
+                log: &log,
+                state: &state,
+                project: &req.project,
+                build_id: &req.build_id,
+                released: &released,
+            };
+            job::run(&ctx, &req, &log).await
+        }
+    };
+    let mut job = std::pin::pin!(job);
+    let deadline = tokio::time::sleep(Duration::from_secs(state.config.builds.timeout_secs));
+    let mut deadline = std::pin::pin!(deadline);
+    let mut beat = tokio::time::interval(HEARTBEAT);
+    beat.tick().await;
+    let mut flush = tokio::time::interval(Duration::from_millis(250));
+    let mut cancel_seen = false;
+    loop {
+        tokio::select! {
+            r = &mut job => {
+                return match r {
+                    Ok(outcome) => {
+                        log.line(&format!(
+                            "exported {} ({} uploaded in {} layers, {} layers reused)",
+                            outcome.exported.digest,
+                            slipway_storage::error::human_bytes(outcome.exported.uploaded_bytes),
+                            outcome.exported.uploaded.len(),
+                            outcome.exported.reused.len()
+                        ));
+                        End::Succeeded(outcome.exported.digest)
+                    }
+                    Err(e) => End::Failed(reason_of(&e)),
+                };
+            }
+            _ = &mut deadline => {
+                if log.phase_now() == "export" {
+                    // Not cut in the middle of tagging: the export is short.
+                    deadline.as_mut().reset(tokio::time::Instant::now() + Duration::from_secs(60));
+                    continue;
+                }
+                return End::TimedOut;
+            }
+            _ = beat.tick() => {
+                match state.meta.build_heartbeat(&build.id).await {
+                    Ok(true) if log.phase_now() != "export" => return End::Cancelled,
+                    Ok(true) => {
+                        if !cancel_seen {
+                            cancel_seen = true;
+                            log.line("cancel asked during the export: the export finishes first");
+                        }
+                    }
+                    Ok(false) => {}
+                    Err(e) => tracing::warn!(build = %build.id, error = %e, "build heartbeat failed"),
+                }
+            }
+            _ = flush.tick() => log.flush(state, &build.id).await,
+        }
+    }
+}
+
+/// The build log, which also releases the build's reservation when the
+/// export starts (from then on the export's own pushes are checked).
+struct ReleasingLog<'a> {
+    log: &'a DbLog,
+    state: &'a AppState,
+    project: &'a str,
+    build_id: &'a str,
+    released: &'a std::sync::atomic::AtomicBool,
+}
+
+impl BuildLog for ReleasingLog<'_> {
+    fn phase(&self, name: &str) {
+        self.log.phase(name);
+    }
+
+    fn line(&self, text: &str) {
+        self.log.line(text);
+    }
+
+    fn before_export(&self) -> futures::future::BoxFuture<'_, ()> {
+        Box::pin(async move {
+            if !self
+                .released
+                .swap(true, std::sync::atomic::Ordering::SeqCst)
+                && let Err(e) = self
+                    .state
+                    .meta
+                    .build_release(self.project, self.build_id)
+                    .await
+            {
+                tracing::warn!(build = %self.build_id, error = %e, "cannot release a build's reservation");
+            }
+        })
+    }
+}
+
+/// The sentence a failed build ends with. The registry's refusals keep
+/// their own words (the quota's sentence above all).
+pub fn reason_of(e: &BuildError) -> String {
+    let registry = match e {
+        BuildError::Registry(r) => Some(r),
+        BuildError::Export(slipway_builder::export::ExportError::Registry(r)) => Some(r),
+        _ => None,
+    };
+    if let Some(OciError::Refused { message, .. }) = registry
+        && message.starts_with("quota exceeded")
+    {
+        return message.clone();
+    }
+    e.to_string()
+}
+
+/// The directory where a worker builds `id` (for cleanup and tests).
+pub fn work_dir(state: &AppState, id: &str) -> PathBuf {
+    state.config.build_cache_dir().join("work").join(id)
+}
