@@ -153,10 +153,19 @@ async fn builder_root(
     image: &ImageRef,
     log: &dyn BuildLog,
 ) -> Result<(PathBuf, Value), BuildError> {
-    let m = ctx
+    let m = match ctx
         .client
         .manifest(&image.repository, &image.reference)
-        .await?;
+        .await
+    {
+        Ok(m) => m,
+        Err(OciError::Refused { status: 404, .. }) => {
+            return Err(BuildError::Builder(format!(
+                "the builder image {image} is not in the registry (push it, or approve another builder)"
+            )));
+        }
+        Err(e) => return Err(e.into()),
+    };
     let manifest: Value = serde_json::from_slice(&m.body)
         .map_err(|e| BuildError::Builder(format!("the builder's manifest is not JSON: {e}")))?;
     let config_digest = manifest["config"]["digest"]

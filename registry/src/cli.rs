@@ -69,6 +69,14 @@ enum AdminCommand {
         #[arg(long)]
         no_retention: bool,
     },
+    /// Build tokens: what `slipway build` and the build API take, one
+    /// project each.
+    #[command(subcommand, name = "build-token")]
+    BuildToken(BuildTokenCommand),
+    /// The builders builds may use (images in the registry, usually in the
+    /// `platform` project).
+    #[command(subcommand)]
+    Builder(BuilderCommand),
     /// The audit log, newest first.
     Audit {
         #[arg(long)]
@@ -82,6 +90,36 @@ enum AdminCommand {
         since: Option<String>,
         #[arg(long, default_value_t = 50)]
         limit: u32,
+    },
+}
+
+#[derive(Subcommand)]
+enum BuildTokenCommand {
+    /// Create a build token for a project; its secret is printed once.
+    Create {
+        project: String,
+        #[arg(long, default_value = "default")]
+        name: String,
+    },
+    List {
+        project: String,
+    },
+    Delete {
+        project: String,
+        name: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum BuilderCommand {
+    /// Allow builds to use a builder image, e.g. platform/builder:bookworm.
+    Approve {
+        image: String,
+    },
+    List,
+    /// Stop builds from using a builder (running builds finish).
+    Revoke {
+        image: String,
     },
 }
 
@@ -174,15 +212,15 @@ enum RobotCommand {
     },
 }
 
-struct Client {
-    http: reqwest::Client,
-    url: String,
-    user: String,
-    password: String,
+pub struct Client {
+    pub http: reqwest::Client,
+    pub url: String,
+    pub user: String,
+    pub password: String,
 }
 
 impl Client {
-    async fn call(
+    pub async fn call(
         &self,
         method: reqwest::Method,
         path: &str,
@@ -492,6 +530,95 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
                 .await?;
             print_or(json, &v, || gc_text(&v, dry_run))?;
         }
+        AdminCommand::BuildToken(cmd) => match cmd {
+            BuildTokenCommand::Create { project, name } => {
+                let v = client
+                    .call(
+                        M::POST,
+                        &format!("/api/v1/projects/{project}/build-tokens"),
+                        Some(json!({"name": name})),
+                    )
+                    .await?;
+                print_or(json, &v, || {
+                    let user = v["token"]["username"].as_str().unwrap_or_default();
+                    let secret = v["secret"].as_str().unwrap_or_default();
+                    Ok(format!(
+                        "Created build token {user}.\n\
+                         Its secret is shown this once; keep it where the project's builds start:\n\n\
+                         \x20 SLIPWAY_BUILD_TOKEN='{user}:{secret}'\n"
+                    ))
+                })?;
+            }
+            BuildTokenCommand::List { project } => {
+                let v = client
+                    .call(
+                        M::GET,
+                        &format!("/api/v1/projects/{project}/build-tokens"),
+                        None,
+                    )
+                    .await?;
+                print_or(json, &v, || {
+                    let mut t = table(&["user name", "created", "last used"]);
+                    for tok in v.as_array().cloned().unwrap_or_default() {
+                        t.add_row(vec![
+                            tok["username"].as_str().unwrap_or("").to_owned(),
+                            tok["created_at"].as_str().unwrap_or("").to_owned(),
+                            tok["last_used_at"].as_str().unwrap_or("never").to_owned(),
+                        ]);
+                    }
+                    Ok(t.to_string())
+                })?;
+            }
+            BuildTokenCommand::Delete { project, name } => {
+                client
+                    .call(
+                        M::DELETE,
+                        &format!("/api/v1/projects/{project}/build-tokens/{name}"),
+                        None,
+                    )
+                    .await?;
+                if !json {
+                    println!("Deleted build token build${project}+{name}.");
+                }
+            }
+        },
+        AdminCommand::Builder(cmd) => match cmd {
+            BuilderCommand::Approve { image } => {
+                let v = client
+                    .call(M::POST, "/api/v1/builders", Some(json!({"image": image})))
+                    .await?;
+                print_or(json, &v, || {
+                    Ok(format!(
+                        "Approved builder {}.",
+                        v["image"].as_str().unwrap_or_default()
+                    ))
+                })?;
+            }
+            BuilderCommand::List => {
+                let v = client.call(M::GET, "/api/v1/builders", None).await?;
+                print_or(json, &v, || {
+                    let mut t = table(&["builder", "approved by", "approved at"]);
+                    for b in v.as_array().cloned().unwrap_or_default() {
+                        t.add_row(vec![
+                            b["image"].as_str().unwrap_or("").to_owned(),
+                            b["approved_by"].as_str().unwrap_or("").to_owned(),
+                            b["approved_at"].as_str().unwrap_or("").to_owned(),
+                        ]);
+                    }
+                    Ok(t.to_string())
+                })?;
+            }
+            BuilderCommand::Revoke { image } => {
+                let mut q = form_urlencoded::Serializer::new(String::new());
+                q.append_pair("image", &image);
+                client
+                    .call(M::DELETE, &format!("/api/v1/builders?{}", q.finish()), None)
+                    .await?;
+                if !json {
+                    println!("Revoked builder {image}.");
+                }
+            }
+        },
         AdminCommand::Audit {
             project,
             principal,
@@ -533,7 +660,7 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn print_or(
+pub fn print_or(
     json: bool,
     v: &Value,
     human: impl FnOnce() -> anyhow::Result<String>,
@@ -546,7 +673,7 @@ fn print_or(
     Ok(())
 }
 
-fn table(header: &[&str]) -> Table {
+pub fn table(header: &[&str]) -> Table {
     let mut t = Table::new();
     t.load_style(UTF8_BORDERS_ONLY).set_header(header.to_vec());
     t

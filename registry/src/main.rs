@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+mod build_cli;
 mod cli;
 
 use clap::{Parser, Subcommand};
@@ -35,8 +36,11 @@ enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
     },
-    /// Administer a running Slipway: projects, robots, the audit log.
+    /// Administer a running Slipway: projects, robots, build tokens,
+    /// builders, quotas, GC, the audit log.
     Admin(cli::AdminArgs),
+    /// Build a git repository into an image, and follow builds.
+    Build(build_cli::BuildArgs),
     /// Copy a stopped registry's metadata and blobs to other stores, e.g.
     /// from the single-node SQLite + filesystem to PostgreSQL + S3. Stop
     /// every server first; the target must be empty.
@@ -112,6 +116,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 .enable_all()
                 .build()?;
             runtime.block_on(cli::run(args))
+        }
+        Command::Build(args) => {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            runtime.block_on(build_cli::run(args))
         }
     }
 }

@@ -5,6 +5,7 @@
 
 mod api;
 mod architecture;
+mod builds;
 mod gc_stress;
 mod lifecycle;
 mod logs;

@@ -1,0 +1,443 @@
+//! `slipway build …`: start builds and follow them, from the command line.
+//!
+//! Credentials: a build token (`SLIPWAY_BUILD_TOKEN='build$<project>+<name>:<secret>'`,
+//! as `slipway admin build-token create` prints it) — its project is then
+//! the default — or the admin's.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use clap::{Args, Subcommand};
+use futures::StreamExt;
+use indicatif::{ProgressBar, ProgressStyle};
+use serde_json::{Value, json};
+use slipway_registry::api::builds::{BuildView, LogLineView};
+
+use crate::cli::{Client, print_or, table};
+
+#[derive(Args)]
+pub struct BuildArgs {
+    /// The Slipway server.
+    #[arg(
+        long,
+        env = "SLIPWAY_URL",
+        default_value = "http://127.0.0.1:5000",
+        global = true
+    )]
+    url: String,
+    /// A build token, `build$<project>+<name>:<secret>`.
+    #[arg(
+        long,
+        env = "SLIPWAY_BUILD_TOKEN",
+        hide_env_values = true,
+        global = true
+    )]
+    token: Option<String>,
+    /// Without a token: the admin's password (else SLIPWAY_PASSWORD, then
+    /// `<data-dir>/admin-password`).
+    #[arg(long, env = "SLIPWAY_PASSWORD", hide_env_values = true, global = true)]
+    password: Option<String>,
+    /// Where a local server keeps its data (for its admin-password file).
+    #[arg(long, default_value = "slipway-data", global = true)]
+    data_dir: PathBuf,
+    /// The project (default: the build token's).
+    #[arg(long, global = true)]
+    project: Option<String>,
+    /// Print the API's JSON instead of text.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: BuildCommand,
+}
+
+#[derive(Subcommand)]
+enum BuildCommand {
+    /// Build a git repository into `<project>/<image>:latest`.
+    Start {
+        /// The git repository (https://, http:// or git://).
+        #[arg(long)]
+        source: String,
+        /// A branch, tag or commit (default: the default branch).
+        #[arg(long = "ref")]
+        git_ref: Option<String>,
+        /// The image name (default: the project's name).
+        #[arg(long)]
+        image: Option<String>,
+        /// The builder (default: the server's).
+        #[arg(long)]
+        builder: Option<String>,
+        /// A build-time variable, NAME=VALUE (repeatable).
+        #[arg(long = "env", value_name = "NAME=VALUE")]
+        env: Vec<String>,
+        /// Print the log as the build runs, and wait for its end.
+        #[arg(long, short)]
+        follow: bool,
+    },
+    /// The project's builds, newest first.
+    List {
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
+    },
+    /// One build (or `latest`).
+    Show { id: String },
+    /// A build's log (`--follow` until it ends).
+    Logs {
+        id: String,
+        #[arg(long, short)]
+        follow: bool,
+    },
+    /// Stop a build.
+    Cancel { id: String },
+    /// Build the same commit again.
+    Retry {
+        id: String,
+        #[arg(long, short)]
+        follow: bool,
+    },
+    /// Forget a finished build and its log (its image stays).
+    Delete { id: String },
+}
+
+pub async fn run(args: BuildArgs) -> anyhow::Result<()> {
+    let (user, password, token_project) = match &args.token {
+        Some(t) => {
+            let (user, secret) = t.split_once(':').context(
+                "SLIPWAY_BUILD_TOKEN is build$<project>+<name>:<secret>, as `slipway admin build-token create` prints it",
+            )?;
+            let project = user
+                .strip_prefix("build$")
+                .and_then(|r| r.rsplit_once('+'))
+                .map(|(p, _)| p.to_owned());
+            (user.to_owned(), secret.to_owned(), project)
+        }
+        None => {
+            let password = match &args.password {
+                Some(p) => p.clone(),
+                None => {
+                    let file = args.data_dir.join("admin-password");
+                    std::fs::read_to_string(&file)
+                        .map(|s| s.trim().to_owned())
+                        .with_context(|| {
+                            format!(
+                                "no credentials: set SLIPWAY_BUILD_TOKEN (or pass --token), or give the admin's \
+                                 password with SLIPWAY_PASSWORD, or run where {} is readable",
+                                file.display()
+                            )
+                        })?
+                }
+            };
+            ("admin".to_owned(), password, None)
+        }
+    };
+    let project = args
+        .project
+        .or(token_project)
+        .context("which project? pass --project (a build token names its own project)")?;
+    let client = Client {
+        http: reqwest::Client::new(),
+        url: args.url,
+        user,
+        password,
+    };
+    let json = args.json;
+    let base = format!("/api/v1/projects/{project}/builds");
+    use reqwest::Method as M;
+    match args.command {
+        BuildCommand::Start {
+            source,
+            git_ref,
+            image,
+            builder,
+            env,
+            follow,
+        } => {
+            let mut vars = serde_json::Map::new();
+            for e in env {
+                let (k, v) = e
+                    .split_once('=')
+                    .with_context(|| format!("--env takes NAME=VALUE, not {e:?}"))?;
+                vars.insert(k.to_owned(), json!(v));
+            }
+            let mut body = json!({"source_url": source, "env": vars});
+            for (k, v) in [
+                ("ref", git_ref),
+                ("image_name", image),
+                ("builder", builder),
+            ] {
+                if let Some(v) = v {
+                    body[k] = json!(v);
+                }
+            }
+            let v = client.call(M::POST, &base, Some(body)).await?;
+            let b: BuildView = serde_json::from_value(v.clone())?;
+            if follow {
+                if !json {
+                    eprintln!(
+                        "Build {} of {} at {} ({}) queued.",
+                        b.id,
+                        b.source_url,
+                        b.git_ref,
+                        short(&b.commit)
+                    );
+                }
+                return follow_build(&client, &base, &b.id, json).await;
+            }
+            print_or(json, &v, || {
+                Ok(format!(
+                    "Build {} queued: {} at {} ({}).\nFollow it with: slipway build logs --project {project} --follow {}",
+                    b.id,
+                    b.source_url,
+                    b.git_ref,
+                    short(&b.commit),
+                    b.id
+                ))
+            })?;
+        }
+        BuildCommand::List { limit } => {
+            let v = client
+                .call(M::GET, &format!("{base}?limit={limit}"), None)
+                .await?;
+            print_or(json, &v, || {
+                let builds: Vec<BuildView> = serde_json::from_value(v.clone())?;
+                let mut t = table(&[
+                    "build", "state", "image", "ref", "commit", "created", "duration",
+                ]);
+                for b in builds {
+                    t.add_row(vec![
+                        b.id,
+                        b.state,
+                        b.image_name,
+                        b.git_ref,
+                        short(&b.commit).to_owned(),
+                        b.created_at,
+                        b.duration_secs
+                            .map(|d| format!("{d:.1} s"))
+                            .unwrap_or_default(),
+                    ]);
+                }
+                Ok(t.to_string())
+            })?;
+        }
+        BuildCommand::Show { id } => {
+            let v = client.call(M::GET, &format!("{base}/{id}"), None).await?;
+            print_or(json, &v, || Ok(show(&serde_json::from_value(v.clone())?)))?;
+        }
+        BuildCommand::Logs { id, follow } => {
+            let id = resolve(&client, &base, &id).await?;
+            if follow {
+                return follow_build(&client, &base, &id, json).await;
+            }
+            let fmt = if json { "json" } else { "text" };
+            let text = get_text(&client, &format!("{base}/{id}/logs?format={fmt}")).await?;
+            print!("{text}");
+        }
+        BuildCommand::Cancel { id } => {
+            let v = client
+                .call(M::POST, &format!("{base}/{id}/cancel"), None)
+                .await?;
+            print_or(json, &v, || {
+                let b: BuildView = serde_json::from_value(v.clone())?;
+                Ok(if b.state == "cancelled" {
+                    format!("Build {} cancelled.", b.id)
+                } else {
+                    format!("Build {} is asked to stop; it stops within seconds.", b.id)
+                })
+            })?;
+        }
+        BuildCommand::Retry { id, follow } => {
+            let v = client
+                .call(M::POST, &format!("{base}/{id}/retry"), None)
+                .await?;
+            let b: BuildView = serde_json::from_value(v.clone())?;
+            if follow {
+                return follow_build(&client, &base, &b.id, json).await;
+            }
+            print_or(json, &v, || {
+                Ok(format!("Build {} queued (a retry of {id}).", b.id))
+            })?;
+        }
+        BuildCommand::Delete { id } => {
+            client
+                .call(M::DELETE, &format!("{base}/{id}"), None)
+                .await?;
+            if !json {
+                println!("Deleted build {id}.");
+            }
+        }
+    }
+    Ok(())
+}
+
+fn short(commit: &str) -> &str {
+    &commit[..commit.len().min(12)]
+}
+
+fn show(b: &BuildView) -> String {
+    let mut out = format!(
+        "build     {}\nstate     {}\nimage     {}\nsource    {} at {} ({})\nbuilder   {}\ncreated   {} by {}\n",
+        b.id,
+        b.state,
+        b.image,
+        b.source_url,
+        b.git_ref,
+        b.commit,
+        b.builder,
+        b.created_at,
+        b.requested_by
+    );
+    if let Some(s) = &b.started_at {
+        out.push_str(&format!("started   {s}\n"));
+    }
+    if let Some(f) = &b.finished_at {
+        out.push_str(&format!(
+            "finished  {f} ({:.1} s)\n",
+            b.duration_secs.unwrap_or(0.0)
+        ));
+    }
+    if let Some(d) = &b.image_digest {
+        out.push_str(&format!("digest    {d}\n"));
+    }
+    if let Some(r) = &b.reason {
+        out.push_str(&format!("reason    {r}\n"));
+    }
+    out
+}
+
+/// `latest` → the newest build's id.
+async fn resolve(client: &Client, base: &str, id: &str) -> anyhow::Result<String> {
+    if id != "latest" {
+        return Ok(id.to_owned());
+    }
+    let v = client
+        .call(reqwest::Method::GET, &format!("{base}/latest"), None)
+        .await?;
+    Ok(v["id"].as_str().unwrap_or_default().to_owned())
+}
+
+async fn get_text(client: &Client, path: &str) -> anyhow::Result<String> {
+    let resp = send_get(client, path).await?;
+    Ok(resp.text().await?)
+}
+
+async fn send_get(client: &Client, path: &str) -> anyhow::Result<reqwest::Response> {
+    let resp = client
+        .http
+        .get(format!("{}{path}", client.url.trim_end_matches('/')))
+        .basic_auth(&client.user, Some(&client.password))
+        .send()
+        .await
+        .with_context(|| format!("cannot reach Slipway at {}", client.url))?;
+    if !resp.status().is_success() {
+        let status = resp.status();
+        let v: Value = resp.json().await.unwrap_or(Value::Null);
+        bail!(
+            "{}",
+            v["error"]
+                .as_str()
+                .map(str::to_owned)
+                .unwrap_or_else(|| format!("the server answered {status}"))
+        );
+    }
+    Ok(resp)
+}
+
+/// Prints the log as it comes — with a spinner per phase on a terminal —
+/// then the build's end; an error when it did not succeed.
+async fn follow_build(client: &Client, base: &str, id: &str, json: bool) -> anyhow::Result<()> {
+    let resp = send_get(client, &format!("{base}/{id}/logs?follow=true&format=json")).await?;
+    let tty = !json && std::io::stderr().is_terminal();
+    let mut progress = Phases::new(tty);
+    let mut stream = resp.bytes_stream();
+    let mut buf = Vec::new();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.context("the log stream broke off")?;
+        buf.extend_from_slice(&chunk);
+        while let Some(nl) = buf.iter().position(|b| *b == b'\n') {
+            let line: Vec<u8> = buf.drain(..=nl).collect();
+            if json {
+                print!("{}", String::from_utf8_lossy(&line));
+                continue;
+            }
+            let Ok(l) = serde_json::from_slice::<LogLineView>(&line) else {
+                continue;
+            };
+            progress.line(&l);
+        }
+    }
+    let v = client
+        .call(reqwest::Method::GET, &format!("{base}/{id}"), None)
+        .await?;
+    let b: BuildView = serde_json::from_value(v)?;
+    progress.finish(b.state == "succeeded");
+    if !json {
+        match b.state.as_str() {
+            "succeeded" => println!(
+                "Build {} succeeded in {:.1} s: {} ({})",
+                b.id,
+                b.duration_secs.unwrap_or(0.0),
+                b.image,
+                b.image_digest.as_deref().unwrap_or("")
+            ),
+            _ => {}
+        }
+    }
+    if b.state != "succeeded" {
+        bail!(
+            "build {} {}: {}",
+            b.id,
+            b.state.replace('_', " "),
+            b.reason.as_deref().unwrap_or("no reason given")
+        );
+    }
+    Ok(())
+}
+
+/// A spinner per phase on a terminal; plain lines otherwise.
+struct Phases {
+    tty: bool,
+    bar: Option<(ProgressBar, String, Instant)>,
+}
+
+impl Phases {
+    fn new(tty: bool) -> Phases {
+        Phases { tty, bar: None }
+    }
+
+    fn line(&mut self, l: &LogLineView) {
+        if !self.tty {
+            println!("{}", l.line);
+            return;
+        }
+        let same = self.bar.as_ref().is_some_and(|(_, p, _)| *p == l.phase);
+        if !same {
+            self.finish(true);
+            if l.phase != "done" {
+                let bar = ProgressBar::new_spinner();
+                bar.set_style(
+                    ProgressStyle::with_template("{spinner} {msg} {elapsed}")
+                        .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+                );
+                bar.set_message(l.phase.clone());
+                bar.enable_steady_tick(Duration::from_millis(120));
+                self.bar = Some((bar, l.phase.clone(), Instant::now()));
+            }
+        }
+        if l.line.starts_with("===> ") {
+            return;
+        }
+        match &self.bar {
+            Some((bar, _, _)) => bar.println(&l.line),
+            None => eprintln!("{}", l.line),
+        }
+    }
+
+    fn finish(&mut self, ok: bool) {
+        if let Some((bar, phase, at)) = self.bar.take() {
+            let mark = if ok { "✓" } else { "✗" };
+            bar.finish_and_clear();
+            eprintln!("{mark} {phase} ({:.1} s)", at.elapsed().as_secs_f64());
+        }
+    }
+}
