@@ -153,7 +153,7 @@ pub async fn put(
     let repo_id = state.meta.ensure_repo(&repo).await?;
     let subject = parsed.subject.clone();
     let detail = json!({"tag": tag, "media_type": parsed.media_type, "size": body.len()});
-    state
+    let after = state
         .meta
         .manifest_put(
             &repo,
@@ -179,7 +179,15 @@ pub async fn put(
         detail,
     )
     .await;
-    quota_warnings(state, caller, &repo).await;
+    if let Some(quota) = after.quota {
+        quota_warnings(
+            state,
+            caller,
+            &repo,
+            Some((after.used, Some(quota), after.warned_percent)),
+        )
+        .await;
+    }
     let mut headers = HeaderMap::new();
     set(
         &mut headers,
@@ -213,7 +221,7 @@ pub async fn delete(
                 json!({}),
             )
             .await;
-            quota_warnings(state, caller, &repo).await;
+            quota_warnings(state, caller, &repo, None).await;
         }
         Reference::Tag(tag) => {
             if !state.meta.tag_delete(&repo, &tag).await? {
@@ -237,13 +245,25 @@ pub async fn delete(
 
 /// Records in the audit log when a project's usage reaches a configured
 /// warning threshold (once per threshold; going back below re-arms it).
-async fn quota_warnings(state: &AppState, caller: &Caller, repo: &RepoName) {
+/// `known`: the state right after a write (else it is read).
+async fn quota_warnings(
+    state: &AppState,
+    caller: &Caller,
+    repo: &RepoName,
+    known: Option<(u64, Option<u64>, u32)>,
+) {
     let project = repo.project();
-    match state.has_quota(project).await {
-        Ok(true) => {}
-        _ => return,
-    }
-    let Ok(Some((used, Some(quota), warned))) = state.meta.quota_state(project).await else {
+    let current = match known {
+        Some(k) => Some(k),
+        None => {
+            match state.has_quota(project).await {
+                Ok(true) => {}
+                _ => return,
+            }
+            state.meta.quota_state(project).await.ok().flatten()
+        }
+    };
+    let Some((used, Some(quota), warned)) = current else {
         return;
     };
     let percent = if quota == 0 {

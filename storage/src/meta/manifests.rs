@@ -11,6 +11,15 @@ use crate::digest::Digest;
 use crate::error::{Result, StorageError};
 use crate::names::RepoName;
 
+/// The project's quota state right after a manifest was committed (for
+/// warnings, without another query).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QuotaAfter {
+    pub used: u64,
+    pub quota: Option<u64>,
+    pub warned_percent: u32,
+}
+
 impl Metadata {
     pub async fn manifest_by_tag(
         &self,
@@ -54,7 +63,12 @@ impl Metadata {
     /// project's usage must fit its quota (blobs the project already holds,
     /// or that a base project holds, add nothing; their reservations are
     /// released as they become usage).
-    pub async fn manifest_put(&self, repo: &RepoName, repo_id: i64, m: &NewManifest) -> Result<()> {
+    pub async fn manifest_put(
+        &self,
+        repo: &RepoName,
+        repo_id: i64,
+        m: &NewManifest,
+    ) -> Result<QuotaAfter> {
         let now = now_ms();
         let project = repo.project();
         let mut tx = self.write.begin().await?;
@@ -204,7 +218,11 @@ impl Metadata {
             }
         }
         tx.commit().await?;
-        Ok(())
+        Ok(QuotaAfter {
+            used: budget.used + added,
+            quota: budget.quota,
+            warned_percent: budget.warned_percent,
+        })
     }
 
     /// Deletes a manifest and the tags that point to it, and releases from

@@ -54,6 +54,7 @@ pub use audit::{AuditEntry, AuditQuery, NewAuditEntry};
 pub use blobs::UploadRecord;
 pub use builds::{BuildRecord, BuildToken, LogLine};
 pub use gc::{GcCandidate, PrunableManifest};
+pub use manifests::QuotaAfter;
 pub use quota::{Drift, Usage};
 
 pub(crate) type Tx<'a> = sqlx::Transaction<'a, sqlx::Any>;

@@ -56,6 +56,8 @@ pub(crate) struct Budget {
     pub is_base: bool,
     /// The running usage when the lock was taken.
     pub used: u64,
+    /// The highest warning threshold recorded (percent).
+    pub warned_percent: u32,
 }
 
 /// A difference between the running (project, blob) rows and a recompute
@@ -87,8 +89,8 @@ impl Metadata {
     /// has no quota.
     pub(crate) async fn lock_project(&self, tx: &mut Tx<'_>, project: &str) -> Result<Budget> {
         let row = sqlx::query(self.pick(
-            "SELECT quota_bytes, is_base, used_bytes FROM projects WHERE name = $1",
-            "SELECT quota_bytes, is_base, used_bytes FROM projects WHERE name = $1 FOR UPDATE",
+            "SELECT quota_bytes, is_base, used_bytes, warned_percent FROM projects WHERE name = $1",
+            "SELECT quota_bytes, is_base, used_bytes, warned_percent FROM projects WHERE name = $1 FOR UPDATE",
         ))
         .bind(project)
         .fetch_optional(&mut **tx)
@@ -230,11 +232,12 @@ impl Metadata {
     }
 
     async fn lock_project_read(&self, tx: &mut Tx<'_>, project: &str) -> Result<Budget> {
-        let row =
-            sqlx::query("SELECT quota_bytes, is_base, used_bytes FROM projects WHERE name = $1")
-                .bind(project)
-                .fetch_optional(&mut **tx)
-                .await?;
+        let row = sqlx::query(
+            "SELECT quota_bytes, is_base, used_bytes, warned_percent FROM projects WHERE name = $1",
+        )
+        .bind(project)
+        .fetch_optional(&mut **tx)
+        .await?;
         Ok(budget(project, row))
     }
 
@@ -552,12 +555,14 @@ fn budget(project: &str, row: Option<sqlx::any::AnyRow>) -> Budget {
             quota: r.get::<Option<i64>, _>(0).map(|q| q.max(0) as u64),
             is_base: r.get::<i64, _>(1) != 0,
             used: r.get::<i64, _>(2).max(0) as u64,
+            warned_percent: r.get::<i64, _>(3).max(0) as u32,
         },
         None => Budget {
             project: project.to_owned(),
             quota: None,
             is_base: false,
             used: 0,
+            warned_percent: 0,
         },
     }
 }
