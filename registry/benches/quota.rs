@@ -92,16 +92,27 @@ async fn quota_overhead(images: usize) -> (f64, f64) {
     let (mut free, mut quota) = (Duration::ZERO, Duration::ZERO);
     let batch = 50;
     let mut done = 0;
+    let mut round = 0;
     while done < images {
         let n = batch.min(images - done);
-        for (repo, total) in [("tool-quota/app", &mut quota), ("tool-free/app", &mut free)] {
+        // Alternating which goes first, so drift hits both alike.
+        let mut order = [("tool-quota/app", true), ("tool-free/app", false)];
+        if round % 2 == 1 {
+            order.reverse();
+        }
+        for (repo, with_quota) in order {
             let t = Instant::now();
             for i in done..done + n {
                 push_image(&http, &server.url, &auth, repo, i).await;
             }
-            *total += t.elapsed();
+            if with_quota {
+                quota += t.elapsed();
+            } else {
+                free += t.elapsed();
+            }
         }
         done += n;
+        round += 1;
     }
     (
         images as f64 / free.as_secs_f64(),
