@@ -224,11 +224,9 @@ impl Lifecycle<'_> {
         let mut env = self.env_for(bp);
         env.insert("CNB_BUILD_PLAN_PATH".into(), format!("/tmp/{plan_name}"));
         let program = format!("/{}/bin/detect", bp.dir.display());
-        let args = if bp.api() < (0, 8) {
-            vec!["/platform".to_owned(), format!("/tmp/{plan_name}")]
-        } else {
-            Vec::new()
-        };
+        // Positional arguments for every Buildpack API, as the upstream
+        // lifecycle passes them (buildpacks written against 0.11 use them).
+        let args = vec!["/platform".to_owned(), format!("/tmp/{plan_name}")];
         let id = bp.id().to_owned();
         let log = |line: &str| (self.log)(&format!("[detect {id}] {line}"));
         let status = self
@@ -302,15 +300,12 @@ impl Lifecycle<'_> {
             env.insert("CNB_LAYERS_DIR".into(), format!("{LAYERS}/{dir_name}"));
             env.insert("CNB_BP_PLAN_PATH".into(), format!("/tmp/{plan_name}"));
             let program = format!("/{}/bin/build", bp.dir.display());
-            let args = if bp.api() < (0, 8) {
-                vec![
-                    format!("{LAYERS}/{dir_name}"),
-                    "/platform".to_owned(),
-                    format!("/tmp/{plan_name}"),
-                ]
-            } else {
-                Vec::new()
-            };
+            // Positional arguments for every Buildpack API, as upstream.
+            let args = vec![
+                format!("{LAYERS}/{dir_name}"),
+                "/platform".to_owned(),
+                format!("/tmp/{plan_name}"),
+            ];
             let id = bp.id().to_owned();
             let log = |line: &str| (self.log)(&format!("[{id}] {line}"));
             let status = self
