@@ -23,6 +23,7 @@ pub mod layers;
 pub mod lifecycle;
 pub mod metadata;
 pub mod oci;
+pub mod rebase;
 pub mod sandbox;
 
 /// Where the app's source is, in the build sandbox and in the image.
