@@ -241,8 +241,14 @@ struct AuthState {
 /// What the run-wide checks look at.
 #[derive(Default)]
 pub struct Audit {
-    /// 4xx responses whose body is not the spec's error JSON.
+    /// 4xx responses with a JSON body (or a JSON `Content-Type`) that is
+    /// not the spec's error JSON with the spec's codes: the spec's MUST.
     pub bad_error_bodies: Vec<String>,
+    /// 4xx responses whose body is not JSON at all (or is empty), which
+    /// the spec allows ("MAY return a body in any format").
+    pub non_json_error_bodies: Vec<String>,
+    /// `Warning` headers not of the form the spec requires.
+    pub bad_warnings: Vec<String>,
     /// 5xx responses.
     pub server_errors: Vec<String>,
 }
@@ -509,17 +515,33 @@ impl Client {
 
     fn record(&self, method: &Method, resp: &Response) {
         let status = resp.status.as_u16();
+        let mut audit = self.audit();
+        if let Err(why) = expect::warnings(&resp.header_all("Warning")) {
+            audit
+                .bad_warnings
+                .push(format!("{} → {status}: {why}", resp.request));
+        }
         if resp.status.is_server_error() {
-            self.audit()
+            audit
                 .server_errors
                 .push(format!("{} → {}", resp.request, resp.summary()));
         } else if resp.status.is_client_error()
             && *method != Method::HEAD
             && let Err(why) = expect::error_body(&resp.body)
         {
-            self.audit()
-                .bad_error_bodies
-                .push(format!("{} → {status}: {why}", resp.request));
+            let line = format!("{} → {status}: {why}", resp.request);
+            let json_typed = resp.header("Content-Type").is_some_and(|t| {
+                t.split(';')
+                    .next()
+                    .unwrap_or_default()
+                    .trim()
+                    .ends_with("json")
+            });
+            if json_typed || serde_json::from_slice::<serde_json::Value>(&resp.body).is_ok() {
+                audit.bad_error_bodies.push(line);
+            } else {
+                audit.non_json_error_bodies.push(line);
+            }
         }
     }
 }

@@ -96,6 +96,49 @@ pub fn error_codes(body: &[u8]) -> Outcome<Vec<String>> {
         .collect())
 }
 
+/// The spec's rules for `Warning` headers: each warning is
+/// `299 - "<text>"` (code 299, agent `-`, no date), and all of them
+/// together are at most 4096 bytes.
+pub fn warnings(values: &[&str]) -> Outcome {
+    let total: usize = values.iter().map(|v| v.len()).sum();
+    ensure!(
+        total <= 4096,
+        "{total} bytes of Warning headers (at most 4096)"
+    );
+    for value in values {
+        let mut rest = value.trim();
+        loop {
+            rest = rest.trim_start_matches([',', ' ', '\t']);
+            if rest.is_empty() {
+                break;
+            }
+            let Some(after) = rest.strip_prefix("299 - \"") else {
+                return Err(format!("Warning {value:?} is not `299 - \"<text>\"`"));
+            };
+            let mut end = None;
+            let mut escaped = false;
+            for (i, c) in after.char_indices() {
+                match c {
+                    _ if escaped => escaped = false,
+                    '\\' => escaped = true,
+                    '"' => {
+                        end = Some(i);
+                        break;
+                    }
+                    _ => {}
+                }
+            }
+            let end = end.ok_or_else(|| format!("Warning {value:?}: the text is not closed"))?;
+            rest = after[end + 1..].trim_start();
+            ensure!(
+                rest.is_empty() || rest.starts_with(','),
+                "Warning {value:?} has more than code, agent and text (a warn-date?)"
+            );
+        }
+    }
+    Ok(())
+}
+
 /// The status is exactly `want`.
 pub fn status(r: &Response, want: u16) -> Outcome {
     ensure!(
@@ -245,6 +288,31 @@ mod tests {
         ];
         for body in bad {
             assert!(error_body(body.as_bytes()).is_err(), "{body}");
+        }
+    }
+
+    #[test]
+    fn warning_headers() {
+        let ok: &[&[&str]] = &[
+            &[],
+            &[r#"299 - "Your auth token will expire in 30 seconds.""#],
+            &[r#"299 - "a, with a comma", 299 - "b \"quoted\"""#],
+            &[r#"299 - "one""#, r#"299 - "two""#],
+        ];
+        for values in ok {
+            assert!(warnings(values).is_ok(), "{values:?}");
+        }
+        let long = format!(r#"299 - "{}""#, "x".repeat(4096));
+        let bad: &[&[&str]] = &[
+            &[r#"199 - "stale""#],
+            &[r#"299 registry "agent""#],
+            &[r#"299 - "dated" "Sat, 01 Jan 2000 00:00:00 GMT""#],
+            &[r#"299 - "unterminated"#],
+            &["299 - bare"],
+            &[&long],
+        ];
+        for values in bad {
+            assert!(warnings(values).is_err(), "{values:?}");
         }
     }
 }

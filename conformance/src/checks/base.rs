@@ -6,10 +6,21 @@ use super::Ctx;
 use crate::client::{Challenge, Client, Request, parse_challenge};
 use crate::expect::{self, Outcome, ensure};
 
-/// `GET /v2/` (with the target's credentials): 200.
+/// `GET /v2/` (with the target's credentials): 200. The Docker header
+/// `Docker-Distribution-API-Version` is optional; when sent, it must say
+/// `registry/2.0`.
 pub async fn api_version(cx: &Ctx) -> Outcome {
     let r = cx.get(cx.client.url("/v2/")?).await?;
-    expect::status(&r, 200)
+    expect::status(&r, 200)?;
+    match r.header("Docker-Distribution-API-Version") {
+        Some(v) => ensure!(
+            v.trim() == "registry/2.0",
+            "{}: Docker-Distribution-API-Version is {v:?}, expected \"registry/2.0\" (or none)",
+            r.request
+        ),
+        None => cx.note("no Docker-Distribution-API-Version header (optional)"),
+    }
+    Ok(())
 }
 
 /// `GET /v2/` without credentials: 200 (an open registry), or 401 with a

@@ -105,18 +105,53 @@ pub async fn manifest_binary(cx: &Ctx) -> Outcome {
     expect::error(&r, 400, &["MANIFEST_INVALID"])
 }
 
-/// Every 4xx answer of this run (but `HEAD`s) carried the spec's error
-/// JSON with the spec's codes.
+/// Every 4xx answer of this run (but `HEAD`s) whose body is JSON (or
+/// says it is) carried the spec's error JSON with the spec's codes ("If
+/// the response body is in JSON format, it MUST have the following
+/// format").
 pub async fn error_bodies(cx: &Ctx) -> Outcome {
     let audit = cx.client.audit();
     let bad = &audit.bad_error_bodies;
     ensure!(
         bad.is_empty(),
-        "{} error responses without the spec's error JSON, such as: {}",
+        "{} JSON error responses not in the spec's error format, such as: {}",
         bad.len(),
-        bad.iter().take(3).cloned().collect::<Vec<_>>().join("; ")
+        examples(bad)
     );
     Ok(())
+}
+
+/// Every 4xx answer of this run (but `HEAD`s) had a body, and it was the
+/// spec's error JSON. The spec lets a 4xx body be "in any format"; this
+/// suite wants the error JSON, which clients show to users.
+pub async fn error_bodies_json(cx: &Ctx) -> Outcome {
+    let audit = cx.client.audit();
+    let bad = &audit.non_json_error_bodies;
+    ensure!(
+        bad.is_empty(),
+        "{} error responses without a JSON body, such as: {}",
+        bad.len(),
+        examples(bad)
+    );
+    Ok(())
+}
+
+/// Every `Warning` header of this run was `299 - "<text>"`, with no date,
+/// and at most 4096 bytes of them per response.
+pub async fn warning_headers(cx: &Ctx) -> Outcome {
+    let audit = cx.client.audit();
+    let bad = &audit.bad_warnings;
+    ensure!(
+        bad.is_empty(),
+        "{} responses with malformed Warning headers, such as: {}",
+        bad.len(),
+        examples(bad)
+    );
+    Ok(())
+}
+
+fn examples(lines: &[String]) -> String {
+    lines.iter().take(3).cloned().collect::<Vec<_>>().join("; ")
 }
 
 /// No request of this run was answered with a 5xx.
@@ -127,7 +162,7 @@ pub async fn no_server_errors(cx: &Ctx) -> Outcome {
         bad.is_empty(),
         "{} server errors, such as: {}",
         bad.len(),
-        bad.iter().take(3).cloned().collect::<Vec<_>>().join("; ")
+        examples(bad)
     );
     Ok(())
 }

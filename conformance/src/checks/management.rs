@@ -4,7 +4,7 @@ use reqwest::Method;
 use serde_json::json;
 
 use super::{Ctx, discovery, short};
-use crate::content::{Image, artifact, unknown_digest};
+use crate::content::{Image, artifact, random_name, unknown_digest};
 use crate::expect::{self, Outcome, ensure};
 
 fn repo(cx: &Ctx) -> String {
@@ -131,7 +131,9 @@ pub async fn push_after_delete(cx: &Ctx) -> Outcome {
 }
 
 /// `DELETE` of a manifest digest the repository never had: 404
-/// `MANIFEST_UNKNOWN`.
+/// `MANIFEST_UNKNOWN`; in a repository that does not exist: 404 ("If the
+/// repository does not exist, the response MUST return 404"), with
+/// `NAME_UNKNOWN` or `MANIFEST_UNKNOWN`.
 pub async fn delete_unknown_manifest(cx: &Ctx) -> Outcome {
     let repo = repo(cx);
     let image = Image::oci(&[10]);
@@ -139,7 +141,13 @@ pub async fn delete_unknown_manifest(cx: &Ctx) -> Outcome {
     let r = cx
         .delete(cx.v2(&repo, &format!("manifests/{}", unknown_digest()))?)
         .await?;
-    expect::error(&r, 404, &["MANIFEST_UNKNOWN"])
+    expect::error(&r, 404, &["MANIFEST_UNKNOWN"])?;
+    let nowhere = cx.repo(&format!("no-such-repo-{}", random_name()));
+    let r = cx
+        .delete(cx.v2(&nowhere, &format!("manifests/{}", unknown_digest()))?)
+        .await?;
+    expect::error(&r, 404, &["NAME_UNKNOWN", "MANIFEST_UNKNOWN"])
+        .map_err(|e| format!("in a repository that does not exist: {e}"))
 }
 
 /// `DELETE` of a blob the repository never had: 404 `BLOB_UNKNOWN`.

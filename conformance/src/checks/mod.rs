@@ -495,8 +495,12 @@ pub async fn run(target: &Target, select: &dyn Fn(&str) -> bool) -> Report {
             => errors::content_range_malformed(cx);
         "errors/manifest-binary", "Push: Pushing Manifests, not JSON (code-6)"
             => errors::manifest_binary(cx);
-        "errors/error-bodies", "Error Codes: every 4xx JSON body in this run"
+        "errors/error-bodies", "Error Codes: every 4xx JSON body in this run has the error format"
             => errors::error_bodies(cx);
+        "errors/error-bodies-json", "Error Codes: every 4xx body in this run is error JSON (MAY any format; required here)"
+            => errors::error_bodies_json(cx);
+        "errors/warning-headers", "Warnings: 299 - \"<text>\", no date, at most 4096 bytes"
+            => errors::warning_headers(cx);
         "errors/no-server-errors", "API: no 5xx in this run"
             => errors::no_server_errors(cx);
     }

@@ -289,11 +289,19 @@ pub async fn final_chunk_out_of_order(cx: &Ctx) -> Outcome {
 }
 
 /// Two sessions upload the same blob at once (the spec's "Layer Upload
-/// De-duplication"): both finish with 201 and the blob is whole.
+/// De-duplication"): they have different locations, both finish with 201
+/// and the blob is whole.
 pub async fn concurrent_same_blob(cx: &Ctx) -> Outcome {
     let repo = repo(cx);
     let a = cx.start_upload(&repo, &[]).await?;
     let b = cx.start_upload(&repo, &[]).await?;
+    if a.location == b.location {
+        cx.cancel(&a.location).await;
+        return Err(format!(
+            "two POSTs to blobs/uploads/ gave the same Location {}: a session id MUST be unique",
+            a.location.path()
+        ));
+    }
     let size = chunk_size(&a, 2500).max(b.min_chunk);
     let blob = Blob::random(size * 2);
     let half = size;
