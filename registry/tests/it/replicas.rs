@@ -461,16 +461,27 @@ async fn s3_down_mid_push_is_a_503_and_the_same_push_succeeds_after() {
     );
 
     weed.resume();
-    let (s, _, b) = d
-        .send(
-            0,
-            Method::PATCH,
-            &location,
-            blob[first..].to_vec(),
-            &[("content-range", format!("{first}-{}", blob.len() - 1))],
-        )
-        .await;
-    assert_eq!(s, StatusCode::ACCEPTED, "{}", String::from_utf8_lossy(&b));
+    // SeaweedFS answers writes before every old volume is registered again
+    // (a read of the upload's tail may fail for a few seconds): a client
+    // retries a 503, as the error asks; the upload must still be whole.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let (s, _, b) = d
+            .send(
+                0,
+                Method::PATCH,
+                &location,
+                blob[first..].to_vec(),
+                &[("content-range", format!("{first}-{}", blob.len() - 1))],
+            )
+            .await;
+        if s == StatusCode::SERVICE_UNAVAILABLE && std::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+            continue;
+        }
+        assert_eq!(s, StatusCode::ACCEPTED, "{}", String::from_utf8_lossy(&b));
+        break;
+    }
     let (s, _, b) = d
         .send(
             0,

@@ -434,7 +434,12 @@ impl Metadata {
 }
 
 /// Starts the untagged clock of a manifest that has no tag left.
-async fn mark_if_untagged(tx: &mut Tx<'_>, repo_id: i64, digest: &str, now: i64) -> Result<()> {
+pub(super) async fn mark_if_untagged(
+    tx: &mut Tx<'_>,
+    repo_id: i64,
+    digest: &str,
+    now: i64,
+) -> Result<()> {
     sqlx::query(
         "UPDATE manifests SET untagged_at = $1 WHERE repo_id = $2 AND digest = $3 \
          AND untagged_at IS NULL \

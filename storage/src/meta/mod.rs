@@ -48,6 +48,7 @@ mod builds;
 mod gc;
 mod manifests;
 mod quota;
+mod rebase;
 
 pub use access::{Project, Robot, RobotUpdate};
 pub use audit::{AuditEntry, AuditQuery, NewAuditEntry};
@@ -56,6 +57,7 @@ pub use builds::{BuildRecord, BuildToken, LogLine};
 pub use gc::{GcCandidate, PrunableManifest};
 pub use manifests::QuotaAfter;
 pub use quota::{Drift, Usage};
+pub use rebase::{BuildSource, RebaseCommitted, RebaseWrite, TaggedImage, TaggedPage};
 
 pub(crate) type Tx<'a> = sqlx::Transaction<'a, sqlx::Any>;
 

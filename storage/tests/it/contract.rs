@@ -1119,3 +1119,252 @@ async fn the_build_queue(m: &Metadata) {
             .unwrap()
     );
 }
+
+contract!(rebase_commits_like_a_push);
+
+/// A rebase of `old` in `repo` onto `base` layers, keeping `app` layers;
+/// the config `config` is claimed (stored) but not linked, as the
+/// rebaser leaves it before committing.
+async fn rebase_write(
+    m: &Metadata,
+    repo: &RepoName,
+    old: &Digest,
+    config: &(Digest, u64),
+    base: &[&(Digest, u64)],
+    app: &[&(Digest, u64)],
+    id: &str,
+) -> slipway_storage::meta::RebaseWrite {
+    m.blob_claim(&config.0, config.1).await.unwrap();
+    let layers: Vec<&(Digest, u64)> = base.iter().chain(app.iter()).copied().collect();
+    let manifest = image(config, &layers, Some(id));
+    slipway_storage::meta::RebaseWrite {
+        repo: repo.clone(),
+        repo_id: m.repo_id(repo).await.unwrap().unwrap(),
+        old_digest: old.clone(),
+        manifest,
+        config: config.0.clone(),
+        link: base.iter().map(|b| b.0.clone()).collect(),
+        build: slipway_storage::meta::BuildRecord {
+            state: "succeeded".into(),
+            requested_by: "builder".into(),
+            ..build_record(id, repo.project())
+        },
+        log: vec![format!("rebased {repo}@{old}")],
+        audit: NewAuditEntry {
+            principal: "builder".into(),
+            action: "image.rebase".into(),
+            project: Some(repo.project().into()),
+            target: Some(format!("{repo}@{old}")),
+            detail: Some("{}".into()),
+            remote_addr: None,
+        },
+    }
+}
+
+async fn rebase_commits_like_a_push(m: &Metadata) {
+    use slipway_storage::meta::RebaseCommitted;
+    m.project_create("platform", true, None, true)
+        .await
+        .unwrap();
+    m.project_create("tool-a", true, None, false).await.unwrap();
+    let run = repo("platform/run");
+    let (base1, base2, own) = (blob(1), blob(2), blob(3));
+    push(m, &run, &blob(9), &[&base1], Some("v1"))
+        .await
+        .unwrap();
+    push(m, &run, &blob(19), &[&base2], Some("v2"))
+        .await
+        .unwrap();
+    let web = repo("tool-a/web");
+    let app = push(m, &web, &blob(10), &[&base1, &own], Some("latest"))
+        .await
+        .unwrap();
+    let web_id = m.repo_id(&web).await.unwrap().unwrap();
+    m.manifest_put(
+        &web,
+        web_id,
+        &NewManifest {
+            tag: Some("b1".into()),
+            ..app.clone()
+        },
+    )
+    .await
+    .unwrap();
+    // Another image of the project that stays where it is.
+    let worker = repo("tool-a/worker");
+    push(m, &worker, &blob(11), &[&base1], Some("latest"))
+        .await
+        .unwrap();
+    let used_before = used(m, "tool-a").await;
+
+    let config = blob(30);
+    let w = rebase_write(m, &web, &app.digest, &config, &[&base2], &[&own], "r1").await;
+    assert_eq!(
+        m.repo_blob_size(&web, &config.0).await.unwrap(),
+        None,
+        "a claimed config is not visible before the commit"
+    );
+    let out = m.rebase_commit("tool-a", &[w.clone()]).await.unwrap();
+    let [RebaseCommitted::Done { tags, added_bytes }] = &out[..] else {
+        panic!("{out:?}");
+    };
+    assert_eq!(tags, &["b1", "latest", "r1"]);
+    // The config and the manifest are all it adds; the base is free.
+    let added = config.1 + w.manifest.body.len() as u64;
+    assert_eq!(*added_bytes, added);
+    assert_eq!(used(m, "tool-a").await, used_before + added);
+    for tag in ["latest", "b1", "r1"] {
+        let got = m.manifest_by_tag(&web, tag).await.unwrap().unwrap();
+        assert_eq!(got.digest, w.manifest.digest, "{tag}");
+    }
+    assert_eq!(
+        m.repo_blob_size(&web, &base2.0).await.unwrap(),
+        Some(base2.1),
+        "the new base is linked, not copied"
+    );
+    assert!(
+        m.manifest_by_digest(&web, &app.digest)
+            .await
+            .unwrap()
+            .is_some(),
+        "the old manifest stays pullable by digest"
+    );
+    assert_eq!(
+        m.manifest_by_tag(&worker, "latest")
+            .await
+            .unwrap()
+            .unwrap()
+            .digest,
+        push_digest(&blob(11), &[&base1])
+    );
+    assert_eq!(m.build_kind("r1").await.unwrap().as_deref(), Some("rebase"));
+    let b = m.build_get("tool-a", "r1").await.unwrap().unwrap();
+    assert_eq!(
+        (b.state.as_str(), b.image_digest.as_deref()),
+        ("succeeded", Some(w.manifest.digest.as_str()))
+    );
+    assert_eq!(m.build_log("r1", 0, 10).await.unwrap().len(), 1);
+    let audit = m
+        .audit_list(&AuditQuery {
+            action: Some("image.rebase".into()),
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(audit.len(), 1);
+    assert_eq!(audit[0].principal, "builder");
+    assert!(m.recompute(false).await.unwrap().is_empty());
+
+    // The same rebase again: the tags left the old manifest, nothing moves.
+    let again = rebase_write(m, &web, &app.digest, &blob(31), &[&base2], &[&own], "r2").await;
+    let out = m.rebase_commit("tool-a", &[again]).await.unwrap();
+    assert!(matches!(out[..], [RebaseCommitted::Moved]), "{out:?}");
+    assert!(m.build_get("tool-a", "r2").await.unwrap().is_none());
+    assert_eq!(used(m, "tool-a").await, used_before + added);
+
+    // In one batch: a write whose base layer does not exist is refused,
+    // alone; the next one commits.
+    let worker_old = push_digest(&blob(11), &[&base1]);
+    let ghost = blob(40);
+    let bad = rebase_write(m, &worker, &worker_old, &blob(32), &[&ghost], &[], "r3").await;
+    let good = rebase_write(m, &worker, &worker_old, &blob(33), &[&base2], &[], "r4").await;
+    let out = m
+        .rebase_commit("tool-a", &[bad, good.clone()])
+        .await
+        .unwrap();
+    assert!(
+        matches!(
+            &out[..],
+            [
+                RebaseCommitted::Refused(StorageError::ManifestBlobUnknown(_)),
+                RebaseCommitted::Done { .. }
+            ]
+        ),
+        "{out:?}"
+    );
+    assert!(m.build_get("tool-a", "r3").await.unwrap().is_none());
+    assert_eq!(
+        m.manifest_by_tag(&worker, "latest")
+            .await
+            .unwrap()
+            .unwrap()
+            .digest,
+        good.manifest.digest
+    );
+    assert!(m.recompute(false).await.unwrap().is_empty());
+
+    // A project at its quota is still rebased: the config and manifest are
+    // counted, the project is then over its quota.
+    let full = used(m, "tool-a").await;
+    m.set_quota("tool-a", Some(full)).await.unwrap();
+    let web_now = m.manifest_by_tag(&web, "latest").await.unwrap().unwrap();
+    let w = rebase_write(
+        m,
+        &web,
+        &web_now.digest,
+        &blob(34),
+        &[&base1],
+        &[&own],
+        "r5",
+    )
+    .await;
+    let out = m.rebase_commit("tool-a", &[w]).await.unwrap();
+    assert!(matches!(out[..], [RebaseCommitted::Done { .. }]), "{out:?}");
+    assert!(used(m, "tool-a").await > full);
+    // …but layers that are not free are checked as for any push.
+    m.project_create("tool-x", true, None, false).await.unwrap();
+    let paid = blob(41);
+    push(m, &repo("tool-x/run"), &blob(42), &[&paid], Some("v1"))
+        .await
+        .unwrap();
+    let web_now = m.manifest_by_tag(&web, "latest").await.unwrap().unwrap();
+    let w = rebase_write(m, &web, &web_now.digest, &blob(35), &[&paid], &[&own], "r6").await;
+    let used_full = used(m, "tool-a").await;
+    let out = m.rebase_commit("tool-a", &[w]).await.unwrap();
+    assert!(
+        matches!(
+            out[..],
+            [RebaseCommitted::Refused(StorageError::QuotaExceeded { .. })]
+        ),
+        "{out:?}"
+    );
+    assert_eq!(used(m, "tool-a").await, used_full);
+    assert!(m.recompute(false).await.unwrap().is_empty());
+
+    // Tagged images, page by page, one entry per (repository, manifest).
+    let mut seen = Vec::new();
+    let mut after = 0;
+    loop {
+        let page = m
+            .tagged_images(after, 1, Some("tool-a"), None)
+            .await
+            .unwrap();
+        for i in &page.images {
+            seen.push((i.repository.clone(), i.tags.clone()));
+        }
+        match page.next {
+            Some(n) => after = n,
+            None => break,
+        }
+    }
+    assert_eq!(
+        seen,
+        [
+            (
+                "tool-a/web".to_owned(),
+                vec!["b1".to_owned(), "latest".into(), "r1".into(), "r5".into()]
+            ),
+            (
+                "tool-a/worker".to_owned(),
+                vec!["latest".to_owned(), "r4".into()]
+            ),
+        ]
+    );
+    assert_eq!(m.repo_manifest_digests(&run).await.unwrap().len(), 2);
+}
+
+/// The digest `image` gives (without a tag).
+fn push_digest(config: &(Digest, u64), layers: &[&(Digest, u64)]) -> Digest {
+    image(config, layers, None).digest
+}

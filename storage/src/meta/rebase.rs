@@ -1,0 +1,547 @@
+//! Stack rebase: finding tagged images, and committing rebased manifests.
+//!
+//! A rebase writes what a push of the rebased manifest would — the same
+//! checks (every reference in the repository with its declared size), the
+//! same (project, blob) rows and running count, the same tag rules — with
+//! three differences that make it a rebase:
+//! - the new run image's layers are linked into the app's repository in
+//!   the same transaction (they are in the run image's repository; no byte
+//!   is copied);
+//! - the tags move only if they still point at the manifest that was
+//!   rebased: a build or push that moved one meanwhile wins, and the rebase
+//!   of that image writes nothing;
+//! - the config and the manifest a rebase adds are admitted even over the
+//!   project's quota (they are counted, so the project is then over its
+//!   quota and further pushes are refused until it frees room): a tool must
+//!   not stay on a vulnerable base because it is full. Layers that are not
+//!   free (a run image outside the base projects) are checked as usual.
+//!
+//! Writes are batched: one transaction per batch of one project's images,
+//! the project row locked once, each image in a savepoint, so one image's
+//! failure rolls back that image only. The build history row, its log and
+//! the audit entry are written in the image's savepoint: a rebase is
+//! recorded exactly when it happened.
+
+use std::collections::{HashMap, HashSet};
+
+use bytes::Bytes;
+use sqlx::{Acquire, Row};
+
+use super::manifests::mark_if_untagged;
+use super::quota::Budget;
+use super::{BuildRecord, Metadata, NewAuditEntry, NewManifest, Tx, now_ms};
+use crate::digest::Digest;
+use crate::error::{Result, StorageError};
+use crate::names::RepoName;
+
+/// A manifest some tags point to.
+#[derive(Debug, Clone)]
+pub struct TaggedImage {
+    pub repo_id: i64,
+    pub repository: String,
+    pub digest: String,
+    pub media_type: String,
+    pub body: Bytes,
+    /// Every tag of the repository that points to it, in order.
+    pub tags: Vec<String>,
+}
+
+/// A page of tagged images, and where the next one starts.
+#[derive(Debug, Clone, Default)]
+pub struct TaggedPage {
+    pub images: Vec<TaggedImage>,
+    /// The repository id to pass as `after` for the next page; `None`
+    /// when this was the last.
+    pub next: Option<i64>,
+}
+
+/// Where an image was built from, as its build history says.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct BuildSource {
+    pub image_digest: Option<String>,
+    pub source_url: String,
+    pub git_ref: String,
+    pub git_commit: String,
+    pub builder: String,
+    pub env: String,
+}
+
+/// One rebased image to commit.
+#[derive(Debug, Clone)]
+pub struct RebaseWrite {
+    pub repo: RepoName,
+    pub repo_id: i64,
+    /// The manifest that was rebased: tags move only from it.
+    pub old_digest: Digest,
+    /// The rebased manifest, its references, and the build history's tag.
+    pub manifest: NewManifest,
+    /// The rebased config (stored and claimed before the commit).
+    pub config: Digest,
+    /// Blobs to link into the repository: the new run image's layers.
+    pub link: Vec<Digest>,
+    /// The build history entry (`kind` rebase, finished when written).
+    pub build: BuildRecord,
+    pub log: Vec<String>,
+    pub audit: NewAuditEntry,
+}
+
+/// What became of one write.
+#[derive(Debug)]
+pub enum RebaseCommitted {
+    /// Committed; the tags that moved, and what the project's usage grew by.
+    Done { tags: Vec<String>, added_bytes: u64 },
+    /// No tag points at the old manifest any more (a build or a push moved
+    /// them meanwhile): nothing was written.
+    Moved,
+    /// Refused (a reference missing, a quota for non-free layers…);
+    /// nothing was written.
+    Refused(StorageError),
+}
+
+macro_rules! tags_on_sql {
+    () => {
+        "SELECT name FROM tags WHERE repo_id = $1 AND digest = $2 ORDER BY name"
+    };
+}
+
+impl Metadata {
+    /// Tagged manifests of up to `repos` repositories after repository id
+    /// `after` (0: from the start), optionally of one project or one
+    /// repository — grouped, one entry per (repository, manifest).
+    pub async fn tagged_images(
+        &self,
+        after: i64,
+        repos: u32,
+        project: Option<&str>,
+        repository: Option<&str>,
+    ) -> Result<TaggedPage> {
+        let ids: Vec<i64> = sqlx::query(
+            "SELECT id FROM repositories WHERE id > $1 AND ($2 IS NULL OR project = $2) \
+             AND ($3 IS NULL OR name = $3) ORDER BY id LIMIT $4",
+        )
+        .bind(after)
+        .bind(project)
+        .bind(repository)
+        .bind(repos.max(1) as i64)
+        .fetch_all(&self.read)
+        .await?
+        .into_iter()
+        .map(|r| r.get(0))
+        .collect();
+        let (Some(first), Some(last)) = (ids.first(), ids.last()) else {
+            return Ok(TaggedPage::default());
+        };
+        let rows = sqlx::query(
+            "SELECT r.id, r.name, t.name, t.digest, mb.media_type, mb.body \
+             FROM repositories r JOIN tags t ON t.repo_id = r.id \
+             JOIN manifest_bodies mb ON mb.digest = t.digest \
+             WHERE r.id >= $1 AND r.id <= $2 AND ($3 IS NULL OR r.project = $3) \
+             AND ($4 IS NULL OR r.name = $4) \
+             ORDER BY r.id, t.digest, t.name",
+        )
+        .bind(first)
+        .bind(last)
+        .bind(project)
+        .bind(repository)
+        .fetch_all(&self.read)
+        .await?;
+        let mut images: Vec<TaggedImage> = Vec::new();
+        for r in rows {
+            let repo_id: i64 = r.get(0);
+            let tag: String = r.get(2);
+            let digest: String = r.get(3);
+            match images.last_mut() {
+                Some(i) if i.repo_id == repo_id && i.digest == digest => i.tags.push(tag),
+                _ => images.push(TaggedImage {
+                    repo_id,
+                    repository: r.get(1),
+                    digest,
+                    media_type: r.get(4),
+                    body: Bytes::from(r.get::<Vec<u8>, _>(5)),
+                    tags: vec![tag],
+                }),
+            }
+        }
+        Ok(TaggedPage {
+            images,
+            next: (ids.len() as u32 >= repos.max(1)).then_some(*last),
+        })
+    }
+
+    /// The digests of every manifest of a repository (tagged or not).
+    pub async fn repo_manifest_digests(&self, repo: &RepoName) -> Result<Vec<String>> {
+        Ok(sqlx::query(
+            "SELECT m.digest FROM manifests m JOIN repositories r ON r.id = m.repo_id \
+             WHERE r.name = $1 ORDER BY m.digest",
+        )
+        .bind(repo.as_str())
+        .fetch_all(&self.read)
+        .await?
+        .into_iter()
+        .map(|r| r.get(0))
+        .collect())
+    }
+
+    /// For each image name of a project, where its images came from: the
+    /// succeeded builds (and rebases), newest first.
+    pub async fn build_sources(&self, project: &str) -> Result<HashMap<String, Vec<BuildSource>>> {
+        let rows = sqlx::query(
+            "SELECT image_name, image_digest, source_url, git_ref, git_commit, builder, env \
+             FROM builds WHERE project = $1 AND state = 'succeeded' \
+             ORDER BY created_at DESC, id DESC",
+        )
+        .bind(project)
+        .fetch_all(&self.read)
+        .await?;
+        let mut out: HashMap<String, Vec<BuildSource>> = HashMap::new();
+        for r in rows {
+            out.entry(r.get(0)).or_default().push(BuildSource {
+                image_digest: r.get(1),
+                source_url: r.get(2),
+                git_ref: r.get(3),
+                git_commit: r.get(4),
+                builder: r.get(5),
+                env: r.get(6),
+            });
+        }
+        Ok(out)
+    }
+
+    /// A build history entry's kind: `build` or `rebase`.
+    pub async fn build_kind(&self, id: &str) -> Result<Option<String>> {
+        Ok(sqlx::query("SELECT kind FROM builds WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&self.read)
+            .await?
+            .map(|r| r.get(0)))
+    }
+
+    /// Commits rebased images of one project (see the module
+    /// documentation); one result per write, in order. An error of the
+    /// database itself fails the whole batch, and nothing of it is written.
+    pub async fn rebase_commit(
+        &self,
+        project: &str,
+        writes: &[RebaseWrite],
+    ) -> Result<Vec<RebaseCommitted>> {
+        if let Some(w) = writes.iter().find(|w| w.repo.project() != project) {
+            return Err(StorageError::Conflict(format!(
+                "a rebase batch of project {project} holds {} of another project",
+                w.repo
+            )));
+        }
+        let now = now_ms();
+        let mut tx = self.write.begin().await?;
+        let mut budget = self.lock_project(&mut tx, project).await?;
+        let mut out = Vec::with_capacity(writes.len());
+        for w in writes {
+            let before = budget.clone();
+            let mut sp = Acquire::begin(&mut tx).await?;
+            match self.rebase_one(&mut sp, &mut budget, w, now).await {
+                Ok(Some(done)) => {
+                    sp.commit().await?;
+                    out.push(done);
+                }
+                Ok(None) => {
+                    sp.rollback().await?;
+                    budget = before;
+                    out.push(RebaseCommitted::Moved);
+                }
+                Err(
+                    e @ (StorageError::ManifestBlobUnknown(_)
+                    | StorageError::ManifestInvalid(_)
+                    | StorageError::QuotaExceeded { .. }),
+                ) => {
+                    sp.rollback().await?;
+                    budget = before;
+                    out.push(RebaseCommitted::Refused(e));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        tx.commit().await?;
+        Ok(out)
+    }
+
+    async fn rebase_one(
+        &self,
+        tx: &mut Tx<'_>,
+        budget: &mut Budget,
+        w: &RebaseWrite,
+        now: i64,
+    ) -> Result<Option<RebaseCommitted>> {
+        let project = w.repo.project();
+        let m = &w.manifest;
+        // The tags still on the rebased manifest, locked until commit.
+        let tags: Vec<String> =
+            sqlx::query(self.pick(tags_on_sql!(), concat!(tags_on_sql!(), " FOR UPDATE")))
+                .bind(w.repo_id)
+                .bind(w.old_digest.as_str())
+                .fetch_all(&mut **tx)
+                .await?
+                .into_iter()
+                .map(|r| r.get(0))
+                .collect();
+        if tags.is_empty() {
+            return Ok(None);
+        }
+
+        // The new base's layers, linked (a mount, without its reservation:
+        // the manifest references them in this same transaction).
+        for d in &w.link {
+            sqlx::query(
+                "INSERT INTO repo_blobs (repo_id, digest, created_at) \
+                 SELECT $1, digest, $3 FROM blobs WHERE digest = $2 \
+                 ON CONFLICT (repo_id, digest) DO NOTHING",
+            )
+            .bind(w.repo_id)
+            .bind(d.as_str())
+            .bind(now)
+            .execute(&mut **tx)
+            .await?;
+        }
+        sqlx::query(
+            "INSERT INTO repo_blobs (repo_id, digest, created_at) \
+             SELECT $1, digest, $3 FROM blobs WHERE digest = $2 \
+             ON CONFLICT (repo_id, digest) DO NOTHING",
+        )
+        .bind(w.repo_id)
+        .bind(w.config.as_str())
+        .bind(now)
+        .execute(&mut **tx)
+        .await?;
+
+        // Every reference in the repository with its declared size, as for
+        // a push.
+        let blobs: Vec<&super::ManifestRef> = m.refs.iter().filter(|r| !r.is_manifest).collect();
+        if blobs.len() != m.refs.len() {
+            return Err(StorageError::ManifestInvalid(
+                "a rebased image references no manifests".into(),
+            ));
+        }
+        let list = placeholders(2, blobs.len());
+        let sql = format!(
+            "SELECT rb.digest, b.size FROM repo_blobs rb JOIN blobs b ON b.digest = rb.digest \
+             WHERE rb.repo_id = $1 AND rb.digest IN ({list}){}",
+            self.pick("", " FOR SHARE")
+        );
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(w.repo_id);
+        for r in &blobs {
+            q = q.bind(r.digest.as_str());
+        }
+        let sizes: HashMap<String, u64> = q
+            .fetch_all(&mut **tx)
+            .await?
+            .into_iter()
+            .map(|r| (r.get::<String, _>(0), r.get::<i64, _>(1) as u64))
+            .collect();
+        for r in &blobs {
+            match sizes.get(r.digest.as_str()) {
+                None => return Err(StorageError::ManifestBlobUnknown(r.digest.clone())),
+                Some(size) if *size != r.size => {
+                    return Err(StorageError::ManifestInvalid(format!(
+                        "the descriptor of {} gives size {}, but it has {size} bytes",
+                        r.digest, r.size
+                    )));
+                }
+                Some(_) => {}
+            }
+        }
+
+        // Usage: what the project does not hold yet.
+        let mut wanted: Vec<(&Digest, u64)> = vec![(&m.digest, m.body.len() as u64)];
+        wanted.extend(blobs.iter().map(|r| (&r.digest, r.size)));
+        let list = placeholders(2, wanted.len());
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT digest FROM project_blobs WHERE project = $1 AND digest IN ({list})"
+        )))
+        .bind(project);
+        for (d, _) in &wanted {
+            q = q.bind(d.as_str());
+        }
+        let held: HashSet<String> = q
+            .fetch_all(&mut **tx)
+            .await?
+            .into_iter()
+            .map(|r| r.get(0))
+            .collect();
+        let (mut added, mut checked, mut released) = (0u64, 0u64, 0u64);
+        let mut fresh = Vec::new();
+        let mut seen = HashSet::new();
+        for (digest, size) in wanted {
+            if held.contains(digest.as_str()) || !seen.insert(digest.as_str()) {
+                continue;
+            }
+            if !self.costs_nothing(tx, budget, digest).await? {
+                added += size;
+                // The rebase's own bytes are admitted whatever the quota.
+                if *digest != m.digest && *digest != w.config {
+                    checked += size;
+                }
+            }
+            released += self.reservation_of(tx, project, digest, now).await?;
+            fresh.push((digest, size));
+        }
+        if checked > 0 {
+            self.admit(tx, budget, checked, released).await?;
+        }
+        self.charge(tx, project, added as i64).await?;
+        budget.used += added;
+        if budget.is_base {
+            for (digest, size) in &fresh {
+                self.shift_base_blob(tx, project, digest.as_str(), *size, -1)
+                    .await?;
+            }
+        }
+        for (digest, size) in &fresh {
+            sqlx::query(
+                "INSERT INTO project_blobs (project, digest, size) VALUES ($1, $2, $3) \
+                 ON CONFLICT (project, digest) DO NOTHING",
+            )
+            .bind(project)
+            .bind(digest.as_str())
+            .bind(*size as i64)
+            .execute(&mut **tx)
+            .await?;
+            sqlx::query("DELETE FROM reservations WHERE project = $1 AND digest = $2")
+                .bind(project)
+                .bind(digest.as_str())
+                .execute(&mut **tx)
+                .await?;
+        }
+        let list = placeholders(2, blobs.len());
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "UPDATE blobs SET last_ref_change = $1 WHERE digest IN ({list})"
+        )))
+        .bind(now);
+        for r in &blobs {
+            q = q.bind(r.digest.as_str());
+        }
+        q.execute(&mut **tx).await?;
+
+        // The manifest, its references, then the tags.
+        sqlx::query(
+            "INSERT INTO manifest_bodies (digest, media_type, size, body, created_at) \
+             VALUES ($1, $2, $3, $4, $5) ON CONFLICT (digest) DO NOTHING",
+        )
+        .bind(m.digest.as_str())
+        .bind(&m.media_type)
+        .bind(m.body.len() as i64)
+        .bind(m.body.as_ref())
+        .bind(now)
+        .execute(&mut **tx)
+        .await?;
+        sqlx::query(
+            "INSERT INTO manifests (repo_id, digest, media_type, size, artifact_type, subject, \
+             annotations, created_at, untagged_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, NULL) \
+             ON CONFLICT (repo_id, digest) DO UPDATE SET untagged_at = NULL",
+        )
+        .bind(w.repo_id)
+        .bind(m.digest.as_str())
+        .bind(&m.media_type)
+        .bind(m.body.len() as i64)
+        .bind(m.artifact_type.as_deref())
+        .bind(m.subject.as_ref().map(|d| d.as_str()))
+        .bind(m.annotations.as_deref())
+        .bind(now)
+        .execute(&mut **tx)
+        .await?;
+        let values = (0..blobs.len())
+            .map(|i| format!("($1, $2, ${}, 0)", i + 3))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "INSERT INTO manifest_refs (repo_id, manifest_digest, ref_digest, is_manifest) \
+             VALUES {values} ON CONFLICT DO NOTHING"
+        )))
+        .bind(w.repo_id)
+        .bind(m.digest.as_str());
+        for r in &blobs {
+            q = q.bind(r.digest.as_str());
+        }
+        q.execute(&mut **tx).await?;
+        sqlx::query(
+            "UPDATE tags SET digest = $1, updated_at = $2 WHERE repo_id = $3 AND digest = $4",
+        )
+        .bind(m.digest.as_str())
+        .bind(now)
+        .bind(w.repo_id)
+        .bind(w.old_digest.as_str())
+        .execute(&mut **tx)
+        .await?;
+        let mut moved = tags;
+        if let Some(tag) = &m.tag {
+            sqlx::query(
+                "INSERT INTO tags (repo_id, name, digest, updated_at) VALUES ($1, $2, $3, $4) \
+                 ON CONFLICT (repo_id, name) DO UPDATE SET digest = excluded.digest, \
+                 updated_at = excluded.updated_at",
+            )
+            .bind(w.repo_id)
+            .bind(tag)
+            .bind(m.digest.as_str())
+            .bind(now)
+            .execute(&mut **tx)
+            .await?;
+            moved.push(tag.clone());
+        }
+        mark_if_untagged(tx, w.repo_id, w.old_digest.as_str(), now).await?;
+
+        // The build history entry, its log, the audit entry.
+        let b = &w.build;
+        sqlx::query(
+            "INSERT INTO builds (id, project, image_name, source_url, git_ref, git_commit, builder, \
+             env, state, reason, image_digest, requested_by, created_at, started_at, finished_at, kind) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'succeeded', NULL, $9, $10, $11, $11, $11, 'rebase')",
+        )
+        .bind(&b.id)
+        .bind(project)
+        .bind(&b.image_name)
+        .bind(&b.source_url)
+        .bind(&b.git_ref)
+        .bind(&b.git_commit)
+        .bind(&b.builder)
+        .bind(&b.env)
+        .bind(m.digest.as_str())
+        .bind(&b.requested_by)
+        .bind(now)
+        .execute(&mut **tx)
+        .await?;
+        for (i, line) in w.log.iter().enumerate() {
+            sqlx::query(
+                "INSERT INTO build_logs (build_id, seq, at, phase, line) VALUES ($1, $2, $3, 'rebase', $4)",
+            )
+            .bind(&b.id)
+            .bind(i as i64 + 1)
+            .bind(now)
+            .bind(line)
+            .execute(&mut **tx)
+            .await?;
+        }
+        let a = &w.audit;
+        sqlx::query(
+            "INSERT INTO audit_log (at, principal, action, project, target, detail, remote_addr) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        )
+        .bind(now)
+        .bind(&a.principal)
+        .bind(&a.action)
+        .bind(a.project.as_deref())
+        .bind(a.target.as_deref())
+        .bind(a.detail.as_deref())
+        .bind(a.remote_addr.as_deref())
+        .execute(&mut **tx)
+        .await?;
+        Ok(Some(RebaseCommitted::Done {
+            tags: moved,
+            added_bytes: added,
+        }))
+    }
+}
+
+/// `$first, $first+1, …` (`n` of them).
+fn placeholders(first: usize, n: usize) -> String {
+    (first..first + n)
+        .map(|i| format!("${i}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
