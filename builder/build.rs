@@ -51,6 +51,9 @@ fn main() {
     println!("cargo:rerun-if-changed=build.rs");
     println!("cargo:rerun-if-changed=launcher");
     println!("cargo:rerun-if-changed=../Cargo.lock");
+    // Embedded by src/stack.rs (include_dir does not tell cargo).
+    println!("cargo:rerun-if-changed=buildpacks");
+    println!("cargo:rerun-if-changed=stacks");
 
     let var = |name: &str| env::var(name).unwrap_or_else(|_| panic!("cargo sets {name}"));
     let out_dir = PathBuf::from(var("OUT_DIR"));

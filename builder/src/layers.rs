@@ -168,6 +168,17 @@ pub enum Entry {
 /// Writes a reproducible layer holding `entries` to `out` (gzipped), with
 /// every parent directory of every entry.
 pub fn write_layer(entries: &[Entry], out: &Path) -> io::Result<WrittenLayer> {
+    write_layer_owned(entries, out, CNB_UID, CNB_GID)
+}
+
+/// [`write_layer`] with every entry owned by `uid`/`gid` (builder images'
+/// `/cnb` is root's).
+pub fn write_layer_owned(
+    entries: &[Entry],
+    out: &Path,
+    uid: u32,
+    gid: u32,
+) -> io::Result<WrittenLayer> {
     // Collect (path in image, what) in sorted order.
     enum Item {
         Dir(u32),
@@ -237,8 +248,8 @@ pub fn write_layer(entries: &[Entry], out: &Path) -> io::Result<WrittenLayer> {
     for (path, item) in &items {
         let mut header = tar::Header::new_ustar();
         header.set_mtime(LAYER_MTIME);
-        header.set_uid(CNB_UID as u64);
-        header.set_gid(CNB_GID as u64);
+        header.set_uid(uid as u64);
+        header.set_gid(gid as u64);
         match item {
             Item::Dir(mode) => {
                 header.set_entry_type(tar::EntryType::Directory);

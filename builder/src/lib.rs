@@ -25,6 +25,7 @@ pub mod metadata;
 pub mod oci;
 pub mod rebase;
 pub mod sandbox;
+pub mod stack;
 
 /// Where the app's source is, in the build sandbox and in the image.
 pub const WORKSPACE: &str = "/workspace";

@@ -77,6 +77,9 @@ enum AdminCommand {
     /// `platform` project).
     #[command(subcommand)]
     Builder(BuilderCommand),
+    /// The platform's own stacks: build and run images and a builder.
+    #[command(subcommand)]
+    Stack(crate::stack_cli::StackCommand),
     /// The audit log, newest first.
     Audit {
         #[arg(long)]
@@ -254,6 +257,14 @@ impl Client {
 }
 
 pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
+    if let AdminCommand::Stack(cmd) = &args.command
+        && crate::stack_cli::is_local(cmd)
+    {
+        let AdminCommand::Stack(cmd) = args.command else {
+            unreachable!("matched above")
+        };
+        return crate::stack_cli::run(cmd, None, args.json).await;
+    }
     let password = match args.password {
         Some(p) => p,
         None => {
@@ -582,6 +593,7 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
                 }
             }
         },
+        AdminCommand::Stack(cmd) => crate::stack_cli::run(cmd, Some(&client), json).await?,
         AdminCommand::Builder(cmd) => match cmd {
             BuilderCommand::Approve { image } => {
                 let v = client

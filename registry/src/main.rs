@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 mod build_cli;
 mod cli;
+mod stack_cli;
 
 use clap::{Parser, Subcommand};
 use slipway_registry::config::{Config, Overrides, Secret};
