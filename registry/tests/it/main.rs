@@ -6,6 +6,7 @@
 mod api;
 mod architecture;
 mod builds;
+mod builds_e2e;
 mod gc_stress;
 mod lifecycle;
 mod logs;

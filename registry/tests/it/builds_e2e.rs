@@ -1,0 +1,557 @@
+//! Real builds, end to end: the platform's stacks made by
+//! `slipway_builder::stack` and pushed into the registry, git repositories
+//! built through the build API by the lifecycle in its sandbox, and the
+//! images pulled and run by podman (runc), answering over HTTP.
+//!
+//! The bookworm stack's root file systems come from `SLIPWAY_TEST_STACKS`
+//! (conformance/test.sh makes them with mmdebstrap before the tests: these
+//! reach only loopback); the tiny stack is made from this machine's static
+//! busybox and bash.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+use slipway_builder::oci;
+use slipway_builder::stack::{self, Options, Stack};
+
+use crate::builds::{git_repo, wait_for_end};
+use crate::security::Env;
+
+pub fn stacks_dir() -> PathBuf {
+    std::env::var_os("SLIPWAY_TEST_STACKS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").expect("HOME is set"))
+                .join(".cache/slipway/test-stacks")
+        })
+}
+
+fn registry_client(env: &Env) -> oci::Client {
+    oci::Client::new(
+        &format!("http://{}", env.server.addr),
+        "admin",
+        &env.server.admin_password,
+    )
+}
+
+/// A server that builds, with `stack` pushed into `platform` and its
+/// builder approved and the default.
+pub async fn env_with_stack(name: &str, adjust: impl FnOnce(&mut slipway_registry::Config)) -> Env {
+    let builder = format!("platform/builder:{name}");
+    let b = builder.clone();
+    let env = Env::with(move |c| {
+        c.builds.allow_local_sources = true;
+        c.builds.default_builder = b;
+        adjust(c);
+    })
+    .await;
+    env.server.create_project("platform", true).await;
+    stack::make(
+        &registry_client(&env),
+        &Stack::load(name).unwrap(),
+        &Options {
+            cache_dir: stacks_dir(),
+            mirror: None,
+            refresh: false,
+            offline: true,
+            log: Arc::new(|l: &str| eprintln!("stack: {l}")),
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    env.approve(&builder).await;
+    env
+}
+
+/// Starts a build and waits for its end; returns the build.
+pub async fn build(env: &Env, project: &str, auth: &str, body: Value) -> Value {
+    let (s, v) = env
+        .api(
+            Method::POST,
+            &format!("/api/v1/projects/{project}/builds"),
+            Some(auth),
+            Some(body),
+        )
+        .await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{v}");
+    wait_for_end(env, project, v["id"].as_str().unwrap(), auth).await
+}
+
+pub async fn log_of(env: &Env, project: &str, id: &str, auth: &str) -> String {
+    let (s, _, b) = env
+        .send(
+            Method::GET,
+            &format!("/api/v1/projects/{project}/builds/{id}/logs"),
+            Some(auth),
+            Vec::new(),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    String::from_utf8(b).unwrap()
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn run(cmd: &str, args: &[&str]) -> String {
+    let out = Command::new(cmd)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd} (conformance/test.sh installs it): {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd} {args:?}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// podman, with what this machine needs to run containers (runc, explicit
+/// ulimits: see ../shared/MACHINE-NOTES.md).
+const PODMAN_RUN: &[&str] = &[
+    "--runtime",
+    "runc",
+    "run",
+    "--ulimit",
+    "nofile=1024:1024",
+    "--ulimit",
+    "nproc=1024:1024",
+];
+
+/// Pulls `image` anonymously (a public project) and runs it with `args`
+/// before the image name; the container's id.
+fn pull_and_start(image: &str, args: &[&str]) -> String {
+    run("podman", &["pull", "-q", "--tls-verify=false", image]);
+    let mut all: Vec<&str> = PODMAN_RUN.to_vec();
+    all.extend_from_slice(&["-d", "--network", "host"]);
+    all.extend_from_slice(args);
+    all.push(image);
+    run("podman", &all)
+}
+
+/// A wheel of the package `greeting` (pure Python), made by hand: the app's
+/// only dependency, so that pip needs no index.
+fn write_wheel(path: &Path) {
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    let script = r#"
+import sys, zipfile
+files = {
+    "greeting/__init__.py": "def hello(who):\n    return f'hello, {who}, from a wheel'\n",
+    "greeting-1.0.dist-info/METADATA": "Metadata-Version: 2.1\nName: greeting\nVersion: 1.0\n",
+    "greeting-1.0.dist-info/WHEEL": "Wheel-Version: 1.0\nGenerator: slipway-test\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+}
+files["greeting-1.0.dist-info/RECORD"] = "".join(f"{n},,\n" for n in list(files) + ["greeting-1.0.dist-info/RECORD"])
+with zipfile.ZipFile(sys.argv[1], "w") as z:
+    for name, text in files.items():
+        z.writestr(zipfile.ZipInfo(name, (1980, 1, 1, 0, 0, 0)), text)
+"#;
+    run("python3", &["-c", script, path.to_str().unwrap()]);
+}
+
+const SERVER_PY: &str = r#"import os
+from http.server import BaseHTTPRequestHandler, HTTPServer
+
+import greeting
+
+
+class Hello(BaseHTTPRequestHandler):
+    def do_GET(self):
+        body = greeting.hello("toolforge").encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+HTTPServer(("127.0.0.1", int(os.environ.get("PORT", "8000"))), Hello).serve_forever()
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_python_app_is_built_pulled_run_and_answers_and_its_second_build_uploads_nothing() {
+    let env = env_with_stack("bookworm", |_| {}).await;
+    env.server.create_project("tool-py", true).await;
+    let token = env.build_token("tool-py", "ci").await;
+    let dir = tempfile::tempdir().unwrap();
+    let repo = dir.path().join("app");
+    write_wheel(&repo.join("wheels/greeting-1.0-py3-none-any.whl"));
+    git_repo(
+        &repo,
+        &[
+            (
+                "requirements.txt",
+                "./wheels/greeting-1.0-py3-none-any.whl\n",
+            ),
+            ("Procfile", "web: python server.py\n"),
+            ("server.py", SERVER_PY),
+        ],
+    );
+    let request = json!({
+        "source_url": format!("file://{}", repo.display()),
+        "ref": "main",
+        "image_name": "web",
+        // pip never looks for an index: the wheel is in the repository.
+        "env": {"PIP_NO_INDEX": "1"},
+    });
+
+    let cold = build(&env, "tool-py", &token, request.clone()).await;
+    let cold_log = log_of(&env, "tool-py", cold["id"].as_str().unwrap(), &token).await;
+    assert_eq!(cold["state"], "succeeded", "{cold}\n{cold_log}");
+    assert!(
+        cold_log.contains("installing requirements.txt"),
+        "{cold_log}"
+    );
+
+    let warm = build(&env, "tool-py", &token, request).await;
+    let warm_log = log_of(&env, "tool-py", warm["id"].as_str().unwrap(), &token).await;
+    assert_eq!(warm["state"], "succeeded", "{warm}\n{warm_log}");
+    // The venv came from the cache, and every layer was in the registry.
+    assert!(warm_log.contains("reusing the cached venv"), "{warm_log}");
+    assert!(
+        warm_log.contains(": 0 layers uploaded (0 bytes)"),
+        "{warm_log}"
+    );
+    eprintln!(
+        "cold build {:.1} s, warm build {:.1} s",
+        cold["duration_secs"].as_f64().unwrap(),
+        warm["duration_secs"].as_f64().unwrap()
+    );
+
+    // Pulled and run by podman (anonymously: tool-py is public).
+    let image = format!("{}/tool-py/web:latest", env.server.addr);
+    let port = free_port();
+    let id = pull_and_start(&image, &["-e", &format!("PORT={port}")]);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let answer = loop {
+        match reqwest::get(format!("http://127.0.0.1:{port}/")).await {
+            Ok(r) => break (r.status(), r.text().await.unwrap()),
+            Err(e) if Instant::now() < deadline => {
+                let _ = e;
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => {
+                let logs = Command::new("podman").args(["logs", &id]).output().unwrap();
+                panic!(
+                    "the app does not answer: {e}\n{}{}",
+                    String::from_utf8_lossy(&logs.stdout),
+                    String::from_utf8_lossy(&logs.stderr)
+                );
+            }
+        }
+    };
+    let _ = Command::new("podman").args(["rm", "-f", &id]).output();
+    let _ = Command::new("podman").args(["rmi", "-f", &image]).output();
+    assert_eq!(
+        answer,
+        (StatusCode::OK, "hello, toolforge, from a wheel".to_owned())
+    );
+}
+
+/// The selftest buildpack's image runs under podman: the launcher picks the
+/// default process or the one named, and applies the launch env files.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_tiny_stack_builds_an_image_whose_processes_run_under_podman() {
+    let env = env_with_stack("tiny", |_| {}).await;
+    env.server.create_project("tool-t", true).await;
+    let token = env.build_token("tool-t", "ci").await;
+    let dir = tempfile::tempdir().unwrap();
+    let repo = dir.path().join("app");
+    git_repo(&repo, &[(".slipway-selftest", "from a test\n")]);
+    let b = build(
+        &env,
+        "tool-t",
+        &token,
+        json!({"source_url": format!("file://{}", repo.display()), "ref": "v1"}),
+    )
+    .await;
+    let log = log_of(&env, "tool-t", b["id"].as_str().unwrap(), &token).await;
+    assert_eq!(b["state"], "succeeded", "{b}\n{log}");
+    assert!(log.contains("note = \"from a test\""), "{log}");
+    let image = format!("{}/tool-t/tool-t:latest", env.server.addr);
+    run("podman", &["pull", "-q", "--tls-verify=false", &image]);
+    let mut web: Vec<&str> = PODMAN_RUN.to_vec();
+    web.extend_from_slice(&["--rm", &image]);
+    assert_eq!(
+        run("podman", &web),
+        "selftest web: hello, world! PORT=8080 SELFTEST_PATH=/selftest/first"
+    );
+    let mut worker: Vec<&str> = PODMAN_RUN.to_vec();
+    worker.extend_from_slice(&["--rm", "--entrypoint", "/cnb/process/worker", &image]);
+    assert_eq!(run("podman", &worker), "selftest worker: hello from bash");
+    let _ = Command::new("podman").args(["rmi", "-f", &image]).output();
+}
+
+/// The tags of `repo`, or none when it does not exist.
+async fn tags(env: &Env, repo: &str) -> Vec<String> {
+    let (s, v) = env
+        .api(
+            Method::GET,
+            &format!("/v2/{repo}/tags/list"),
+            Some(&env.admin()),
+            None,
+        )
+        .await;
+    match s {
+        StatusCode::OK => v["tags"]
+            .as_array()
+            .map(|a| a.iter().map(|t| t.as_str().unwrap().to_owned()).collect())
+            .unwrap_or_default(),
+        StatusCode::NOT_FOUND => Vec::new(),
+        other => panic!("tags list of {repo}: {other} {v}"),
+    }
+}
+
+/// Builds that cannot succeed end with a state and a sentence, and tag
+/// nothing: no buildpack detects, a buildpack fails, the export would go
+/// over the quota, the build is cancelled while it runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_and_cancelled_builds_say_why_and_tag_nothing() {
+    let env = env_with_stack("tiny", |c| c.builds.per_project = 4).await;
+    env.server.create_project("tool-bad", false).await;
+    let token = env.build_token("tool-bad", "ci").await;
+    let dir = tempfile::tempdir().unwrap();
+    let source = |name: &str, files: &[(&str, &str)]| {
+        let repo = dir.path().join(name);
+        git_repo(&repo, files);
+        json!({"source_url": format!("file://{}", repo.display()), "ref": "main", "image_name": name})
+    };
+
+    // Nothing detects.
+    let b = build(
+        &env,
+        "tool-bad",
+        &token,
+        source("nothing", &[("README", "hi\n")]),
+    )
+    .await;
+    assert_eq!(b["state"], "failed", "{b}");
+    let reason = b["reason"].as_str().unwrap();
+    assert!(reason.contains("detect"), "{reason}");
+    assert!(tags(&env, "tool-bad/nothing").await.is_empty());
+
+    // A buildpack fails (the Procfile buildpack on a line it cannot read).
+    let b = build(
+        &env,
+        "tool-bad",
+        &token,
+        source("badproc", &[("Procfile", "this is no process line\n")]),
+    )
+    .await;
+    assert_eq!(b["state"], "failed", "{b}");
+    let log = log_of(&env, "tool-bad", b["id"].as_str().unwrap(), &token).await;
+    assert!(
+        b["reason"].as_str().unwrap().contains("slipway/procfile"),
+        "{b}\n{log}"
+    );
+    assert!(tags(&env, "tool-bad/badproc").await.is_empty());
+
+    // Over the quota at export: the project is empty, so the build starts,
+    // but the image (the launcher alone is hundreds of KiB) does not fit.
+    let (s, v) = env
+        .api(
+            Method::PATCH,
+            "/api/v1/projects/tool-bad",
+            Some(&env.admin()),
+            Some(json!({"quota_bytes": 64 * 1024})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let b = build(
+        &env,
+        "tool-bad",
+        &token,
+        source("big", &[(".slipway-selftest", "x\n")]),
+    )
+    .await;
+    assert_eq!(b["state"], "failed", "{b}");
+    assert!(
+        b["reason"]
+            .as_str()
+            .unwrap()
+            .contains("quota exceeded for project tool-bad"),
+        "{b}"
+    );
+    assert!(tags(&env, "tool-bad/big").await.is_empty());
+    let (_, usage) = env
+        .api(
+            Method::GET,
+            "/api/v1/projects/tool-bad/usage",
+            Some(&env.admin()),
+            None,
+        )
+        .await;
+    assert_eq!(usage["used_bytes"], 0, "{usage}");
+    let (s, v) = env
+        .api(
+            Method::PATCH,
+            "/api/v1/projects/tool-bad",
+            Some(&env.admin()),
+            Some(json!({"quota_bytes": null})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+
+    // Cancelled while its buildpack runs.
+    let (s, v) = env
+        .api(
+            Method::POST,
+            "/api/v1/projects/tool-bad/builds",
+            Some(&token),
+            Some(source(
+                "slow",
+                &[
+                    (".slipway-selftest", "x\n"),
+                    (".slipway-selftest-sleep", "300\n"),
+                ],
+            )),
+        )
+        .await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{v}");
+    let id = v["id"].as_str().unwrap().to_owned();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !log_of(&env, "tool-bad", &id, &token)
+        .await
+        .contains("sleeping 300 s")
+    {
+        assert!(Instant::now() < deadline, "the slow build never started");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (s, v) = env
+        .api(
+            Method::POST,
+            &format!("/api/v1/projects/tool-bad/builds/{id}/cancel"),
+            Some(&token),
+            None,
+        )
+        .await;
+    assert!(s.is_success(), "{s} {v}");
+    let started = Instant::now();
+    let b = wait_for_end(&env, "tool-bad", &id, &token).await;
+    assert_eq!(b["state"], "cancelled", "{b}");
+    assert!(
+        started.elapsed() < Duration::from_secs(60),
+        "the cancel took {:?}",
+        started.elapsed()
+    );
+    assert!(tags(&env, "tool-bad/slow").await.is_empty());
+}
+
+const PROBE_BUILD: &str = r#"#!/usr/bin/env bash
+# Tries what a buildpack must not be able to do; each line says whether it
+# could. The test passes the server's data directory as PROBE_DATA_DIR.
+probe() {
+    if (eval "$2") >/dev/null 2>&1; then echo "PROBE $1: POSSIBLE"; else echo "PROBE $1: refused"; fi
+}
+probe list-data-dir 'ls "$PROBE_DATA_DIR" | grep -q .'
+probe read-admin-password 'cat "$PROBE_DATA_DIR/admin-password"'
+probe write-data-dir 'touch "$PROBE_DATA_DIR/probe"'
+probe write-root 'touch /probe'
+probe write-cnb 'touch /cnb/probe'
+probe write-etc 'touch /etc/probe'
+probe write-usr 'touch /usr/bin/probe'
+probe write-platform 'touch /platform/probe'
+# (The pattern is written so that grep's own command line does not match.)
+probe builder-secret-in-env 'env | grep -q "builder-secret-marke[r]"'
+probe builder-secret-in-processes 'cat /proc/[0-9]*/environ /proc/[0-9]*/cmdline 2>/dev/null | tr "\0" "\n" | grep -q "builder-secret-marke[r]"'
+probe builder-secret-in-files 'grep -rqs "builder-secret-marke[r]" /platform /workspace /layers /tmp /cnb'
+probe see-server-process 'cat /proc/[0-9]*/cmdline 2>/dev/null | tr "\0" " " | grep -q "slipway\|/deps/it-"'
+probe be-root '[ "$(id -u)" = 0 ]'
+# What it may do: write its layers, the workspace and /tmp.
+probe write-layers 'touch "$CNB_LAYERS_DIR/ok"' | sed 's/POSSIBLE/allowed/'
+probe write-tmp 'touch /tmp/ok' | sed 's/POSSIBLE/allowed/'
+printf '[[processes]]\ntype = "web"\ncommand = ["true"]\ndefault = true\n' >"$CNB_LAYERS_DIR/launch.toml"
+"#;
+
+/// A buildpack cannot read or write the server's data directory, write
+/// outside its layers, the workspace and /tmp, see the builder's registry
+/// secret or the server's processes, or be root.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_buildpack_cannot_escape_its_sandbox() {
+    let env = env_with_stack("tiny", |c| {
+        c.builds.builder_password =
+            slipway_registry::config::Secret::new("builder-secret-marker-5f1c9a");
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let bp = dir.path().join("probe");
+    std::fs::create_dir_all(bp.join("bin")).unwrap();
+    std::fs::write(
+        bp.join("buildpack.toml"),
+        "api = \"0.10\"\n[buildpack]\nid = \"test/probe\"\nversion = \"1.0.0\"\n[[targets]]\nos = \"linux\"\n",
+    )
+    .unwrap();
+    std::fs::write(bp.join("bin/detect"), "#!/bin/sh\nexit 0\n").unwrap();
+    std::fs::write(bp.join("bin/build"), PROBE_BUILD).unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        for f in ["bin/detect", "bin/build"] {
+            std::fs::set_permissions(bp.join(f), std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
+    }
+    stack::push_builder(
+        &registry_client(&env),
+        &stack::BuilderSpec {
+            image: "platform/builder:probe",
+            build_image: "platform/build:tiny",
+            run_image: "platform/run:tiny",
+            order: "[[order]]\n[[order.group]]\nid = \"test/probe\"\nversion = \"1.0.0\"\n",
+            buildpacks: &[stack::BuildpackFiles::from_dir(&bp).unwrap()],
+            description: "probes the sandbox",
+        },
+        dir.path(),
+        &|_| {},
+    )
+    .await
+    .unwrap();
+    env.approve("platform/builder:probe").await;
+    let token = env.build_token("tool-a", "ci").await;
+    let repo = dir.path().join("app");
+    git_repo(&repo, &[("README", "probe\n")]);
+    let data_dir = std::fs::canonicalize(env.server.data_dir()).unwrap();
+    assert!(data_dir.join("admin-password").exists() || data_dir.is_dir());
+    let b = build(
+        &env,
+        "tool-a",
+        &token,
+        json!({
+            "source_url": format!("file://{}", repo.display()),
+            "ref": "main",
+            "builder": "platform/builder:probe",
+            "env": {"PROBE_DATA_DIR": data_dir.display().to_string()},
+        }),
+    )
+    .await;
+    let log = log_of(&env, "tool-a", b["id"].as_str().unwrap(), &token).await;
+    assert_eq!(b["state"], "succeeded", "{b}\n{log}");
+    for p in [
+        "list-data-dir",
+        "read-admin-password",
+        "write-data-dir",
+        "write-root",
+        "write-cnb",
+        "write-etc",
+        "write-usr",
+        "write-platform",
+        "builder-secret-in-env",
+        "builder-secret-in-processes",
+        "builder-secret-in-files",
+        "see-server-process",
+        "be-root",
+    ] {
+        assert!(log.contains(&format!("PROBE {p}: refused")), "{p}:\n{log}");
+    }
+    assert!(log.contains("PROBE write-layers: allowed"), "{log}");
+    assert!(log.contains("PROBE write-tmp: allowed"), "{log}");
+    assert!(!log.contains("POSSIBLE"), "{log}");
+    assert!(!data_dir.join("probe").exists());
+}
