@@ -555,3 +555,87 @@ async fn a_buildpack_cannot_escape_its_sandbox() {
     assert!(!log.contains("POSSIBLE"), "{log}");
     assert!(!data_dir.join("probe").exists());
 }
+
+/// The upstream samples (github.com/buildpacks/samples: hello-world and
+/// hello-processes, Buildpack API 0.11, bash) run unchanged: detection with
+/// a build plan, the plan given to build, a launch layer and a process the
+/// image runs. Not in CI: the samples cannot be committed here and CI does
+/// not reach GitHub; run it with a checkout:
+/// `SLIPWAY_UPSTREAM_SAMPLES=/path/to/samples cargo test -p slipway-registry
+/// --test it upstream_samples -- --ignored`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs SLIPWAY_UPSTREAM_SAMPLES, a checkout of github.com/buildpacks/samples"]
+async fn upstream_sample_buildpacks_run_unchanged() {
+    let samples = PathBuf::from(
+        std::env::var_os("SLIPWAY_UPSTREAM_SAMPLES")
+            .expect("SLIPWAY_UPSTREAM_SAMPLES: a checkout of github.com/buildpacks/samples"),
+    );
+    let env = env_with_stack("tiny", |_| {}).await;
+    let buildpacks: Vec<_> = ["hello-world", "hello-processes"]
+        .iter()
+        .map(|b| stack::BuildpackFiles::from_dir(&samples.join("buildpacks").join(b)).unwrap())
+        .collect();
+    let order = buildpacks
+        .iter()
+        .map(|b| {
+            format!(
+                "[[order.group]]\nid = \"{}\"\nversion = \"{}\"\n",
+                b.id, b.version
+            )
+        })
+        .collect::<String>();
+    let dir = tempfile::tempdir().unwrap();
+    stack::push_builder(
+        &registry_client(&env),
+        &stack::BuilderSpec {
+            image: "platform/builder:samples",
+            build_image: "platform/build:tiny",
+            run_image: "platform/run:tiny",
+            order: &format!("[[order]]\n{order}"),
+            buildpacks: &buildpacks,
+            description: "upstream samples",
+        },
+        dir.path(),
+        &|_| {},
+    )
+    .await
+    .unwrap();
+    env.approve("platform/builder:samples").await;
+    env.server.create_project("tool-samples", true).await;
+    let token = env.build_token("tool-samples", "ci").await;
+    let repo = dir.path().join("app");
+    git_repo(&repo, &[("README", "samples\n")]);
+    let b = build(
+        &env,
+        "tool-samples",
+        &token,
+        json!({
+            "source_url": format!("file://{}", repo.display()),
+            "ref": "main",
+            "builder": "platform/builder:samples",
+            "env": {"GREETING": "hi"},
+        }),
+    )
+    .await;
+    let log = log_of(&env, "tool-samples", b["id"].as_str().unwrap(), &token).await;
+    assert_eq!(b["state"], "succeeded", "{b}\n{log}");
+    for want in [
+        "samples/hello-world@0.0.2 passed detection",
+        "---> Hello World buildpack",
+        // The platform directory's env/ holds the build variables.
+        "GREETING",
+        // The plan entry hello-world required (and provided).
+        "name = \"some-world\"",
+        "---> Hello processes buildpack",
+        "---> Adding sys-info process",
+    ] {
+        assert!(log.contains(want), "{want}:\n{log}");
+    }
+    let image = format!("{}/tool-samples/tool-samples:latest", env.server.addr);
+    run("podman", &["pull", "-q", "--tls-verify=false", &image]);
+    let mut sysinfo: Vec<&str> = PODMAN_RUN.to_vec();
+    sysinfo.extend_from_slice(&["--rm", "--entrypoint", "/cnb/process/sys-info", &image]);
+    let out = run("podman", &sysinfo);
+    let _ = Command::new("podman").args(["rmi", "-f", &image]).output();
+    assert!(out.contains("env vars:") && out.contains("CNB_"), "{out}");
+}
