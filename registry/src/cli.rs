@@ -11,6 +11,7 @@ use slipway_registry::api::audit::AuditPage;
 use slipway_registry::api::projects::ProjectView;
 use slipway_registry::api::robots::{RobotSecret, RobotView};
 use slipway_registry::api::storage::UsageView;
+use slipway_registry::rebase::{FleetReport, report_text};
 use slipway_storage::error::human_bytes;
 
 #[derive(Args)]
@@ -68,6 +69,20 @@ enum AdminCommand {
         /// Collect blobs only; keep every manifest.
         #[arg(long)]
         no_retention: bool,
+    },
+    /// Stack rebase: move every image built on a run image onto its
+    /// current digest (no rebuild, no layer copied), and print a report.
+    Rebase {
+        /// The run image, e.g. platform/run:bookworm.
+        #[arg(long)]
+        run_image: String,
+        /// Only report what would be rebased.
+        #[arg(long)]
+        dry_run: bool,
+        /// Also rebase images that do not list this run image's name (the
+        /// other checks still apply).
+        #[arg(long)]
+        force: bool,
     },
     /// Build tokens: what `slipway build` and the build API take, one
     /// project each.
@@ -540,6 +555,23 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
                 )
                 .await?;
             print_or(json, &v, || gc_text(&v, dry_run))?;
+        }
+        AdminCommand::Rebase {
+            run_image,
+            dry_run,
+            force,
+        } => {
+            let v = client
+                .call(
+                    M::POST,
+                    "/api/v1/admin/rebase",
+                    Some(json!({"run_image": run_image, "dry_run": dry_run, "force": force})),
+                )
+                .await?;
+            print_or(json, &v, || {
+                let r: FleetReport = serde_json::from_value(v.clone())?;
+                Ok(report_text(&r).trim_end().to_owned())
+            })?;
         }
         AdminCommand::BuildToken(cmd) => match cmd {
             BuildTokenCommand::Create { project, name } => {

@@ -24,7 +24,27 @@ pub struct Config {
     pub quota: QuotaConfig,
     pub gc: GcConfig,
     pub builds: BuildsConfig,
+    pub rebase: RebaseConfig,
     pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RebaseConfig {
+    /// Run image tags (`platform/run:bookworm`): a push that moves one to a
+    /// new digest queues a fleet rebase of every image built on it.
+    pub auto_run_images: Vec<String>,
+    /// Images a fleet rebase reads and writes at once.
+    pub concurrency: usize,
+}
+
+impl Default for RebaseConfig {
+    fn default() -> Self {
+        RebaseConfig {
+            auto_run_images: Vec::new(),
+            concurrency: 16,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -310,6 +330,7 @@ impl Default for Config {
             quota: QuotaConfig::default(),
             gc: GcConfig::default(),
             builds: BuildsConfig::default(),
+            rebase: RebaseConfig::default(),
             log: LogConfig::default(),
         }
     }
@@ -364,7 +385,8 @@ pub struct Overrides {
 /// The keys of [`Config`]: environment variables starting with anything
 /// else are not configuration.
 const TOP_LEVEL_KEYS: &[&str] = &[
-    "listen", "data_dir", "database", "storage", "limits", "auth", "quota", "gc", "builds", "log",
+    "listen", "data_dir", "database", "storage", "limits", "auth", "quota", "gc", "builds",
+    "rebase", "log",
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -442,6 +464,22 @@ impl Config {
                     "storage.s3.part_size_mib must be at least 5 (S3's smallest part)".into(),
                 ));
             }
+        }
+        for name in &self.rebase.auto_run_images {
+            let (repo, tag) = name.rsplit_once(':').unwrap_or((name, ""));
+            if name.contains('@')
+                || repo.contains(':')
+                || slipway_storage::RepoName::parse(repo).is_err()
+                || !slipway_storage::names::valid_tag(tag)
+            {
+                return Err(ConfigError(format!(
+                    "rebase.auto_run_images: {name:.200} is not a run image tag such as \
+                     platform/run:bookworm (a repository of this registry and a tag)"
+                )));
+            }
+        }
+        if self.rebase.concurrency == 0 {
+            return Err(ConfigError("rebase.concurrency must be above 0".into()));
         }
         if self.limits.max_manifest_bytes == 0 {
             return Err(ConfigError(
@@ -585,6 +623,43 @@ mod tests {
         let c = Config::load(Some(&file), e, &o).unwrap();
         assert_eq!(c.listen.port(), 8000);
         assert_eq!(c.data_dir, PathBuf::from("/srv/b"));
+    }
+
+    #[test]
+    fn rebase_run_images_from_file_and_env() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("slipway.toml");
+        std::fs::write(
+            &file,
+            "[rebase]\nauto_run_images = [\"platform/run:bookworm\"]\n",
+        )
+        .unwrap();
+        let c = Config::load(Some(&file), env(&[]), &Overrides::default()).unwrap();
+        assert_eq!(c.rebase.auto_run_images, ["platform/run:bookworm"]);
+        assert_eq!(c.rebase.concurrency, 16);
+        let e = env(&[
+            (
+                "SLIPWAY_REBASE__AUTO_RUN_IMAGES",
+                "[\"platform/run:bookworm\", \"platform/run:jammy\"]",
+            ),
+            ("SLIPWAY_REBASE__CONCURRENCY", "4"),
+        ]);
+        let c = Config::load(Some(&file), e, &Overrides::default()).unwrap();
+        assert_eq!(
+            c.rebase.auto_run_images,
+            ["platform/run:bookworm", "platform/run:jammy"]
+        );
+        assert_eq!(c.rebase.concurrency, 4);
+        for bad in [
+            "platform/run",
+            "platform/run@sha256:00",
+            "Platform/run:x",
+            ":x",
+        ] {
+            let e = env(&[("SLIPWAY_REBASE__AUTO_RUN_IMAGES", &format!("[\"{bad}\"]"))]);
+            let err = Config::load(None, e, &Overrides::default()).unwrap_err();
+            assert!(err.to_string().contains("auto_run_images"), "{bad}: {err}");
+        }
     }
 
     #[test]

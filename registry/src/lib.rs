@@ -11,6 +11,7 @@ pub mod builds;
 pub mod config;
 pub mod error;
 pub mod manifest;
+pub mod rebase;
 pub mod server;
 pub mod telemetry;
 pub mod testing;

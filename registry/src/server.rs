@@ -32,6 +32,8 @@ pub struct Inner {
     pub upload_locks: UploadLocks,
     pub auth: Authenticator,
     pub metrics: metrics_exporter_prometheus::PrometheusHandle,
+    /// Fleet rebases: one writing at a time, and the automatic mode's queue.
+    pub rebase: crate::rebase::Rebaser,
 }
 
 impl std::ops::Deref for AppState {
@@ -104,6 +106,7 @@ impl AppState {
             upload_locks: UploadLocks::default(),
             auth: Authenticator::new(keys),
             metrics: telemetry::metrics_handle(),
+            rebase: crate::rebase::Rebaser::default(),
         })))
     }
 }
@@ -226,6 +229,8 @@ impl Server {
     ) -> anyhow::Result<()> {
         let state = self.state.clone();
         let janitor = tokio::spawn(janitor(state.clone()));
+        let auto_rebase = (!state.config.rebase.auto_run_images.is_empty())
+            .then(|| tokio::spawn(crate::rebase::auto_worker(state.clone())));
         let registry_url = if state.config.builds.registry_url.is_empty() {
             let mut addr = self.local_addr();
             if addr.ip().is_unspecified() {
@@ -263,6 +268,10 @@ impl Server {
             }
         };
         janitor.abort();
+        if let Some(task) = auto_rebase {
+            // A fleet stopped mid-way loses only its open transaction.
+            task.abort();
+        }
         workers.stop(&state).await;
         state.meta.close().await;
         result.map_err(Into::into)

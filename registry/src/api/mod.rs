@@ -8,6 +8,7 @@
 pub mod audit;
 pub mod builds;
 pub mod projects;
+pub mod rebase;
 pub mod robots;
 pub mod storage;
 
@@ -32,7 +33,7 @@ use crate::server::AppState;
 
 #[derive(OpenApi)]
 #[openapi(
-    info(title = "Slipway admin API", description = "Projects, robot accounts, builds and the audit log."),
+    info(title = "Slipway admin API", description = "Projects, robot accounts, builds, stack rebase and the audit log."),
     paths(
         projects::list, projects::create, projects::get, projects::update, projects::delete,
         robots::list, robots::create, robots::get, robots::update, robots::rotate, robots::delete,
@@ -41,6 +42,7 @@ use crate::server::AppState;
         builds::start, builds::list, builds::latest, builds::get, builds::cancel, builds::retry,
         builds::delete, builds::logs, builds::tokens, builds::token_create, builds::token_delete,
         builds::builders, builds::builder_approve, builds::builder_revoke,
+        rebase::rebase,
     ),
     components(schemas(
         ErrorBody,
@@ -51,6 +53,7 @@ use crate::server::AppState;
         storage::GcReportView, storage::GcManifestView,
         builds::BuildView, builds::NewBuild, builds::LogLineView, builds::BuildTokenView,
         builds::BuildTokenSecret, builds::NewBuildToken, builds::BuilderView, builds::BuilderBody,
+        rebase::RebaseRequest, crate::rebase::FleetReport, crate::rebase::ImageReport,
     )),
     modifiers(&BasicAuth),
     security(("basic" = [])),
@@ -143,6 +146,7 @@ pub fn router() -> Router<AppState> {
                 .post(builds::builder_approve)
                 .delete(builds::builder_revoke),
         )
+        .route("/api/v1/admin/rebase", post(rebase::rebase))
         .fallback(|| async {
             Error::new(StatusCode::NOT_FOUND, "no such endpoint in the admin API")
         })

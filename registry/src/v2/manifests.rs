@@ -151,6 +151,20 @@ pub async fn put(
         Invalid::Digest(m) => ApiError::bad_request(ErrorCode::DigestInvalid, m),
     })?;
     let repo_id = state.meta.ensure_repo(&repo).await?;
+    // A configured run image tag: a new digest queues a fleet rebase.
+    let auto_rebase = match tag
+        .as_deref()
+        .and_then(|t| crate::rebase::auto_run_image(state, &repo, t))
+    {
+        Some(run_image) => {
+            let before = state
+                .meta
+                .manifest_by_tag(&repo, tag.as_deref().unwrap_or_default())
+                .await?;
+            (before.map(|m| m.digest) != Some(digest.clone())).then_some(run_image)
+        }
+        None => None,
+    };
     let subject = parsed.subject.clone();
     let detail = json!({"tag": tag, "media_type": parsed.media_type, "size": body.len()});
     let after = state
@@ -179,6 +193,10 @@ pub async fn put(
         detail,
     )
     .await;
+    if let Some(run_image) = auto_rebase {
+        tracing::info!(oci.repo = %repo, oci.digest = %digest, "a run image moved: fleet rebase queued");
+        state.rebase.queue(run_image);
+    }
     if let Some(quota) = after.quota {
         quota_warnings(
             state,

@@ -11,5 +11,6 @@ mod gc_stress;
 mod lifecycle;
 mod logs;
 mod quota;
+mod rebase;
 mod replicas;
 mod security;

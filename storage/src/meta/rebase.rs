@@ -216,6 +216,32 @@ impl Metadata {
             .map(|r| r.get(0)))
     }
 
+    /// Claims rebased configs in one transaction (as
+    /// [`Metadata::blob_claim`] does one): the rows exist, and GC leaves
+    /// them alone until the commit links them or the claim window passes.
+    /// Claim before storing the bytes, as an upload does.
+    pub async fn rebase_claim(&self, blobs: &[(Digest, u64)]) -> Result<()> {
+        if blobs.is_empty() {
+            return Ok(());
+        }
+        let now = now_ms();
+        let mut tx = self.write.begin().await?;
+        for (digest, size) in blobs {
+            sqlx::query(
+                "INSERT INTO blobs (digest, size, created_at, last_ref_change) VALUES ($1, $2, $3, $4) \
+                 ON CONFLICT (digest) DO UPDATE SET last_ref_change = excluded.last_ref_change",
+            )
+            .bind(digest.as_str())
+            .bind(*size as i64)
+            .bind(now)
+            .bind(now + super::blobs::CLAIM_WINDOW_MS)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
     /// Commits rebased images of one project (see the module
     /// documentation); one result per write, in order. An error of the
     /// database itself fails the whole batch, and nothing of it is written.
@@ -470,11 +496,12 @@ impl Metadata {
         .execute(&mut **tx)
         .await?;
         let mut moved = tags;
-        if let Some(tag) = &m.tag {
-            sqlx::query(
+        // An extra tag is added, never moved: if it names another manifest,
+        // a build or a push put it there, and it stays (no lost update).
+        if let Some(tag) = m.tag.as_ref().filter(|t| !moved.contains(t)) {
+            let added = sqlx::query(
                 "INSERT INTO tags (repo_id, name, digest, updated_at) VALUES ($1, $2, $3, $4) \
-                 ON CONFLICT (repo_id, name) DO UPDATE SET digest = excluded.digest, \
-                 updated_at = excluded.updated_at",
+                 ON CONFLICT (repo_id, name) DO NOTHING",
             )
             .bind(w.repo_id)
             .bind(tag)
@@ -482,7 +509,9 @@ impl Metadata {
             .bind(now)
             .execute(&mut **tx)
             .await?;
-            moved.push(tag.clone());
+            if added.rows_affected() == 1 {
+                moved.push(tag.clone());
+            }
         }
         mark_if_untagged(tx, w.repo_id, w.old_digest.as_str(), now).await?;
 

@@ -1368,3 +1368,57 @@ async fn rebase_commits_like_a_push(m: &Metadata) {
 fn push_digest(config: &(Digest, u64), layers: &[&(Digest, u64)]) -> Digest {
     image(config, layers, None).digest
 }
+
+contract!(rebase_never_moves_a_tag_that_moved);
+
+/// A build or push that moved a tag between the rebaser's read and its
+/// commit wins: only the tags still on the rebased manifest move, and a
+/// tag the write names is added, never taken from another manifest.
+async fn rebase_never_moves_a_tag_that_moved(m: &Metadata) {
+    use slipway_storage::meta::RebaseCommitted;
+    m.project_create("platform", true, None, true)
+        .await
+        .unwrap();
+    m.project_create("tool-a", true, None, false).await.unwrap();
+    let run = repo("platform/run");
+    let (base1, base2, own) = (blob(1), blob(2), blob(3));
+    push(m, &run, &blob(9), &[&base1], Some("v1"))
+        .await
+        .unwrap();
+    push(m, &run, &blob(19), &[&base2], Some("v2"))
+        .await
+        .unwrap();
+    let web = repo("tool-a/web");
+    let app = push(m, &web, &blob(10), &[&base1, &own], Some("latest"))
+        .await
+        .unwrap();
+    let web_id = m.repo_id(&web).await.unwrap().unwrap();
+    m.manifest_put(
+        &web,
+        web_id,
+        &NewManifest {
+            tag: Some("stable".into()),
+            ..app.clone()
+        },
+    )
+    .await
+    .unwrap();
+    // The rebaser reads the image here; then a build moves `latest`.
+    let mut w = rebase_write(m, &web, &app.digest, &blob(30), &[&base2], &[&own], "r1").await;
+    w.manifest.tag = Some("latest".into());
+    let build = push(m, &web, &blob(11), &[&base1, &own], Some("latest"))
+        .await
+        .unwrap();
+    let out = m.rebase_commit("tool-a", &[w.clone()]).await.unwrap();
+    let [RebaseCommitted::Done { tags, .. }] = &out[..] else {
+        panic!("{out:?}");
+    };
+    assert_eq!(tags, &["stable"]);
+    let at = |tag: &'static str| {
+        let web = web.clone();
+        async move { m.manifest_by_tag(&web, tag).await.unwrap().unwrap().digest }
+    };
+    assert_eq!(at("latest").await, build.digest, "the build's tag stays");
+    assert_eq!(at("stable").await, w.manifest.digest);
+    assert!(m.recompute(false).await.unwrap().is_empty());
+}
