@@ -464,7 +464,7 @@ probe write-platform 'touch /platform/probe'
 probe builder-secret-in-env 'env | grep -q "builder-secret-marke[r]"'
 probe builder-secret-in-processes 'cat /proc/[0-9]*/environ /proc/[0-9]*/cmdline 2>/dev/null | tr "\0" "\n" | grep -q "builder-secret-marke[r]"'
 probe builder-secret-in-files 'grep -rqs "builder-secret-marke[r]" /platform /workspace /layers /tmp /cnb'
-probe see-server-process 'cat /proc/[0-9]*/cmdline 2>/dev/null | tr "\0" " " | grep -q "slipway\|/deps/it-"'
+probe see-server-process 'cat /proc/[0-9]*/cmdline 2>/dev/null | tr "\0" " " | grep -q "slipwa[y] serve\|/deps/i[t]-"'
 probe be-root '[ "$(id -u)" = 0 ]'
 # What it may do: write its layers, the workspace and /tmp.
 probe write-layers 'touch "$CNB_LAYERS_DIR/ok"' | sed 's/POSSIBLE/allowed/'
@@ -638,4 +638,99 @@ async fn upstream_sample_buildpacks_run_unchanged() {
     let out = run("podman", &sysinfo);
     let _ = Command::new("podman").args(["rmi", "-f", &image]).output();
     assert!(out.contains("env vars:") && out.contains("CNB_"), "{out}");
+}
+
+/// Waits for `http://127.0.0.1:<port><path>` to answer; the status and body.
+async fn answer(port: u16, path: &str, container: &str) -> (StatusCode, String) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        match reqwest::get(format!("http://127.0.0.1:{port}{path}")).await {
+            Ok(r) => return (r.status(), r.text().await.unwrap()),
+            Err(_) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => {
+                let logs = Command::new("podman")
+                    .args(["logs", container])
+                    .output()
+                    .unwrap();
+                panic!(
+                    "the app does not answer: {e}\n{}{}",
+                    String::from_utf8_lossy(&logs.stdout),
+                    String::from_utf8_lossy(&logs.stderr)
+                );
+            }
+        }
+    }
+}
+
+/// Builds `files` in `project` (public), runs the image with PORT set and
+/// returns what `path` answers.
+async fn build_and_ask(
+    env: &Env,
+    project: &str,
+    files: &[(&str, &str)],
+    path: &str,
+) -> (StatusCode, String) {
+    env.server.create_project(project, true).await;
+    let token = env.build_token(project, "ci").await;
+    let dir = tempfile::tempdir().unwrap();
+    let repo = dir.path().join("app");
+    git_repo(&repo, files);
+    let b = build(
+        env,
+        project,
+        &token,
+        json!({"source_url": format!("file://{}", repo.display()), "ref": "main", "image_name": "web"}),
+    )
+    .await;
+    let log = log_of(env, project, b["id"].as_str().unwrap(), &token).await;
+    assert_eq!(b["state"], "succeeded", "{b}\n{log}");
+    let image = format!("{}/{project}/web:latest", env.server.addr);
+    let port = free_port();
+    let id = pull_and_start(&image, &["-e", &format!("PORT={port}")]);
+    let got = answer(port, path, &id).await;
+    let _ = Command::new("podman").args(["rm", "-f", &id]).output();
+    let _ = Command::new("podman").args(["rmi", "-f", &image]).output();
+    got
+}
+
+/// A static site on the tiny stack: served by busybox httpd.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_static_site_is_served_by_its_image() {
+    let env = env_with_stack("tiny", |_| {}).await;
+    let (s, body) = build_and_ask(
+        &env,
+        "tool-site",
+        &[
+            ("public/index.html", "<h1>tool-site</h1>\n"),
+            ("README", "x\n"),
+        ],
+        "/index.html",
+    )
+    .await;
+    assert_eq!((s, body.as_str()), (StatusCode::OK, "<h1>tool-site</h1>\n"));
+}
+
+/// A Node.js app on the bookworm stack: npm ci (no dependencies: no
+/// registry needed), the start script as the web process.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_app_is_built_and_answers() {
+    let env = env_with_stack("bookworm", |_| {}).await;
+    let package = r#"{"name": "tool-node", "version": "1.0.0", "private": true, "scripts": {"start": "node server.js"}}"#;
+    let lock = r#"{"name": "tool-node", "version": "1.0.0", "lockfileVersion": 3, "requires": true, "packages": {"": {"name": "tool-node", "version": "1.0.0"}}}"#;
+    let server = r#"require("http").createServer((req, res) => res.end("node says hi " + process.version.split(".")[0])).listen(+process.env.PORT, "127.0.0.1");"#;
+    let (s, body) = build_and_ask(
+        &env,
+        "tool-node",
+        &[
+            ("package.json", package),
+            ("package-lock.json", lock),
+            ("server.js", server),
+        ],
+        "/",
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK);
+    assert!(body.starts_with("node says hi v"), "{body}");
 }
