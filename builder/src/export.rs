@@ -9,10 +9,10 @@ use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
 use serde_json::{Value, json};
+use slipway_launcher::metadata::{self as launch, escape_id};
 
 use crate::layers::{Entry, LAYER_GZIP, WrittenLayer, write_layer};
 use crate::lifecycle::Built;
-use crate::metadata::{BuildpackRef, LaunchMetadata, Process, escape_id};
 use crate::oci::{Client, ImageRef, OCI_MANIFEST, OciError};
 use crate::{LAUNCHER_PATH, PROCESS_DIR};
 
@@ -462,8 +462,8 @@ impl Export<'_> {
 
     /// Processes (the last definition of a type wins; the last default is
     /// the default) and the buildpacks, for the launcher.
-    pub fn launch_metadata(&self) -> LaunchMetadata {
-        let mut processes: Vec<Process> = Vec::new();
+    pub fn launch_metadata(&self) -> launch::Metadata {
+        let mut processes: Vec<launch::Process> = Vec::new();
         let mut default: Option<String> = None;
         for b in self.built {
             let old_api = b.buildpack.api() < (0, 9);
@@ -483,7 +483,7 @@ impl Export<'_> {
                 } else if default.as_deref() == Some(p.kind.as_str()) {
                     default = None;
                 }
-                processes.push(Process {
+                processes.push(launch::Process {
                     kind: p.kind.clone(),
                     command,
                     args: p.args.clone(),
@@ -491,17 +491,18 @@ impl Export<'_> {
                     default: false,
                     working_dir: p.working_dir.clone(),
                     buildpack_id: Some(b.buildpack.id().to_owned()),
+                    exec_env: Vec::new(),
                 });
             }
         }
         for p in &mut processes {
             p.default = default.as_deref() == Some(p.kind.as_str());
         }
-        LaunchMetadata {
+        launch::Metadata {
             buildpacks: self
                 .built
                 .iter()
-                .map(|b| BuildpackRef {
+                .map(|b| launch::Buildpack {
                     id: b.buildpack.id().to_owned(),
                     version: b.buildpack.version().to_owned(),
                     api: b.buildpack.descriptor.api.clone(),

@@ -7,13 +7,13 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use serde_json::{Value, json};
+use slipway_launcher::Env;
+use slipway_launcher::metadata::escape_id;
 
 use crate::buildpack::{Catalog, LayerToml, Order, RunToml, read_toml};
-use crate::env::Env;
 use crate::export::{Export, ExportError, Exported, Previous, RunImage};
 use crate::layers::apply_layer;
 use crate::lifecycle::{Lifecycle, LifecycleError, Target};
-use crate::metadata::escape_id;
 use crate::oci::{Client, ImageRef, OciError};
 use crate::sandbox::{Sandbox, prepare_root};
 
@@ -330,7 +330,7 @@ async fn run_in(
                 .filter_map(|e| {
                     e.as_str()?
                         .split_once('=')
-                        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                        .map(|(k, v)| (k.into(), v.into()))
                 })
                 .collect()
         })
@@ -360,7 +360,7 @@ async fn run_in(
         sandbox: &sandbox,
         catalog: &catalog,
         base_env,
-        user_env: req.env.clone().into_iter().collect(),
+        user_env: req.env.iter().map(|(k, v)| (k.into(), v.into())).collect(),
         target,
         log: &log_fn,
     };

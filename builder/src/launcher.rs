@@ -5,7 +5,9 @@
 //! first argument, or the default), applies the launch layers'
 //! environment and `exec.d` programs, and execs the process — so an image
 //! runs on any OCI runtime without the upstream lifecycle. It reads
-//! `/layers/config/metadata.toml` ([`crate::metadata`]).
+//! `/layers/config/metadata.toml`, whose format its library defines
+//! ([`slipway_launcher::metadata`]); the exporter writes it with the same
+//! types.
 //!
 //! `build.rs` builds it (release, `+crt-static`, for this crate's target)
 //! and this module embeds the result.
@@ -16,41 +18,11 @@ pub const LAUNCHER: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/slipway-la
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::metadata::{BuildpackRef, LaunchMetadata, Process};
+    use slipway_launcher::metadata::{Buildpack, Metadata, Process};
     use std::fs;
     use std::os::unix::fs::{PermissionsExt, symlink};
     use std::path::{Path, PathBuf};
     use std::process::{Command, Output};
-
-    /// The sample the launcher's own tests parse: both sides must read the
-    /// same values (`builder/launcher/src/metadata.rs` checks these too).
-    const SAMPLE: &str = include_str!("../launcher/testdata/metadata.toml");
-
-    #[test]
-    fn the_launcher_reads_what_the_exporter_writes() {
-        let m = LaunchMetadata::parse(SAMPLE).unwrap();
-        let ids: Vec<_> = m.buildpacks.iter().map(|b| b.id.as_str()).collect();
-        assert_eq!(ids, ["slipway/python", "slipway/procfile", "old/shell"]);
-        assert_eq!(m.buildpacks[0].api, "0.10");
-        assert_eq!(m.buildpacks[0].dir_name(), "slipway_python");
-        let kinds: Vec<_> = m.processes.iter().map(|p| p.kind.as_str()).collect();
-        assert_eq!(kinds, ["web", "worker", "legacy"]);
-        let web = &m.processes[0];
-        assert_eq!(web.command, ["python3", "app.py"]);
-        assert_eq!(web.args, ["--port", "8080"]);
-        assert!(web.direct && web.default);
-        assert_eq!(web.working_dir.as_deref(), Some("/workspace/src"));
-        assert_eq!(web.buildpack_id.as_deref(), Some("slipway/procfile"));
-        let worker = &m.processes[1];
-        assert!(worker.direct && !worker.default && worker.args.is_empty());
-        assert_eq!(worker.working_dir, None);
-        let legacy = &m.processes[2];
-        assert_eq!(legacy.command, ["echo legacy $0"]);
-        assert!(!legacy.direct);
-        assert_eq!(m.default_process().unwrap().kind, "web");
-        // What the exporter writes reads back the same.
-        assert_eq!(LaunchMetadata::parse(&m.to_toml()).unwrap(), m);
-    }
 
     /// Parses the ELF header and program headers; `Err` says what is wrong.
     fn check_static_elf(bytes: &[u8]) -> Result<(), String> {
@@ -109,14 +81,14 @@ mod tests {
             };
             write("cnb/lifecycle/launcher", "", 0o755);
             fs::write(image.launcher(), LAUNCHER).unwrap();
-            let metadata = LaunchMetadata {
+            let metadata = Metadata {
                 buildpacks: vec![
-                    BuildpackRef {
+                    Buildpack {
                         id: "example/runtime".into(),
                         version: "1.0.0".into(),
                         api: "0.10".into(),
                     },
-                    BuildpackRef {
+                    Buildpack {
                         id: "old/shell".into(),
                         version: "0.1.0".into(),
                         api: "0.8".into(),
@@ -212,6 +184,7 @@ mod tests {
             default: false,
             working_dir: dir.map(|d| d.display().to_string()),
             buildpack_id: Some(bp.into()),
+            exec_env: vec![],
         }
     }
 

@@ -12,16 +12,21 @@
 //! - app images hold `/cnb/lifecycle/launcher` (see [`launcher`]),
 //!   `/cnb/process/<type>` symlinks to it, the launch layers under
 //!   `/layers/<buildpack id with / as _>/<layer>/`, the app under
-//!   `/workspace`, and `/layers/config/metadata.toml` ([`metadata`]).
+//!   `/workspace`, and `/layers/config/metadata.toml`
+//!   ([`slipway_launcher::metadata`]).
+//!
+//! The launch metadata and the layer environment rules (env files, layer
+//! paths) live once, in the launcher's library (`slipway-launcher`): the
+//! exporter writes `metadata.toml` with its types, and the build phase
+//! makes each buildpack's environment with its `env` module
+//! ([`slipway_launcher::env::Phase::Build`]).
 
 pub mod buildpack;
-pub mod env;
 pub mod export;
 pub mod job;
 pub mod launcher;
 pub mod layers;
 pub mod lifecycle;
-pub mod metadata;
 pub mod oci;
 pub mod rebase;
 pub mod sandbox;

@@ -4,12 +4,13 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
+use slipway_launcher::env::{self, Env, Phase};
+use slipway_launcher::metadata::escape_id;
+
 use crate::buildpack::{
     BuildPlan, BuildToml, Buildpack, BuildpackPlan, Catalog, LaunchToml, LayerToml, Order,
     PlanAlternative, Require, read_toml,
 };
-use crate::env::{self, Env};
-use crate::metadata::escape_id;
 use crate::sandbox::Sandbox;
 use crate::{LAYERS, WORKSPACE};
 
@@ -28,6 +29,9 @@ pub enum LifecycleError {
     Invalid(String),
     #[error("the sandbox failed: {0}")]
     Io(#[from] std::io::Error),
+    /// A build layer's environment files could not be read.
+    #[error("could not make the build environment: {0}")]
+    LayerEnv(#[from] slipway_launcher::LaunchError),
 }
 
 /// Where the target runs, as buildpacks see it (`CNB_TARGET_*`).
@@ -42,15 +46,15 @@ pub struct Target {
 
 impl Target {
     fn env(&self, env: &mut Env) {
-        env.insert("CNB_TARGET_OS".into(), self.os.clone());
-        env.insert("CNB_TARGET_ARCH".into(), self.arch.clone());
+        env.insert("CNB_TARGET_OS".into(), self.os.clone().into());
+        env.insert("CNB_TARGET_ARCH".into(), self.arch.clone().into());
         for (k, v) in [
             ("CNB_TARGET_ARCH_VARIANT", &self.variant),
             ("CNB_TARGET_DISTRO_NAME", &self.distro_name),
             ("CNB_TARGET_DISTRO_VERSION", &self.distro_version),
         ] {
             if let Some(v) = v {
-                env.insert(k.into(), v.clone());
+                env.insert(k.into(), v.into());
             }
         }
     }
@@ -96,7 +100,10 @@ impl Lifecycle<'_> {
     fn env_for(&self, bp: &Buildpack) -> Env {
         let mut env = self.base_env.clone();
         env.insert("CNB_PLATFORM_DIR".into(), "/platform".into());
-        env.insert("CNB_BUILDPACK_DIR".into(), format!("/{}", bp.dir.display()));
+        env.insert(
+            "CNB_BUILDPACK_DIR".into(),
+            format!("/{}", bp.dir.display()).into(),
+        );
         env.insert("CNB_EXEC_ENV".into(), "production".into());
         env.insert("HOME".into(), "/home/cnb".into());
         self.target.env(&mut env);
@@ -222,7 +229,10 @@ impl Lifecycle<'_> {
         let plan_host = self.sandbox.tmp.join(&plan_name);
         std::fs::write(&plan_host, "")?;
         let mut env = self.env_for(bp);
-        env.insert("CNB_BUILD_PLAN_PATH".into(), format!("/tmp/{plan_name}"));
+        env.insert(
+            "CNB_BUILD_PLAN_PATH".into(),
+            format!("/tmp/{plan_name}").into(),
+        );
         let program = format!("/{}/bin/detect", bp.dir.display());
         // Positional arguments for every Buildpack API, as the upstream
         // lifecycle passes them (buildpacks written against 0.11 use them).
@@ -278,27 +288,33 @@ impl Lifecycle<'_> {
                 .map_err(|e| LifecycleError::Invalid(e.to_string()))?,
             )?;
             let mut env = self.env_for(bp);
-            // Build layers of the buildpacks before: paths and env files.
+            // Build layers of the buildpacks before (in name order): paths
+            // and env files, as the sandbox shows them (under /layers).
+            let in_sandbox = |p: &Path| {
+                Path::new(LAYERS).join(
+                    p.strip_prefix(&self.sandbox.layers)
+                        .expect("build layers are in the sandbox's layers directory"),
+                )
+            };
             for prev in &built {
                 let prev_dir = self.sandbox.layers.join(escape_id(prev.buildpack.id()));
-                for (name, layer) in &prev.layers {
-                    if !layer.types().build {
-                        continue;
-                    }
-                    let on_disk = prev_dir.join(name);
-                    env::add_layer_paths(
-                        &mut env,
-                        &format!("{LAYERS}/{}/{name}", escape_id(prev.buildpack.id())),
-                        &on_disk,
-                    );
-                    env::apply_layer_env(
-                        &mut env,
-                        &[&on_disk.join("env"), &on_disk.join("env.build")],
-                    );
-                }
+                let build_layers: Vec<PathBuf> = prev
+                    .layers
+                    .iter()
+                    .filter(|(_, layer)| layer.types().build)
+                    .map(|(name, _)| prev_dir.join(name))
+                    .filter(|dir| dir.is_dir())
+                    .collect();
+                env::apply_buildpack_layers(&mut env, &build_layers, Phase::Build, in_sandbox)?;
             }
-            env.insert("CNB_LAYERS_DIR".into(), format!("{LAYERS}/{dir_name}"));
-            env.insert("CNB_BP_PLAN_PATH".into(), format!("/tmp/{plan_name}"));
+            env.insert(
+                "CNB_LAYERS_DIR".into(),
+                format!("{LAYERS}/{dir_name}").into(),
+            );
+            env.insert(
+                "CNB_BP_PLAN_PATH".into(),
+                format!("/tmp/{plan_name}").into(),
+            );
             let program = format!("/{}/bin/build", bp.dir.display());
             // Positional arguments for every Buildpack API, as upstream.
             let args = vec![

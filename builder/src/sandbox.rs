@@ -9,10 +9,10 @@
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
 
+use slipway_launcher::Env;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Command;
 
-use crate::env::Env;
 use crate::{CNB_GID, CNB_UID};
 
 #[derive(Debug, Clone)]

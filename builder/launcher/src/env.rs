@@ -1,13 +1,24 @@
-//! The launch environment, per the buildpack spec's "Environment" section
-//! and the platform spec's "Launch Environment".
+//! The environment that layers set up, per the buildpack spec's
+//! "Environment" section and the platform spec's "Launch Environment": at
+//! launch, for this launcher; at build, for `slipway-builder`'s lifecycle
+//! (the environment of each buildpack's `bin/build`), which uses this
+//! module rather than a copy of its rules.
 //!
-//! For each buildpack in `metadata.toml` order, for its launch layers in
-//! name order: `<layer>/bin` goes before `PATH` and `<layer>/lib` before
-//! `LD_LIBRARY_PATH` (one buildpack's layers together, in name order, so
-//! the last buildpack's come first); then each layer's `env/`,
-//! `env.launch/` and `env.launch/<process type>/` files are applied, in
-//! that order. A file is named after its variable, with a suffix for
-//! what it does:
+//! For each buildpack in order (`metadata.toml`'s at launch, the group's at
+//! build), for its layers in name order ([`apply_buildpack_layers`]):
+//! `<layer>/bin` goes before `PATH`, `<layer>/lib` before `LD_LIBRARY_PATH`
+//! and, at build only, `<layer>/lib` before `LIBRARY_PATH`,
+//! `<layer>/include` before `CPATH` and `<layer>/pkgconfig` before
+//! `PKG_CONFIG_PATH` (one buildpack's layers together, in name order, so
+//! the last buildpack's come first); then each layer's environment
+//! directories are applied, in this order ([`Phase`]):
+//!
+//! | phase  | directories                                       |
+//! |--------|---------------------------------------------------|
+//! | build  | `env/`, `env.build/`                              |
+//! | launch | `env/`, `env.launch/`, `env.launch/<process type>/` |
+//!
+//! A file is named after its variable, with a suffix for what it does:
 //!
 //! | file             | effect                                                  |
 //! |------------------|---------------------------------------------------------|
@@ -22,9 +33,9 @@
 //! directory apply in name order. The delimiter comes from the same
 //! directory, else from another of the layer's directories. Applying the
 //! directories one after the other gives the spec's precedence: a process's
-//! override beats `env.launch/`'s, which beats `env/`'s; an `env/` default
-//! is set first and so wins; appends come out `env/` first, prepends
-//! `env.launch/<type>/` first.
+//! override beats `env.launch/`'s (or `env.build/`'s), which beats
+//! `env/`'s; an `env/` default is set first and so wins; appends come out
+//! `env/` first, prepends `env.launch/<type>/` first.
 
 use std::collections::BTreeMap;
 use std::ffi::{OsStr, OsString};
@@ -164,14 +175,80 @@ fn sorted_files(dir: &Path) -> Result<Vec<PathBuf>, LaunchError> {
         .collect())
 }
 
-/// Puts `<layer>/bin` of each layer before `PATH` and `<layer>/lib` before
-/// `LD_LIBRARY_PATH`, the layers in the order given.
-pub fn add_layer_paths(env: &mut Env, layers: &[PathBuf]) {
-    for (dir, var) in [("bin", "PATH"), ("lib", "LD_LIBRARY_PATH")] {
+/// Which environment is being made: it decides the layers' environment
+/// directories and path variables.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase<'a> {
+    /// For a buildpack's `bin/build`, from the build layers of the
+    /// buildpacks before it.
+    Build,
+    /// For a process (of the type given, if it is a buildpack's process),
+    /// from the launch layers.
+    Launch(Option<&'a str>),
+}
+
+impl Phase<'_> {
+    /// The variables that a layer's subdirectories go before, as (subdirectory,
+    /// variable).
+    fn path_vars(self) -> &'static [(&'static str, &'static str)] {
+        match self {
+            Phase::Build => &[
+                ("bin", "PATH"),
+                ("lib", "LD_LIBRARY_PATH"),
+                ("lib", "LIBRARY_PATH"),
+                ("include", "CPATH"),
+                ("pkgconfig", "PKG_CONFIG_PATH"),
+            ],
+            Phase::Launch(_) => &[("bin", "PATH"), ("lib", "LD_LIBRARY_PATH")],
+        }
+    }
+
+    /// A layer's environment directories, in the order they apply.
+    fn env_dirs(self, layer: &Path) -> Vec<PathBuf> {
+        match self {
+            Phase::Build => vec![layer.join("env"), layer.join("env.build")],
+            Phase::Launch(process_type) => {
+                let mut dirs = vec![layer.join("env"), layer.join("env.launch")];
+                if let Some(kind) = process_type {
+                    dirs.push(layer.join("env.launch").join(kind));
+                }
+                dirs
+            }
+        }
+    }
+}
+
+/// Applies one buildpack's layers (in name order): their paths, then each
+/// one's environment files. `shown_as` maps a layer's path here to the path
+/// the process will see (the builder's sandbox mounts the layers
+/// elsewhere; the launcher passes `Path::to_path_buf`).
+pub fn apply_buildpack_layers(
+    env: &mut Env,
+    layers: &[PathBuf],
+    phase: Phase,
+    shown_as: impl Fn(&Path) -> PathBuf,
+) -> Result<(), LaunchError> {
+    add_layer_paths(env, layers, phase, shown_as);
+    for layer in layers {
+        apply_layer_env(env, layer, phase)?;
+    }
+    Ok(())
+}
+
+/// Puts the phase's path subdirectories of each layer that has them
+/// before their variables (`<layer>/bin` before `PATH`, …), the layers in
+/// the order given, as `shown_as` names them.
+pub fn add_layer_paths(
+    env: &mut Env,
+    layers: &[PathBuf],
+    phase: Phase,
+    shown_as: impl Fn(&Path) -> PathBuf,
+) {
+    for (dir, var) in phase.path_vars() {
         let found: Vec<PathBuf> = layers
             .iter()
-            .map(|l| l.join(dir))
-            .filter(|d| d.is_dir())
+            .filter(|l| l.join(dir).is_dir())
+            .map(|l| shown_as(l).join(dir))
             .collect();
         if found.is_empty() {
             continue;
@@ -219,17 +296,10 @@ fn parse_file_name(file: &OsStr) -> Option<(&OsStr, Op)> {
     Some((OsStr::from_bytes(name), op))
 }
 
-/// Applies one layer's environment directories: `env/`, `env.launch/` and,
-/// for a process type, `env.launch/<type>/`.
-pub fn apply_layer_env(
-    env: &mut Env,
-    layer: &Path,
-    process_type: Option<&str>,
-) -> Result<(), LaunchError> {
-    let mut dirs = vec![layer.join("env"), layer.join("env.launch")];
-    if let Some(kind) = process_type {
-        dirs.push(layer.join("env.launch").join(kind));
-    }
+/// Applies one layer's environment directories for `phase` (see
+/// [`Phase`]).
+pub fn apply_layer_env(env: &mut Env, layer: &Path, phase: Phase) -> Result<(), LaunchError> {
+    let dirs = phase.env_dirs(layer);
     // Every directory's files first, for the layer's delimiters.
     let mut files: Vec<Vec<(OsString, Op, OsString)>> = Vec::new();
     let mut layer_delims: BTreeMap<OsString, OsString> = BTreeMap::new();
@@ -413,13 +483,13 @@ mod tests {
 
     #[test]
     fn env_files() {
-        // (what it shows, starting environment, the layer's files, process
-        // type, variables expected afterwards (`None`: unset)).
+        // (what it shows, starting environment, the layer's files, phase,
+        // variables expected afterwards (`None`: unset)).
         type Case<'a> = (
             &'a str,
             &'a [(&'a str, &'a str)],
             &'a [(&'a str, &'a str)],
-            Option<&'a str>,
+            Phase<'a>,
             &'a [(&'a str, Option<&'a str>)],
         );
         let cases: &[Case] = &[
@@ -427,91 +497,91 @@ mod tests {
                 "a bare name overrides",
                 &[("A", "old")],
                 &[("env/A", "new")],
-                None,
+                Phase::Launch(None),
                 &[("A", Some("new"))],
             ),
             (
                 "override sets",
                 &[],
                 &[("env/A.override", "x")],
-                None,
+                Phase::Launch(None),
                 &[("A", Some("x"))],
             ),
             (
                 "contents are used as they are",
                 &[],
                 &[("env/A", " two\nlines \n")],
-                None,
+                Phase::Launch(None),
                 &[("A", Some(" two\nlines \n"))],
             ),
             (
                 "default fills an unset variable",
                 &[],
                 &[("env/A.default", "d")],
-                None,
+                Phase::Launch(None),
                 &[("A", Some("d"))],
             ),
             (
                 "default fills an empty variable",
                 &[("A", "")],
                 &[("env/A.default", "d")],
-                None,
+                Phase::Launch(None),
                 &[("A", Some("d"))],
             ),
             (
                 "default keeps a value",
                 &[("A", "v")],
                 &[("env/A.default", "d")],
-                None,
+                Phase::Launch(None),
                 &[("A", Some("v"))],
             ),
             (
                 "append without a delimiter concatenates",
                 &[("A", "x")],
                 &[("env/A.append", "y")],
-                None,
+                Phase::Launch(None),
                 &[("A", Some("xy"))],
             ),
             (
                 "append with a delimiter",
                 &[("A", "x")],
                 &[("env/A.append", "y"), ("env/A.delim", " ")],
-                None,
+                Phase::Launch(None),
                 &[("A", Some("x y"))],
             ),
             (
                 "append to nothing has no delimiter",
                 &[],
                 &[("env/A.append", "y"), ("env/A.delim", ":")],
-                None,
+                Phase::Launch(None),
                 &[("A", Some("y"))],
             ),
             (
                 "prepend with a delimiter",
                 &[("PATH", "/usr/bin")],
                 &[("env/PATH.prepend", "/opt/bin"), ("env/PATH.delim", ":")],
-                None,
+                Phase::Launch(None),
                 &[("PATH", Some("/opt/bin:/usr/bin"))],
             ),
             (
                 "prepend to an empty value has no delimiter",
                 &[("A", "")],
                 &[("env/A.prepend", "p"), ("env/A.delim", ":")],
-                None,
+                Phase::Launch(None),
                 &[("A", Some("p"))],
             ),
             (
                 "a delimiter elsewhere in the layer applies",
                 &[("A", "x")],
                 &[("env/A.delim", ","), ("env.launch/A.append", "y")],
-                None,
+                Phase::Launch(None),
                 &[("A", Some("x,y"))],
             ),
             (
                 "env.launch overrides env",
                 &[],
                 &[("env/A", "1"), ("env.launch/A", "2")],
-                None,
+                Phase::Launch(None),
                 &[("A", Some("2"))],
             ),
             (
@@ -522,28 +592,28 @@ mod tests {
                     ("env.launch/A", "2"),
                     ("env.launch/web/A", "3"),
                 ],
-                Some("web"),
+                Phase::Launch(Some("web")),
                 &[("A", Some("3"))],
             ),
             (
                 "another process's directory does not apply",
                 &[],
                 &[("env.launch/A", "2"), ("env.launch/worker/A", "3")],
-                Some("web"),
+                Phase::Launch(Some("web")),
                 &[("A", Some("2"))],
             ),
             (
                 "no process type: no process directory",
                 &[],
                 &[("env.launch/web/A", "3")],
-                None,
+                Phase::Launch(None),
                 &[("A", None)],
             ),
             (
                 "env's default wins over env.launch's",
                 &[],
                 &[("env/A.default", "1"), ("env.launch/A.default", "2")],
-                None,
+                Phase::Launch(None),
                 &[("A", Some("1"))],
             ),
             (
@@ -555,7 +625,7 @@ mod tests {
                     ("env.launch/A.append", "2"),
                     ("env.launch/web/A.append", "3"),
                 ],
-                Some("web"),
+                Phase::Launch(Some("web")),
                 &[("A", Some("0:1:2:3"))],
             ),
             (
@@ -567,42 +637,81 @@ mod tests {
                     ("env.launch/A.prepend", "2"),
                     ("env.launch/web/A.prepend", "3"),
                 ],
-                Some("web"),
+                Phase::Launch(Some("web")),
                 &[("A", Some("3:2:1:0"))],
             ),
             (
                 "env.build is not for launch",
                 &[],
                 &[("env.build/A", "b")],
-                None,
+                Phase::Launch(None),
                 &[("A", None)],
+            ),
+            (
+                "env.build overrides env at build",
+                &[],
+                &[("env/A", "1"), ("env.build/A", "2")],
+                Phase::Build,
+                &[("A", Some("2"))],
+            ),
+            (
+                "env.launch is not for build",
+                &[],
+                &[("env.launch/A", "l"), ("env.launch/web/B", "w")],
+                Phase::Build,
+                &[("A", None), ("B", None)],
+            ),
+            (
+                "build: env's default wins, appends env then env.build",
+                &[("P", "0")],
+                &[
+                    ("env/A.default", "1"),
+                    ("env.build/A.default", "2"),
+                    ("env/P.append", "1"),
+                    ("env.build/P.append", "2"),
+                    ("env.build/P.delim", ","),
+                ],
+                Phase::Build,
+                &[("A", Some("1")), ("P", Some("0,1,2"))],
+            ),
+            (
+                "build: prepends env.build first, each directory its own delimiter",
+                &[("P", "0")],
+                &[
+                    ("env/P.prepend", "1"),
+                    ("env/P.delim", ":"),
+                    ("env.build/P.prepend", "2"),
+                    ("env.build/P.delim", ";"),
+                ],
+                Phase::Build,
+                &[("P", Some("2;1:0"))],
             ),
             (
                 "unknown suffixes and nameless files are ignored",
                 &[],
                 &[("env/A.bogus", "x"), ("env/.hidden", "y")],
-                None,
+                Phase::Launch(None),
                 &[("A", None)],
             ),
             (
                 "the name ends at the first period",
                 &[],
                 &[("env/A.B.default", "x")],
-                None,
+                Phase::Launch(None),
                 &[("A", None), ("A.B", None)],
             ),
             (
                 "other variables are left alone",
                 &[("KEEP", "k")],
                 &[("env/A", "a")],
-                None,
+                Phase::Launch(None),
                 &[("KEEP", Some("k")), ("A", Some("a"))],
             ),
         ];
-        for (what, start, files, kind, want) in cases {
+        for (what, start, files, phase, want) in cases {
             let l = layer(files);
             let mut e = env(start);
-            apply_layer_env(&mut e, l.path(), *kind).unwrap();
+            apply_layer_env(&mut e, l.path(), *phase).unwrap();
             for (name, value) in *want {
                 assert_eq!(
                     e.get(OsStr::new(name)).map(|v| v.to_str().unwrap()),
@@ -647,7 +756,7 @@ mod tests {
             .remove(0)
             .layers;
         let mut e = env(&[("PATH", "/usr/bin")]);
-        add_layer_paths(&mut e, &layers);
+        add_layer_paths(&mut e, &layers, Phase::Launch(None), Path::to_path_buf);
         let p = bp.path().display();
         assert_eq!(
             e[OsStr::new("PATH")],
@@ -657,6 +766,44 @@ mod tests {
             e[OsStr::new("LD_LIBRARY_PATH")],
             OsString::from(format!("{p}/a/lib"))
         );
+    }
+
+    #[test]
+    fn build_paths_as_the_sandbox_shows_them() {
+        let layers = layer(&[
+            ("a/bp1/x/bin/t", ""),
+            ("a/bp1/x/lib/t", ""),
+            ("a/bp1/y/include/t", ""),
+            ("a/bp1/y/pkgconfig/t", ""),
+            ("a/bp1/y/bin/t", ""),
+            ("a/bp2/z/bin/t", ""),
+        ]);
+        let root = layers.path().join("a");
+        let shown_as = |p: &Path| Path::new("/layers").join(p.strip_prefix(&root).unwrap());
+        let mut e = env(&[("PATH", "/usr/bin"), ("CPATH", "")]);
+        let bp1 = [root.join("bp1/x"), root.join("bp1/y")];
+        apply_buildpack_layers(&mut e, &bp1, Phase::Build, shown_as).unwrap();
+        apply_buildpack_layers(&mut e, &[root.join("bp2/z")], Phase::Build, shown_as).unwrap();
+        let get = |name: &str| e.get(OsStr::new(name)).map(|v| v.to_str().unwrap());
+        assert_eq!(
+            get("PATH"),
+            Some("/layers/bp2/z/bin:/layers/bp1/x/bin:/layers/bp1/y/bin:/usr/bin"),
+            "the later buildpack first, one buildpack's layers in name order"
+        );
+        assert_eq!(get("LD_LIBRARY_PATH"), Some("/layers/bp1/x/lib"));
+        assert_eq!(get("LIBRARY_PATH"), Some("/layers/bp1/x/lib"));
+        assert_eq!(
+            get("CPATH"),
+            Some("/layers/bp1/y/include"),
+            "an empty value takes no delimiter"
+        );
+        assert_eq!(get("PKG_CONFIG_PATH"), Some("/layers/bp1/y/pkgconfig"));
+
+        // At launch, only PATH and LD_LIBRARY_PATH.
+        let mut e = Env::new();
+        apply_buildpack_layers(&mut e, &bp1, Phase::Launch(None), Path::to_path_buf).unwrap();
+        let names: Vec<_> = e.keys().map(|k| k.to_str().unwrap()).collect();
+        assert_eq!(names, ["LD_LIBRARY_PATH", "PATH"]);
     }
 
     #[test]

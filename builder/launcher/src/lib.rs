@@ -35,7 +35,7 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-pub use env::Env;
+pub use env::{Env, Phase};
 use metadata::Metadata;
 use process::How;
 
@@ -195,10 +195,12 @@ pub fn prepare(
     let all = env::launch_layers(&dirs)?;
     let mut vars = env::base(env);
     for bp in &all {
-        env::add_layer_paths(&mut vars, &bp.layers);
-        for layer in &bp.layers {
-            env::apply_layer_env(&mut vars, layer, kind)?;
-        }
+        env::apply_buildpack_layers(
+            &mut vars,
+            &bp.layers,
+            Phase::Launch(kind),
+            Path::to_path_buf,
+        )?;
     }
     for layer in all.iter().flat_map(|b| &b.layers) {
         for program in env::exec_d_programs(layer, kind)? {

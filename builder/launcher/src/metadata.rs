@@ -1,16 +1,30 @@
-//! `<layers>/config/metadata.toml`, as the launcher reads it.
+//! `<layers>/config/metadata.toml`: what the exporter records in an app
+//! image for the launcher — its processes and the buildpacks whose launch
+//! layers set up the environment, in order.
 //!
-//! The exporter writes this file from `slipway_builder::metadata::LaunchMetadata`.
-//! The launcher cannot depend on `slipway-builder` (the builder embeds the
-//! launcher through its build script), so the few structs it needs are
-//! copied here. Both sides parse `testdata/metadata.toml` in their tests and
-//! check the same values, so a change on one side fails a test until the
-//! other follows. Unknown keys are ignored: the exporter may record more
-//! than the launcher uses.
+//! ```toml
+//! [[buildpacks]]
+//! id = "slipway/python"      # layers in /layers/slipway_python/
+//! version = "0.1.0"
+//! api = "0.10"
+//!
+//! [[processes]]
+//! type = "web"
+//! command = ["python3", "app.py"]
+//! args = []
+//! direct = true
+//! default = true
+//! working-dir = "/workspace"
+//! buildpack-id = "slipway/procfile"
+//! ```
+//!
+//! The one definition of the format: `slipway-builder`'s exporter writes
+//! it with [`Metadata::to_toml`], the launcher reads it with
+//! [`Metadata::parse`]. Unknown keys are ignored when reading.
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Metadata {
     #[serde(default)]
     pub buildpacks: Vec<Buildpack>,
@@ -18,9 +32,11 @@ pub struct Metadata {
     pub processes: Vec<Process>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Buildpack {
     pub id: String,
+    #[serde(default)]
+    pub version: String,
     /// The Buildpack API it was built with: decides how user arguments
     /// combine with a process's own.
     #[serde(default)]
@@ -30,7 +46,7 @@ pub struct Buildpack {
 impl Buildpack {
     /// The directory of its layers, `<layers>/<id with / as _>`.
     pub fn dir_name(&self) -> String {
-        self.id.replace('/', "_")
+        escape_id(&self.id)
     }
 
     /// Whether it supports overridable process arguments (Buildpack API
@@ -41,13 +57,18 @@ impl Buildpack {
     }
 }
 
+/// `/` → `_`, as the spec names buildpack directories.
+pub fn escape_id(id: &str) -> String {
+    id.replace('/', "_")
+}
+
 /// `"0.10"` → `(0, 10)`.
 fn api_version(api: &str) -> Option<(u32, u32)> {
     let (major, minor) = api.split_once('.')?;
     Some((major.parse().ok()?, minor.parse().ok()?))
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub struct Process {
     #[serde(rename = "type")]
@@ -58,7 +79,8 @@ pub struct Process {
     /// Arguments that the user's arguments replace.
     #[serde(default)]
     pub args: Vec<String>,
-    /// `false`: run through `/bin/sh` (older Buildpack APIs only).
+    /// Executed directly (always, for commands given as arrays); `false`:
+    /// through `/bin/sh` (older Buildpack APIs only).
     #[serde(default = "yes")]
     pub direct: bool,
     #[serde(default)]
@@ -67,8 +89,9 @@ pub struct Process {
     pub working_dir: Option<String>,
     #[serde(default)]
     pub buildpack_id: Option<String>,
-    /// The execution environments it is for; empty or `"*"`: all.
-    #[serde(default)]
+    /// The execution environments it is for; empty or `"*"`: all. Not
+    /// written when empty.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub exec_env: Vec<String>,
 }
 
@@ -88,12 +111,16 @@ impl Metadata {
         toml::from_str(text)
     }
 
+    pub fn to_toml(&self) -> String {
+        toml::to_string(self).expect("launch metadata serialises")
+    }
+
     pub fn process(&self, kind: &str) -> Option<&Process> {
         self.processes.iter().find(|p| p.kind == kind)
     }
 
     /// The process to run when none is named: the one marked default, else
-    /// `web`, else the only one (as `LaunchMetadata::default_process`).
+    /// `web`, else the only one.
     pub fn default_process(&self) -> Option<&Process> {
         self.processes
             .iter()
@@ -111,9 +138,10 @@ impl Metadata {
 mod tests {
     use super::*;
 
-    /// The sample `slipway-builder` parses too (`builder/src/launcher.rs`):
-    /// the values checked here are checked there.
     const SAMPLE: &str = include_str!("../testdata/metadata.toml");
+    /// `SAMPLE` as the exporter writes it: the bytes `slipway-builder`'s
+    /// own copy of these types wrote before it used this module.
+    const WRITTEN: &str = include_str!("../testdata/metadata.written.toml");
 
     #[test]
     fn reads_the_shared_sample() {
@@ -121,6 +149,7 @@ mod tests {
         let ids: Vec<_> = m.buildpacks.iter().map(|b| b.id.as_str()).collect();
         assert_eq!(ids, ["slipway/python", "slipway/procfile", "old/shell"]);
         assert_eq!(m.buildpacks[0].api, "0.10");
+        assert_eq!(m.buildpacks[0].version, "0.1.0");
         assert_eq!(m.buildpacks[0].dir_name(), "slipway_python");
         let kinds: Vec<_> = m.processes.iter().map(|p| p.kind.as_str()).collect();
         assert_eq!(kinds, ["web", "worker", "legacy"]);
@@ -137,6 +166,26 @@ mod tests {
         assert_eq!(legacy.command, ["echo legacy $0"]);
         assert!(!legacy.direct);
         assert_eq!(m.default_process().unwrap().kind, "web");
+    }
+
+    #[test]
+    fn writes_the_format_images_hold() {
+        let m = Metadata::parse(SAMPLE).unwrap();
+        assert_eq!(m.to_toml(), WRITTEN);
+        assert_eq!(Metadata::parse(WRITTEN).unwrap(), m);
+        // Execution environments are written only when a process has them.
+        let mut with_env = m.clone();
+        with_env.processes[1].exec_env = vec!["test".into()];
+        let text = with_env.to_toml();
+        assert_eq!(text.matches("exec-env = [\"test\"]").count(), 1, "{text}");
+        assert_eq!(Metadata::parse(&text).unwrap(), with_env);
+    }
+
+    #[test]
+    fn escaped_ids() {
+        assert_eq!(escape_id("slipway/python"), "slipway_python");
+        assert_eq!(escape_id("a/b/c"), "a_b_c");
+        assert_eq!(escape_id("plain"), "plain");
     }
 
     #[test]
@@ -174,6 +223,7 @@ mod tests {
     fn api_versions() {
         let bp = |api: &str| Buildpack {
             id: "x".into(),
+            version: "1.0.0".into(),
             api: api.into(),
         };
         assert!(bp("0.9").replaces_args());
