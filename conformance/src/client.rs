@@ -4,6 +4,14 @@
 //!
 //! Every response is also audited for the suite's run-wide checks: a 4xx
 //! whose body is not the spec's error JSON, and any 5xx, are remembered.
+//!
+//! Redirects are followed here, not by reqwest, so that checks see the
+//! registry's own answer too: the spec lets a registry hand a blob GET to
+//! another server (a presigned object-store URL, say) with a redirect, and
+//! what the registry said (`Docker-Content-Digest`) is on that redirect.
+//! Credentials never leave the registry's origin: a request that follows a
+//! redirect elsewhere goes without `Authorization` (a presigned URL carries
+//! its own signature). Only the registry's answers are audited.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -11,7 +19,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures::future::BoxFuture;
-use reqwest::header::{AUTHORIZATION, HeaderMap, HeaderName, HeaderValue, WWW_AUTHENTICATE};
+use reqwest::header::{
+    AUTHORIZATION, HeaderMap, HeaderName, HeaderValue, LOCATION, WWW_AUTHENTICATE,
+};
 use reqwest::{Method, StatusCode, Url};
 
 use crate::Target;
@@ -19,6 +29,9 @@ use crate::expect;
 
 /// How long one request (or token request) may take.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Redirects followed for one request before giving up.
+const MAX_REDIRECTS: usize = 5;
 
 /// A request, kept whole so that it can be sent again after a challenge.
 #[derive(Clone, Debug)]
@@ -87,6 +100,19 @@ pub struct Response {
     pub status: StatusCode,
     pub headers: HeaderMap,
     pub body: Bytes,
+    /// The redirects followed to get here, first first.
+    pub redirects: Vec<Redirect>,
+}
+
+/// A redirect (3xx with a `Location`) that was followed.
+#[derive(Clone, Debug)]
+pub struct Redirect {
+    /// The URL that answered with the redirect.
+    pub url: Url,
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    /// Whether the registry (the target's origin) answered it.
+    pub from_registry: bool,
 }
 
 impl Response {
@@ -106,6 +132,24 @@ impl Response {
             .iter()
             .filter_map(|v| v.to_str().ok())
             .collect()
+    }
+
+    /// A header of this answer or, when it is missing here, of the last
+    /// redirect the registry itself answered on the way (where a registry
+    /// that hands the body to another server says what it knows).
+    pub fn header_or_registry_redirect(&self, name: &str) -> Option<&str> {
+        self.header(name).or_else(|| {
+            self.redirects
+                .iter()
+                .rev()
+                .filter(|r| r.from_registry)
+                .find_map(|r| r.headers.get(name).and_then(|v| v.to_str().ok()))
+        })
+    }
+
+    /// Whether another server than the registry gave this answer.
+    pub fn redirected_elsewhere(&self, registry: &Url) -> bool {
+        !same_origin(&self.url, registry)
     }
 
     /// `404 MANIFEST_UNKNOWN`, `400 (body: "...")`: the status and what the
@@ -462,33 +506,114 @@ impl Client {
             .ok_or_else(|| "the token response has neither `token` nor `access_token`".to_owned())
     }
 
+    /// Sends `req` with `auth`, following redirects (see the module
+    /// documentation).
     async fn send_once(&self, req: &Request, auth: Option<&str>) -> Result<Response, String> {
-        let mut builder = self.http.request(req.method.clone(), req.url.clone());
+        let mut method = req.method.clone();
+        let mut url = req.url.clone();
+        let mut body = req.body.clone();
+        let mut redirects = Vec::new();
+        loop {
+            let from_registry = same_origin(&url, &self.base);
+            let resp = self
+                .send_one(
+                    req,
+                    &method,
+                    &url,
+                    body.as_ref(),
+                    auth.filter(|_| from_registry),
+                )
+                .await?;
+            let location = resp
+                .headers
+                .get(LOCATION)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned);
+            let follow = matches!(resp.status.as_u16(), 301 | 302 | 303 | 307 | 308);
+            let (Some(location), true) = (location, follow) else {
+                if from_registry {
+                    self.record(&method, &resp);
+                }
+                let request = if redirects.is_empty() {
+                    resp.request
+                } else {
+                    format!("{} (redirected to {})", req.describe(), resp.request)
+                };
+                return Ok(Response {
+                    request,
+                    redirects,
+                    ..resp
+                });
+            };
+            if from_registry {
+                self.record(&method, &resp);
+            }
+            if redirects.len() == MAX_REDIRECTS {
+                return Err(format!(
+                    "{}: more than {MAX_REDIRECTS} redirects (the last to {location:?})",
+                    req.describe()
+                ));
+            }
+            let next = url.join(&location).map_err(|e| {
+                format!(
+                    "{} → {}: Location {location:?} is not a URL: {e}",
+                    resp.request, resp.status
+                )
+            })?;
+            // RFC 9110 15.4: 303, and 301/302 after a POST, continue as a
+            // GET without the body; 307 and 308 repeat the request.
+            if resp.status == StatusCode::SEE_OTHER
+                || (matches!(resp.status.as_u16(), 301 | 302) && method == Method::POST)
+            {
+                if method != Method::HEAD {
+                    method = Method::GET;
+                }
+                body = None;
+            }
+            redirects.push(Redirect {
+                url: resp.url,
+                status: resp.status,
+                headers: resp.headers,
+                from_registry,
+            });
+            url = next;
+        }
+    }
+
+    /// One HTTP exchange: `method url` with `req`'s headers, `body` and
+    /// `auth`, the whole answer read.
+    async fn send_one(
+        &self,
+        req: &Request,
+        method: &Method,
+        url: &Url,
+        body: Option<&Bytes>,
+        auth: Option<&str>,
+    ) -> Result<Response, String> {
+        let what = describe(method, url);
+        let mut builder = self.http.request(method.clone(), url.clone());
         for (name, value) in &req.headers {
             let value = HeaderValue::from_str(value)
-                .map_err(|e| format!("{}: bad header value: {e}", req.describe()))?;
+                .map_err(|e| format!("{what}: bad header value: {e}"))?;
             builder = builder.header(name.clone(), value);
         }
         if let Some(auth) = auth {
             builder = builder.header(AUTHORIZATION, auth);
         }
-        if let Some(body) = &req.body {
+        if let Some(body) = body {
             builder = builder.body(body.clone());
         }
         let resp = builder.send().await.map_err(|e| {
             // A server may answer and close the connection before it reads
             // a body; the client then sees a failed write, not the answer.
-            let hint = if req.body.as_ref().is_some_and(|b| !b.is_empty())
-                && !e.is_timeout()
-                && !e.is_connect()
+            let hint = if body.is_some_and(|b| !b.is_empty()) && !e.is_timeout() && !e.is_connect()
             {
                 " (the server may have closed the connection without reading the body)"
             } else {
                 ""
             };
             format!(
-                "{}: no response: {}{hint}",
-                req.describe(),
+                "{what}: no response: {}{hint}",
                 error_chain(&e.without_url())
             )
         })?;
@@ -497,20 +622,18 @@ impl Client {
         let headers = resp.headers().clone();
         let body = resp.bytes().await.map_err(|e| {
             format!(
-                "{} → {status}, but the body broke off (a Content-Length the body did not fill?): {}",
-                req.describe(),
+                "{what} → {status}, but the body broke off (a Content-Length the body did not fill?): {}",
                 error_chain(&e.without_url())
             )
         })?;
-        let resp = Response {
-            request: req.describe(),
+        Ok(Response {
+            request: what,
             url,
             status,
             headers,
             body,
-        };
-        self.record(&req.method, &resp);
-        Ok(resp)
+            redirects: Vec::new(),
+        })
     }
 
     fn record(&self, method: &Method, resp: &Response) {
@@ -546,9 +669,18 @@ impl Client {
     }
 }
 
+/// Same scheme, host and port.
+fn same_origin(a: &Url, b: &Url) -> bool {
+    a.scheme() == b.scheme()
+        && a.host_str() == b.host_str()
+        && a.port_or_known_default() == b.port_or_known_default()
+}
+
 fn http_client() -> Result<reqwest::Client, String> {
     reqwest::Client::builder()
         .timeout(REQUEST_TIMEOUT)
+        // Followed by `Client::send_once`, which keeps each hop.
+        .redirect(reqwest::redirect::Policy::none())
         // One connection per request: a server that answers before reading
         // a body may close the connection, and a pooled connection closing
         // under the next request would be reported against the wrong check.
@@ -575,6 +707,68 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn origins() {
+        let base = Url::parse("http://127.0.0.1:5000").unwrap();
+        let cases = [
+            ("http://127.0.0.1:5000/v2/a/blobs/x", true),
+            ("http://127.0.0.1:5001/bucket/x?X-Amz-Signature=s", false),
+            ("https://127.0.0.1:5000/v2/", false),
+            ("http://localhost:5000/v2/", false),
+        ];
+        for (url, want) in cases {
+            assert_eq!(same_origin(&Url::parse(url).unwrap(), &base), want, "{url}");
+        }
+    }
+
+    #[test]
+    fn headers_of_the_registrys_redirect() {
+        let headers = |pairs: &[(&'static str, &'static str)]| {
+            let mut h = HeaderMap::new();
+            for (k, v) in pairs {
+                h.insert(*k, HeaderValue::from_static(v));
+            }
+            h
+        };
+        let hop = |from_registry, h| Redirect {
+            url: Url::parse("http://r/").unwrap(),
+            status: StatusCode::TEMPORARY_REDIRECT,
+            headers: h,
+            from_registry,
+        };
+        let answer = |h, redirects| Response {
+            request: "GET /v2/a/blobs/d".into(),
+            url: Url::parse("http://s3/b/d").unwrap(),
+            status: StatusCode::OK,
+            headers: h,
+            body: Bytes::new(),
+            redirects,
+        };
+        let name = "Docker-Content-Digest";
+        // Said by the registry before it handed the GET on.
+        let r = answer(
+            headers(&[]),
+            vec![hop(true, headers(&[("docker-content-digest", "sha256:a")]))],
+        );
+        assert_eq!(r.header_or_registry_redirect(name), Some("sha256:a"));
+        // The answer's own header wins.
+        let r = answer(
+            headers(&[("docker-content-digest", "sha256:b")]),
+            vec![hop(true, headers(&[("docker-content-digest", "sha256:a")]))],
+        );
+        assert_eq!(r.header_or_registry_redirect(name), Some("sha256:b"));
+        // Another server's redirect speaks not for the registry.
+        let r = answer(
+            headers(&[]),
+            vec![
+                hop(true, headers(&[])),
+                hop(false, headers(&[("docker-content-digest", "sha256:a")])),
+            ],
+        );
+        assert_eq!(r.header_or_registry_redirect(name), None);
+        assert!(r.redirected_elsewhere(&Url::parse("http://r/").unwrap()));
+    }
 
     #[test]
     fn challenges() {

@@ -153,7 +153,10 @@ fn first_layer(f: &Fixture) -> &Blob {
     &f.image.layers[0]
 }
 
-/// `GET` a blob: 200, its bytes, `Docker-Content-Digest`.
+/// `GET` a blob: 200, its bytes, `Docker-Content-Digest`. A registry may
+/// redirect the GET to another server (a presigned object-store URL): the
+/// client follows, and the digest may then be on the registry's redirect
+/// rather than on the other server's answer.
 pub async fn blob_get(cx: &Ctx) -> Outcome {
     let f = cx.pull_fixture().await?;
     let blob = first_layer(f);
@@ -161,9 +164,33 @@ pub async fn blob_get(cx: &Ctx) -> Outcome {
         .get(cx.v2(&f.repo, &format!("blobs/{}", blob.digest))?)
         .await?;
     expect::status(&r, 200)?;
-    expect::header_eq(&r, "Docker-Content-Digest", &blob.digest)?;
+    let digest = r
+        .header_or_registry_redirect("Docker-Content-Digest")
+        .ok_or_else(|| format!("{} → 200: no Docker-Content-Digest header", r.request))?;
+    ensure!(
+        digest == blob.digest,
+        "{}: Docker-Content-Digest is {digest:?}, expected {:?}",
+        r.request,
+        blob.digest
+    );
     expect::body_eq(&r, &blob.data)?;
-    expect::content_length(&r, blob.len(), false)
+    expect::content_length(&r, blob.len(), false)?;
+    note_redirect(cx, &r);
+    Ok(())
+}
+
+/// Notes, with a pass, that another server answered after a redirect.
+fn note_redirect(cx: &Ctx, r: &crate::client::Response) {
+    if let Some(hop) = r.redirects.first()
+        && r.redirected_elsewhere(cx.client.base())
+    {
+        cx.note(format!(
+            "served by {}:{} after a {} redirect",
+            r.url.host_str().unwrap_or("?"),
+            r.url.port_or_known_default().unwrap_or(0),
+            hop.status.as_u16()
+        ));
+    }
 }
 
 /// `HEAD` a blob: 200, `Content-Length`, `Docker-Content-Digest`, no body.
@@ -210,7 +237,9 @@ pub async fn blob_range(cx: &Ctx) -> Outcome {
     expect::status(&r, 206)?;
     content_range(&r, 100, 199, blob.len())?;
     expect::body_eq(&r, &blob.data[100..200])?;
-    expect::content_length(&r, 100, false)
+    expect::content_length(&r, 100, false)?;
+    note_redirect(cx, &r);
+    Ok(())
 }
 
 /// `Range: bytes=<size-100>-`: 206 with the last 100 bytes.
@@ -220,7 +249,9 @@ pub async fn blob_range_open(cx: &Ctx) -> Outcome {
     let (r, blob) = ranged(cx, &format!("bytes={}-", size - 100)).await?;
     expect::status(&r, 206)?;
     content_range(&r, size - 100, size - 1, size)?;
-    expect::body_eq(&r, &blob.data[size - 100..])
+    expect::body_eq(&r, &blob.data[size - 100..])?;
+    note_redirect(cx, &r);
+    Ok(())
 }
 
 /// `Range: items=0-9`, a unit the server does not know: RFC 9110 14.2
@@ -228,7 +259,9 @@ pub async fn blob_range_open(cx: &Ctx) -> Outcome {
 pub async fn blob_range_unknown_unit(cx: &Ctx) -> Outcome {
     let (r, blob) = ranged(cx, "items=0-9").await?;
     expect::status(&r, 200)?;
-    expect::body_eq(&r, &blob.data)
+    expect::body_eq(&r, &blob.data)?;
+    note_redirect(cx, &r);
+    Ok(())
 }
 
 /// A range wholly past the end: 416, and `Content-Range: bytes */<size>`
