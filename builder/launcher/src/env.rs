@@ -471,15 +471,7 @@ mod tests {
     }
 
     /// A layer directory with `files` (paths relative to the layer).
-    fn layer(files: &[(&str, &str)]) -> tempfile::TempDir {
-        let d = tempfile::tempdir().unwrap();
-        for (path, value) in files {
-            let path = d.path().join(path);
-            fs::create_dir_all(path.parent().unwrap()).unwrap();
-            fs::write(path, value).unwrap();
-        }
-        d
-    }
+    use crate::tests::tree as layer;
 
     #[test]
     fn env_files() {

@@ -325,8 +325,9 @@ mod tests {
     use super::*;
     use std::fs;
 
-    /// Writes `files` (relative paths, contents) under a new directory.
-    fn tree(files: &[(&str, &str)]) -> tempfile::TempDir {
+    /// Writes `files` (relative paths, contents) under a new directory
+    /// (also the `env` tests' layers).
+    pub(crate) fn tree(files: &[(&str, &str)]) -> tempfile::TempDir {
         let d = tempfile::tempdir().unwrap();
         for (path, value) in files {
             let path = d.path().join(path);
