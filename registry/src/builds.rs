@@ -405,6 +405,29 @@ async fn supervise(state: &AppState, ctx: &Context, build: &BuildRecord, log: &A
     let mut job = std::pin::pin!(job);
     let deadline = tokio::time::sleep(Duration::from_secs(state.config.builds.timeout_secs));
     let mut deadline = std::pin::pin!(deadline);
+    // Heartbeats from a task of their own: a job busy on a runtime thread
+    // (unpacking, copying a cache) never makes its build look dead.
+    let cancel_asked = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let heart = {
+        let state = state.clone();
+        let id = build.id.clone();
+        let cancel_asked = cancel_asked.clone();
+        tokio::spawn(async move {
+            let mut beat = tokio::time::interval(HEARTBEAT);
+            loop {
+                beat.tick().await;
+                match state.meta.build_heartbeat(&id).await {
+                    Ok(cancel) => {
+                        if cancel {
+                            cancel_asked.store(true, std::sync::atomic::Ordering::SeqCst);
+                        }
+                    }
+                    Err(e) => tracing::warn!(build = %id, error = %e, "build heartbeat failed"),
+                }
+            }
+        })
+    };
+    let _stop_heart = AbortOnDrop(heart);
     let mut beat = tokio::time::interval(HEARTBEAT);
     beat.tick().await;
     let mut flush = tokio::time::interval(Duration::from_millis(250));
@@ -435,20 +458,27 @@ async fn supervise(state: &AppState, ctx: &Context, build: &BuildRecord, log: &A
                 return End::TimedOut;
             }
             _ = beat.tick() => {
-                match state.meta.build_heartbeat(&build.id).await {
-                    Ok(true) if log.phase_now() != "export" => return End::Cancelled,
-                    Ok(true) => {
-                        if !cancel_seen {
-                            cancel_seen = true;
-                            log.line("cancel asked during the export: the export finishes first");
-                        }
+                if cancel_asked.load(std::sync::atomic::Ordering::SeqCst) {
+                    if log.phase_now() != "export" {
+                        return End::Cancelled;
                     }
-                    Ok(false) => {}
-                    Err(e) => tracing::warn!(build = %build.id, error = %e, "build heartbeat failed"),
+                    if !cancel_seen {
+                        cancel_seen = true;
+                        log.line("cancel asked during the export: the export finishes first");
+                    }
                 }
             }
             _ = flush.tick() => log.flush(state, &build.id).await,
         }
+    }
+}
+
+/// Aborts a task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
