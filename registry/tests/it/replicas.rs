@@ -591,6 +591,11 @@ struct Process {
 
 impl Process {
     async fn start(config: &std::path::Path, password: &str) -> Process {
+        Self::start_env(config, password, &[]).await
+    }
+
+    /// `slipway serve --config <config>` with `env` added to its environment.
+    async fn start_env(config: &std::path::Path, password: &str, env: &[(&str, &str)]) -> Process {
         let text = std::fs::read_to_string(config).unwrap();
         let listen = text
             .lines()
@@ -604,6 +609,7 @@ impl Process {
             .args(["serve", "--config"])
             .arg(config)
             .env("SLIPWAY_ADMIN_PASSWORD", password)
+            .envs(env.iter().copied())
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null())
             .stderr(log)
@@ -867,4 +873,307 @@ async fn env_push_robot(
         .await
         .unwrap();
     (r.status(), (), r.text().await.unwrap())
+}
+
+/// One request with `auth`: status, headers, body.
+async fn call(
+    http: &reqwest::Client,
+    method: Method,
+    url: String,
+    auth: &str,
+    body: Vec<u8>,
+    headers: &[(&str, String)],
+) -> (StatusCode, reqwest::header::HeaderMap, Vec<u8>) {
+    let mut req = http
+        .request(method, url)
+        .header("authorization", auth)
+        .body(body);
+    for (k, v) in headers {
+        req = req.header(*k, v);
+    }
+    let r = req.send().await.expect("request sent");
+    let (s, h) = (r.status(), r.headers().clone());
+    (s, h, r.bytes().await.unwrap().to_vec())
+}
+
+/// README, "Running several replicas", done as written with the real
+/// binary: a single node (`slipway serve`, SQLite + blob tree) holding an
+/// image is stopped; `slipway migrate --from old.toml --to new.toml` moves
+/// it to PostgreSQL + S3, the target's S3 secret coming from the
+/// environment only; two `slipway serve` replicas on the README's
+/// configuration (the same text for both, one signing key, the same admin
+/// password) are ready, serve the image from either, accept each other's
+/// tokens, and take a push whose requests alternate between them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_readme_moves_a_single_node_to_two_replicas() {
+    let weed = SeaweedFs::shared();
+    let dir = tempfile::tempdir().unwrap();
+    let password = format!("readme-{}", uuid::Uuid::new_v4().simple());
+    let admin = basic("admin", &password);
+    let http = reqwest::Client::new();
+
+    // The single node, with a private project and an image in it.
+    let old = dir.path().join("old.toml");
+    std::fs::write(
+        &old,
+        format!(
+            "listen = \"127.0.0.1:{}\"\ndata_dir = \"{}\"\n",
+            free_port(),
+            dir.path().join("slipway-data").display()
+        ),
+    )
+    .unwrap();
+    let mut single = Process::start(&old, &password).await;
+    let (s, _, b) = call(
+        &http,
+        Method::POST,
+        format!("{}/api/v1/projects", single.url),
+        &admin,
+        json!({"name": "tool-m", "public": false})
+            .to_string()
+            .into_bytes(),
+        &[("content-type", "application/json".into())],
+    )
+    .await;
+    assert_eq!(s, StatusCode::CREATED, "{}", String::from_utf8_lossy(&b));
+    let layer = data(3 * MIB, 9);
+    let config = br#"{"architecture":"amd64","os":"linux"}"#.to_vec();
+    for blob in [&layer, &config] {
+        let (s, _, b) = call(
+            &http,
+            Method::POST,
+            format!(
+                "{}/v2/tool-m/web/blobs/uploads/?digest={}",
+                single.url,
+                digest(blob)
+            ),
+            &admin,
+            blob.clone(),
+            &[],
+        )
+        .await;
+        assert_eq!(s, StatusCode::CREATED, "{}", String::from_utf8_lossy(&b));
+    }
+    let manifest = |config: &[u8], layer: &[u8]| {
+        json!({
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
+                       "digest": digest(config), "size": config.len()},
+            "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar",
+                        "digest": digest(layer), "size": layer.len()}],
+        })
+        .to_string()
+        .into_bytes()
+    };
+    let v1 = manifest(&config, &layer);
+    let oci = (
+        "content-type",
+        "application/vnd.oci.image.manifest.v1+json".to_owned(),
+    );
+    let (s, _, b) = call(
+        &http,
+        Method::PUT,
+        format!("{}/v2/tool-m/web/manifests/v1", single.url),
+        &admin,
+        v1.clone(),
+        std::slice::from_ref(&oci),
+    )
+    .await;
+    assert_eq!(s, StatusCode::CREATED, "{}", String::from_utf8_lossy(&b));
+    // "stop it": SIGTERM, and the server drains and exits.
+    let pid = single.child.id().expect("running").to_string();
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let exit = single.child.wait().await.unwrap();
+    assert!(exit.success(), "the single node stopped cleanly: {exit}");
+
+    // The README's configuration, the same text for every replica.
+    let db = PostgresDb::fresh(None).await;
+    let prefix = format!("readme-{}/", uuid::Uuid::new_v4().simple());
+    let key_file = dir.path().join("token-signing-key.pem");
+    let common = format!(
+        "[database]\nurl = \"{}\"\n\n\
+         [storage]\nbackend = \"s3\"\n\n\
+         [storage.s3]\nendpoint = \"{}\"\nregion = \"us-east-1\"\nbucket = \"slipway-test\"\n\
+         prefix = \"{prefix}\"\npath_style = true\naccess_key = \"{ACCESS_KEY}\"\n\
+         part_size_mib = 8\nredirect = false\npresign_ttl_secs = 300\n\n\
+         [auth]\nkey_file = \"{}\"\n",
+        db.url,
+        weed.endpoint,
+        key_file.display()
+    );
+    assert!(!common.contains(SECRET_KEY));
+    // Where each process keeps what is its own (its listen address and
+    // data directory) comes before the shared sections.
+    let own = |name: &str| {
+        format!(
+            "listen = \"127.0.0.1:{}\"\ndata_dir = \"{}\"\n\n",
+            free_port(),
+            dir.path().join(name).display()
+        )
+    };
+    let new = dir.path().join("new.toml");
+    std::fs::write(&new, own("migrate-data") + &common).unwrap();
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_slipway"))
+        .args(["migrate", "--from"])
+        .arg(&old)
+        .arg("--to")
+        .arg(&new)
+        .env("SLIPWAY_STORAGE__S3__SECRET_KEY", SECRET_KEY)
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "slipway migrate: {stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("manifests: 1 rows"), "{stdout}");
+    assert!(stdout.contains("Done."), "{stdout}");
+
+    // Two replicas, one after the other (the first creates the signing key
+    // the second reads), the S3 secret and admin password from the
+    // environment as the README says.
+    let mut replicas = Vec::new();
+    for i in 1..=2 {
+        let config = dir.path().join(format!("replica-{i}.toml"));
+        std::fs::write(&config, own(&format!("replica-{i}")) + &common).unwrap();
+        replicas.push(
+            Process::start_env(
+                &config,
+                &password,
+                &[("SLIPWAY_STORAGE__S3__SECRET_KEY", SECRET_KEY)],
+            )
+            .await,
+        );
+    }
+    let [a, b] = [&replicas[0].url, &replicas[1].url];
+    for url in [a, b] {
+        let r = http.get(format!("{url}/readyz")).send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::OK, "{url}/readyz");
+    }
+    // The migrated image, from either replica.
+    for url in [a, b] {
+        let (s, _, got) = call(
+            &http,
+            Method::GET,
+            format!("{url}/v2/tool-m/web/manifests/v1"),
+            &admin,
+            Vec::new(),
+            &[],
+        )
+        .await;
+        assert_eq!((s, got), (StatusCode::OK, v1.clone()), "{url}");
+        let (s, _, got) = call(
+            &http,
+            Method::GET,
+            format!("{url}/v2/tool-m/web/blobs/{}", digest(&layer)),
+            &admin,
+            Vec::new(),
+            &[],
+        )
+        .await;
+        assert_eq!(s, StatusCode::OK, "{url}");
+        assert!(got == layer, "the layer from {url} is the one pushed");
+    }
+    // A token from one replica is good on the other: one signing key.
+    let (s, _, t) = call(
+        &http,
+        Method::GET,
+        format!("{a}/auth/token?service=slipway&scope=repository:tool-m/web:pull,push"),
+        &admin,
+        Vec::new(),
+        &[],
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK);
+    let token: Value = serde_json::from_slice(&t).unwrap();
+    let bearer = format!("Bearer {}", token["token"].as_str().unwrap());
+    let (s, _, _) = call(
+        &http,
+        Method::GET,
+        format!("{b}/v2/tool-m/web/manifests/v1"),
+        &bearer,
+        Vec::new(),
+        &[],
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "replica 2 takes replica 1's token");
+    // A push whose requests alternate: POST on 1, PATCH on 2, PUT on 1,
+    // the manifest on 2; pulled from 1.
+    let layer2 = data(6 * MIB, 10);
+    let (s, h, _) = call(
+        &http,
+        Method::POST,
+        format!("{a}/v2/tool-m/web/blobs/uploads/"),
+        &bearer,
+        Vec::new(),
+        &[],
+    )
+    .await;
+    assert_eq!(s, StatusCode::ACCEPTED);
+    let location = h["location"].to_str().unwrap().to_owned();
+    let path = |l: &str| {
+        l.find("/v2/")
+            .map(|i| l[i..].to_owned())
+            .expect("an upload location")
+    };
+    let (s, h, body) = call(
+        &http,
+        Method::PATCH,
+        format!("{b}{}", path(&location)),
+        &bearer,
+        layer2.clone(),
+        &[("content-type", "application/octet-stream".into())],
+    )
+    .await;
+    assert_eq!(
+        s,
+        StatusCode::ACCEPTED,
+        "{}",
+        String::from_utf8_lossy(&body)
+    );
+    let location = h["location"].to_str().unwrap().to_owned();
+    let (s, _, body) = call(
+        &http,
+        Method::PUT,
+        format!("{a}{}?digest={}", path(&location), digest(&layer2)),
+        &bearer,
+        Vec::new(),
+        &[],
+    )
+    .await;
+    assert_eq!(s, StatusCode::CREATED, "{}", String::from_utf8_lossy(&body));
+    let v2 = manifest(&config, &layer2);
+    let (s, _, body) = call(
+        &http,
+        Method::PUT,
+        format!("{b}/v2/tool-m/web/manifests/v2"),
+        &bearer,
+        v2.clone(),
+        std::slice::from_ref(&oci),
+    )
+    .await;
+    assert_eq!(s, StatusCode::CREATED, "{}", String::from_utf8_lossy(&body));
+    let (s, _, got) = call(
+        &http,
+        Method::GET,
+        format!("{a}/v2/tool-m/web/blobs/{}", digest(&layer2)),
+        &bearer,
+        Vec::new(),
+        &[],
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK);
+    assert!(
+        got == layer2,
+        "the layer pushed across the replicas is whole"
+    );
+    drop(replicas);
+    db.drop_db().await;
 }
