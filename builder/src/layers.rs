@@ -131,11 +131,11 @@ pub struct WrittenLayer {
     pub size: u64,
 }
 
-/// Hashes what goes through it.
-struct Hashing<W: Write> {
-    inner: W,
-    hasher: Sha256,
-    count: u64,
+/// Hashes and counts what goes through it.
+pub(crate) struct Hashing<W: Write> {
+    pub(crate) inner: W,
+    pub(crate) hasher: Sha256,
+    pub(crate) count: u64,
 }
 
 impl<W: Write> Write for Hashing<W> {

@@ -35,7 +35,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use sha2::{Digest as _, Sha256};
 
-use crate::layers::{Entry, LAYER_MTIME, WrittenLayer, write_layer_owned};
+use crate::layers::{Entry, Hashing, LAYER_MTIME, WrittenLayer, write_layer_owned};
 use crate::oci::{Client, ImageRef, OciError};
 use crate::{CNB_GID, CNB_UID};
 
@@ -612,22 +612,6 @@ pub fn compress_tar(tar: &Path) -> Result<WrittenLayer> {
             diff_id: c.diff_id,
             size: c.size,
         });
-    }
-    struct Hashing<W> {
-        inner: W,
-        hasher: Sha256,
-        count: u64,
-    }
-    impl<W: Write> Write for Hashing<W> {
-        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-            let n = self.inner.write(buf)?;
-            self.hasher.update(&buf[..n]);
-            self.count += n as u64;
-            Ok(n)
-        }
-        fn flush(&mut self) -> io::Result<()> {
-            self.inner.flush()
-        }
     }
     let tmp = PathBuf::from(format!("{}.gz.partial", tar.display()));
     let gz_hash = Hashing {
