@@ -742,3 +742,251 @@ async fn a_node_app_is_built_and_answers() {
     assert_eq!(s, StatusCode::OK);
     assert!(body.starts_with("node says hi v"), "{body}");
 }
+
+/// The blob files of a filesystem-backed test server.
+fn blob_files(env: &Env) -> Vec<PathBuf> {
+    fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
+        for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                walk(&p, out);
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(&env.server.data_dir().join("blobs/blobs"), &mut out);
+    out.sort();
+    out
+}
+
+async fn manifest(env: &Env, repo: &str, reference: &str) -> (StatusCode, Value) {
+    let (s, _, b) = env
+        .send(
+            Method::GET,
+            &format!("/v2/{repo}/manifests/{reference}"),
+            Some(&env.admin()),
+            Vec::new(),
+            None,
+        )
+        .await;
+    (s, serde_json::from_slice(&b).unwrap_or(Value::Null))
+}
+
+fn layer_digests(m: &Value) -> Vec<String> {
+    m["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["digest"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// Stack rebase end to end: two apps built on run image v1; v2 pushed (a
+/// new file, a changed os-release); the fleet rebase moves both with only
+/// two new config blobs stored (no layer uploaded); the apps keep their
+/// layers, run from podman with the new base file, answer, and carry the
+/// new labels (skopeo); the old digests stay pullable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fleet_rebase_moves_built_apps_onto_the_patched_run_image() {
+    let env = env_with_stack("tiny", |_| {}).await;
+    let dir = tempfile::tempdir().unwrap();
+    for (project, files) in [
+        ("tool-site", vec![("public/index.html", "<h1>site</h1>\n")]),
+        ("tool-t", vec![(".slipway-selftest", "rebase\n")]),
+    ] {
+        env.server.create_project(project, true).await;
+        let token = env.build_token(project, "ci").await;
+        let repo = dir.path().join(project);
+        git_repo(&repo, &files);
+        let b = build(
+            &env,
+            project,
+            &token,
+            json!({"source_url": format!("file://{}", repo.display()), "ref": "main", "image_name": "web"}),
+        )
+        .await;
+        assert_eq!(b["state"], "succeeded", "{b}");
+    }
+    let (_, run_v1) = manifest(&env, "platform/run", "tiny").await;
+    let v1_base = layer_digests(&run_v1);
+    let mut before = Vec::new();
+    for project in ["tool-site", "tool-t"] {
+        let (s, m) = manifest(&env, &format!("{project}/web"), "latest").await;
+        assert_eq!(s, StatusCode::OK);
+        before.push(m);
+    }
+
+    // Run image v2: the v1 root file system with a new file and a changed
+    // os-release (a patched package, in miniature).
+    let v1_tar = std::fs::read_dir(stacks_dir())
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| {
+            let n = p.file_name().unwrap().to_string_lossy();
+            n.starts_with("tiny-") && n.ends_with(".tar")
+        })
+        .expect("the tiny root file system (made by env_with_stack)");
+    let v2_tar = dir.path().join("tiny-v2.tar");
+    let script = r#"
+import io, sys, tarfile
+patched = {"etc/os-release": b"NAME=\"Slipway tiny\"\nID=busybox\nVERSION_ID=1.1\n"}
+with tarfile.open(sys.argv[1]) as src, tarfile.open(sys.argv[2], "w", format=tarfile.GNU_FORMAT) as dst:
+    for m in src.getmembers():
+        if m.name in patched:
+            m.size = len(patched[m.name])
+            dst.addfile(m, io.BytesIO(patched[m.name]))
+        elif m.isfile():
+            dst.addfile(m, src.extractfile(m))
+        else:
+            dst.addfile(m)
+    extra = tarfile.TarInfo("etc/slipway-patch")
+    extra.size, extra.mode, extra.mtime = 8, 0o644, 315532801
+    dst.addfile(extra, io.BytesIO(b"patched\n"))
+"#;
+    run(
+        "python3",
+        &[
+            "-c",
+            script,
+            v1_tar.to_str().unwrap(),
+            v2_tar.to_str().unwrap(),
+        ],
+    );
+    let v2 = stack::push_base(
+        &registry_client(&env),
+        &Stack::load("tiny").unwrap(),
+        "run",
+        &v2_tar,
+        &|_| {},
+    )
+    .await
+    .unwrap();
+    let (_, run_v2) = manifest(&env, "platform/run", "tiny").await;
+    let v2_base = layer_digests(&run_v2);
+    assert_ne!(v1_base, v2_base);
+
+    // The fleet rebase, through the admin API.
+    let blobs_before = blob_files(&env);
+    let (s, report) = env
+        .api(
+            Method::POST,
+            "/api/v1/admin/rebase",
+            Some(&env.admin()),
+            Some(json!({"run_image": "platform/run:tiny"})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{report}");
+    assert_eq!(report["run_image_digest"], v2.digest, "{report}");
+    let rebased: Vec<&str> = report["rebased"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["repository"].as_str().unwrap())
+        .collect();
+    assert!(
+        rebased.contains(&"tool-site/web") && rebased.contains(&"tool-t/web"),
+        "{report}"
+    );
+    assert!(report["failed"].as_array().unwrap().is_empty(), "{report}");
+    // Stored: one new config per rebased image, nothing else (no layer).
+    let blobs_after = blob_files(&env);
+    let new: Vec<_> = blobs_after
+        .iter()
+        .filter(|p| !blobs_before.contains(p))
+        .collect();
+    assert_eq!(new.len(), rebased.len(), "{new:?}");
+    for p in &new {
+        let config: Value = serde_json::from_slice(&std::fs::read(p).unwrap())
+            .unwrap_or_else(|_| panic!("{} is not a config", p.display()));
+        assert!(config["rootfs"]["diff_ids"].is_array(), "{config}");
+    }
+
+    for (project, old) in ["tool-site", "tool-t"].iter().zip(&before) {
+        let repo = format!("{project}/web");
+        let (_, now) = manifest(&env, &repo, "latest").await;
+        let old_layers = layer_digests(old);
+        let new_layers = layer_digests(&now);
+        // The base swapped, the app's layers untouched.
+        assert_eq!(&new_layers[..v2_base.len()], v2_base.as_slice());
+        assert_eq!(
+            &new_layers[v2_base.len()..],
+            &old_layers[v1_base.len()..],
+            "{project}"
+        );
+        // The old image is still pullable by digest.
+        let old_digest = report["rebased"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["repository"] == repo)
+            .unwrap()["digest"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let (s, _) = manifest(&env, &repo, &old_digest).await;
+        assert_eq!(s, StatusCode::OK, "{repo}@{old_digest}");
+        // skopeo sees the new labels.
+        let image = format!("{}/{repo}:latest", env.server.addr);
+        let inspect: Value = serde_json::from_str(&run(
+            "skopeo",
+            &[
+                "inspect",
+                "--tls-verify=false",
+                &format!("docker://{image}"),
+            ],
+        ))
+        .unwrap();
+        let meta: Value = serde_json::from_str(
+            inspect["Labels"]["io.buildpacks.lifecycle.metadata"]
+                .as_str()
+                .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(
+            meta["runImage"]["reference"].as_str().unwrap_or_default(),
+            v2.digest,
+            "{meta}"
+        );
+        // The new base file is in the image, and the app still runs.
+        run("podman", &["pull", "-q", "--tls-verify=false", &image]);
+        let mut cat: Vec<&str> = PODMAN_RUN.to_vec();
+        cat.extend_from_slice(&[
+            "--rm",
+            "--entrypoint",
+            "/bin/cat",
+            &image,
+            "/etc/slipway-patch",
+        ]);
+        assert_eq!(run("podman", &cat), "patched");
+        let mut os: Vec<&str> = PODMAN_RUN.to_vec();
+        os.extend_from_slice(&[
+            "--rm",
+            "--entrypoint",
+            "/bin/cat",
+            &image,
+            "/etc/os-release",
+        ]);
+        assert!(run("podman", &os).contains("VERSION_ID=1.1"));
+        if *project == "tool-t" {
+            let mut web: Vec<&str> = PODMAN_RUN.to_vec();
+            web.extend_from_slice(&["--rm", &image]);
+            assert_eq!(
+                run("podman", &web),
+                "selftest web: hello, world! PORT=8080 SELFTEST_PATH=/selftest/first"
+            );
+        } else {
+            let port = free_port();
+            let mut all: Vec<&str> = PODMAN_RUN.to_vec();
+            let env_port = format!("PORT={port}");
+            all.extend_from_slice(&["-d", "--network", "host", "-e", &env_port, &image]);
+            let id = run("podman", &all);
+            let got = answer(port, "/index.html", &id).await;
+            let _ = Command::new("podman").args(["rm", "-f", &id]).output();
+            assert_eq!(got, (StatusCode::OK, "<h1>site</h1>\n".to_owned()));
+        }
+        let _ = Command::new("podman").args(["rmi", "-f", &image]).output();
+    }
+}
