@@ -187,6 +187,55 @@ pub struct Export<'a> {
     /// Where layer tarballs are written.
     pub scratch: &'a Path,
     pub log: &'a (dyn Fn(&str) + Send + Sync),
+    /// Layers restored from the cache, with what they were exported as.
+    pub restored: Option<&'a Restored>,
+}
+
+/// Layers restored from the cache before the build: what each was
+/// exported as when it was cached, and the moment the restore ended. A
+/// layer whose every entry's ctime is older than that moment is byte for
+/// byte what was restored (ctime cannot be set back, unlike mtime), so its
+/// recorded digest stands and it is not archived again.
+#[derive(Debug, Default, Clone)]
+pub struct Restored {
+    /// (buildpack id, layer name) → what it was exported as.
+    pub exports: std::collections::BTreeMap<(String, String), CachedExport>,
+    /// ctime of a file made after the restore (seconds, nanoseconds).
+    pub marker: Option<(i64, i64)>,
+}
+
+/// What a launch layer was exported as (kept beside it in the cache).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct CachedExport {
+    pub descriptor: Value,
+    pub diff_id: String,
+}
+
+impl Restored {
+    /// The cached export of `dir` if nothing in it changed since the
+    /// restore.
+    pub fn unchanged(&self, buildpack: &str, name: &str, dir: &Path) -> Option<&CachedExport> {
+        let marker = self.marker?;
+        let export = self.exports.get(&(buildpack.to_owned(), name.to_owned()))?;
+        older_than(dir, marker).ok()?.then_some(export)
+    }
+}
+
+/// Whether `path` and everything under it have a ctime before `marker`.
+fn older_than(path: &Path, marker: (i64, i64)) -> std::io::Result<bool> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::symlink_metadata(path)?;
+    if (meta.ctime(), meta.ctime_nsec()) >= marker {
+        return Ok(false);
+    }
+    if meta.is_dir() {
+        for e in std::fs::read_dir(path)? {
+            if !older_than(&e?.path(), marker)? {
+                return Ok(false);
+            }
+        }
+    }
+    Ok(true)
 }
 
 /// What was exported.
@@ -199,6 +248,8 @@ pub struct Exported {
     pub uploaded_bytes: u64,
     /// Layers the registry already had or that were mounted.
     pub reused: Vec<String>,
+    /// The launch layers, as exported: (buildpack id, layer name) → export.
+    pub launch_layers: std::collections::BTreeMap<(String, String), CachedExport>,
 }
 
 struct OurLayer {
@@ -235,6 +286,7 @@ impl Export<'_> {
 
         // Our layers.
         let mut ours: Vec<OurLayer> = Vec::new();
+        let mut launch_layers = std::collections::BTreeMap::new();
         let mut lifecycle_bps = Vec::new();
         let mut n = 0;
         let mut write = |entries: Vec<Entry>,
@@ -263,7 +315,28 @@ impl Export<'_> {
                     continue;
                 }
                 let dir = self.layers_dir.join(escape_id(id)).join(name);
-                let layer = if dir.is_dir() {
+                let as_restored = match self.restored.and_then(|r| r.unchanged(id, name, &dir)) {
+                    Some(c) => {
+                        let digest = c.descriptor["digest"].as_str().unwrap_or_default();
+                        // Only while the registry still has it (else archived anew).
+                        self.client
+                            .has_blob(self.repository, digest)
+                            .await?
+                            .then(|| c.clone())
+                    }
+                    None => None,
+                };
+                let layer = if let Some(c) = as_restored {
+                    (self.log)(&format!(
+                        "layer {id}:{name} is as restored from the cache: not archived again"
+                    ));
+                    OurLayer {
+                        descriptor: c.descriptor,
+                        diff_id: c.diff_id,
+                        created_by: format!("buildpacks:{id}:{name}"),
+                        file: None,
+                    }
+                } else if dir.is_dir() {
                     write(
                         vec![Entry::Tree {
                             source: dir,
@@ -292,6 +365,13 @@ impl Export<'_> {
                 layer_meta.insert(
                     name.clone(),
                     json!({"sha": layer.diff_id, "data": data, "launch": true, "build": types.build, "cache": types.cache}),
+                );
+                launch_layers.insert(
+                    (id.to_owned(), name.clone()),
+                    CachedExport {
+                        descriptor: layer.descriptor.clone(),
+                        diff_id: layer.diff_id.clone(),
+                    },
                 );
                 ours.push(layer);
             }
@@ -344,7 +424,8 @@ impl Export<'_> {
                 continue;
             }
             let Some(file) = &layer.file else {
-                // A previous image's layer: it is in this repository already.
+                // A previous image's layer, or one as restored from the
+                // cache: it is in this repository already.
                 return Err(ExportError::Invalid(format!(
                     "layer {digest} of the previous image is gone from {}",
                     self.repository
@@ -457,6 +538,7 @@ impl Export<'_> {
             uploaded,
             uploaded_bytes,
             reused,
+            launch_layers,
         })
     }
 
@@ -510,5 +592,92 @@ impl Export<'_> {
                 .collect(),
             processes,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+
+    /// A layer `l` under a temp dir, restored, then the marker.
+    fn restored_layer() -> (tempfile::TempDir, PathBuf, Restored) {
+        let dir = tempfile::tempdir().unwrap();
+        let layer = dir.path().join("l");
+        std::fs::create_dir_all(layer.join("bin")).unwrap();
+        std::fs::write(layer.join("bin/tool"), "v1").unwrap();
+        std::fs::write(layer.join("keep"), "k").unwrap();
+        std::os::unix::fs::symlink("bin/tool", layer.join("link")).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        let marker = dir.path().join("marker");
+        std::fs::write(&marker, "").unwrap();
+        let m = std::fs::metadata(&marker).unwrap();
+        let mut r = Restored {
+            marker: Some((m.ctime(), m.ctime_nsec())),
+            ..Default::default()
+        };
+        r.exports.insert(
+            ("bp".into(), "l".into()),
+            CachedExport {
+                descriptor: json!({"digest": "sha256:00"}),
+                diff_id: "sha256:11".into(),
+            },
+        );
+        (dir, layer, r)
+    }
+
+    #[test]
+    fn a_restored_layer_is_unchanged_until_anything_in_it_changes() {
+        let (_d, layer, r) = restored_layer();
+        assert!(r.unchanged("bp", "l", &layer).is_some());
+        // Another layer or buildpack has no recorded export.
+        assert!(r.unchanged("bp", "other", &layer).is_none());
+        assert!(r.unchanged("bp2", "l", &layer).is_none());
+        type Change = fn(&Path);
+        let changes: [(&str, Change); 6] = [
+            ("rewrite a file", |l| {
+                std::fs::write(l.join("bin/tool"), "v2").unwrap()
+            }),
+            ("rewrite with the same bytes", |l| {
+                std::fs::write(l.join("keep"), "k").unwrap()
+            }),
+            ("chmod", |l| {
+                std::fs::set_permissions(l.join("keep"), std::fs::Permissions::from_mode(0o600))
+                    .unwrap()
+            }),
+            ("add a file", |l| {
+                std::fs::write(l.join("bin/new"), "").unwrap()
+            }),
+            ("remove a file", |l| {
+                std::fs::remove_file(l.join("keep")).unwrap()
+            }),
+            ("replace a symlink", |l| {
+                std::fs::remove_file(l.join("link")).unwrap();
+                std::os::unix::fs::symlink("keep", l.join("link")).unwrap();
+            }),
+        ];
+        for (what, change) in changes {
+            let (_d, layer, r) = restored_layer();
+            change(&layer);
+            assert!(r.unchanged("bp", "l", &layer).is_none(), "{what}");
+        }
+        // An mtime set back does not hide a change (ctime moves anyway).
+        let (_d, layer, r) = restored_layer();
+        let old = std::fs::metadata(layer.join("keep"))
+            .unwrap()
+            .modified()
+            .unwrap();
+        std::fs::write(layer.join("keep"), "x").unwrap();
+        std::fs::File::options()
+            .write(true)
+            .open(layer.join("keep"))
+            .unwrap()
+            .set_modified(old)
+            .unwrap();
+        assert!(r.unchanged("bp", "l", &layer).is_none());
+        // No marker (nothing restored): never unchanged.
+        let (_d, layer, mut r) = restored_layer();
+        r.marker = None;
+        assert!(r.unchanged("bp", "l", &layer).is_none());
     }
 }

@@ -11,7 +11,7 @@ use slipway_launcher::Env;
 use slipway_launcher::metadata::escape_id;
 
 use crate::buildpack::{Catalog, LayerToml, Order, RunToml, read_toml};
-use crate::export::{Export, ExportError, Exported, Previous, RunImage};
+use crate::export::{CachedExport, Export, ExportError, Exported, Previous, Restored, RunImage};
 use crate::layers::apply_layer;
 use crate::lifecycle::{Lifecycle, LifecycleError, Target};
 use crate::oci::{Client, ImageRef, OciError};
@@ -376,7 +376,17 @@ async fn run_in(
         .join("layers")
         .join(escape_id(&req.project))
         .join(escape_id(&req.image_name));
-    restore(&cache, &sandbox.layers, previous.as_ref(), &detected, log)?;
+    let mut restored = restore(&cache, &sandbox.layers, previous.as_ref(), &detected, log)?;
+    if !restored.exports.is_empty() {
+        // A marker made after every restored file, a tick later: ctimes
+        // older than its own are the restore's.
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        let marker = work.join("restored");
+        std::fs::write(&marker, b"")?;
+        use std::os::unix::fs::MetadataExt;
+        let m = std::fs::metadata(&marker)?;
+        restored.marker = Some((m.ctime(), m.ctime_nsec()));
+    }
 
     log.phase("build");
     let built = lifecycle.build(&detected).await?;
@@ -398,11 +408,12 @@ async fn run_in(
         project,
         scratch: &work.join("scratch"),
         log: &log_fn,
+        restored: Some(&restored),
     }
     .run()
     .await?;
 
-    save_cache(&cache, &sandbox.layers, &built)?;
+    save_cache(&cache, &sandbox.layers, &built, &exported)?;
     Ok(Outcome {
         exported,
         buildpacks: built
@@ -421,7 +432,8 @@ fn restore(
     previous: Option<&Previous>,
     detected: &crate::lifecycle::Detected,
     log: &dyn BuildLog,
-) -> Result<(), BuildError> {
+) -> Result<Restored, BuildError> {
+    let mut restored = Restored::default();
     for sel in &detected.group {
         let bp_dir = escape_id(sel.buildpack.id());
         let target = layers.join(&bp_dir);
@@ -437,6 +449,13 @@ fn restore(
                 write_untyped(&target.join(&name), &toml)?;
                 if cached.join(layer).is_dir() {
                     copy_tree(&cached.join(layer), &target.join(layer))?;
+                    if let Ok(text) = std::fs::read(cached.join(format!("{layer}.export.json")))
+                        && let Ok(export) = serde_json::from_slice::<CachedExport>(&text)
+                    {
+                        restored
+                            .exports
+                            .insert((sel.buildpack.id().to_owned(), layer.to_owned()), export);
+                    }
                 }
                 log.line(&format!(
                     "restored cached layer {}:{layer}",
@@ -465,7 +484,7 @@ fn restore(
             }
         }
     }
-    Ok(())
+    Ok(restored)
 }
 
 fn write_untyped(path: &Path, toml: &LayerToml) -> Result<(), BuildError> {
@@ -483,6 +502,7 @@ fn save_cache(
     cache: &Path,
     layers: &Path,
     built: &[crate::lifecycle::Built],
+    exported: &Exported,
 ) -> Result<(), BuildError> {
     let staging = cache.with_extension(format!("new-{}", uuid::Uuid::new_v4().simple()));
     for b in built {
@@ -500,6 +520,17 @@ fn save_cache(
             let src = layers.join(&bp_dir).join(name);
             if src.is_dir() {
                 copy_tree(&src, &dir.join(name))?;
+                // What it was exported as, so that an unchanged restore
+                // is not archived again.
+                if let Some(e) = exported
+                    .launch_layers
+                    .get(&(b.buildpack.id().to_owned(), name.clone()))
+                {
+                    std::fs::write(
+                        dir.join(format!("{name}.export.json")),
+                        serde_json::to_vec(e).expect("serializable"),
+                    )?;
+                }
             }
         }
     }

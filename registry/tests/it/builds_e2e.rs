@@ -217,6 +217,11 @@ async fn a_python_app_is_built_pulled_run_and_answers_and_its_second_build_uploa
     assert_eq!(warm["state"], "succeeded", "{warm}\n{warm_log}");
     // The venv came from the cache, and every layer was in the registry.
     assert!(warm_log.contains("reusing the cached venv"), "{warm_log}");
+    // Untouched since the restore: taken as it was, not archived again.
+    assert!(
+        warm_log.contains("layer slipway/python:venv is as restored from the cache"),
+        "{warm_log}"
+    );
     assert!(
         warm_log.contains(": 0 layers uploaded (0 bytes)"),
         "{warm_log}"
