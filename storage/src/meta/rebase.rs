@@ -312,30 +312,22 @@ impl Metadata {
             return Ok(None);
         }
 
-        // The new base's layers, linked (a mount, without its reservation:
-        // the manifest references them in this same transaction).
-        for d in &w.link {
-            sqlx::query(
-                "INSERT INTO repo_blobs (repo_id, digest, created_at) \
-                 SELECT $1, digest, $3 FROM blobs WHERE digest = $2 \
-                 ON CONFLICT (repo_id, digest) DO NOTHING",
-            )
-            .bind(w.repo_id)
-            .bind(d.as_str())
-            .bind(now)
-            .execute(&mut **tx)
-            .await?;
-        }
-        sqlx::query(
+        // The new base's layers and the config, linked (a mount, without its
+        // reservation: the manifest references them in this same
+        // transaction). One statement for all of them.
+        let linked: Vec<&Digest> = w.link.iter().chain(std::iter::once(&w.config)).collect();
+        let list = placeholders(3, linked.len());
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(format!(
             "INSERT INTO repo_blobs (repo_id, digest, created_at) \
-             SELECT $1, digest, $3 FROM blobs WHERE digest = $2 \
-             ON CONFLICT (repo_id, digest) DO NOTHING",
-        )
+             SELECT $1, digest, $2 FROM blobs WHERE digest IN ({list}) \
+             ON CONFLICT (repo_id, digest) DO NOTHING"
+        )))
         .bind(w.repo_id)
-        .bind(w.config.as_str())
-        .bind(now)
-        .execute(&mut **tx)
-        .await?;
+        .bind(now);
+        for d in &linked {
+            q = q.bind(d.as_str());
+        }
+        q.execute(&mut **tx).await?;
 
         // Every reference in the repository with its declared size, as for
         // a push.
@@ -374,39 +366,61 @@ impl Metadata {
             }
         }
 
-        // Usage: what the project does not hold yet.
+        // Usage: what the project does not hold yet. One query tells which
+        // blobs the project holds and which a base project holds (free).
         let mut wanted: Vec<(&Digest, u64)> = vec![(&m.digest, m.body.len() as u64)];
         wanted.extend(blobs.iter().map(|r| (&r.digest, r.size)));
-        let list = placeholders(2, wanted.len());
+        let mut seen = HashSet::new();
+        wanted.retain(|(d, _)| seen.insert(d.as_str()));
+        let list = placeholders(3, wanted.len());
         let mut q = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT digest FROM project_blobs WHERE project = $1 AND digest IN ({list})"
+            "SELECT pb.digest, pb.project FROM project_blobs pb JOIN projects p ON p.name = pb.project \
+             WHERE pb.digest IN ({list}) AND (pb.project = $1 OR (p.is_base = 1 AND $2 = 0))"
         )))
-        .bind(project);
+        .bind(project)
+        .bind(budget.is_base as i64);
         for (d, _) in &wanted {
             q = q.bind(d.as_str());
         }
-        let held: HashSet<String> = q
-            .fetch_all(&mut **tx)
-            .await?
-            .into_iter()
-            .map(|r| r.get(0))
-            .collect();
-        let (mut added, mut checked, mut released) = (0u64, 0u64, 0u64);
-        let mut fresh = Vec::new();
-        let mut seen = HashSet::new();
-        for (digest, size) in wanted {
-            if held.contains(digest.as_str()) || !seen.insert(digest.as_str()) {
-                continue;
+        let (mut held, mut free) = (HashSet::new(), HashSet::new());
+        for r in q.fetch_all(&mut **tx).await? {
+            let (digest, owner): (String, String) = (r.get(0), r.get(1));
+            if owner == project {
+                held.insert(digest);
+            } else {
+                free.insert(digest);
             }
-            if !self.costs_nothing(tx, budget, digest).await? {
+        }
+        let fresh: Vec<(&Digest, u64)> = wanted
+            .into_iter()
+            .filter(|(d, _)| !held.contains(d.as_str()))
+            .collect();
+        let mut reserved: HashMap<String, u64> = HashMap::new();
+        if !fresh.is_empty() {
+            let list = placeholders(3, fresh.len());
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(format!(
+                "SELECT digest, bytes FROM reservations WHERE project = $1 AND expires_at > $2 \
+                 AND digest IN ({list})"
+            )))
+            .bind(project)
+            .bind(now);
+            for (d, _) in &fresh {
+                q = q.bind(d.as_str());
+            }
+            for r in q.fetch_all(&mut **tx).await? {
+                reserved.insert(r.get(0), r.get::<i64, _>(1).max(0) as u64);
+            }
+        }
+        let (mut added, mut checked, mut released) = (0u64, 0u64, 0u64);
+        for (digest, size) in &fresh {
+            if !free.contains(digest.as_str()) {
                 added += size;
                 // The rebase's own bytes are admitted whatever the quota.
-                if *digest != m.digest && *digest != w.config {
+                if **digest != m.digest && **digest != w.config {
                     checked += size;
                 }
             }
-            released += self.reservation_of(tx, project, digest, now).await?;
-            fresh.push((digest, size));
+            released += reserved.get(digest.as_str()).copied().unwrap_or(0);
         }
         if checked > 0 {
             self.admit(tx, budget, checked, released).await?;
@@ -419,21 +433,31 @@ impl Metadata {
                     .await?;
             }
         }
-        for (digest, size) in &fresh {
-            sqlx::query(
-                "INSERT INTO project_blobs (project, digest, size) VALUES ($1, $2, $3) \
-                 ON CONFLICT (project, digest) DO NOTHING",
-            )
-            .bind(project)
-            .bind(digest.as_str())
-            .bind(*size as i64)
-            .execute(&mut **tx)
-            .await?;
-            sqlx::query("DELETE FROM reservations WHERE project = $1 AND digest = $2")
-                .bind(project)
-                .bind(digest.as_str())
-                .execute(&mut **tx)
-                .await?;
+        if !fresh.is_empty() {
+            let values = (0..fresh.len())
+                .map(|i| format!("($1, ${}, ${})", 2 * i + 2, 2 * i + 3))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(format!(
+                "INSERT INTO project_blobs (project, digest, size) VALUES {values} \
+                 ON CONFLICT (project, digest) DO NOTHING"
+            )))
+            .bind(project);
+            for (d, size) in &fresh {
+                q = q.bind(d.as_str()).bind(*size as i64);
+            }
+            q.execute(&mut **tx).await?;
+            if !reserved.is_empty() {
+                let list = placeholders(2, fresh.len());
+                let mut q = sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "DELETE FROM reservations WHERE project = $1 AND digest IN ({list})"
+                )))
+                .bind(project);
+                for (d, _) in &fresh {
+                    q = q.bind(d.as_str());
+                }
+                q.execute(&mut **tx).await?;
+            }
         }
         let list = placeholders(2, blobs.len());
         let mut q = sqlx::query(sqlx::AssertSqlSafe(format!(
@@ -535,16 +559,20 @@ impl Metadata {
         .bind(now)
         .execute(&mut **tx)
         .await?;
-        for (i, line) in w.log.iter().enumerate() {
-            sqlx::query(
-                "INSERT INTO build_logs (build_id, seq, at, phase, line) VALUES ($1, $2, $3, 'rebase', $4)",
-            )
+        if !w.log.is_empty() {
+            let values = (0..w.log.len())
+                .map(|i| format!("($1, ${}, $2, 'rebase', ${})", 2 * i + 3, 2 * i + 4))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(format!(
+                "INSERT INTO build_logs (build_id, seq, at, phase, line) VALUES {values}"
+            )))
             .bind(&b.id)
-            .bind(i as i64 + 1)
-            .bind(now)
-            .bind(line)
-            .execute(&mut **tx)
-            .await?;
+            .bind(now);
+            for (i, line) in w.log.iter().enumerate() {
+                q = q.bind(i as i64 + 1).bind(line);
+            }
+            q.execute(&mut **tx).await?;
         }
         let a = &w.audit;
         sqlx::query(
