@@ -413,6 +413,10 @@ pub async fn fleet(state: &AppState, req: &FleetRequest) -> Result<FleetReport, 
         seconds: 0.0,
     };
     let mut sources: HashMap<String, HashMap<String, Vec<BuildSource>>> = HashMap::new();
+    // Pages are pipelined: a page's configs are stored while the previous
+    // page's manifests are committed (the database's writer and the blob
+    // store work at once).
+    let mut ready: Batches = Vec::new();
     let mut after = 0;
     loop {
         let page = state
@@ -438,13 +442,21 @@ pub async fn fleet(state: &AppState, req: &FleetRequest) -> Result<FleetReport, 
         if req.dry_run {
             report.rebased.extend(pending.into_iter().map(|p| p.report));
         } else if !pending.is_empty() {
-            write(state, req, &base, pending, &mut sources, &mut report).await?;
+            let claimed = claim(state, pending, &mut report).await?;
+            let previous = std::mem::take(&mut ready);
+            let (committed, stored) = tokio::join!(
+                commit(state, req, previous),
+                store(state, req, &base, claimed, &mut sources, &mut report)
+            );
+            committed.merge_into(&mut report);
+            ready = stored?;
         }
         match page.next {
             Some(next) => after = next,
             None => break,
         }
     }
+    commit(state, req, ready).await.merge_into(&mut report);
     for list in [
         &mut report.rebased,
         &mut report.current,
@@ -478,24 +490,38 @@ pub async fn fleet(state: &AppState, req: &FleetRequest) -> Result<FleetReport, 
     Ok(report)
 }
 
-/// Stores the new configs, then commits the rebased manifests, one
-/// transaction per batch of one project's images.
-async fn write(
+/// One project's rebases, ready to commit.
+type Batches = Vec<(String, Vec<(RebaseWrite, ImageReport)>)>;
+
+/// What commits gave, to merge into the report.
+#[derive(Default)]
+struct Committed {
+    rebased: Vec<ImageReport>,
+    skipped: Vec<ImageReport>,
+    failed: Vec<ImageReport>,
+}
+
+impl Committed {
+    fn merge_into(self, report: &mut FleetReport) {
+        report.rebased.extend(self.rebased);
+        report.skipped.extend(self.skipped);
+        report.failed.extend(self.failed);
+    }
+}
+
+/// Claims the new configs (GC leaves them alone until they are linked).
+async fn claim(
     state: &AppState,
-    req: &FleetRequest,
-    base: &NewBase,
     pending: Vec<Pending>,
-    sources: &mut HashMap<String, HashMap<String, Vec<BuildSource>>>,
     report: &mut FleetReport,
-) -> Result<(), FleetError> {
-    // The configs: claimed (GC leaves them alone), then stored.
+) -> Result<Vec<(Pending, Digest)>, FleetError> {
     let mut claims = Vec::with_capacity(pending.len());
-    let mut ready = Vec::with_capacity(pending.len());
+    let mut claimed = Vec::with_capacity(pending.len());
     for p in pending {
         match p.rebased.config_digest.parse::<Digest>() {
             Ok(d) => {
                 claims.push((d.clone(), p.rebased.config.len() as u64));
-                ready.push((p, d));
+                claimed.push((p, d));
             }
             Err(e) => report
                 .failed
@@ -503,7 +529,19 @@ async fn write(
         }
     }
     state.meta.rebase_claim(&claims).await?;
-    let stored: Vec<(Pending, Digest, Result<(), StorageError>)> = futures::stream::iter(ready)
+    Ok(claimed)
+}
+
+/// Stores the claimed configs and makes the writes, grouped by project.
+async fn store(
+    state: &AppState,
+    req: &FleetRequest,
+    base: &NewBase,
+    claimed: Vec<(Pending, Digest)>,
+    sources: &mut HashMap<String, HashMap<String, Vec<BuildSource>>>,
+    report: &mut FleetReport,
+) -> Result<Batches, FleetError> {
+    let stored: Vec<(Pending, Digest, Result<(), StorageError>)> = futures::stream::iter(claimed)
         .map(|(p, d)| async move {
             let r = state
                 .blobs
@@ -515,9 +553,6 @@ async fn write(
         .collect()
         .await;
 
-    if let Some(hook) = &req.before_commit {
-        hook().await;
-    }
     let now = now_ms();
     let mut by_project: HashMap<String, Vec<(RebaseWrite, ImageReport)>> = HashMap::new();
     for (p, config, stored) in stored {
@@ -549,10 +584,22 @@ async fn write(
             Err(why) => report.failed.push(with_reason(p.report, why)),
         }
     }
+    let mut batches: Batches = by_project.into_iter().collect();
+    batches.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(batches)
+}
 
-    let mut projects: Vec<_> = by_project.into_iter().collect();
-    projects.sort_by(|a, b| a.0.cmp(&b.0));
-    for (project, items) in projects {
+/// Commits the rebased manifests, one transaction per batch of one
+/// project's images.
+async fn commit(state: &AppState, req: &FleetRequest, batches: Batches) -> Committed {
+    let mut out = Committed::default();
+    if batches.is_empty() {
+        return out;
+    }
+    if let Some(hook) = &req.before_commit {
+        hook().await;
+    }
+    for (project, items) in batches {
         let mut items = items.into_iter();
         loop {
             let batch: Vec<(RebaseWrite, ImageReport)> =
@@ -566,9 +613,9 @@ async fn write(
                 Err(e) => {
                     // The batch's transaction failed as a whole.
                     tracing::warn!(project = %project, error = %e, "rebase: committing a batch failed");
-                    for (_, r) in batch {
-                        report
-                            .failed
+                    for (_, mut r) in batch {
+                        r.new_digest = None;
+                        out.failed
                             .push(with_reason(r, format!("the commit failed: {e}")));
                     }
                     continue;
@@ -578,11 +625,11 @@ async fn write(
                 match result {
                     RebaseCommitted::Done { tags, .. } => {
                         r.tags = tags;
-                        report.rebased.push(r);
+                        out.rebased.push(r);
                     }
                     RebaseCommitted::Moved => {
                         r.new_digest = None;
-                        report.skipped.push(with_reason(
+                        out.skipped.push(with_reason(
                             r,
                             "changed meanwhile, skipped: a build or push moved its tags \
                              after it was read; nothing was written",
@@ -590,13 +637,13 @@ async fn write(
                     }
                     RebaseCommitted::Refused(e) => {
                         r.new_digest = None;
-                        report.failed.push(with_reason(r, e.to_string()));
+                        out.failed.push(with_reason(r, e.to_string()));
                     }
                 }
             }
         }
     }
-    Ok(())
+    out
 }
 
 #[allow(clippy::too_many_arguments)]
