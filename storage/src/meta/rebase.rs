@@ -259,6 +259,15 @@ impl Metadata {
         let now = now_ms();
         let mut tx = self.write.begin().await?;
         let mut budget = self.lock_project(&mut tx, project).await?;
+        if !budget.is_base {
+            if let Some(out) = self.rebase_batch(&mut tx, &budget, writes, now).await? {
+                tx.commit().await?;
+                return Ok(out);
+            }
+        }
+        // Image by image, each in a savepoint: a base project's own images
+        // (their usage moves other projects' counts), or a batch that needs
+        // layers that are not free checked against the quota.
         let mut out = Vec::with_capacity(writes.len());
         for w in writes {
             let before = budget.clone();
@@ -287,6 +296,580 @@ impl Metadata {
         }
         tx.commit().await?;
         Ok(out)
+    }
+
+    /// The whole batch in a few statements per table: the checks are read
+    /// for every image first, then the images that pass are written
+    /// together. `None` (nothing written) when an image needs layers that
+    /// are not free checked against the quota: the caller goes image by
+    /// image then.
+    async fn rebase_batch(
+        &self,
+        tx: &mut Tx<'_>,
+        budget: &Budget,
+        writes: &[RebaseWrite],
+        now: i64,
+    ) -> Result<Option<Vec<RebaseCommitted>>> {
+        let project = budget.project.as_str();
+        if writes.is_empty() {
+            return Ok(Some(Vec::new()));
+        }
+        if writes
+            .iter()
+            .any(|w| w.manifest.refs.iter().any(|r| r.is_manifest))
+        {
+            return Ok(None);
+        }
+        let mut out: Vec<Option<RebaseCommitted>> = writes.iter().map(|_| None).collect();
+        let repo_ids: Vec<i64> = {
+            let mut v: Vec<i64> = writes.iter().map(|w| w.repo_id).collect();
+            v.sort_unstable();
+            v.dedup();
+            v
+        };
+
+        // The tags still on each rebased manifest, locked until commit.
+        let olds: Vec<&str> = unique(writes.iter().map(|w| w.old_digest.as_str()));
+        let sql = format!(
+            "SELECT repo_id, digest, name FROM tags WHERE repo_id IN ({}) AND digest IN ({}) \
+             ORDER BY name{}",
+            placeholders(1, repo_ids.len()),
+            placeholders(1 + repo_ids.len(), olds.len()),
+            self.pick("", " FOR UPDATE")
+        );
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for id in &repo_ids {
+            q = q.bind(*id);
+        }
+        for d in &olds {
+            q = q.bind(*d);
+        }
+        let mut tags: HashMap<(i64, String), Vec<String>> = HashMap::new();
+        for r in q.fetch_all(&mut **tx).await? {
+            tags.entry((r.get(0), r.get(1))).or_default().push(r.get(2));
+        }
+        for (i, w) in writes.iter().enumerate() {
+            if !tags.contains_key(&(w.repo_id, w.old_digest.to_string())) {
+                out[i] = Some(RebaseCommitted::Moved);
+            }
+        }
+
+        // The blobs to link must exist; every other reference must be in
+        // the repository already; all with their declared sizes.
+        let linked: Vec<&str> = unique(
+            writes
+                .iter()
+                .flat_map(|w| w.link.iter().chain(std::iter::once(&w.config)))
+                .map(|d| d.as_str()),
+        );
+        let exists: HashMap<String, u64> = self
+            .sizes(
+                tx,
+                "SELECT digest, size FROM blobs WHERE digest IN ({list})",
+                &[],
+                &linked,
+            )
+            .await?
+            .into_iter()
+            .map(|(_, d, s)| (d, s))
+            .collect();
+        let refs: Vec<&str> = unique(
+            writes
+                .iter()
+                .flat_map(|w| w.manifest.refs.iter())
+                .map(|r| r.digest.as_str()),
+        );
+        let in_repo: HashSet<(i64, String, u64)> = self
+            .sizes(
+                tx,
+                &format!(
+                    "SELECT rb.repo_id, rb.digest, b.size FROM repo_blobs rb \
+                     JOIN blobs b ON b.digest = rb.digest \
+                     WHERE rb.repo_id IN ({{ids}}) AND rb.digest IN ({{list}}){}",
+                    self.pick("", " FOR SHARE")
+                ),
+                &repo_ids,
+                &refs,
+            )
+            .await?
+            .into_iter()
+            .collect();
+        let sizes_in_repo: HashMap<(i64, &str), u64> = in_repo
+            .iter()
+            .map(|(id, d, s)| ((*id, d.as_str()), *s))
+            .collect();
+        for (i, w) in writes.iter().enumerate() {
+            if out[i].is_some() {
+                continue;
+            }
+            let linked: HashSet<&str> = w
+                .link
+                .iter()
+                .chain(std::iter::once(&w.config))
+                .map(|d| d.as_str())
+                .collect();
+            if let Some(missing) = w
+                .link
+                .iter()
+                .chain(std::iter::once(&w.config))
+                .find(|d| !exists.contains_key(d.as_str()))
+            {
+                out[i] = Some(RebaseCommitted::Refused(StorageError::ManifestBlobUnknown(
+                    missing.clone(),
+                )));
+                continue;
+            }
+            for r in &w.manifest.refs {
+                let have = if linked.contains(r.digest.as_str()) {
+                    exists.get(r.digest.as_str()).copied()
+                } else {
+                    sizes_in_repo.get(&(w.repo_id, r.digest.as_str())).copied()
+                };
+                let refused = match have {
+                    None => Some(StorageError::ManifestBlobUnknown(r.digest.clone())),
+                    Some(size) if size != r.size => Some(StorageError::ManifestInvalid(format!(
+                        "the descriptor of {} gives size {}, but it has {size} bytes",
+                        r.digest, r.size
+                    ))),
+                    Some(_) => None,
+                };
+                if let Some(e) = refused {
+                    out[i] = Some(RebaseCommitted::Refused(e));
+                    break;
+                }
+            }
+        }
+
+        // Usage: what the project does not hold yet, in order.
+        let wanted_all: Vec<&str> = unique(writes.iter().flat_map(|w| {
+            std::iter::once(w.manifest.digest.as_str())
+                .chain(w.manifest.refs.iter().map(|r| r.digest.as_str()))
+        }));
+        let list = placeholders(3, wanted_all.len());
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT pb.digest, pb.project FROM project_blobs pb JOIN projects p ON p.name = pb.project \
+             WHERE pb.digest IN ({list}) AND (pb.project = $1 OR (p.is_base = 1 AND $2 = 0))"
+        )))
+        .bind(project)
+        .bind(budget.is_base as i64);
+        for d in &wanted_all {
+            q = q.bind(*d);
+        }
+        let (mut held, mut free) = (HashSet::new(), HashSet::new());
+        for r in q.fetch_all(&mut **tx).await? {
+            let (digest, owner): (String, String) = (r.get(0), r.get(1));
+            if owner == project {
+                held.insert(digest);
+            } else {
+                free.insert(digest);
+            }
+        }
+        let mut added_total = 0u64;
+        let mut fresh_all: Vec<(&str, u64)> = Vec::new();
+        let mut added_of: Vec<u64> = vec![0; writes.len()];
+        for (i, w) in writes.iter().enumerate() {
+            if out[i].is_some() {
+                continue;
+            }
+            let m = &w.manifest;
+            let mut wanted: Vec<(&Digest, u64)> = vec![(&m.digest, m.body.len() as u64)];
+            wanted.extend(m.refs.iter().map(|r| (&r.digest, r.size)));
+            let mut seen = HashSet::new();
+            for (d, size) in wanted {
+                if !seen.insert(d.as_str()) || held.contains(d.as_str()) {
+                    continue;
+                }
+                if !free.contains(d.as_str()) {
+                    if *d != m.digest && *d != w.config {
+                        // A layer that is not free: its quota is checked
+                        // image by image.
+                        return Ok(None);
+                    }
+                    added_of[i] += size;
+                }
+                // Held from now on: a later image of the batch adds nothing.
+                held.insert(d.to_string());
+                fresh_all.push((d.as_str(), size));
+            }
+            added_total += added_of[i];
+        }
+        let good: Vec<usize> = (0..writes.len()).filter(|i| out[*i].is_none()).collect();
+        if good.is_empty() {
+            return Ok(Some(out.into_iter().map(|o| o.expect("decided")).collect()));
+        }
+
+        // The writes.
+        self.charge(tx, project, added_total as i64).await?;
+        for chunk in fresh_all.chunks(500) {
+            let values = (0..chunk.len())
+                .map(|i| format!("($1, ${}, ${})", 2 * i + 2, 2 * i + 3))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(format!(
+                "INSERT INTO project_blobs (project, digest, size) VALUES {values} \
+                 ON CONFLICT (project, digest) DO NOTHING"
+            )))
+            .bind(project);
+            for (d, size) in chunk {
+                q = q.bind(*d).bind(*size as i64);
+            }
+            q.execute(&mut **tx).await?;
+            let list = placeholders(2, chunk.len());
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(format!(
+                "DELETE FROM reservations WHERE project = $1 AND digest IN ({list})"
+            )))
+            .bind(project);
+            for (d, _) in chunk {
+                q = q.bind(*d);
+            }
+            q.execute(&mut **tx).await?;
+        }
+        let touched: Vec<&str> = unique(
+            good.iter()
+                .flat_map(|i| writes[*i].manifest.refs.iter())
+                .map(|r| r.digest.as_str()),
+        );
+        for chunk in touched.chunks(500) {
+            let list = placeholders(2, chunk.len());
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(format!(
+                "UPDATE blobs SET last_ref_change = $1 WHERE digest IN ({list})"
+            )))
+            .bind(now);
+            for d in chunk {
+                q = q.bind(*d);
+            }
+            q.execute(&mut **tx).await?;
+        }
+        // Links, manifests, references — in batches of images.
+        for chunk in good.chunks(50) {
+            let mut rows: Vec<(i64, &str)> = Vec::new();
+            for i in chunk {
+                let w = &writes[*i];
+                for d in w.link.iter().chain(std::iter::once(&w.config)) {
+                    rows.push((w.repo_id, d.as_str()));
+                }
+            }
+            rows.sort_unstable();
+            rows.dedup();
+            let values = (0..rows.len())
+                .map(|k| format!("(${}, ${}, $1)", 2 * k + 2, 2 * k + 3))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(format!(
+                "INSERT INTO repo_blobs (repo_id, digest, created_at) VALUES {values} \
+                 ON CONFLICT (repo_id, digest) DO NOTHING"
+            )))
+            .bind(now);
+            for (id, d) in &rows {
+                q = q.bind(*id).bind(*d);
+            }
+            q.execute(&mut **tx).await?;
+
+            let bodies: Vec<usize> = {
+                let mut seen = HashSet::new();
+                chunk
+                    .iter()
+                    .copied()
+                    .filter(|i| seen.insert(writes[*i].manifest.digest.as_str()))
+                    .collect()
+            };
+            let values = (0..bodies.len())
+                .map(|k| {
+                    format!(
+                        "(${}, ${}, ${}, ${}, $1)",
+                        4 * k + 2,
+                        4 * k + 3,
+                        4 * k + 4,
+                        4 * k + 5
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join(", ");
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(format!(
+                "INSERT INTO manifest_bodies (digest, media_type, size, body, created_at) \
+                 VALUES {values} ON CONFLICT (digest) DO NOTHING"
+            )))
+            .bind(now);
+            for i in &bodies {
+                let m = &writes[*i].manifest;
+                q = q
+                    .bind(m.digest.as_str())
+                    .bind(&m.media_type)
+                    .bind(m.body.len() as i64)
+                    .bind(m.body.as_ref());
+            }
+            q.execute(&mut **tx).await?;
+
+            let manifests: Vec<usize> = {
+                let mut seen = HashSet::new();
+                chunk
+                    .iter()
+                    .copied()
+                    .filter(|i| {
+                        let w = &writes[*i];
+                        seen.insert((w.repo_id, w.manifest.digest.as_str()))
+                    })
+                    .collect()
+            };
+            let values = (0..manifests.len())
+                .map(|k| {
+                    let b = 7 * k + 2;
+                    format!(
+                        "(${}, ${}, ${}, ${}, ${}, ${}, ${}, $1, NULL)",
+                        b,
+                        b + 1,
+                        b + 2,
+                        b + 3,
+                        b + 4,
+                        b + 5,
+                        b + 6
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join(", ");
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(format!(
+                "INSERT INTO manifests (repo_id, digest, media_type, size, artifact_type, subject, \
+                 annotations, created_at, untagged_at) VALUES {values} \
+                 ON CONFLICT (repo_id, digest) DO UPDATE SET untagged_at = NULL"
+            )))
+            .bind(now);
+            for i in &manifests {
+                let w = &writes[*i];
+                let m = &w.manifest;
+                q = q
+                    .bind(w.repo_id)
+                    .bind(m.digest.as_str())
+                    .bind(&m.media_type)
+                    .bind(m.body.len() as i64)
+                    .bind(m.artifact_type.as_deref())
+                    .bind(m.subject.as_ref().map(|d| d.as_str()))
+                    .bind(m.annotations.as_deref());
+            }
+            q.execute(&mut **tx).await?;
+
+            let mut refs: Vec<(i64, &str, &str)> = Vec::new();
+            for i in chunk {
+                let w = &writes[*i];
+                for r in &w.manifest.refs {
+                    refs.push((w.repo_id, w.manifest.digest.as_str(), r.digest.as_str()));
+                }
+            }
+            refs.sort_unstable();
+            refs.dedup();
+            let values = (0..refs.len())
+                .map(|k| format!("(${}, ${}, ${}, 0)", 3 * k + 1, 3 * k + 2, 3 * k + 3))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(format!(
+                "INSERT INTO manifest_refs (repo_id, manifest_digest, ref_digest, is_manifest) \
+                 VALUES {values} ON CONFLICT DO NOTHING"
+            )));
+            for (id, m, r) in &refs {
+                q = q.bind(*id).bind(*m).bind(*r);
+            }
+            q.execute(&mut **tx).await?;
+        }
+
+        // The tags, image by image (each moves only from its old manifest).
+        for i in &good {
+            let w = &writes[*i];
+            let m = &w.manifest;
+            sqlx::query(
+                "UPDATE tags SET digest = $1, updated_at = $2 WHERE repo_id = $3 AND digest = $4",
+            )
+            .bind(m.digest.as_str())
+            .bind(now)
+            .bind(w.repo_id)
+            .bind(w.old_digest.as_str())
+            .execute(&mut **tx)
+            .await?;
+            let mut moved = tags
+                .remove(&(w.repo_id, w.old_digest.to_string()))
+                .unwrap_or_default();
+            if let Some(tag) = m.tag.as_ref().filter(|t| !moved.contains(t)) {
+                let added = sqlx::query(
+                    "INSERT INTO tags (repo_id, name, digest, updated_at) VALUES ($1, $2, $3, $4) \
+                     ON CONFLICT (repo_id, name) DO NOTHING",
+                )
+                .bind(w.repo_id)
+                .bind(tag)
+                .bind(m.digest.as_str())
+                .bind(now)
+                .execute(&mut **tx)
+                .await?;
+                if added.rows_affected() == 1 {
+                    moved.push(tag.clone());
+                }
+            }
+            out[*i] = Some(RebaseCommitted::Done {
+                tags: moved,
+                added_bytes: added_of[*i],
+            });
+        }
+        // The old manifests left without tags start their untagged grace
+        // period (what `mark_if_untagged` does for one), in one statement:
+        // any manifest it reaches is one without tags and without a mark.
+        let good_repos: Vec<i64> = {
+            let mut v: Vec<i64> = good.iter().map(|i| writes[*i].repo_id).collect();
+            v.sort_unstable();
+            v.dedup();
+            v
+        };
+        let good_olds: Vec<&str> = unique(good.iter().map(|i| writes[*i].old_digest.as_str()));
+        let sql = format!(
+            "UPDATE manifests SET untagged_at = $1 WHERE untagged_at IS NULL \
+             AND repo_id IN ({}) AND digest IN ({}) \
+             AND NOT EXISTS (SELECT 1 FROM tags t WHERE t.repo_id = manifests.repo_id \
+             AND t.digest = manifests.digest)",
+            placeholders(2, good_repos.len()),
+            placeholders(2 + good_repos.len(), good_olds.len())
+        );
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(now);
+        for id in &good_repos {
+            q = q.bind(*id);
+        }
+        for d in &good_olds {
+            q = q.bind(*d);
+        }
+        q.execute(&mut **tx).await?;
+
+        // The build history entries, their logs, the audit entries.
+        for chunk in good.chunks(50) {
+            let values = {
+                (0..chunk.len())
+                    .map(|k| {
+                        let b = 10 * k + 2;
+                        format!(
+                            "(${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, 'succeeded', NULL, ${}, ${}, $1, $1, $1, 'rebase')",
+                            b, b + 1, b + 2, b + 3, b + 4, b + 5, b + 6, b + 7, b + 8, b + 9
+                        )
+                    })
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(format!(
+                "INSERT INTO builds (id, project, image_name, source_url, git_ref, git_commit, builder, \
+                 env, state, reason, image_digest, requested_by, created_at, started_at, finished_at, kind) \
+                 VALUES {values}"
+            )))
+            .bind(now);
+            for i in chunk {
+                let w = &writes[*i];
+                let b = &w.build;
+                q = q
+                    .bind(&b.id)
+                    .bind(project)
+                    .bind(&b.image_name)
+                    .bind(&b.source_url)
+                    .bind(&b.git_ref)
+                    .bind(&b.git_commit)
+                    .bind(&b.builder)
+                    .bind(&b.env)
+                    .bind(w.manifest.digest.as_str())
+                    .bind(&b.requested_by);
+            }
+            q.execute(&mut **tx).await?;
+
+            let lines: Vec<(&str, i64, &str)> = chunk
+                .iter()
+                .flat_map(|i| {
+                    let w = &writes[*i];
+                    w.log
+                        .iter()
+                        .enumerate()
+                        .map(move |(n, l)| (w.build.id.as_str(), n as i64 + 1, l.as_str()))
+                })
+                .collect();
+            if !lines.is_empty() {
+                let values = (0..lines.len())
+                    .map(|k| {
+                        format!(
+                            "(${}, ${}, $1, 'rebase', ${})",
+                            3 * k + 2,
+                            3 * k + 3,
+                            3 * k + 4
+                        )
+                    })
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                let mut q = sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "INSERT INTO build_logs (build_id, seq, at, phase, line) VALUES {values}"
+                )))
+                .bind(now);
+                for (id, seq, line) in &lines {
+                    q = q.bind(*id).bind(*seq).bind(*line);
+                }
+                q.execute(&mut **tx).await?;
+            }
+
+            let values = (0..chunk.len())
+                .map(|k| {
+                    let b = 6 * k + 2;
+                    format!(
+                        "($1, ${}, ${}, ${}, ${}, ${}, ${})",
+                        b,
+                        b + 1,
+                        b + 2,
+                        b + 3,
+                        b + 4,
+                        b + 5
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join(", ");
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(format!(
+                "INSERT INTO audit_log (at, principal, action, project, target, detail, remote_addr) \
+                 VALUES {values}"
+            )))
+            .bind(now);
+            for i in chunk {
+                let a = &writes[*i].audit;
+                q = q
+                    .bind(&a.principal)
+                    .bind(&a.action)
+                    .bind(a.project.as_deref())
+                    .bind(a.target.as_deref())
+                    .bind(a.detail.as_deref())
+                    .bind(a.remote_addr.as_deref());
+            }
+            q.execute(&mut **tx).await?;
+        }
+        Ok(Some(out.into_iter().map(|o| o.expect("decided")).collect()))
+    }
+
+    /// `(repo_id, digest, size)` rows of `sql`, where `{ids}` takes
+    /// `ids` and `{list}` takes `digests` (repo id 0 when there are no ids).
+    async fn sizes(
+        &self,
+        tx: &mut Tx<'_>,
+        sql: &str,
+        ids: &[i64],
+        digests: &[&str],
+    ) -> Result<Vec<(i64, String, u64)>> {
+        if digests.is_empty() {
+            return Ok(Vec::new());
+        }
+        let sql = sql
+            .replace("{ids}", &placeholders(1, ids.len()))
+            .replace("{list}", &placeholders(1 + ids.len(), digests.len()));
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for id in ids {
+            q = q.bind(*id);
+        }
+        for d in digests {
+            q = q.bind(*d);
+        }
+        Ok(q.fetch_all(&mut **tx)
+            .await?
+            .into_iter()
+            .map(|r| {
+                if ids.is_empty() {
+                    (0, r.get::<String, _>(0), r.get::<i64, _>(1) as u64)
+                } else {
+                    (r.get(0), r.get::<String, _>(1), r.get::<i64, _>(2) as u64)
+                }
+            })
+            .collect())
     }
 
     async fn rebase_one(
@@ -593,6 +1176,12 @@ impl Metadata {
             added_bytes: added,
         }))
     }
+}
+
+/// The distinct items, in first-seen order.
+fn unique<'a>(items: impl Iterator<Item = &'a str>) -> Vec<&'a str> {
+    let mut seen = HashSet::new();
+    items.filter(|d| seen.insert(*d)).collect()
 }
 
 /// `$first, $first+1, …` (`n` of them).
