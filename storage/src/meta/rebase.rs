@@ -17,10 +17,15 @@
 //!   free (a run image outside the base projects) are checked as usual.
 //!
 //! Writes are batched: one transaction per batch of one project's images,
-//! the project row locked once, each image in a savepoint, so one image's
-//! failure rolls back that image only. The build history row, its log and
-//! the audit entry are written in the image's savepoint: a rebase is
-//! recorded exactly when it happened.
+//! the project row locked once. Every image's checks (its tags, its blobs
+//! and their sizes, what the project holds) are read for the whole batch
+//! first; an image that fails one is left out and reported, and the others
+//! are written together in multi-row statements. A base project's own
+//! images, or a batch with layers that are not free (their quota is checked
+//! image by image), go image by image instead, each in a savepoint, so one
+//! image's failure rolls back that image only. Either way the build history
+//! row, its log and the audit entry are written with the image: a rebase
+//! is recorded exactly when it happened.
 
 use std::collections::{HashMap, HashSet};
 
