@@ -43,9 +43,10 @@ use slipway_storage::{Algorithm, Digest, RepoName, StorageError};
 
 use crate::server::AppState;
 
-/// Repositories read per page of tagged images.
-const PAGE_REPOS: u32 = 200;
-/// Images committed per transaction (one project's).
+/// Repositories read per page of tagged images (a page's rebases are
+/// committed in one transaction).
+const PAGE_REPOS: u32 = 1000;
+/// A project's images checked and written together.
 const COMMIT_BATCH: usize = 200;
 
 /// Called between reading a page's images and committing their rebases.
@@ -589,8 +590,8 @@ async fn store(
     Ok(batches)
 }
 
-/// Commits the rebased manifests, one transaction per batch of one
-/// project's images.
+/// Commits a page's rebased manifests in one transaction, in batches of
+/// one project's images.
 async fn commit(state: &AppState, req: &FleetRequest, batches: Batches) -> Committed {
     let mut out = Committed::default();
     if batches.is_empty() {
@@ -599,46 +600,54 @@ async fn commit(state: &AppState, req: &FleetRequest, batches: Batches) -> Commi
     if let Some(hook) = &req.before_commit {
         hook().await;
     }
+    // One transaction for the page: fewer, larger commits.
+    let mut calls: Vec<(String, Vec<RebaseWrite>)> = Vec::new();
+    let mut reports: Vec<Vec<ImageReport>> = Vec::new();
     for (project, items) in batches {
         let mut items = items.into_iter();
         loop {
-            let batch: Vec<(RebaseWrite, ImageReport)> =
+            let chunk: Vec<(RebaseWrite, ImageReport)> =
                 items.by_ref().take(COMMIT_BATCH).collect();
-            if batch.is_empty() {
+            if chunk.is_empty() {
                 break;
             }
-            let writes: Vec<RebaseWrite> = batch.iter().map(|(w, _)| w.clone()).collect();
-            let results = match state.meta.rebase_commit(&project, &writes).await {
-                Ok(r) => r,
-                Err(e) => {
-                    // The batch's transaction failed as a whole.
-                    tracing::warn!(project = %project, error = %e, "rebase: committing a batch failed");
-                    for (_, mut r) in batch {
-                        r.new_digest = None;
-                        out.failed
-                            .push(with_reason(r, format!("the commit failed: {e}")));
-                    }
-                    continue;
+            let (writes, r): (Vec<RebaseWrite>, Vec<ImageReport>) = chunk.into_iter().unzip();
+            calls.push((project.clone(), writes));
+            reports.push(r);
+        }
+    }
+    let results = match state.meta.rebase_commit_projects(&calls).await {
+        Ok(r) => r,
+        Err(e) => {
+            // The page's transaction failed as a whole: nothing of it is
+            // written.
+            tracing::warn!(error = %e, "rebase: committing a page failed");
+            for mut r in reports.into_iter().flatten() {
+                r.new_digest = None;
+                out.failed
+                    .push(with_reason(r, format!("the commit failed: {e}")));
+            }
+            return out;
+        }
+    };
+    for (batch, results) in reports.into_iter().zip(results) {
+        for (mut r, result) in batch.into_iter().zip(results) {
+            match result {
+                RebaseCommitted::Done { tags, .. } => {
+                    r.tags = tags;
+                    out.rebased.push(r);
                 }
-            };
-            for ((_, mut r), result) in batch.into_iter().zip(results) {
-                match result {
-                    RebaseCommitted::Done { tags, .. } => {
-                        r.tags = tags;
-                        out.rebased.push(r);
-                    }
-                    RebaseCommitted::Moved => {
-                        r.new_digest = None;
-                        out.skipped.push(with_reason(
-                            r,
-                            "changed meanwhile, skipped: a build or push moved its tags \
-                             after it was read; nothing was written",
-                        ));
-                    }
-                    RebaseCommitted::Refused(e) => {
-                        r.new_digest = None;
-                        out.failed.push(with_reason(r, e.to_string()));
-                    }
+                RebaseCommitted::Moved => {
+                    r.new_digest = None;
+                    out.skipped.push(with_reason(
+                        r,
+                        "changed meanwhile, skipped: a build or push moved its tags \
+                         after it was read; nothing was written",
+                    ));
+                }
+                RebaseCommitted::Refused(e) => {
+                    r.new_digest = None;
+                    out.failed.push(with_reason(r, e.to_string()));
                 }
             }
         }

@@ -255,18 +255,50 @@ impl Metadata {
         project: &str,
         writes: &[RebaseWrite],
     ) -> Result<Vec<RebaseCommitted>> {
+        let now = now_ms();
+        let mut tx = self.write.begin().await?;
+        let out = self.rebase_commit_in(&mut tx, project, writes, now).await?;
+        tx.commit().await?;
+        Ok(out)
+    }
+
+    /// Commits the rebased images of several projects in one transaction
+    /// (fewer, larger commits: each page the database changes is written
+    /// once); the projects are locked in name order. One result list per
+    /// project, in the order given.
+    pub async fn rebase_commit_projects(
+        &self,
+        batches: &[(String, Vec<RebaseWrite>)],
+    ) -> Result<Vec<Vec<RebaseCommitted>>> {
+        let now = now_ms();
+        let mut order: Vec<usize> = (0..batches.len()).collect();
+        order.sort_by(|a, b| batches[*a].0.cmp(&batches[*b].0));
+        let mut out: Vec<Vec<RebaseCommitted>> = batches.iter().map(|_| Vec::new()).collect();
+        let mut tx = self.write.begin().await?;
+        for i in order {
+            let (project, writes) = &batches[i];
+            out[i] = self.rebase_commit_in(&mut tx, project, writes, now).await?;
+        }
+        tx.commit().await?;
+        Ok(out)
+    }
+
+    async fn rebase_commit_in(
+        &self,
+        tx: &mut Tx<'_>,
+        project: &str,
+        writes: &[RebaseWrite],
+        now: i64,
+    ) -> Result<Vec<RebaseCommitted>> {
         if let Some(w) = writes.iter().find(|w| w.repo.project() != project) {
             return Err(StorageError::Conflict(format!(
                 "a rebase batch of project {project} holds {} of another project",
                 w.repo
             )));
         }
-        let now = now_ms();
-        let mut tx = self.write.begin().await?;
-        let mut budget = self.lock_project(&mut tx, project).await?;
+        let mut budget = self.lock_project(tx, project).await?;
         if !budget.is_base {
-            if let Some(out) = self.rebase_batch(&mut tx, &budget, writes, now).await? {
-                tx.commit().await?;
+            if let Some(out) = self.rebase_batch(tx, &budget, writes, now).await? {
                 return Ok(out);
             }
         }
@@ -276,7 +308,7 @@ impl Metadata {
         let mut out = Vec::with_capacity(writes.len());
         for w in writes {
             let before = budget.clone();
-            let mut sp = Acquire::begin(&mut tx).await?;
+            let mut sp = Acquire::begin(&mut **tx).await?;
             match self.rebase_one(&mut sp, &mut budget, w, now).await {
                 Ok(Some(done)) => {
                     sp.commit().await?;
@@ -299,7 +331,6 @@ impl Metadata {
                 Err(e) => return Err(e),
             }
         }
-        tx.commit().await?;
         Ok(out)
     }
 

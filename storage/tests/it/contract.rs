@@ -1422,3 +1422,51 @@ async fn rebase_never_moves_a_tag_that_moved(m: &Metadata) {
     assert_eq!(at("stable").await, w.manifest.digest);
     assert!(m.recompute(false).await.unwrap().is_empty());
 }
+
+contract!(rebase_commits_several_projects_at_once);
+
+/// Several projects' rebases in one transaction: each project's results in
+/// the order given, usage exact.
+async fn rebase_commits_several_projects_at_once(m: &Metadata) {
+    use slipway_storage::meta::RebaseCommitted;
+    m.project_create("platform", true, None, true)
+        .await
+        .unwrap();
+    let run = repo("platform/run");
+    let (base1, base2) = (blob(1), blob(2));
+    push(m, &run, &blob(9), &[&base1], Some("v1"))
+        .await
+        .unwrap();
+    push(m, &run, &blob(19), &[&base2], Some("v2"))
+        .await
+        .unwrap();
+    let mut batches = Vec::new();
+    for (project, own, config, id) in [("tool-b", 3, 30, "rb"), ("tool-a", 4, 31, "ra")] {
+        m.project_create(project, true, None, false).await.unwrap();
+        let web = repo(&format!("{project}/web"));
+        let own = blob(own);
+        let app = push(m, &web, &blob(config + 10), &[&base1, &own], Some("latest"))
+            .await
+            .unwrap();
+        let w = rebase_write(m, &web, &app.digest, &blob(config), &[&base2], &[&own], id).await;
+        batches.push((project.to_owned(), vec![w]));
+    }
+    let out = m.rebase_commit_projects(&batches).await.unwrap();
+    assert_eq!(out.len(), 2);
+    for ((project, writes), results) in batches.iter().zip(&out) {
+        assert!(
+            matches!(results[..], [RebaseCommitted::Done { .. }]),
+            "{project}: {results:?}"
+        );
+        let web = repo(&format!("{project}/web"));
+        assert_eq!(
+            m.manifest_by_tag(&web, "latest")
+                .await
+                .unwrap()
+                .unwrap()
+                .digest,
+            writes[0].manifest.digest
+        );
+    }
+    assert!(m.recompute(false).await.unwrap().is_empty());
+}
