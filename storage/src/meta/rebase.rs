@@ -297,10 +297,10 @@ impl Metadata {
             )));
         }
         let mut budget = self.lock_project(tx, project).await?;
-        if !budget.is_base {
-            if let Some(out) = self.rebase_batch(tx, &budget, writes, now).await? {
-                return Ok(out);
-            }
+        if !budget.is_base
+            && let Some(out) = self.rebase_batch(tx, &budget, writes, now).await?
+        {
+            return Ok(out);
         }
         // Image by image, each in a savepoint: a base project's own images
         // (their usage moves other projects' counts), or a batch that needs
