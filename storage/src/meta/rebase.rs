@@ -709,34 +709,10 @@ impl Metadata {
         // The tags, image by image (each moves only from its old manifest).
         for i in &good {
             let w = &writes[*i];
-            let m = &w.manifest;
-            sqlx::query(
-                "UPDATE tags SET digest = $1, updated_at = $2 WHERE repo_id = $3 AND digest = $4",
-            )
-            .bind(m.digest.as_str())
-            .bind(now)
-            .bind(w.repo_id)
-            .bind(w.old_digest.as_str())
-            .execute(&mut **tx)
-            .await?;
-            let mut moved = tags
+            let on_old = tags
                 .remove(&(w.repo_id, w.old_digest.to_string()))
                 .unwrap_or_default();
-            if let Some(tag) = m.tag.as_ref().filter(|t| !moved.contains(t)) {
-                let added = sqlx::query(
-                    "INSERT INTO tags (repo_id, name, digest, updated_at) VALUES ($1, $2, $3, $4) \
-                     ON CONFLICT (repo_id, name) DO NOTHING",
-                )
-                .bind(w.repo_id)
-                .bind(tag)
-                .bind(m.digest.as_str())
-                .bind(now)
-                .execute(&mut **tx)
-                .await?;
-                if added.rows_affected() == 1 {
-                    moved.push(tag.clone());
-                }
-            }
+            let moved = move_tags(tx, w, on_old, now).await?;
             out[*i] = Some(RebaseCommitted::Done {
                 tags: moved,
                 added_bytes: added_of[*i],
@@ -770,106 +746,8 @@ impl Metadata {
         q.execute(&mut **tx).await?;
 
         // The build history entries, their logs, the audit entries.
-        for chunk in good.chunks(50) {
-            let values = {
-                (0..chunk.len())
-                    .map(|k| {
-                        let b = 10 * k + 2;
-                        format!(
-                            "(${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, 'succeeded', NULL, ${}, ${}, $1, $1, $1, 'rebase')",
-                            b, b + 1, b + 2, b + 3, b + 4, b + 5, b + 6, b + 7, b + 8, b + 9
-                        )
-                    })
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            };
-            let mut q = sqlx::query(sqlx::AssertSqlSafe(format!(
-                "INSERT INTO builds (id, project, image_name, source_url, git_ref, git_commit, builder, \
-                 env, state, reason, image_digest, requested_by, created_at, started_at, finished_at, kind) \
-                 VALUES {values}"
-            )))
-            .bind(now);
-            for i in chunk {
-                let w = &writes[*i];
-                let b = &w.build;
-                q = q
-                    .bind(&b.id)
-                    .bind(project)
-                    .bind(&b.image_name)
-                    .bind(&b.source_url)
-                    .bind(&b.git_ref)
-                    .bind(&b.git_commit)
-                    .bind(&b.builder)
-                    .bind(&b.env)
-                    .bind(w.manifest.digest.as_str())
-                    .bind(&b.requested_by);
-            }
-            q.execute(&mut **tx).await?;
-
-            let lines: Vec<(&str, i64, &str)> = chunk
-                .iter()
-                .flat_map(|i| {
-                    let w = &writes[*i];
-                    w.log
-                        .iter()
-                        .enumerate()
-                        .map(move |(n, l)| (w.build.id.as_str(), n as i64 + 1, l.as_str()))
-                })
-                .collect();
-            if !lines.is_empty() {
-                let values = (0..lines.len())
-                    .map(|k| {
-                        format!(
-                            "(${}, ${}, $1, 'rebase', ${})",
-                            3 * k + 2,
-                            3 * k + 3,
-                            3 * k + 4
-                        )
-                    })
-                    .collect::<Vec<_>>()
-                    .join(", ");
-                let mut q = sqlx::query(sqlx::AssertSqlSafe(format!(
-                    "INSERT INTO build_logs (build_id, seq, at, phase, line) VALUES {values}"
-                )))
-                .bind(now);
-                for (id, seq, line) in &lines {
-                    q = q.bind(*id).bind(*seq).bind(*line);
-                }
-                q.execute(&mut **tx).await?;
-            }
-
-            let values = (0..chunk.len())
-                .map(|k| {
-                    let b = 6 * k + 2;
-                    format!(
-                        "($1, ${}, ${}, ${}, ${}, ${}, ${})",
-                        b,
-                        b + 1,
-                        b + 2,
-                        b + 3,
-                        b + 4,
-                        b + 5
-                    )
-                })
-                .collect::<Vec<_>>()
-                .join(", ");
-            let mut q = sqlx::query(sqlx::AssertSqlSafe(format!(
-                "INSERT INTO audit_log (at, principal, action, project, target, detail, remote_addr) \
-                 VALUES {values}"
-            )))
-            .bind(now);
-            for i in chunk {
-                let a = &writes[*i].audit;
-                q = q
-                    .bind(&a.principal)
-                    .bind(&a.action)
-                    .bind(a.project.as_deref())
-                    .bind(a.target.as_deref())
-                    .bind(a.detail.as_deref())
-                    .bind(a.remote_addr.as_deref());
-            }
-            q.execute(&mut **tx).await?;
-        }
+        let done: Vec<&RebaseWrite> = good.iter().map(|i| &writes[*i]).collect();
+        write_history(tx, project, &done, now).await?;
         Ok(Some(out.into_iter().map(|o| o.expect("decided")).collect()))
     }
 
@@ -1129,89 +1007,161 @@ impl Metadata {
             q = q.bind(r.digest.as_str());
         }
         q.execute(&mut **tx).await?;
-        sqlx::query(
-            "UPDATE tags SET digest = $1, updated_at = $2 WHERE repo_id = $3 AND digest = $4",
-        )
+        let moved = move_tags(tx, w, tags, now).await?;
+        mark_if_untagged(tx, w.repo_id, w.old_digest.as_str(), now).await?;
+
+        write_history(tx, project, &[w], now).await?;
+        Ok(Some(RebaseCommitted::Done {
+            tags: moved,
+            added_bytes: added,
+        }))
+    }
+}
+
+/// The build history rows (kind `rebase`), their logs and the audit
+/// entries of committed rebases, in multi-row statements.
+async fn write_history(
+    tx: &mut Tx<'_>,
+    project: &str,
+    writes: &[&RebaseWrite],
+    now: i64,
+) -> Result<()> {
+    for chunk in writes.chunks(50) {
+        let values = {
+            (0..chunk.len())
+                .map(|k| {
+                    let b = 10 * k + 2;
+                    format!(
+                        "(${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, 'succeeded', NULL, ${}, ${}, $1, $1, $1, 'rebase')",
+                        b, b + 1, b + 2, b + 3, b + 4, b + 5, b + 6, b + 7, b + 8, b + 9
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "INSERT INTO builds (id, project, image_name, source_url, git_ref, git_commit, builder, \
+             env, state, reason, image_digest, requested_by, created_at, started_at, finished_at, kind) \
+             VALUES {values}"
+        )))
+        .bind(now);
+        for w in chunk {
+            let b = &w.build;
+            q = q
+                .bind(&b.id)
+                .bind(project)
+                .bind(&b.image_name)
+                .bind(&b.source_url)
+                .bind(&b.git_ref)
+                .bind(&b.git_commit)
+                .bind(&b.builder)
+                .bind(&b.env)
+                .bind(w.manifest.digest.as_str())
+                .bind(&b.requested_by);
+        }
+        q.execute(&mut **tx).await?;
+
+        let lines: Vec<(&str, i64, &str)> = chunk
+            .iter()
+            .flat_map(|w| {
+                w.log
+                    .iter()
+                    .enumerate()
+                    .map(move |(n, l)| (w.build.id.as_str(), n as i64 + 1, l.as_str()))
+            })
+            .collect();
+        if !lines.is_empty() {
+            let values = (0..lines.len())
+                .map(|k| {
+                    format!(
+                        "(${}, ${}, $1, 'rebase', ${})",
+                        3 * k + 2,
+                        3 * k + 3,
+                        3 * k + 4
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join(", ");
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(format!(
+                "INSERT INTO build_logs (build_id, seq, at, phase, line) VALUES {values}"
+            )))
+            .bind(now);
+            for (id, seq, line) in &lines {
+                q = q.bind(*id).bind(*seq).bind(*line);
+            }
+            q.execute(&mut **tx).await?;
+        }
+
+        let values = (0..chunk.len())
+            .map(|k| {
+                let b = 6 * k + 2;
+                format!(
+                    "($1, ${}, ${}, ${}, ${}, ${}, ${})",
+                    b,
+                    b + 1,
+                    b + 2,
+                    b + 3,
+                    b + 4,
+                    b + 5
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(", ");
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "INSERT INTO audit_log (at, principal, action, project, target, detail, remote_addr) \
+             VALUES {values}"
+        )))
+        .bind(now);
+        for w in chunk {
+            let a = &w.audit;
+            q = q
+                .bind(&a.principal)
+                .bind(&a.action)
+                .bind(a.project.as_deref())
+                .bind(a.target.as_deref())
+                .bind(a.detail.as_deref())
+                .bind(a.remote_addr.as_deref());
+        }
+        q.execute(&mut **tx).await?;
+    }
+    Ok(())
+}
+
+/// Moves the tags on the old manifest to the new one (only those still
+/// there) and adds the write's extra tag if no tag has that name: an extra
+/// tag is added, never moved — if it names another manifest, a build or a
+/// push put it there, and it stays (no lost update). `moved` holds the tags
+/// that were on the old manifest; the tags now on the new one are returned.
+async fn move_tags(
+    tx: &mut Tx<'_>,
+    w: &RebaseWrite,
+    mut moved: Vec<String>,
+    now: i64,
+) -> Result<Vec<String>> {
+    let m = &w.manifest;
+    sqlx::query("UPDATE tags SET digest = $1, updated_at = $2 WHERE repo_id = $3 AND digest = $4")
         .bind(m.digest.as_str())
         .bind(now)
         .bind(w.repo_id)
         .bind(w.old_digest.as_str())
         .execute(&mut **tx)
         .await?;
-        let mut moved = tags;
-        // An extra tag is added, never moved: if it names another manifest,
-        // a build or a push put it there, and it stays (no lost update).
-        if let Some(tag) = m.tag.as_ref().filter(|t| !moved.contains(t)) {
-            let added = sqlx::query(
-                "INSERT INTO tags (repo_id, name, digest, updated_at) VALUES ($1, $2, $3, $4) \
-                 ON CONFLICT (repo_id, name) DO NOTHING",
-            )
-            .bind(w.repo_id)
-            .bind(tag)
-            .bind(m.digest.as_str())
-            .bind(now)
-            .execute(&mut **tx)
-            .await?;
-            if added.rows_affected() == 1 {
-                moved.push(tag.clone());
-            }
-        }
-        mark_if_untagged(tx, w.repo_id, w.old_digest.as_str(), now).await?;
-
-        // The build history entry, its log, the audit entry.
-        let b = &w.build;
-        sqlx::query(
-            "INSERT INTO builds (id, project, image_name, source_url, git_ref, git_commit, builder, \
-             env, state, reason, image_digest, requested_by, created_at, started_at, finished_at, kind) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'succeeded', NULL, $9, $10, $11, $11, $11, 'rebase')",
+    if let Some(tag) = m.tag.as_ref().filter(|t| !moved.contains(t)) {
+        let added = sqlx::query(
+            "INSERT INTO tags (repo_id, name, digest, updated_at) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (repo_id, name) DO NOTHING",
         )
-        .bind(&b.id)
-        .bind(project)
-        .bind(&b.image_name)
-        .bind(&b.source_url)
-        .bind(&b.git_ref)
-        .bind(&b.git_commit)
-        .bind(&b.builder)
-        .bind(&b.env)
+        .bind(w.repo_id)
+        .bind(tag)
         .bind(m.digest.as_str())
-        .bind(&b.requested_by)
         .bind(now)
         .execute(&mut **tx)
         .await?;
-        if !w.log.is_empty() {
-            let values = (0..w.log.len())
-                .map(|i| format!("($1, ${}, $2, 'rebase', ${})", 2 * i + 3, 2 * i + 4))
-                .collect::<Vec<_>>()
-                .join(", ");
-            let mut q = sqlx::query(sqlx::AssertSqlSafe(format!(
-                "INSERT INTO build_logs (build_id, seq, at, phase, line) VALUES {values}"
-            )))
-            .bind(&b.id)
-            .bind(now);
-            for (i, line) in w.log.iter().enumerate() {
-                q = q.bind(i as i64 + 1).bind(line);
-            }
-            q.execute(&mut **tx).await?;
+        if added.rows_affected() == 1 {
+            moved.push(tag.clone());
         }
-        let a = &w.audit;
-        sqlx::query(
-            "INSERT INTO audit_log (at, principal, action, project, target, detail, remote_addr) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7)",
-        )
-        .bind(now)
-        .bind(&a.principal)
-        .bind(&a.action)
-        .bind(a.project.as_deref())
-        .bind(a.target.as_deref())
-        .bind(a.detail.as_deref())
-        .bind(a.remote_addr.as_deref())
-        .execute(&mut **tx)
-        .await?;
-        Ok(Some(RebaseCommitted::Done {
-            tags: moved,
-            added_bytes: added,
-        }))
     }
+    Ok(moved)
 }
 
 /// The distinct items, in first-seen order.
