@@ -257,6 +257,8 @@ struct OurLayer {
     diff_id: String,
     created_by: String,
     file: Option<PathBuf>,
+    /// Known to be in the repository already (checked when chosen).
+    present: bool,
 }
 
 impl Export<'_> {
@@ -300,6 +302,7 @@ impl Export<'_> {
                 diff_id: w.diff_id,
                 created_by,
                 file: Some(w.path),
+                present: false,
             })
         };
         for b in self.built {
@@ -335,6 +338,7 @@ impl Export<'_> {
                         diff_id: c.diff_id,
                         created_by: format!("buildpacks:{id}:{name}"),
                         file: None,
+                        present: true,
                     }
                 } else if dir.is_dir() {
                     write(
@@ -355,6 +359,7 @@ impl Export<'_> {
                         diff_id,
                         created_by: format!("buildpacks:{id}:{name}"),
                         file: None,
+                        present: false,
                     }
                 } else {
                     (self.log)(&format!(
@@ -419,7 +424,7 @@ impl Export<'_> {
                 .as_str()
                 .expect("a digest")
                 .to_owned();
-            if self.client.has_blob(self.repository, &digest).await? {
+            if layer.present || self.client.has_blob(self.repository, &digest).await? {
                 reused.push(digest);
                 continue;
             }
