@@ -413,51 +413,88 @@ pub async fn fleet(state: &AppState, req: &FleetRequest) -> Result<FleetReport, 
         failed: Vec::new(),
         seconds: 0.0,
     };
-    let mut sources: HashMap<String, HashMap<String, Vec<BuildSource>>> = HashMap::new();
-    // Pages are pipelined: a page's configs are stored while the previous
-    // page's manifests are committed (the database's writer and the blob
-    // store work at once).
-    let mut ready: Batches = Vec::new();
-    let mut after = 0;
-    loop {
-        let page = state
-            .meta
-            .tagged_images(after, PAGE_REPOS, None, None)
-            .await?;
-        report.scanned += page.images.len();
-        let looked: Vec<Looked> = futures::stream::iter(page.images)
-            .map(|image| look(state, &base, &run_repo, &run_digests, req.force, image))
-            .buffer_unordered(concurrency)
-            .collect()
-            .await;
-        let mut pending = Vec::new();
-        for l in looked {
-            match l {
-                Looked::Unrelated => {}
-                Looked::Current(r) => report.current.push(r),
-                Looked::Skipped(r) => report.skipped.push(r),
-                Looked::Failed(r) => report.failed.push(r),
-                Looked::Rebase(p) => pending.push(*p),
+    // Pages are pipelined: while a page's manifests are committed, the next
+    // pages are read, looked at, their configs claimed and stored (the
+    // database's writer, the readers and the blob store work at once). One
+    // page waits for the commit at most.
+    let mut phases = Phases::default();
+    let (to_commit, mut queue) = tokio::sync::mpsc::channel::<Batches>(1);
+    // Its own task, so that it goes on while this one works on the next
+    // page (and not longer than this one runs: an abandoned fleet rebase
+    // stops after the page it is committing, which is written whole or not
+    // at all).
+    let mut committer = crate::builds::AbortOnDrop(tokio::spawn({
+        let (state, req) = (state.clone(), req.clone());
+        async move {
+            let mut done = Vec::new();
+            let mut took = std::time::Duration::ZERO;
+            while let Some(batches) = queue.recv().await {
+                let t = Instant::now();
+                done.push(commit(&state, &req, batches).await);
+                took += t.elapsed();
+            }
+            (done, took)
+        }
+    }));
+    let reader = async {
+        let to_commit = to_commit;
+        let mut sources: HashMap<String, HashMap<String, Vec<BuildSource>>> = HashMap::new();
+        let mut after = 0;
+        loop {
+            let t = Instant::now();
+            let page = state
+                .meta
+                .tagged_images(after, PAGE_REPOS, None, None)
+                .await?;
+            phases.scan += t.elapsed();
+            report.scanned += page.images.len();
+            let t = Instant::now();
+            let looked: Vec<Looked> = futures::stream::iter(page.images)
+                .map(|image| look(state, &base, &run_repo, &run_digests, req.force, image))
+                .buffer_unordered(concurrency)
+                .collect()
+                .await;
+            phases.look += t.elapsed();
+            let mut pending = Vec::new();
+            for l in looked {
+                match l {
+                    Looked::Unrelated => {}
+                    Looked::Current(r) => report.current.push(r),
+                    Looked::Skipped(r) => report.skipped.push(r),
+                    Looked::Failed(r) => report.failed.push(r),
+                    Looked::Rebase(p) => pending.push(*p),
+                }
+            }
+            if req.dry_run {
+                report.rebased.extend(pending.into_iter().map(|p| p.report));
+            } else if !pending.is_empty() {
+                let t = Instant::now();
+                let claimed = claim(state, pending, &mut report).await?;
+                phases.claim += t.elapsed();
+                let t = Instant::now();
+                let stored = store(state, req, &base, claimed, &mut sources, &mut report).await?;
+                phases.store += t.elapsed();
+                if to_commit.send(stored).await.is_err() {
+                    break; // the committer is gone: nothing more can be written
+                }
+            }
+            match page.next {
+                Some(next) => after = next,
+                None => break,
             }
         }
-        if req.dry_run {
-            report.rebased.extend(pending.into_iter().map(|p| p.report));
-        } else if !pending.is_empty() {
-            let claimed = claim(state, pending, &mut report).await?;
-            let previous = std::mem::take(&mut ready);
-            let (committed, stored) = tokio::join!(
-                commit(state, req, previous),
-                store(state, req, &base, claimed, &mut sources, &mut report)
-            );
-            committed.merge_into(&mut report);
-            ready = stored?;
-        }
-        match page.next {
-            Some(next) => after = next,
-            None => break,
-        }
+        Ok::<(), FleetError>(())
+    };
+    let read = reader.await;
+    let (committed, commit_took) = (&mut committer.0)
+        .await
+        .map_err(|e| StorageError::Io(std::io::Error::other(format!("the commit task: {e}"))))?;
+    phases.commit = commit_took;
+    // What was committed is reported even when reading a later page failed.
+    for c in committed {
+        c.merge_into(&mut report);
     }
-    commit(state, req, ready).await.merge_into(&mut report);
+    read?;
     for list in [
         &mut report.rebased,
         &mut report.current,
@@ -467,6 +504,18 @@ pub async fn fleet(state: &AppState, req: &FleetRequest) -> Result<FleetReport, 
         list.sort_by(|a, b| (&a.repository, &a.digest).cmp(&(&b.repository, &b.digest)));
     }
     report.seconds = started.elapsed().as_secs_f64();
+    tracing::info!(
+        run_image = %report.run_image,
+        scanned = report.scanned,
+        rebased = report.rebased.len(),
+        seconds = report.seconds,
+        scan_s = phases.scan.as_secs_f64(),
+        look_s = phases.look.as_secs_f64(),
+        claim_s = phases.claim.as_secs_f64(),
+        store_s = phases.store.as_secs_f64(),
+        commit_s = phases.commit.as_secs_f64(),
+        "fleet rebase finished"
+    );
     if !req.dry_run {
         let audit = NewAuditEntry {
             principal: req.requested_by.clone(),
@@ -489,6 +538,17 @@ pub async fn fleet(state: &AppState, req: &FleetRequest) -> Result<FleetReport, 
         state.meta.audit(&audit).await?;
     }
     Ok(report)
+}
+
+/// Where a fleet rebase's time went (logged when it ends). Commits run
+/// while the next pages are read and stored.
+#[derive(Default)]
+struct Phases {
+    scan: std::time::Duration,
+    look: std::time::Duration,
+    claim: std::time::Duration,
+    store: std::time::Duration,
+    commit: std::time::Duration,
 }
 
 /// One project's rebases, ready to commit.
@@ -542,17 +602,18 @@ async fn store(
     sources: &mut HashMap<String, HashMap<String, Vec<BuildSource>>>,
     report: &mut FleetReport,
 ) -> Result<Batches, FleetError> {
-    let stored: Vec<(Pending, Digest, Result<(), StorageError>)> = futures::stream::iter(claimed)
-        .map(|(p, d)| async move {
-            let r = state
-                .blobs
-                .put(&d, Bytes::from(p.rebased.config.clone()))
-                .await;
-            (p, d, r)
-        })
-        .buffer_unordered(state.config.rebase.concurrency.max(1))
-        .collect()
+    let blobs: Vec<(Digest, Bytes)> = claimed
+        .iter()
+        .map(|(p, d)| (d.clone(), Bytes::from(p.rebased.config.clone())))
+        .collect();
+    let results = state
+        .blobs
+        .put_many(blobs, state.config.rebase.concurrency)
         .await;
+    let stored = claimed
+        .into_iter()
+        .zip(results)
+        .map(|((p, d), r)| (p, d, r));
 
     let now = now_ms();
     let mut by_project: HashMap<String, Vec<(RebaseWrite, ImageReport)>> = HashMap::new();

@@ -11,8 +11,8 @@ pub mod s3;
 use std::ops::Range;
 
 use bytes::Bytes;
-use futures::Stream;
 use futures::stream::BoxStream;
+use futures::{Stream, StreamExt};
 
 use crate::digest::{Digest, Hasher};
 use crate::error::Result;
@@ -74,6 +74,26 @@ impl BlobStore {
         match self {
             BlobStore::Fs(s) => s.put(d, bytes).await,
             BlobStore::S3(s) => s.put(d, bytes).await,
+        }
+    }
+
+    /// Stores many small blobs, each as [`BlobStore::put`] would; one result
+    /// per blob, in order. The filesystem makes them durable together (two
+    /// flushes in all); S3 gets up to `concurrency` of them at once.
+    pub async fn put_many(
+        &self,
+        blobs: Vec<(Digest, Bytes)>,
+        concurrency: usize,
+    ) -> Vec<Result<()>> {
+        match self {
+            BlobStore::Fs(s) => s.put_many(blobs).await,
+            BlobStore::S3(s) => {
+                futures::stream::iter(blobs)
+                    .map(|(d, bytes)| async move { s.put(&d, bytes).await })
+                    .buffered(concurrency.max(1))
+                    .collect()
+                    .await
+            }
         }
     }
 

@@ -153,10 +153,11 @@ impl Metadata {
         };
         let meta = match backend {
             Backend::Sqlite => {
-                let options = || {
+                // `extra`: statements for this pool's connections only.
+                let options = |extra: &'static str| {
                     AnyPoolOptions::new()
                         .acquire_timeout(Duration::from_secs(30))
-                        .after_connect(|conn, _| {
+                        .after_connect(move |conn, _| {
                             Box::pin(async move {
                                 conn.execute(
                                     "PRAGMA journal_mode = WAL; \
@@ -165,13 +166,23 @@ impl Metadata {
                                      PRAGMA busy_timeout = 10000;",
                                 )
                                 .await?;
+                                if !extra.is_empty() {
+                                    conn.execute(extra).await?;
+                                }
                                 Ok(())
                             })
                         })
                 };
-                let write = options().max_connections(1).connect(url).await?;
+                // The one writer keeps more of the database in its page
+                // cache (64 MiB at most, instead of SQLite's 2 MiB): large
+                // transactions (a fleet rebase, GC) touch index pages all
+                // over the file, and spilling them before the commit costs.
+                let write = options("PRAGMA cache_size = -65536; PRAGMA temp_store = MEMORY;")
+                    .max_connections(1)
+                    .connect(url)
+                    .await?;
                 SQLITE_MIGRATIONS.run(&write).await?;
-                let read = options()
+                let read = options("")
                     .max_connections(max_connections.max(1))
                     .connect(url)
                     .await?;

@@ -103,6 +103,10 @@ pub enum RebaseCommitted {
     Refused(StorageError),
 }
 
+/// Rows of a multi-row statement whose rows do not come one per image (an
+/// image's references, its links).
+const ROWS_PER_STATEMENT: usize = 1000;
+
 macro_rules! tags_on_sql {
     () => {
         "SELECT name FROM tags WHERE repo_id = $1 AND digest = $2 ORDER BY name"
@@ -231,17 +235,21 @@ impl Metadata {
         }
         let now = now_ms();
         let mut tx = self.write.begin().await?;
-        for (digest, size) in blobs {
-            sqlx::query(
-                "INSERT INTO blobs (digest, size, created_at, last_ref_change) VALUES ($1, $2, $3, $4) \
-                 ON CONFLICT (digest) DO UPDATE SET last_ref_change = excluded.last_ref_change",
-            )
-            .bind(digest.as_str())
-            .bind(*size as i64)
+        for chunk in blobs.chunks(500) {
+            let values = (0..chunk.len())
+                .map(|k| format!("(${}, ${}, $1, $2)", 2 * k + 3, 2 * k + 4))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(format!(
+                "INSERT INTO blobs (digest, size, created_at, last_ref_change) VALUES {values} \
+                 ON CONFLICT (digest) DO UPDATE SET last_ref_change = excluded.last_ref_change"
+            )))
             .bind(now)
-            .bind(now + super::blobs::CLAIM_WINDOW_MS)
-            .execute(&mut *tx)
-            .await?;
+            .bind(now + super::blobs::CLAIM_WINDOW_MS);
+            for (digest, size) in chunk {
+                q = q.bind(digest.as_str()).bind(*size as i64);
+            }
+            q.execute(&mut *tx).await?;
         }
         tx.commit().await?;
         Ok(())
@@ -587,19 +595,21 @@ impl Metadata {
             }
             rows.sort_unstable();
             rows.dedup();
-            let values = (0..rows.len())
-                .map(|k| format!("(${}, ${}, $1)", 2 * k + 2, 2 * k + 3))
-                .collect::<Vec<_>>()
-                .join(", ");
-            let mut q = sqlx::query(sqlx::AssertSqlSafe(format!(
-                "INSERT INTO repo_blobs (repo_id, digest, created_at) VALUES {values} \
-                 ON CONFLICT (repo_id, digest) DO NOTHING"
-            )))
-            .bind(now);
-            for (id, d) in &rows {
-                q = q.bind(*id).bind(*d);
+            for rows in rows.chunks(ROWS_PER_STATEMENT) {
+                let values = (0..rows.len())
+                    .map(|k| format!("(${}, ${}, $1)", 2 * k + 2, 2 * k + 3))
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                let mut q = sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "INSERT INTO repo_blobs (repo_id, digest, created_at) VALUES {values} \
+                     ON CONFLICT (repo_id, digest) DO NOTHING"
+                )))
+                .bind(now);
+                for (id, d) in rows {
+                    q = q.bind(*id).bind(*d);
+                }
+                q.execute(&mut **tx).await?;
             }
-            q.execute(&mut **tx).await?;
 
             let bodies: Vec<usize> = {
                 let mut seen = HashSet::new();
@@ -692,27 +702,38 @@ impl Metadata {
             }
             refs.sort_unstable();
             refs.dedup();
-            let values = (0..refs.len())
-                .map(|k| format!("(${}, ${}, ${}, 0)", 3 * k + 1, 3 * k + 2, 3 * k + 3))
-                .collect::<Vec<_>>()
-                .join(", ");
-            let mut q = sqlx::query(sqlx::AssertSqlSafe(format!(
-                "INSERT INTO manifest_refs (repo_id, manifest_digest, ref_digest, is_manifest) \
-                 VALUES {values} ON CONFLICT DO NOTHING"
-            )));
-            for (id, m, r) in &refs {
-                q = q.bind(*id).bind(*m).bind(*r);
+            // By rows, not images: an image may have hundreds of layers, and
+            // a statement takes at most 32,766 parameters on SQLite.
+            for refs in refs.chunks(ROWS_PER_STATEMENT) {
+                let values = (0..refs.len())
+                    .map(|k| format!("(${}, ${}, ${}, 0)", 3 * k + 1, 3 * k + 2, 3 * k + 3))
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                let mut q = sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "INSERT INTO manifest_refs (repo_id, manifest_digest, ref_digest, is_manifest) \
+                     VALUES {values} ON CONFLICT DO NOTHING"
+                )));
+                for (id, m, r) in refs {
+                    q = q.bind(*id).bind(*m).bind(*r);
+                }
+                q.execute(&mut **tx).await?;
             }
-            q.execute(&mut **tx).await?;
         }
 
-        // The tags, image by image (each moves only from its old manifest).
-        for i in &good {
-            let w = &writes[*i];
-            let on_old = tags
-                .remove(&(w.repo_id, w.old_digest.to_string()))
-                .unwrap_or_default();
-            let moved = move_tags(tx, w, on_old, now).await?;
+        // The tags: each moves only from its old manifest (the rows read and
+        // locked above).
+        let done: Vec<(&RebaseWrite, Vec<String>)> = good
+            .iter()
+            .map(|i| {
+                let w = &writes[*i];
+                let on_old = tags
+                    .remove(&(w.repo_id, w.old_digest.to_string()))
+                    .unwrap_or_default();
+                (w, on_old)
+            })
+            .collect();
+        let moved = move_tags(tx, done, now).await?;
+        for (i, moved) in good.iter().zip(moved) {
             out[*i] = Some(RebaseCommitted::Done {
                 tags: moved,
                 added_bytes: added_of[*i],
@@ -1007,7 +1028,10 @@ impl Metadata {
             q = q.bind(r.digest.as_str());
         }
         q.execute(&mut **tx).await?;
-        let moved = move_tags(tx, w, tags, now).await?;
+        let moved = move_tags(tx, vec![(w, tags)], now)
+            .await?
+            .pop()
+            .unwrap_or_default();
         mark_if_untagged(tx, w.repo_id, w.old_digest.as_str(), now).await?;
 
         write_history(tx, project, &[w], now).await?;
@@ -1127,41 +1151,57 @@ async fn write_history(
     Ok(())
 }
 
-/// Moves the tags on the old manifest to the new one (only those still
-/// there) and adds the write's extra tag if no tag has that name: an extra
-/// tag is added, never moved — if it names another manifest, a build or a
-/// push put it there, and it stays (no lost update). `moved` holds the tags
-/// that were on the old manifest; the tags now on the new one are returned.
+/// Moves the tags on each write's old manifest to its new one (only those
+/// still there: one statement per 300 images) and adds a write's extra tag
+/// if no tag has that name: an extra tag is added, never moved — if it
+/// names another manifest, a build or a push put it there, and it stays (no
+/// lost update). Each write comes with the tags that were on its old
+/// manifest; the tags now on each new one are returned, in order.
 async fn move_tags(
     tx: &mut Tx<'_>,
-    w: &RebaseWrite,
-    mut moved: Vec<String>,
+    writes: Vec<(&RebaseWrite, Vec<String>)>,
     now: i64,
-) -> Result<Vec<String>> {
-    let m = &w.manifest;
-    sqlx::query("UPDATE tags SET digest = $1, updated_at = $2 WHERE repo_id = $3 AND digest = $4")
-        .bind(m.digest.as_str())
-        .bind(now)
-        .bind(w.repo_id)
-        .bind(w.old_digest.as_str())
-        .execute(&mut **tx)
-        .await?;
-    if let Some(tag) = m.tag.as_ref().filter(|t| !moved.contains(t)) {
-        let added = sqlx::query(
-            "INSERT INTO tags (repo_id, name, digest, updated_at) VALUES ($1, $2, $3, $4) \
-             ON CONFLICT (repo_id, name) DO NOTHING",
-        )
-        .bind(w.repo_id)
-        .bind(tag)
-        .bind(m.digest.as_str())
-        .bind(now)
-        .execute(&mut **tx)
-        .await?;
-        if added.rows_affected() == 1 {
-            moved.push(tag.clone());
+) -> Result<Vec<Vec<String>>> {
+    for chunk in writes.chunks(300) {
+        let values = (0..chunk.len())
+            .map(|k| format!("(${}, ${}, ${})", 3 * k + 2, 3 * k + 3, 3 * k + 4))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "WITH moves (repo_id, old_digest, new_digest) AS (VALUES {values}) \
+             UPDATE tags SET digest = moves.new_digest, updated_at = $1 FROM moves \
+             WHERE tags.repo_id = moves.repo_id AND tags.digest = moves.old_digest"
+        )))
+        .bind(now);
+        for (w, _) in chunk {
+            q = q
+                .bind(w.repo_id)
+                .bind(w.old_digest.as_str())
+                .bind(w.manifest.digest.as_str());
         }
+        q.execute(&mut **tx).await?;
     }
-    Ok(moved)
+    let mut out = Vec::with_capacity(writes.len());
+    for (w, mut moved) in writes {
+        let m = &w.manifest;
+        if let Some(tag) = m.tag.as_ref().filter(|t| !moved.contains(t)) {
+            let added = sqlx::query(
+                "INSERT INTO tags (repo_id, name, digest, updated_at) VALUES ($1, $2, $3, $4) \
+                 ON CONFLICT (repo_id, name) DO NOTHING",
+            )
+            .bind(w.repo_id)
+            .bind(tag)
+            .bind(m.digest.as_str())
+            .bind(now)
+            .execute(&mut **tx)
+            .await?;
+            if added.rows_affected() == 1 {
+                moved.push(tag.clone());
+            }
+        }
+        out.push(moved);
+    }
+    Ok(out)
 }
 
 /// The distinct items, in first-seen order.

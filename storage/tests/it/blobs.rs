@@ -52,6 +52,7 @@ contract!(a_wrong_digest_publishes_nothing);
 contract!(sha512_is_verified_even_when_hashed_as_sha256);
 contract!(size_limit_is_enforced_while_streaming);
 contract!(large_uploads_cross_part_boundaries);
+contract!(put_many_stores_each_blob_or_says_why_not);
 
 fn body(parts: Vec<Bytes>) -> impl futures::Stream<Item = Result<Bytes, StorageError>> + Send {
     futures::stream::iter(parts.into_iter().map(Ok).collect::<Vec<_>>())
@@ -264,4 +265,64 @@ async fn large_uploads_cross_part_boundaries(s: &BlobStore) {
     );
     let all = read(s, &d, None).await;
     assert!(all == data, "the whole blob reads back");
+}
+
+async fn put_many_stores_each_blob_or_says_why_not(s: &BlobStore) {
+    let old = Digest::sha256_of(b"stored before");
+    s.put(&old, Bytes::from_static(b"stored before"))
+        .await
+        .unwrap();
+    let fresh: Vec<(Digest, Bytes)> = (0..40)
+        .map(|i| {
+            let b = Bytes::from(format!("config {i}").repeat(i + 1));
+            (Digest::sha256_of(&b), b)
+        })
+        .collect();
+    let wrong = Digest::sha256_of(b"what was claimed");
+    let mut batch = fresh.clone();
+    batch.insert(7, (wrong.clone(), Bytes::from_static(b"what was sent")));
+    batch.push((old.clone(), Bytes::from_static(b"stored before")));
+    let results = s.put_many(batch, 4).await;
+    assert_eq!(results.len(), fresh.len() + 2, "one result per blob");
+    for (i, r) in results.iter().enumerate() {
+        if i == 7 {
+            assert!(
+                matches!(r, Err(StorageError::DigestMismatch { .. })),
+                "{r:?}"
+            );
+        } else {
+            assert!(r.is_ok(), "blob {i}: {r:?}");
+        }
+    }
+    assert_eq!(
+        s.stat(&wrong).await.unwrap(),
+        None,
+        "nothing under a wrong digest"
+    );
+    for (d, b) in &fresh {
+        assert_eq!(read(s, d, None).await, b.as_ref());
+    }
+    assert_eq!(read(s, &old, None).await, b"stored before");
+    assert!(s.put_many(Vec::new(), 4).await.is_empty());
+}
+
+#[tokio::test]
+async fn put_many_on_the_filesystem_leaves_no_staging_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = BlobStore::Fs(FsBlobStore::open(dir.path()).unwrap());
+    let wrong = Digest::sha256_of(b"claimed");
+    let good = Digest::sha256_of(b"sent");
+    let results = store
+        .put_many(
+            vec![
+                (wrong, Bytes::from_static(b"not what was claimed")),
+                (good.clone(), Bytes::from_static(b"sent")),
+            ],
+            1,
+        )
+        .await;
+    assert!(results[0].is_err() && results[1].is_ok(), "{results:?}");
+    let staged: Vec<_> = std::fs::read_dir(dir.path().join("tmp")).unwrap().collect();
+    assert!(staged.is_empty(), "{staged:?}");
+    assert_eq!(store.stat(&good).await.unwrap(), Some(4));
 }
