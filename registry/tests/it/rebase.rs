@@ -771,3 +771,74 @@ async fn pushing_a_configured_run_image_rebases_the_fleet() {
             .contains("\"requested_by\":\"auto\"")
     );
 }
+
+/// `slipway admin rebase`, the real binary against the server: a dry run
+/// that changes nothing, the rebase, a second run that finds the image
+/// current, and a bad reference refused with a sentence.
+#[tokio::test]
+async fn the_admin_command_rebases_and_prints_the_report() {
+    let env = platform_env(|_| {}).await;
+    let v1 = env
+        .push_run("bookworm", &["cli-base-1"], "amd64", "12")
+        .await;
+    let app = env
+        .push_app("tool-b/cli", &["latest"], &v1, "cli", |_| {})
+        .await;
+    let v2 = env
+        .push_run("bookworm", &["cli-base-2"], "amd64", "12")
+        .await;
+    let cli = |args: &'static [&'static str]| {
+        let (url, password) = (env.server.url.clone(), env.server.admin_password.clone());
+        async move {
+            let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_slipway"))
+                .args(["admin", "rebase"])
+                .args(args)
+                .env("SLIPWAY_URL", url)
+                .env("SLIPWAY_PASSWORD", password)
+                .env_remove("SLIPWAY_USER")
+                .output()
+                .await
+                .unwrap();
+            (
+                out.status.success(),
+                String::from_utf8_lossy(&out.stdout).into_owned(),
+                String::from_utf8_lossy(&out.stderr).into_owned(),
+            )
+        }
+    };
+
+    let (ok, out, err) = cli(&["--run-image", "platform/run:bookworm", "--dry-run"]).await;
+    assert!(ok, "{out}{err}");
+    assert!(
+        out.contains(&format!("onto platform/run:bookworm@{}", v2.digest))
+            && out.contains("(dry run)")
+            && out.contains("1 would rebase, 0 already current, 0 skipped, 0 failed."),
+        "{out}"
+    );
+    assert!(out.contains("tool-b/cli:latest"), "{out}");
+    assert_eq!(env.tag_digest("tool-b/cli", "latest").await, app.digest);
+
+    let (ok, out, err) = cli(&["--run-image", "platform/run:bookworm"]).await;
+    assert!(ok, "{out}{err}");
+    assert!(
+        out.contains("1 rebased, 0 already current, 0 skipped, 0 failed."),
+        "{out}"
+    );
+    let now = env.tag_digest("tool-b/cli", "latest").await;
+    assert_ne!(now, app.digest);
+    assert!(out.contains(&now[..19]), "the new digest is shown: {out}");
+
+    let (ok, out, err) = cli(&["--run-image", "platform/run:bookworm"]).await;
+    assert!(ok, "{out}{err}");
+    assert!(
+        out.contains("0 rebased, 1 already current, 0 skipped, 0 failed."),
+        "{out}"
+    );
+
+    let (ok, out, err) = cli(&["--run-image", "platform/run:nope"]).await;
+    assert!(!ok, "{out}");
+    assert!(
+        err.contains("platform/run:nope") && !err.contains("panicked"),
+        "a sentence: {err}"
+    );
+}
