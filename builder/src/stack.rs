@@ -380,8 +380,10 @@ pub fn rootfs(stack: &Stack, opts: &Options) -> Result<(PathBuf, PathBuf)> {
 /// Runs mmdebstrap into `out` (written under a temporary name, renamed
 /// when whole).
 fn mmdebstrap(suite: &str, packages: &[String], mirror: Option<&str>, out: &Path) -> Result<()> {
-    // mmdebstrap picks its output format by the name's extension.
-    let tmp = out.with_extension("partial.tar");
+    // mmdebstrap picks its output format by the name's extension; the name
+    // is this run's own (two builds of one stack at once write apart).
+    let unique = uuid::Uuid::new_v4().simple().to_string();
+    let tmp = out.with_extension(format!("{}.partial.tar", &unique[..12]));
     let _ = fs::remove_file(&tmp);
     let mut cmd = Command::new("mmdebstrap");
     cmd.arg("--quiet")
@@ -528,7 +530,7 @@ fn busybox_rootfs(out: &Path) -> Result<()> {
     );
 
     // One sorted tar: directories, then files and links in path order.
-    let tmp = out.with_extension("tar.partial");
+    let tmp = partial_path(out);
     let mut b = tar::Builder::new(BufWriter::new(File::create(&tmp)?));
     let mut all: BTreeMap<PathBuf, u8> = BTreeMap::new();
     for p in dirs.keys() {
@@ -591,6 +593,12 @@ struct CompressedOf {
 
 /// `tar` gzipped to `<tar>.gz`, with its digest and diff id; kept beside
 /// the tar and reused while the tar is unchanged.
+/// A staging path next to `out`, unique to this write.
+fn partial_path(out: &Path) -> PathBuf {
+    let unique = uuid::Uuid::new_v4().simple().to_string();
+    PathBuf::from(format!("{}.{}.partial", out.display(), &unique[..12]))
+}
+
 pub fn compress_tar(tar: &Path) -> Result<WrittenLayer> {
     let meta = fs::metadata(tar)?;
     let mtime_ns = meta
@@ -613,7 +621,10 @@ pub fn compress_tar(tar: &Path) -> Result<WrittenLayer> {
             size: c.size,
         });
     }
-    let tmp = PathBuf::from(format!("{}.gz.partial", tar.display()));
+    // Of its own: two builds of the same stack at once (two tests, two
+    // admins) must not write into one file. The output is the same bytes
+    // either way (fixed gzip header and level); the renames are atomic.
+    let tmp = partial_path(&out);
     let gz_hash = Hashing {
         inner: BufWriter::new(File::create(&tmp)?),
         hasher: Sha256::new(),
@@ -647,7 +658,9 @@ pub fn compress_tar(tar: &Path) -> Result<WrittenLayer> {
         .map_err(|e| e.into_error())?
         .sync_all()?;
     fs::rename(&tmp, &out)?;
-    fs::write(&sidecar, serde_json::to_vec(&c).expect("serializable"))?;
+    let sidecar_tmp = partial_path(&sidecar);
+    fs::write(&sidecar_tmp, serde_json::to_vec(&c).expect("serializable"))?;
+    fs::rename(&sidecar_tmp, &sidecar)?;
     Ok(WrittenLayer {
         path: out,
         digest: c.digest,

@@ -342,7 +342,7 @@ async fn look(
         return Looked::Unrelated;
     }
     let Some(config_digest) = config_digest(&image.body) else {
-        return Looked::Unrelated; // an index, or not an image
+        return index_on_base(state, base, run_digests, image).await;
     };
     let config = match state.blobs.read_all(&config_digest).await {
         Ok(c) => c,
@@ -387,6 +387,71 @@ async fn look(
             }))
         }
         Err(why) => Looked::Skipped(with_reason(report, format!("skipped: {why}"))),
+    }
+}
+
+/// An image index (multi-arch) is not rebased: its images' run image would
+/// have to be an index of the same platforms, and the index rewritten with
+/// them. When one of its images is built on the run image, the index is
+/// reported as skipped with that reason, not passed over in silence.
+async fn index_on_base(
+    state: &AppState,
+    base: &NewBase,
+    run_digests: &HashSet<String>,
+    image: TaggedImage,
+) -> Looked {
+    #[derive(Deserialize)]
+    struct Index {
+        #[serde(default)]
+        manifests: Vec<Child>,
+    }
+    #[derive(Deserialize)]
+    struct Child {
+        digest: String,
+    }
+    let Ok(index) = serde_json::from_slice::<Index>(&image.body) else {
+        return Looked::Unrelated;
+    };
+    let Ok(repo) = RepoName::parse(&image.repository) else {
+        return Looked::Unrelated;
+    };
+    let mut on_new_base = None;
+    for child in index.manifests {
+        let Ok(digest) = child.digest.parse::<Digest>() else {
+            continue;
+        };
+        let Ok(Some(m)) = state.meta.manifest_by_digest(&repo, &digest).await else {
+            continue;
+        };
+        let Some(config) = config_digest(&m.body) else {
+            continue;
+        };
+        let Ok(config) = state.blobs.read_all(&config).await else {
+            continue;
+        };
+        let Some(info) = surgery::base_info(&config) else {
+            continue;
+        };
+        if run_digests.contains(&info.digest) || surgery::name_listed(&base.name, &info.names) {
+            let current = info.digest == base.digest;
+            let report = report_of(&image, Some(info.digest).filter(|d| !d.is_empty()));
+            if current {
+                // On the new run image; another of its images may not be.
+                on_new_base = Some(report);
+                continue;
+            }
+            return Looked::Skipped(with_reason(
+                report,
+                format!(
+                    "skipped: an image index (multi-arch) whose image {digest} is built on this \
+                     run image; indexes are not rebased, rebuild it"
+                ),
+            ));
+        }
+    }
+    match on_new_base {
+        Some(report) => Looked::Current(report),
+        None => Looked::Unrelated,
     }
 }
 

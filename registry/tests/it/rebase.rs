@@ -842,3 +842,72 @@ async fn the_admin_command_rebases_and_prints_the_report() {
         "a sentence: {err}"
     );
 }
+
+/// An image index whose image is built on the run image is not rebased
+/// (indexes are not), and says so in the report instead of being passed
+/// over; the image tagged on its own is rebased.
+#[tokio::test]
+async fn an_image_index_on_the_run_image_is_reported_not_rebased() {
+    let env = platform_env(|_| {}).await;
+    let v1 = env
+        .push_run("bookworm", &["idx-base-1"], "amd64", "12")
+        .await;
+    let app = env
+        .push_app("tool-a/multi", &["amd64"], &v1, "idx", |_| {})
+        .await;
+    let (s, _, child) = env
+        .send(
+            Method::GET,
+            &format!("/v2/tool-a/multi/manifests/{}", app.digest),
+            Some(&env.admin()),
+            Vec::new(),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
+    let index = json!({
+        "schemaVersion": 2,
+        "mediaType": OCI_INDEX,
+        "manifests": [{
+            "mediaType": OCI_MANIFEST, "digest": app.digest, "size": child.len(),
+            "platform": {"architecture": "amd64", "os": "linux"},
+        }],
+    })
+    .to_string()
+    .into_bytes();
+    let (s, _, b) = env
+        .send(
+            Method::PUT,
+            "/v2/tool-a/multi/manifests/latest",
+            Some(&env.admin()),
+            index.clone(),
+            Some(OCI_INDEX),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{}", String::from_utf8_lossy(&b));
+    env.push_run("bookworm", &["idx-base-2"], "amd64", "12")
+        .await;
+
+    let (s, r) = env.fleet(json!({"run_image": RUN})).await;
+    assert_eq!(s, StatusCode::OK, "{r}");
+    let rebased = r["rebased"].as_array().unwrap();
+    assert_eq!(rebased.len(), 1, "{r}");
+    assert_eq!(rebased[0]["tags"], json!(["amd64"]), "{r}");
+    let skipped = r["skipped"].as_array().unwrap();
+    assert_eq!(skipped.len(), 1, "{r}");
+    assert_eq!(skipped[0]["tags"], json!(["latest"]), "{r}");
+    assert_eq!(skipped[0]["old_base"], json!(v1.digest), "{r}");
+    assert!(
+        skipped[0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("an image index (multi-arch)"),
+        "{r}"
+    );
+    assert_eq!(
+        env.tag_digest("tool-a/multi", "latest").await,
+        digest(&index),
+        "the index is left as it was"
+    );
+}
