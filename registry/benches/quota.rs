@@ -14,21 +14,13 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use serde_json::json;
-use sha2::{Digest as _, Sha256};
 use slipway_registry::testing::TestServer;
 use slipway_storage::meta::{ManifestRef, NewManifest};
 use slipway_storage::{Digest, Metadata, RepoName};
 
-fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
+mod common;
 
-fn digest(b: &[u8]) -> String {
-    format!("sha256:{}", hex::encode(Sha256::digest(b)))
-}
+use common::{digest, env_usize};
 
 async fn push_image(http: &reqwest::Client, url: &str, auth: &str, repo: &str, i: usize) {
     let layer = format!("layer {repo} {i} ").repeat(64).into_bytes();

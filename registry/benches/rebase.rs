@@ -30,7 +30,6 @@ use std::time::Instant;
 use bytes::Bytes;
 use futures::StreamExt;
 use serde_json::{Value, json};
-use sha2::{Digest as _, Sha256};
 use slipway_builder::rebase::{AppImage, NewBase, Outcome};
 use slipway_registry::testing::TestServer;
 use slipway_storage::meta::NewManifest;
@@ -40,16 +39,9 @@ const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 const OCI_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
 const LAYER: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
 
-fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
+mod common;
 
-fn digest(b: &[u8]) -> String {
-    format!("sha256:{}", hex::encode(Sha256::digest(b)))
-}
+use common::{digest, env_usize};
 
 struct Run {
     digest: String,

@@ -39,7 +39,7 @@ use slipway_storage::meta::{
     BuildRecord, BuildSource, NewAuditEntry, NewManifest, RebaseCommitted, RebaseWrite,
     TaggedImage, now_ms,
 };
-use slipway_storage::{Algorithm, Digest, RepoName, StorageError};
+use slipway_storage::{Digest, RepoName, StorageError};
 
 use crate::server::AppState;
 
@@ -795,7 +795,11 @@ fn write_of(
     let r = &p.rebased;
     let parsed = crate::manifest::parse(Some(&r.media_type), &r.manifest)
         .map_err(|e| format!("the rebased manifest is not valid: {e:?}"))?;
-    let digest = Digest::of(Algorithm::Sha256, &r.manifest);
+    // Computed by the surgery from these bytes; not hashed again.
+    let digest: Digest = r
+        .manifest_digest
+        .parse()
+        .map_err(|e| format!("the rebased manifest's digest: {e}"))?;
     let old_digest: Digest = p
         .image
         .digest

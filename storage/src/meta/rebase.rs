@@ -236,10 +236,7 @@ impl Metadata {
         let now = now_ms();
         let mut tx = self.write.begin().await?;
         for chunk in blobs.chunks(500) {
-            let values = (0..chunk.len())
-                .map(|k| format!("(${}, ${}, $1, $2)", 2 * k + 3, 2 * k + 4))
-                .collect::<Vec<_>>()
-                .join(", ");
+            let values = value_rows(chunk.len(), 3, 2, |p| format!("({p}, $1, $2)"));
             let mut q = sqlx::query(sqlx::AssertSqlSafe(format!(
                 "INSERT INTO blobs (digest, size, created_at, last_ref_change) VALUES {values} \
                  ON CONFLICT (digest) DO UPDATE SET last_ref_change = excluded.last_ref_change"
@@ -545,10 +542,7 @@ impl Metadata {
         // The writes.
         self.charge(tx, project, added_total as i64).await?;
         for chunk in fresh_all.chunks(500) {
-            let values = (0..chunk.len())
-                .map(|i| format!("($1, ${}, ${})", 2 * i + 2, 2 * i + 3))
-                .collect::<Vec<_>>()
-                .join(", ");
+            let values = value_rows(chunk.len(), 2, 2, |p| format!("($1, {p})"));
             let mut q = sqlx::query(sqlx::AssertSqlSafe(format!(
                 "INSERT INTO project_blobs (project, digest, size) VALUES {values} \
                  ON CONFLICT (project, digest) DO NOTHING"
@@ -596,10 +590,7 @@ impl Metadata {
             rows.sort_unstable();
             rows.dedup();
             for rows in rows.chunks(ROWS_PER_STATEMENT) {
-                let values = (0..rows.len())
-                    .map(|k| format!("(${}, ${}, $1)", 2 * k + 2, 2 * k + 3))
-                    .collect::<Vec<_>>()
-                    .join(", ");
+                let values = value_rows(rows.len(), 2, 2, |p| format!("({p}, $1)"));
                 let mut q = sqlx::query(sqlx::AssertSqlSafe(format!(
                     "INSERT INTO repo_blobs (repo_id, digest, created_at) VALUES {values} \
                      ON CONFLICT (repo_id, digest) DO NOTHING"
@@ -619,18 +610,7 @@ impl Metadata {
                     .filter(|i| seen.insert(writes[*i].manifest.digest.as_str()))
                     .collect()
             };
-            let values = (0..bodies.len())
-                .map(|k| {
-                    format!(
-                        "(${}, ${}, ${}, ${}, $1)",
-                        4 * k + 2,
-                        4 * k + 3,
-                        4 * k + 4,
-                        4 * k + 5
-                    )
-                })
-                .collect::<Vec<_>>()
-                .join(", ");
+            let values = value_rows(bodies.len(), 2, 4, |p| format!("({p}, $1)"));
             let mut q = sqlx::query(sqlx::AssertSqlSafe(format!(
                 "INSERT INTO manifest_bodies (digest, media_type, size, body, created_at) \
                  VALUES {values} ON CONFLICT (digest) DO NOTHING"
@@ -657,22 +637,7 @@ impl Metadata {
                     })
                     .collect()
             };
-            let values = (0..manifests.len())
-                .map(|k| {
-                    let b = 7 * k + 2;
-                    format!(
-                        "(${}, ${}, ${}, ${}, ${}, ${}, ${}, $1, NULL)",
-                        b,
-                        b + 1,
-                        b + 2,
-                        b + 3,
-                        b + 4,
-                        b + 5,
-                        b + 6
-                    )
-                })
-                .collect::<Vec<_>>()
-                .join(", ");
+            let values = value_rows(manifests.len(), 2, 7, |p| format!("({p}, $1, NULL)"));
             let mut q = sqlx::query(sqlx::AssertSqlSafe(format!(
                 "INSERT INTO manifests (repo_id, digest, media_type, size, artifact_type, subject, \
                  annotations, created_at, untagged_at) VALUES {values} \
@@ -705,10 +670,7 @@ impl Metadata {
             // By rows, not images: an image may have hundreds of layers, and
             // a statement takes at most 32,766 parameters on SQLite.
             for refs in refs.chunks(ROWS_PER_STATEMENT) {
-                let values = (0..refs.len())
-                    .map(|k| format!("(${}, ${}, ${}, 0)", 3 * k + 1, 3 * k + 2, 3 * k + 3))
-                    .collect::<Vec<_>>()
-                    .join(", ");
+                let values = value_rows(refs.len(), 1, 3, |p| format!("({p}, 0)"));
                 let mut q = sqlx::query(sqlx::AssertSqlSafe(format!(
                     "INSERT INTO manifest_refs (repo_id, manifest_digest, ref_digest, is_manifest) \
                      VALUES {values} ON CONFLICT DO NOTHING"
@@ -952,10 +914,7 @@ impl Metadata {
             }
         }
         if !fresh.is_empty() {
-            let values = (0..fresh.len())
-                .map(|i| format!("($1, ${}, ${})", 2 * i + 2, 2 * i + 3))
-                .collect::<Vec<_>>()
-                .join(", ");
+            let values = value_rows(fresh.len(), 2, 2, |p| format!("($1, {p})"));
             let mut q = sqlx::query(sqlx::AssertSqlSafe(format!(
                 "INSERT INTO project_blobs (project, digest, size) VALUES {values} \
                  ON CONFLICT (project, digest) DO NOTHING"
@@ -1014,10 +973,7 @@ impl Metadata {
         .bind(now)
         .execute(&mut **tx)
         .await?;
-        let values = (0..blobs.len())
-            .map(|i| format!("($1, $2, ${}, 0)", i + 3))
-            .collect::<Vec<_>>()
-            .join(", ");
+        let values = value_rows(blobs.len(), 3, 1, |p| format!("($1, $2, {p}, 0)"));
         let mut q = sqlx::query(sqlx::AssertSqlSafe(format!(
             "INSERT INTO manifest_refs (repo_id, manifest_digest, ref_digest, is_manifest) \
              VALUES {values} ON CONFLICT DO NOTHING"
@@ -1051,21 +1007,12 @@ async fn write_history(
     now: i64,
 ) -> Result<()> {
     for chunk in writes.chunks(50) {
-        let values = {
-            (0..chunk.len())
-                .map(|k| {
-                    let b = 10 * k + 2;
-                    format!(
-                        "(${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, 'succeeded', NULL, ${}, ${}, $1, $1, $1, 'rebase')",
-                        b, b + 1, b + 2, b + 3, b + 4, b + 5, b + 6, b + 7, b + 8, b + 9
-                    )
-                })
-                .collect::<Vec<_>>()
-                .join(", ")
-        };
+        let values = value_rows(chunk.len(), 2, 10, |p| {
+            format!("({p}, 'succeeded', NULL, $1, $1, $1, 'rebase')")
+        });
         let mut q = sqlx::query(sqlx::AssertSqlSafe(format!(
             "INSERT INTO builds (id, project, image_name, source_url, git_ref, git_commit, builder, \
-             env, state, reason, image_digest, requested_by, created_at, started_at, finished_at, kind) \
+             env, image_digest, requested_by, state, reason, created_at, started_at, finished_at, kind) \
              VALUES {values}"
         )))
         .bind(now);
@@ -1095,19 +1042,9 @@ async fn write_history(
             })
             .collect();
         if !lines.is_empty() {
-            let values = (0..lines.len())
-                .map(|k| {
-                    format!(
-                        "(${}, ${}, $1, 'rebase', ${})",
-                        3 * k + 2,
-                        3 * k + 3,
-                        3 * k + 4
-                    )
-                })
-                .collect::<Vec<_>>()
-                .join(", ");
+            let values = value_rows(lines.len(), 2, 3, |p| format!("({p}, $1, 'rebase')"));
             let mut q = sqlx::query(sqlx::AssertSqlSafe(format!(
-                "INSERT INTO build_logs (build_id, seq, at, phase, line) VALUES {values}"
+                "INSERT INTO build_logs (build_id, seq, line, at, phase) VALUES {values}"
             )))
             .bind(now);
             for (id, seq, line) in &lines {
@@ -1116,21 +1053,7 @@ async fn write_history(
             q.execute(&mut **tx).await?;
         }
 
-        let values = (0..chunk.len())
-            .map(|k| {
-                let b = 6 * k + 2;
-                format!(
-                    "($1, ${}, ${}, ${}, ${}, ${}, ${})",
-                    b,
-                    b + 1,
-                    b + 2,
-                    b + 3,
-                    b + 4,
-                    b + 5
-                )
-            })
-            .collect::<Vec<_>>()
-            .join(", ");
+        let values = value_rows(chunk.len(), 2, 6, |p| format!("($1, {p})"));
         let mut q = sqlx::query(sqlx::AssertSqlSafe(format!(
             "INSERT INTO audit_log (at, principal, action, project, target, detail, remote_addr) \
              VALUES {values}"
@@ -1163,10 +1086,7 @@ async fn move_tags(
     now: i64,
 ) -> Result<Vec<Vec<String>>> {
     for chunk in writes.chunks(300) {
-        let values = (0..chunk.len())
-            .map(|k| format!("(${}, ${}, ${})", 3 * k + 2, 3 * k + 3, 3 * k + 4))
-            .collect::<Vec<_>>()
-            .join(", ");
+        let values = value_rows(chunk.len(), 2, 3, |p| format!("({p})"));
         let mut q = sqlx::query(sqlx::AssertSqlSafe(format!(
             "WITH moves (repo_id, old_digest, new_digest) AS (VALUES {values}) \
              UPDATE tags SET digest = moves.new_digest, updated_at = $1 FROM moves \
@@ -1210,10 +1130,40 @@ fn unique<'a>(items: impl Iterator<Item = &'a str>) -> Vec<&'a str> {
     items.filter(|d| seen.insert(*d)).collect()
 }
 
+/// The rows of a multi-row `VALUES`: `n` rows of `width` numbered
+/// parameters each, from `$first` on, each made into a row by `row` (which
+/// places them among the row's constants and shared parameters):
+/// `value_rows(2, 2, 2, |p| format!("($1, {p})"))` is
+/// `($1, $2, $3), ($1, $4, $5)`.
+fn value_rows(n: usize, first: usize, width: usize, row: impl Fn(&str) -> String) -> String {
+    (0..n)
+        .map(|k| row(&placeholders(first + k * width, width)))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// `$first, $first+1, …` (`n` of them).
 fn placeholders(first: usize, n: usize) -> String {
     (first..first + n)
         .map(|i| format!("${i}"))
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn value_rows_number_the_parameters_row_after_row() {
+        assert_eq!(
+            value_rows(2, 2, 2, |p| format!("($1, {p})")),
+            "($1, $2, $3), ($1, $4, $5)"
+        );
+        assert_eq!(
+            value_rows(3, 3, 1, |p| format!("({p}, 0)")),
+            "($3, 0), ($4, 0), ($5, 0)"
+        );
+        assert_eq!(value_rows(0, 1, 4, |p| p.to_owned()), "");
+    }
 }
