@@ -789,7 +789,14 @@ fn gc_text(v: &Value, dry_run: bool) -> anyhow::Result<String> {
 
 fn usage_table(usages: &[UsageView]) -> anyhow::Result<String> {
     let mut t = table(&[
-        "project", "used", "quota", "use", "reserved", "blobs", "warnings",
+        "project",
+        "used",
+        "quota",
+        "use",
+        "reserved",
+        "uploading",
+        "blobs",
+        "warnings",
     ]);
     for u in usages {
         t.add_row(vec![
@@ -804,6 +811,7 @@ fn usage_table(usages: &[UsageView]) -> anyhow::Result<String> {
                 .unwrap_or_else(|| "unlimited".into()),
             u.percent.map(|p| format!("{p:.1} %")).unwrap_or_default(),
             human_bytes(u.reserved_bytes),
+            human_bytes(u.uploading_bytes),
             u.blob_count.to_string(),
             u.warnings
                 .iter()

@@ -96,6 +96,11 @@ pub struct QuotaConfig {
     /// How long a blob uploaded but not yet referenced by a manifest is held
     /// against its project's quota (seconds).
     pub reservation_ttl_secs: u64,
+    /// Bytes a project's uploads in flight may hold on disk: the larger of
+    /// this and the project's quota (projects without a quota: no bound).
+    /// Uploads in flight are not usage and are judged by the quota when
+    /// they complete; this only bounds what unfinished uploads occupy.
+    pub upload_headroom_bytes: u64,
     /// Usage thresholds (percent of the quota) recorded as audit events.
     pub warn_percent: Vec<u32>,
 }
@@ -105,6 +110,7 @@ impl Default for QuotaConfig {
         QuotaConfig {
             base_projects: vec!["platform".into()],
             reservation_ttl_secs: 3600,
+            upload_headroom_bytes: slipway_storage::meta::DEFAULT_UPLOAD_HEADROOM,
             warn_percent: vec![80, 95],
         }
     }

@@ -64,6 +64,8 @@ pub struct ApiError {
     pub message: String,
     pub detail: Option<Value>,
     pub headers: HeaderMap,
+    /// Whether this is the quota's refusal (`StorageError::QuotaExceeded`).
+    quota: bool,
 }
 
 /// The cause of a 5xx response, for the request log.
@@ -80,7 +82,13 @@ impl ApiError {
             message: message.into(),
             detail: None,
             headers: HeaderMap::new(),
+            quota: false,
         }
+    }
+
+    /// Whether the quota refused the request (new bytes that do not fit).
+    pub fn is_quota_refusal(&self) -> bool {
+        self.quota
     }
 
     pub fn with_detail(mut self, detail: Value) -> ApiError {
@@ -169,6 +177,21 @@ impl From<StorageError> for ApiError {
                     "needed_bytes": needed,
                 })),
             ),
+            StorageError::UploadHeadroom {
+                project,
+                in_flight,
+                limit,
+                needed,
+            } => (
+                S::FORBIDDEN,
+                C::Denied,
+                Some(json!({
+                    "project": project,
+                    "in_flight_bytes": in_flight,
+                    "limit_bytes": limit,
+                    "needed_bytes": needed,
+                })),
+            ),
             StorageError::TooLarge(_) => (S::PAYLOAD_TOO_LARGE, C::SizeInvalid, None),
             StorageError::BodyIncomplete(_) => (S::BAD_REQUEST, C::BlobUploadInvalid, None),
             StorageError::Unavailable(_) => (S::SERVICE_UNAVAILABLE, C::Unavailable, None),
@@ -179,6 +202,7 @@ impl From<StorageError> for ApiError {
         };
         let mut err = ApiError::new(status, code, message);
         err.detail = detail;
+        err.quota = matches!(e, StorageError::QuotaExceeded { .. });
         if status.is_server_error() {
             // The cause goes to the log; the client gets a plain sentence.
             err.detail = Some(json!({"cause": e.to_string()}));

@@ -116,7 +116,8 @@ impl AppState {
 pub async fn open_stores(config: &Config) -> anyhow::Result<(Metadata, BlobStore)> {
     let meta = Metadata::connect(&config.database_url(), config.database.max_connections)
         .await?
-        .with_reservation_ttl(Duration::from_secs(config.quota.reservation_ttl_secs));
+        .with_reservation_ttl(Duration::from_secs(config.quota.reservation_ttl_secs))
+        .with_upload_headroom(config.quota.upload_headroom_bytes);
     let blobs = match config.storage.backend {
         StorageBackend::Filesystem => BlobStore::Fs(FsBlobStore::open(config.blob_path())?),
         StorageBackend::S3 => {

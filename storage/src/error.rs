@@ -45,6 +45,20 @@ pub enum StorageError {
         quota: u64,
         needed: u64,
     },
+    /// A chunk would take the bytes of the project's uploads in flight past
+    /// what they may hold on disk (the larger of the quota and the upload
+    /// headroom). Nothing of the chunk is kept.
+    #[error(
+        "uploads in flight for project {project} already hold {} of the {} they may use; \
+         this chunk needs {} more: finish or cancel those uploads first",
+        human_bytes(*in_flight), human_bytes(*limit), human_bytes(*needed)
+    )]
+    UploadHeadroom {
+        project: String,
+        in_flight: u64,
+        limit: u64,
+        needed: u64,
+    },
     /// The request body broke off before its end (the client went away or
     /// sent less than it announced). Nothing of it is kept.
     #[error("the request body ended early: {0}")]

@@ -362,6 +362,8 @@ pub async fn run(target: &Target, select: &dyn Fn(&str) -> bool) -> Report {
             => pull::blob_range_unsatisfiable(cx);
         "pull/manifest-unknown", "Pull: Pulling manifests (end-3, code-7)"
             => pull::manifest_unknown(cx);
+        "pull/manifest-invalid-reference", "Pull: Pulling manifests, a reference that cannot exist: 404 (end-3; official suite v1.1)"
+            => pull::manifest_invalid_reference(cx);
         "pull/blob-unknown", "Pull: Pulling blobs (end-2, code-1)"
             => pull::blob_unknown(cx);
         "pull/repository-unknown", "Push: Pushing Manifests, nonexistent repository (code-9)"

@@ -294,6 +294,21 @@ pub async fn manifest_unknown(cx: &Ctx) -> Outcome {
     Ok(())
 }
 
+/// A reference that is neither a valid tag nor a digest names no manifest:
+/// reading it is 404 (`GET` and `HEAD`), not a bad request — no manifest
+/// can exist there. The official suite (v1.1) reads
+/// `.INVALID_MANIFEST_NAME` and requires 404.
+pub async fn manifest_invalid_reference(cx: &Ctx) -> Outcome {
+    let f = cx.pull_fixture().await?;
+    for reference in [".INVALID_MANIFEST_NAME", "-dash-first"] {
+        for method in [Method::GET, Method::HEAD] {
+            let r = cx.fetch_manifest(method, &f.repo, reference).await?;
+            expect::status(&r, 404)?;
+        }
+    }
+    Ok(())
+}
+
 /// An unknown blob: 404 `BLOB_UNKNOWN` (`GET`), 404 (`HEAD`).
 pub async fn blob_unknown(cx: &Ctx) -> Outcome {
     let f = cx.pull_fixture().await?;

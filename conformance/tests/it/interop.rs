@@ -311,6 +311,43 @@ async fn ctr_pulls_unpacks_and_mounts_images() {
     );
 }
 
+/// containerd's push (also BuildKit's and nerdctl's): pull an image of a
+/// public project anonymously, retag it, and push it back with the admin's
+/// credentials. containerd asks for credentials only when a request is
+/// refused, and cannot send a manifest body a second time: had its blob
+/// `HEAD`s been answered anonymously, its first challenge would come on the
+/// manifest `PUT`, and it would wait forever for a retry it cannot make.
+/// The push must end, under the command deadline, with the new tag on the
+/// same digest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctr_pushes_a_retagged_image_back() {
+    require_root("containerd");
+    let work = tempfile::tempdir().expect("temporary directory");
+    let image = Image::build(&work.path().join("public"), 128 << 10).await;
+    let registry = Registry::start().await;
+    let digest = registry
+        .push(&image, &format!("{PUBLIC}/ctr-push"), "v1")
+        .await;
+    let daemon = Containerd::start().await;
+    let source = format!("{}/{PUBLIC}/ctr-push:v1", registry.host());
+    run(daemon.ctr(["image", "pull", "--plain-http", &source])).await;
+    for (repo, tag) in [("ctr-push", "retagged"), ("ctr-push-copy", "v1")] {
+        let target = format!("{}/{PUBLIC}/{repo}:{tag}", registry.host());
+        run(daemon.ctr(["image", "tag", &source, &target])).await;
+        run(daemon.ctr([
+            "image",
+            "push",
+            "--plain-http",
+            "--user",
+            &registry.admin().joined(),
+            &target,
+        ]))
+        .await;
+        let (pushed, _) = registry.manifest(&format!("{PUBLIC}/{repo}"), tag).await;
+        assert_eq!(pushed, digest, "{target} names the image that was pulled");
+    }
+}
+
 /// `ctr image check` shows `reference` whole, unpacked, as `digest`.
 pub(crate) async fn check_pulled(daemon: &Containerd, reference: &str, digest: &str) {
     let listed = run(daemon.ctr(["image", "check"])).await;

@@ -17,8 +17,12 @@ pub struct UsageView {
     /// Distinct bytes referenced by the project's manifests (base-project
     /// blobs excluded unless this is a base project).
     pub used_bytes: u64,
-    /// Bytes held for uploads in progress and blobs not yet in a manifest.
+    /// Bytes held for blobs uploaded or mounted but not yet in a manifest
+    /// (and for builds about to export): counted against the quota.
     pub reserved_bytes: u64,
+    /// Bytes of uploads in flight: not counted against the quota (judged
+    /// when each upload completes), bounded by the upload headroom.
+    pub uploading_bytes: u64,
     /// Absent: unlimited.
     pub quota_bytes: Option<u64>,
     /// Distinct blobs (manifests included) the project's manifests reference.
@@ -54,6 +58,7 @@ pub fn usage_view(u: Usage, thresholds: &[u32]) -> UsageView {
         project: u.project,
         used_bytes: u.used_bytes,
         reserved_bytes: u.reserved_bytes,
+        uploading_bytes: u.uploading_bytes,
         quota_bytes: u.quota_bytes,
         blob_count: u.blob_count,
         percent,

@@ -145,6 +145,11 @@ pub enum Need<'a> {
     Repository {
         name: &'a str,
         actions: Actions,
+        /// Whether a caller without credentials may be answered at once
+        /// when anyone may do `actions` (public pulls, with no round trip
+        /// to the token endpoint). False for a blob `HEAD`: see
+        /// `v2::need`.
+        open: bool,
     },
 }
 
@@ -161,15 +166,11 @@ pub struct Authenticator {
     verified: secrets::VerifiedCache,
     pub limiter: secrets::FailureLimiter,
     projects: Mutex<HashMap<String, (Option<Project>, Instant)>>,
-    rooms: Mutex<HashMap<String, (u64, Instant)>>,
     touched: Mutex<HashMap<i64, Instant>>,
 }
 
 /// How long a project's visibility may be served from memory.
 const PROJECT_TTL: Duration = Duration::from_secs(2);
-/// How long a project's free room may be served from memory, for early
-/// refusals only.
-const ROOM_HINT_TTL: Duration = Duration::from_secs(1);
 /// How often a robot's last-used time is written.
 const TOUCH_EVERY: Duration = Duration::from_secs(60);
 
@@ -180,7 +181,6 @@ impl Authenticator {
             verified: secrets::VerifiedCache::new(Duration::from_secs(60)),
             limiter: secrets::FailureLimiter::new(10, Duration::from_secs(60)),
             projects: Mutex::new(HashMap::new()),
-            rooms: Mutex::new(HashMap::new()),
             touched: Mutex::new(HashMap::new()),
         }
     }
@@ -188,7 +188,6 @@ impl Authenticator {
     /// Forgets a project's cached state (after it changed here).
     pub fn forget_project(&self, name: &str) {
         self.projects.lock().expect("project cache").remove(name);
-        self.rooms.lock().expect("room hints").remove(name);
     }
 }
 
@@ -224,32 +223,6 @@ impl AppState {
             .project(project)
             .await?
             .is_some_and(|p| p.quota_bytes.is_some()))
-    }
-
-    /// The room the project has for a monolithic upload of `len` bytes,
-    /// from a hint at most a second old when it leaves plenty; otherwise
-    /// asked from the database, and the quota error if `len` does not fit.
-    /// (The authoritative check runs when the blob is linked.)
-    pub async fn room_hint(&self, project: &str, len: u64) -> ApiResult<Option<u64>> {
-        if let Some((room, at)) = self.auth().rooms.lock().expect("room hints").get(project)
-            && at.elapsed() < ROOM_HINT_TTL
-            && *room >= len.saturating_mul(2)
-        {
-            return Ok(Some(*room));
-        }
-        let Some(room) = self.meta.room(project).await? else {
-            return Ok(None);
-        };
-        self.auth()
-            .rooms
-            .lock()
-            .expect("room hints")
-            .insert(project.to_owned(), (room, Instant::now()));
-        if len > room {
-            // In the quota's own words, with its numbers.
-            self.meta.check_room(project, len).await?;
-        }
-        Ok(Some(room))
     }
 
     /// What `principal` may do, now, in repositories of `project`.
@@ -415,7 +388,11 @@ impl AppState {
         match credentials {
             Credentials::None => {
                 // Public content needs no round trip to the token endpoint.
-                if let Need::Repository { name, actions } = need
+                if let Need::Repository {
+                    name,
+                    actions,
+                    open: true,
+                } = need
                     && actions == Actions::PULL
                     && self
                         .allowed(&Principal::Anonymous, project_of(name))
@@ -463,7 +440,7 @@ impl AppState {
         need: Need<'_>,
         claims: Option<&Claims>,
     ) -> ApiResult<()> {
-        let Need::Repository { name, actions } = need else {
+        let Need::Repository { name, actions, .. } = need else {
             return Ok(());
         };
         let project = project_of(name);
@@ -517,7 +494,7 @@ impl AppState {
         match need {
             Need::Login => {}
             Need::Catalog => value.push_str(",scope=\"registry:catalog:*\""),
-            Need::Repository { name, actions } => {
+            Need::Repository { name, actions, .. } => {
                 value.push_str(&format!(
                     ",scope=\"repository:{name}:{}\"",
                     actions.names().join(",")

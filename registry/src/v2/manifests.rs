@@ -48,7 +48,12 @@ pub async fn get(
     head: bool,
 ) -> ApiResult<Response> {
     let repo = repo_name(name)?;
-    let reference = reference(reference_str)?;
+    // No manifest can exist under a reference that is neither a valid tag
+    // nor a digest: for reads that is "not known" (404), as the spec's
+    // conformance suite requires, not a bad request.
+    let Ok(reference) = reference(reference_str) else {
+        return Err(unknown(state, &repo, reference_str).await);
+    };
     let record = match &reference {
         Reference::Tag(tag) => state.meta.manifest_by_tag(&repo, tag).await?,
         Reference::Digest(d) => state.meta.manifest_by_digest(&repo, d).await?,

@@ -119,10 +119,33 @@ async fn route(state: AppState, req: Request) -> ApiResult<Response> {
 
 /// What a request on `endpoint` with `method` needs; `None` when the
 /// method is not supported there.
+///
+/// Anonymous reads of public content are answered without a token round
+/// trip — except a blob `HEAD`. Pull clients `GET` blobs; a `HEAD` on a blob
+/// is how pushers (containerd, BuildKit, nerdctl, skopeo, podman) ask
+/// whether to upload it. containerd sends credentials only after a
+/// challenge, and cannot send a manifest body twice: had its blob `HEAD`s
+/// been answered anonymously, its first challenge would come on the
+/// manifest `PUT`, whose retry never comes (the push hangs). Challenging
+/// the `HEAD` (401 with the pull scope; an anonymous token from
+/// `/auth/token` is enough for it) makes it authenticate before it pushes,
+/// as every request on a registry with token auth (CNCF distribution)
+/// does. Pulls are not slowed: they do not `HEAD` blobs.
 fn need<'a>(endpoint: &Endpoint<'a>, method: &Method) -> Option<Need<'a>> {
-    let repo = |name: &'a str, actions| Some(Need::Repository { name, actions });
+    let repo = |name: &'a str, actions| {
+        Some(Need::Repository {
+            name,
+            actions,
+            open: true,
+        })
+    };
     let read = *method == Method::GET || *method == Method::HEAD;
     match endpoint {
+        Endpoint::Blob { name, .. } if *method == Method::HEAD => Some(Need::Repository {
+            name,
+            actions: Actions::PULL,
+            open: false,
+        }),
         Endpoint::Base if read => Some(Need::Login),
         Endpoint::Catalog if *method == Method::GET => Some(Need::Catalog),
         Endpoint::Tags { name } | Endpoint::Referrers { name, .. } if *method == Method::GET => {

@@ -6,11 +6,17 @@
 //! lives in the database after every request, so a client can resume after
 //! a restart of the server — or its own — by asking for the upload's status.
 //!
-//! Quotas are enforced while the bytes stream in: a chunk with a
-//! `Content-Length` is reserved before it is read (and refused if the
-//! project has no room); a body without one reserves as it goes, in steps.
-//! Finishing an upload claims the digest, publishes the bytes, then links
-//! the blob (see `slipway_storage::meta::blobs`).
+//! Quotas: an upload whose bytes turn out to be a blob the project already
+//! pays for (or a base project's) is never refused for quota, whatever the
+//! client's flow. Where the digest is known before the body (`POST
+//! ?digest=`, `PUT ?digest=` with a body), that is decided before reading
+//! it: a new blob that does not fit is refused at once, or cut off when it
+//! passes the room. Chunks (`PATCH`) are not judged by the quota while in
+//! flight; they are bounded by the project's upload headroom (a chunk with
+//! a `Content-Length` is held before it is read, a body without one in
+//! steps). Completion decides: a new blob must fit, or the upload is
+//! refused and removed. Finishing an upload claims the digest, publishes
+//! the bytes, then links the blob (see `slipway_storage::meta::blobs`).
 
 use std::time::{Duration, SystemTime};
 
@@ -21,7 +27,7 @@ use axum::response::Response;
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
 use slipway_storage::blob::UploadState;
-use slipway_storage::meta::UploadRecord;
+use slipway_storage::meta::{BlobBudget, UploadRecord};
 use slipway_storage::{Algorithm, Digest, Hasher, RepoName, StorageError};
 
 use super::{CONTENT_DIGEST, UPLOAD_UUID, digest, empty, query_pairs, query_param, repo_name, set};
@@ -43,21 +49,31 @@ pub async fn start(
     if let Some(mount) = query_param(&pairs, "mount") {
         let digest = digest(mount)?;
         // Mounting needs pull on the source: without it, the blob is
-        // uploaded like any other (and never revealed to exist).
-        if let Some(from) = query_param(&pairs, "from")
-            && let Ok(from) = RepoName::parse(from)
+        // uploaded like any other (and never revealed to exist). Without
+        // `from`, the source may be any repository of the same project.
+        let from = match query_param(&pairs, "from") {
+            Some(from) => RepoName::parse(from).ok(),
+            None => Some(repo.clone()),
+        };
+        if let Some(from) = from
             && state
                 .allowed(&caller.principal, from.project())
                 .await?
                 .contains(Actions::PULL)
         {
             let repo_id = state.meta.ensure_repo(&repo).await?;
-            if state
-                .meta
-                .mount_blob(repo_id, repo.project(), &from, &digest)
-                .await?
-                .is_some()
-            {
+            let mounted = if query_param(&pairs, "from").is_some() {
+                state
+                    .meta
+                    .mount_blob(repo_id, repo.project(), &from, &digest)
+                    .await?
+            } else {
+                state
+                    .meta
+                    .mount_blob_in_project(repo_id, repo.project(), &digest)
+                    .await?
+            };
+            if mounted.is_some() {
                 return Ok(blob_created(&repo, &digest));
             }
         }
@@ -91,9 +107,12 @@ async fn new_session(state: &AppState, repo: &RepoName) -> ApiResult<Response> {
     Ok(empty(StatusCode::ACCEPTED, session_headers(repo, &id, 0)))
 }
 
-/// `POST ?digest=` with the whole blob as the body. Checked against the
-/// quota before reading (with `Content-Length`), while reading (never past
-/// the room the project has), and finally when the blob is linked.
+/// `POST ?digest=` with the whole blob as the body. The digest is known
+/// before the body: a blob the project already pays for (or a base
+/// project's) is never refused for quota, and may have no more bytes than
+/// that blob; a new one is refused before its body is read when its
+/// `Content-Length` does not fit, cut off as soon as it passes the room
+/// the project has, and checked again when the blob is linked.
 async fn monolithic(
     state: &AppState,
     repo: &RepoName,
@@ -102,18 +121,12 @@ async fn monolithic(
 ) -> ApiResult<Response> {
     let project = repo.project();
     let declared = check_declared_length(state, req.headers(), 0)?;
-    let mut max = state.config.limits.max_blob_bytes;
-    if state.has_quota(project).await? {
-        // Early refusal; the exact check runs when the blob is linked.
-        if let Some(room) = state.room_hint(project, declared.unwrap_or(0)).await? {
-            max = max.min(room);
-        }
-    }
+    let limit = body_limit(state, project, expected, 0, declared).await?;
     let repo_id = state.meta.ensure_repo(repo).await?;
     let id = uuid::Uuid::new_v4().simple().to_string();
     let mut backend = state.blobs.upload_create(&id).await?;
     let result = async {
-        let body = quota_limited(body_stream(req.into_body()), state, project, max);
+        let body = limited(body_stream(req.into_body()), state, project, limit);
         let (_, hasher, appended) = state
             .blobs
             .upload_append(
@@ -146,6 +159,68 @@ async fn monolithic(
     Ok(blob_created(repo, expected))
 }
 
+/// How many more bytes an upload of `digest` into `project` that holds
+/// `have` bytes may take, decided before the body (`declared` bytes, if
+/// announced) is read. `None`: no bound but the blob size limit.
+async fn body_limit(
+    state: &AppState,
+    project: &str,
+    digest: &Digest,
+    have: u64,
+    declared: Option<u64>,
+) -> ApiResult<Option<Limit>> {
+    if !state.has_quota(project).await? {
+        return Ok(None);
+    }
+    Ok(match state.meta.blob_budget(project, digest).await? {
+        BlobBudget::Free { size: Some(size) } => {
+            let left = size.saturating_sub(have);
+            if let Some(len) = declared
+                && len > left
+            {
+                return Err(too_long(digest, size).into());
+            }
+            Some(Limit::Blob {
+                digest: digest.clone(),
+                size,
+                left,
+            })
+        }
+        BlobBudget::Free { size: None } | BlobBudget::Room(None) => None,
+        BlobBudget::Room(Some(room)) => {
+            let need = have.saturating_add(declared.unwrap_or(0));
+            if need > room {
+                // In the quota's own words, with its numbers.
+                state.meta.check_room(project, need).await?;
+            }
+            Some(Limit::Quota {
+                left: room.saturating_sub(have),
+                have,
+            })
+        }
+    })
+}
+
+fn too_long(digest: &Digest, size: u64) -> StorageError {
+    StorageError::SizeInvalid(format!(
+        "the upload has more bytes than blob {digest} ({size} bytes), so it cannot be that blob"
+    ))
+}
+
+/// A bound on the bytes a request body may add to an upload.
+enum Limit {
+    /// The blob is new to the project: `left` bytes fit its quota (the
+    /// upload had `have` before this body).
+    Quota { left: u64, have: u64 },
+    /// The blob is one the project already pays for: the upload cannot
+    /// become it with more than `size` bytes in all (`left` from here).
+    Blob {
+        digest: Digest,
+        size: u64,
+        left: u64,
+    },
+}
+
 pub async fn status(state: &AppState, name: &str, id: &str) -> ApiResult<Response> {
     let repo = repo_name(name)?;
     let upload = load(state, &repo, id).await?;
@@ -159,15 +234,22 @@ pub async fn patch(state: &AppState, name: &str, id: &str, req: Request) -> ApiR
     let repo = repo_name(name)?;
     let _guard = state.upload_locks.lock(id).await;
     let upload = load(state, &repo, id).await?;
-    let (size, _, _) = append(state, &repo, &upload, req).await?;
+    let (size, _, _) = append(state, &repo, &upload, req, None).await?;
     Ok(empty(
         StatusCode::ACCEPTED,
         session_headers(&repo, id, size),
     ))
 }
 
+/// `PUT ?digest=`: the last chunk (if any) and completion. The digest is
+/// known before the body, so the body is bounded as a monolithic push's
+/// is. Completion is where the quota is decided for chunked uploads: a blob
+/// the project already pays for (or a base project's) is never refused;
+/// a new one must fit, or the upload is refused and removed, and nothing
+/// of it is counted.
 pub async fn finish(state: &AppState, name: &str, id: &str, req: Request) -> ApiResult<Response> {
     let repo = repo_name(name)?;
+    let project = repo.project();
     let pairs = query_pairs(req.uri());
     let expected = match query_param(&pairs, "digest") {
         Some(d) => digest(d)?,
@@ -186,8 +268,23 @@ pub async fn finish(state: &AppState, name: &str, id: &str, req: Request) -> Api
         .and_then(|v| v.to_str().ok())
         .is_none_or(|v| v.trim() != "0");
     let (hasher, backend) = if has_body {
-        let (_, hasher, backend) = append(state, &repo, &upload, req).await?;
-        (hasher, backend)
+        let declared = check_declared_length(state, req.headers(), upload.size)?;
+        let appended = async {
+            let limit = body_limit(state, project, &expected, upload.size, declared).await?;
+            append(state, &repo, &upload, req, limit).await
+        }
+        .await;
+        match appended {
+            Ok((_, hasher, backend)) => (hasher, backend),
+            Err(e) if e.is_quota_refusal() => {
+                // The upload cannot become a blob that fits: it ends here,
+                // and nothing of it is kept.
+                state.meta.upload_delete(id).await?;
+                state.blobs.upload_abort(id, &upload.backend_state).await?;
+                return Err(e);
+            }
+            Err(e) => return Err(e),
+        }
     } else {
         (
             Hasher::restore(&upload.hash_state)?,
@@ -205,17 +302,7 @@ pub async fn finish(state: &AppState, name: &str, id: &str, req: Request) -> Api
         && state.blobs.stat(&expected).await? == Some(upload.size);
     if published_before {
         state.meta.blob_claim(&expected, upload.size).await?;
-        state
-            .meta
-            .blob_complete(
-                Some(id),
-                upload.repo_id,
-                repo.project(),
-                &expected,
-                upload.size,
-                false,
-            )
-            .await?;
+        link_finished(state, &upload, project, &expected, upload.size).await?;
         return Ok(blob_created(&repo, &expected));
     }
     let (size, backend) = match verified {
@@ -228,20 +315,49 @@ pub async fn finish(state: &AppState, name: &str, id: &str, req: Request) -> Api
         }
         Err(e) => return Err(e.into()),
     };
+    if state.has_quota(project).await?
+        && let Err(e) = state.meta.check_blob(project, &expected, size).await
+    {
+        if matches!(e, StorageError::QuotaExceeded { .. }) {
+            // New bytes over the quota: refused, and nothing of them kept.
+            state.meta.upload_delete(id).await?;
+            state.blobs.upload_abort(id, &backend).await?;
+        }
+        return Err(e.into());
+    }
     state.meta.blob_claim(&expected, size).await?;
     state.blobs.upload_publish(id, &expected, &backend).await?;
-    state
+    link_finished(state, &upload, project, &expected, size).await?;
+    Ok(blob_created(&repo, &expected))
+}
+
+/// Links a finished upload's published blob and ends the upload. Refused
+/// for quota (another push took the room meanwhile), the upload is
+/// removed all the same; its published bytes are linked nowhere, and GC
+/// removes them once the claim's window has passed.
+async fn link_finished(
+    state: &AppState,
+    upload: &UploadRecord,
+    project: &str,
+    digest: &Digest,
+    size: u64,
+) -> ApiResult<()> {
+    let linked = state
         .meta
         .blob_complete(
-            Some(id),
+            Some(&upload.id),
             upload.repo_id,
-            repo.project(),
-            &expected,
+            project,
+            digest,
             size,
-            false,
+            true,
         )
-        .await?;
-    Ok(blob_created(&repo, &expected))
+        .await;
+    if let Err(e @ StorageError::QuotaExceeded { .. }) = linked {
+        state.meta.upload_delete(&upload.id).await?;
+        return Err(e.into());
+    }
+    Ok(linked?)
 }
 
 pub async fn cancel(state: &AppState, name: &str, id: &str) -> ApiResult<Response> {
@@ -269,13 +385,15 @@ async fn load(state: &AppState, repo: &RepoName, id: &str) -> ApiResult<UploadRe
 }
 
 /// Appends the request body to the upload, honouring `Content-Range` when
-/// given (it must start where the upload ends), reserving quota for it, and
-/// records the new state.
+/// given (it must start where the upload ends) and `limit`, holding it
+/// against the project's upload headroom while it streams, and records
+/// the new state.
 async fn append(
     state: &AppState,
     repo: &RepoName,
     upload: &UploadRecord,
     req: Request,
+    limit: Option<Limit>,
 ) -> ApiResult<(u64, Hasher, UploadState)> {
     let range = match req.headers().get(header::CONTENT_RANGE) {
         Some(v) => Some(
@@ -318,7 +436,7 @@ async fn append(
         state.meta.upload_reserve(&upload.id, project, len).await?;
     }
     let hasher = Hasher::restore(&upload.hash_state)?;
-    let body = body_stream(req.into_body());
+    let body = limited(body_stream(req.into_body()), state, project, limit);
     let body: std::pin::Pin<Box<dyn Stream<Item = Result<Bytes, StorageError>> + Send + '_>> =
         if quota && declared.is_none() {
             Box::pin(reserving(body, state, &upload.id, project))
@@ -410,8 +528,9 @@ fn body_stream(body: Body) -> impl Stream<Item = Result<Bytes, StorageError>> + 
     })
 }
 
-/// Reserves quota for upload `id` in steps as a body of unknown length
-/// streams in; a step the project has no room for ends the stream.
+/// Holds the bytes of upload `id` against the project's upload headroom in
+/// steps as a body of unknown length streams in; a step past the headroom
+/// ends the stream.
 fn reserving<'a>(
     body: impl Stream<Item = Result<Bytes, StorageError>> + Send + 'a,
     state: &'a AppState,
@@ -440,14 +559,19 @@ fn reserving<'a>(
     )
 }
 
-/// Ends a stream with the quota error once it passes `max` bytes (the room
-/// the project had when the upload started).
-fn quota_limited<'a>(
+/// Ends a stream with an error once it passes `limit`: the quota's for a
+/// new blob, a size error for a blob the bytes can no longer be.
+fn limited<'a>(
     body: impl Stream<Item = Result<Bytes, StorageError>> + Send + 'a,
     state: &'a AppState,
     project: &'a str,
-    max: u64,
+    limit: Option<Limit>,
 ) -> impl Stream<Item = Result<Bytes, StorageError>> + Send + 'a {
+    let max = match &limit {
+        None => u64::MAX,
+        Some(Limit::Quota { left, .. } | Limit::Blob { left, .. }) => *left,
+    };
+    let limit = std::sync::Arc::new(limit);
     let mut received = 0u64;
     let mut failed = false;
     body.then(move |frame| {
@@ -458,18 +582,23 @@ fn quota_limited<'a>(
             }
             Err(_) => false,
         };
+        let (limit, received) = (limit.clone(), received);
         async move {
-            if over {
-                // Report the quota in its own words.
-                return Err(match state.meta.check_room(project, received).await {
-                    Err(e) => e,
-                    Ok(()) => StorageError::TooLarge(format!(
-                        "blobs are limited to {} bytes",
-                        state.config.limits.max_blob_bytes
-                    )),
-                });
+            if !over {
+                return frame;
             }
-            frame
+            match limit.as_ref() {
+                // Past the room the project had when the body started: the
+                // quota's error in its own words and numbers (or, if room
+                // was freed meanwhile, on it goes; linking checks again).
+                Some(Limit::Quota { have, .. }) => state
+                    .meta
+                    .check_room(project, have + received)
+                    .await
+                    .and(frame),
+                Some(Limit::Blob { digest, size, .. }) => Err(too_long(digest, *size)),
+                None => frame,
+            }
         }
     })
     .take_while(move |r| {

@@ -13,4 +13,5 @@ mod logs;
 mod quota;
 mod rebase;
 mod replicas;
+mod reupload;
 mod security;

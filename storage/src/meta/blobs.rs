@@ -9,6 +9,7 @@
 
 use sqlx::Row;
 
+use super::quota::Budget;
 use super::{Metadata, Tx, now_ms, repo_id_tx};
 use crate::digest::Digest;
 use crate::error::{Result, StorageError};
@@ -92,9 +93,11 @@ impl Metadata {
 
     /// Makes a claimed, published blob visible in a repository, ends the
     /// upload `upload` if any, and holds the blob against the project's
-    /// quota until a manifest references it. `admit` is false when the bytes
-    /// were already admitted against the quota (a chunked upload's reserved
-    /// size), true when they must be checked now (a monolithic upload).
+    /// quota until a manifest references it. With `admit`, a blob new to
+    /// the project must fit its quota (every upload: bytes in flight were
+    /// never admitted); without, it is held unchecked (tools that load
+    /// data they have admitted otherwise). A blob the project already pays
+    /// for, or a base project's, is never refused.
     pub async fn blob_complete(
         &self,
         upload: Option<&str>,
@@ -117,13 +120,8 @@ impl Metadata {
                 return Err(StorageError::UploadUnknown(id.to_owned()));
             }
         }
-        if !self.costs_nothing(&mut tx, &budget, digest).await? {
-            if admit {
-                self.admit(&mut tx, &budget, size, 0).await?;
-            }
-            self.reserve_blob(&mut tx, project, digest, size, now)
-                .await?;
-        }
+        self.hold_blob(&mut tx, &budget, digest, size, admit, now)
+            .await?;
         link(&mut tx, repo_id, digest, now).await?;
         tx.commit().await?;
         Ok(())
@@ -139,11 +137,51 @@ impl Metadata {
         from: &RepoName,
         digest: &Digest,
     ) -> Result<Option<u64>> {
+        self.mount(
+            repo_id,
+            project,
+            self.pick(mount_source_sql!(), for_share!(mount_source_sql)),
+            from.as_str(),
+            digest,
+        )
+        .await
+    }
+
+    /// Links into `repo_id` a blob that some repository of the same
+    /// project has (a mount without `from`: the spec's automatic content
+    /// discovery, kept inside the project). Returns the size, or `None`
+    /// when no repository of the project has the blob.
+    pub async fn mount_blob_in_project(
+        &self,
+        repo_id: i64,
+        project: &str,
+        digest: &Digest,
+    ) -> Result<Option<u64>> {
+        self.mount(
+            repo_id,
+            project,
+            self.pick(project_source_sql!(), for_share!(project_source_sql)),
+            project,
+            digest,
+        )
+        .await
+    }
+
+    /// A mount: `source_sql` finds the blob's size where the source may
+    /// see it (`$1` names the source, `$2` the digest).
+    async fn mount(
+        &self,
+        repo_id: i64,
+        project: &str,
+        source_sql: &'static str,
+        source: &str,
+        digest: &Digest,
+    ) -> Result<Option<u64>> {
         let now = now_ms();
         let mut tx = self.write.begin().await?;
         let budget = self.lock_project(&mut tx, project).await?;
-        let row = sqlx::query(self.pick(mount_source_sql!(), for_share!(mount_source_sql)))
-            .bind(from.as_str())
+        let row = sqlx::query(source_sql)
+            .bind(source)
             .bind(digest.as_str())
             .fetch_optional(&mut *tx)
             .await?;
@@ -151,14 +189,40 @@ impl Metadata {
             return Ok(None);
         };
         let size = row.get::<i64, _>(0) as u64;
-        if !self.costs_nothing(&mut tx, &budget, digest).await? {
-            self.admit(&mut tx, &budget, size, 0).await?;
-            self.reserve_blob(&mut tx, project, digest, size, now)
-                .await?;
-        }
+        self.hold_blob(&mut tx, &budget, digest, size, true, now)
+            .await?;
         link(&mut tx, repo_id, digest, now).await?;
         tx.commit().await?;
         Ok(Some(size))
+    }
+
+    /// Holds a blob that just became visible in a repository of the
+    /// project against its quota until a manifest references it. A blob
+    /// the project already pays for (referenced by one of its manifests,
+    /// or reserved by an earlier upload or mount), or a base project's,
+    /// needs no room: a re-upload of it is never refused; its reservation,
+    /// if any, is renewed. Any other blob is admitted first when `admit`.
+    async fn hold_blob(
+        &self,
+        tx: &mut Tx<'_>,
+        budget: &Budget,
+        digest: &Digest,
+        size: u64,
+        admit: bool,
+        now: i64,
+    ) -> Result<()> {
+        if self.costs_nothing(tx, budget, digest).await? {
+            return Ok(());
+        }
+        let reserved = self
+            .reservation_of(tx, &budget.project, digest, now)
+            .await?
+            > 0;
+        if admit && !reserved {
+            self.admit(tx, budget, size, 0).await?;
+        }
+        self.reserve_blob(tx, &budget.project, digest, size, now)
+            .await
     }
 
     /// Removes a blob from a repository. Refused while a manifest of that

@@ -35,6 +35,12 @@ macro_rules! mount_source_sql {
          JOIN blobs b ON b.digest = rb.digest WHERE r.name = $1 AND rb.digest = $2"
     };
 }
+macro_rules! project_source_sql {
+    () => {
+        "SELECT b.size FROM repositories r JOIN repo_blobs rb ON rb.repo_id = r.id \
+         JOIN blobs b ON b.digest = rb.digest WHERE r.project = $1 AND rb.digest = $2 LIMIT 1"
+    };
+}
 macro_rules! for_share {
     ($sql:ident) => {
         concat!($sql!(), " FOR SHARE")
@@ -56,7 +62,7 @@ pub use blobs::UploadRecord;
 pub use builds::{BuildRecord, BuildToken, LogLine};
 pub use gc::{GcCandidate, PrunableManifest};
 pub use manifests::QuotaAfter;
-pub use quota::{Drift, Usage};
+pub use quota::{BlobBudget, Drift, Usage};
 pub use rebase::{BuildSource, RebaseCommitted, RebaseWrite, TaggedImage, TaggedPage};
 
 pub(crate) type Tx<'a> = sqlx::Transaction<'a, sqlx::Any>;
@@ -84,10 +90,17 @@ pub struct Metadata {
     /// How long a blob uploaded or mounted, and not yet referenced by a
     /// manifest, is held against its project's quota.
     reservation_ttl_ms: i64,
+    /// Bytes that a project's uploads in flight may hold on disk beyond its
+    /// quota, at least: the bound is the larger of this and the quota.
+    upload_headroom: u64,
 }
 
 /// Reservations last an hour unless configured otherwise.
 const DEFAULT_RESERVATION_TTL_MS: i64 = 3_600_000;
+
+/// Uploads in flight may hold 1 GiB (or the quota, if larger) unless
+/// configured otherwise.
+pub const DEFAULT_UPLOAD_HEADROOM: u64 = 1 << 30;
 
 /// A manifest as served to clients.
 #[derive(Debug, Clone)]
@@ -191,6 +204,7 @@ impl Metadata {
                     read,
                     write,
                     reservation_ttl_ms: DEFAULT_RESERVATION_TTL_MS,
+                    upload_headroom: DEFAULT_UPLOAD_HEADROOM,
                 }
             }
             Backend::Postgres => {
@@ -205,6 +219,7 @@ impl Metadata {
                     read: pool.clone(),
                     write: pool,
                     reservation_ttl_ms: DEFAULT_RESERVATION_TTL_MS,
+                    upload_headroom: DEFAULT_UPLOAD_HEADROOM,
                 }
             }
         };
@@ -214,6 +229,13 @@ impl Metadata {
     /// Sets how long reservations of unreferenced blobs last.
     pub fn with_reservation_ttl(mut self, ttl: Duration) -> Metadata {
         self.reservation_ttl_ms = ttl.as_millis().min(i64::MAX as u128) as i64;
+        self
+    }
+
+    /// Sets the upload headroom: a project's uploads in flight may hold the
+    /// larger of this and its quota.
+    pub fn with_upload_headroom(mut self, bytes: u64) -> Metadata {
+        self.upload_headroom = bytes;
         self
     }
 

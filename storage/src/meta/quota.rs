@@ -4,10 +4,14 @@
 //!   `project_blobs` rows (manifests, configs, layers referenced by any of
 //!   its manifests), each counted once. For a project that is not a base
 //!   project, blobs that a base project (`platform`) also holds cost nothing.
-//! - Reserved = bytes of its uploads in progress (received and announced)
-//!   plus unexpired reservations of blobs uploaded or mounted but not yet
-//!   referenced by a manifest. Reservations are never usage: a failed push
-//!   leaves usage as it was, and its reservations expire.
+//! - Reserved = unexpired reservations of blobs uploaded or mounted but not
+//!   yet referenced by a manifest (and of builds about to export).
+//!   Reservations are never usage: a failed push leaves usage as it was,
+//!   and its reservations expire.
+//! - Bytes of uploads in flight are neither: an upload may turn out to be a
+//!   blob the project already holds, so it is judged when it completes and
+//!   its digest is known. In flight, a project's uploads may hold at most
+//!   the larger of its quota and the upload headroom.
 //! - Every change that can grow usage or reservations locks the project's
 //!   row first (`FOR UPDATE` on PostgreSQL; SQLite has one writer), checks
 //!   `used + reserved + needed <= quota`, and writes in the same
@@ -28,6 +32,9 @@ pub struct Usage {
     pub project: String,
     pub used_bytes: u64,
     pub reserved_bytes: u64,
+    /// Bytes of uploads in flight (not usage, not reserved: bounded by the
+    /// upload headroom).
+    pub uploading_bytes: u64,
     /// Distinct blobs (manifests included) counted, base-project blobs too.
     pub blob_count: u64,
     pub quota_bytes: Option<u64>,
@@ -77,11 +84,25 @@ const USED_SQL: &str = "SELECT CAST(COALESCE(SUM(pb.size), 0) AS BIGINT), COUNT(
        SELECT 1 FROM project_blobs b JOIN projects bp ON bp.name = b.project \
        WHERE bp.is_base = 1 AND b.digest = pb.digest))";
 
-const RESERVED_SQL: &str = "SELECT CAST( \
-     (SELECT COALESCE(SUM(u.size + u.pending), 0) FROM uploads u \
-        JOIN repositories r ON r.id = u.repo_id WHERE r.project = $1) + \
-     (SELECT COALESCE(SUM(bytes), 0) FROM reservations WHERE project = $1 AND expires_at > $2) \
-     AS BIGINT)";
+const RESERVED_SQL: &str = "SELECT CAST(COALESCE(SUM(bytes), 0) AS BIGINT) FROM reservations \
+     WHERE project = $1 AND expires_at > $2";
+
+/// Bytes of the project's uploads in flight: received, and announced by
+/// chunks being read.
+const IN_FLIGHT_SQL: &str = "SELECT CAST(COALESCE(SUM(u.size + u.pending), 0) AS BIGINT) \
+     FROM uploads u JOIN repositories r ON r.id = u.repo_id WHERE r.project = $1";
+
+/// What an upload into a project may take, known before its body is read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BlobBudget {
+    /// The project holds the blob already (a manifest of it references the
+    /// blob, or a recent upload or mount reserved it), or a base project
+    /// holds it: it costs nothing. `size` is the stored blob's size.
+    Free { size: Option<u64> },
+    /// The blob is new to the project: it may have at most this many bytes
+    /// (`None`: the project has no quota).
+    Room(Option<u64>),
+}
 
 impl Metadata {
     /// Locks the project's row for the rest of the transaction and reads
@@ -116,6 +137,24 @@ impl Metadata {
         .fetch_optional(&mut **tx)
         .await?;
         Ok(row.is_some())
+    }
+
+    /// Whether `digest` costs the project nothing more: as
+    /// [`Metadata::costs_nothing`], or the project holds an unexpired
+    /// reservation of it (an upload or mount of it, into any of its
+    /// repositories, that no manifest references yet).
+    pub(crate) async fn already_paid(
+        &self,
+        tx: &mut Tx<'_>,
+        budget: &Budget,
+        digest: &Digest,
+        now: i64,
+    ) -> Result<bool> {
+        Ok(self.costs_nothing(tx, budget, digest).await?
+            || self
+                .reservation_of(tx, &budget.project, digest, now)
+                .await?
+                > 0)
     }
 
     /// Refuses when `needed` more bytes (after `released` reserved bytes
@@ -189,12 +228,28 @@ impl Metadata {
         Ok(row.map(|r| r.get::<i64, _>(0) as u64).unwrap_or(0))
     }
 
-    /// Announces `bytes` more for upload `id` (a chunk about to stream),
-    /// refused if the project's quota has no room for them.
+    /// Announces `bytes` more for upload `id` (a chunk about to stream).
+    /// Bytes in flight are not usage and are not refused for the quota
+    /// (they may turn out to be a blob the project holds already: that is
+    /// decided when the upload completes), but a project's uploads in
+    /// flight may hold at most the larger of its quota and the upload
+    /// headroom, so a client cannot fill the disk with uploads it never
+    /// completes. A project without a quota has no such bound.
     pub async fn upload_reserve(&self, id: &str, project: &str, bytes: u64) -> Result<()> {
         let mut tx = self.write.begin().await?;
         let budget = self.lock_project(&mut tx, project).await?;
-        self.admit(&mut tx, &budget, bytes, 0).await?;
+        if let Some(quota) = budget.quota {
+            let limit = quota.max(self.upload_headroom);
+            let in_flight = in_flight_in(&mut tx, project).await?;
+            if in_flight.saturating_add(bytes) > limit {
+                return Err(StorageError::UploadHeadroom {
+                    project: project.to_owned(),
+                    in_flight,
+                    limit,
+                    needed: bytes,
+                });
+            }
+        }
         let n = sqlx::query("UPDATE uploads SET pending = pending + $1 WHERE id = $2")
             .bind(bytes as i64)
             .bind(id)
@@ -203,6 +258,52 @@ impl Metadata {
             .rows_affected();
         if n == 0 {
             return Err(StorageError::UploadUnknown(id.to_owned()));
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// What an upload of `digest` into the project may take, decided before
+    /// its body is read: nothing if the project already pays for the blob
+    /// (or a base project holds it), else the room left under the quota.
+    /// Checked again, under the project's lock, when the blob is linked.
+    pub async fn blob_budget(&self, project: &str, digest: &Digest) -> Result<BlobBudget> {
+        let mut tx = self.read.begin().await?;
+        let budget = self.lock_project_read(&mut tx, project).await?;
+        let now = now_ms();
+        if self.already_paid(&mut tx, &budget, digest, now).await? {
+            let size = sqlx::query("SELECT size FROM blobs WHERE digest = $1")
+                .bind(digest.as_str())
+                .fetch_optional(&mut *tx)
+                .await?
+                .map(|r| r.get::<i64, _>(0).max(0) as u64);
+            tx.commit().await?;
+            return Ok(BlobBudget::Free { size });
+        }
+        let room = match budget.quota {
+            None => None,
+            Some(quota) => {
+                let reserved = reserved_in(&mut tx, project, now).await?;
+                Some(quota.saturating_sub(budget.used + reserved))
+            }
+        };
+        tx.commit().await?;
+        Ok(BlobBudget::Room(room))
+    }
+
+    /// Checks, without reserving, that the project may take blob `digest`
+    /// of `size` bytes: it costs nothing, or it fits the quota. (The upload
+    /// is complete and verified; its blob is linked, and checked again,
+    /// next.)
+    pub async fn check_blob(&self, project: &str, digest: &Digest, size: u64) -> Result<()> {
+        let mut tx = self.read.begin().await?;
+        let budget = self.lock_project_read(&mut tx, project).await?;
+        if budget.quota.is_some()
+            && !self
+                .already_paid(&mut tx, &budget, digest, now_ms())
+                .await?
+        {
+            self.admit(&mut tx, &budget, size, 0).await?;
         }
         tx.commit().await?;
         Ok(())
@@ -256,6 +357,7 @@ impl Metadata {
         let is_base = row.get::<i64, _>(1) != 0;
         let used = running_used(&mut tx, project).await?;
         let reserved = reserved_in(&mut tx, project, now_ms()).await?;
+        let uploading = in_flight_in(&mut tx, project).await?;
         let all = sqlx::query("SELECT COUNT(*) FROM project_blobs WHERE project = $1")
             .bind(project)
             .fetch_one(&mut *tx)
@@ -266,6 +368,7 @@ impl Metadata {
             project: project.to_owned(),
             used_bytes: used,
             reserved_bytes: reserved,
+            uploading_bytes: uploading,
             blob_count: all,
             quota_bytes: row.get::<Option<i64>, _>(0).map(|q| q.max(0) as u64),
             is_base,
@@ -592,6 +695,14 @@ async fn reserved_in(tx: &mut Tx<'_>, project: &str, now: i64) -> Result<u64> {
     let row = sqlx::query(RESERVED_SQL)
         .bind(project)
         .bind(now)
+        .fetch_one(&mut **tx)
+        .await?;
+    Ok(row.get::<i64, _>(0).max(0) as u64)
+}
+
+async fn in_flight_in(tx: &mut Tx<'_>, project: &str) -> Result<u64> {
+    let row = sqlx::query(IN_FLIGHT_SQL)
+        .bind(project)
         .fetch_one(&mut **tx)
         .await?;
     Ok(row.get::<i64, _>(0).max(0) as u64)

@@ -638,6 +638,7 @@ async fn audit_log(m: &Metadata) {
 
 contract!(quota_usage_is_exact_and_dedup_aware);
 contract!(quota_refuses_without_overshooting);
+contract!(re_uploads_cost_nothing);
 contract!(gc_removes_only_what_nothing_holds);
 contract!(retention_keeps_the_newest_and_live_referrers);
 
@@ -786,15 +787,35 @@ async fn quota_refuses_without_overshooting(m: &Metadata) {
         "a refused blob is not visible"
     );
     assert_eq!(m.room("tool-q").await.unwrap(), Some(400));
-    // Chunk reservations on an upload.
-    m.upload_insert("u1", id, b"s", b"").await.unwrap();
-    m.upload_reserve("u1", "tool-q", 300).await.unwrap();
+    // Chunks in flight are not judged by the quota (only the room left,
+    // 400, is below them), but by the headroom: here the quota itself.
+    let bounded = m.clone().with_upload_headroom(0);
+    bounded.upload_insert("u1", id, b"s", b"").await.unwrap();
+    bounded.upload_reserve("u1", "tool-q", 700).await.unwrap();
+    let u = m.usage("tool-q").await.unwrap().unwrap();
+    assert_eq!((u.reserved_bytes, u.uploading_bytes), (600, 700));
+    match bounded.upload_reserve("u1", "tool-q", 301).await {
+        Err(StorageError::UploadHeadroom {
+            project,
+            in_flight,
+            limit,
+            needed,
+        }) => assert_eq!(
+            (project.as_str(), in_flight, limit, needed),
+            ("tool-q", 700, 1000, 301)
+        ),
+        other => panic!("expected UploadHeadroom, got {other:?}"),
+    }
+    // A larger headroom than the quota: that bound instead.
+    let roomy = m.clone().with_upload_headroom(2000);
+    roomy.upload_reserve("u1", "tool-q", 1300).await.unwrap();
     assert!(matches!(
-        m.upload_reserve("u1", "tool-q", 101).await,
-        Err(StorageError::QuotaExceeded { .. })
+        roomy.upload_reserve("u1", "tool-q", 1).await,
+        Err(StorageError::UploadHeadroom { limit: 2000, .. })
     ));
     m.upload_release("u1").await.unwrap();
     m.upload_delete("u1").await.unwrap();
+    assert_eq!(m.usage("tool-q").await.unwrap().unwrap().uploading_bytes, 0);
     // The manifest turns the reservation into usage; its own bytes must fit.
     let config = (Digest::sha256_of(b"cfg"), 10);
     link(m, "tool-q", id, &config.0, config.1).await.unwrap();
@@ -1468,5 +1489,117 @@ async fn rebase_commits_several_projects_at_once(m: &Metadata) {
             writes[0].manifest.digest
         );
     }
+    assert!(m.recompute(false).await.unwrap().is_empty());
+}
+
+/// A blob the project already pays for (referenced by one of its
+/// manifests, or reserved by an upload or mount not yet in a manifest), or
+/// a base project's, costs nothing: known before the body is read
+/// (`blob_budget`), at completion (`check_blob`) and when linked
+/// (`blob_complete`), even in a full project. A mount without `from` finds
+/// the blob in the project's own repositories only.
+async fn re_uploads_cost_nothing(m: &Metadata) {
+    m.project_create("platform", true, None, true)
+        .await
+        .unwrap();
+    m.project_create("tool-q", true, Some(1200), false)
+        .await
+        .unwrap();
+    m.project_create("tool-other", true, None, false)
+        .await
+        .unwrap();
+    let base = repo("platform/run");
+    let base_id = m.ensure_repo(&base).await.unwrap();
+    let layer = (Digest::sha256_of(b"base layer"), 5000);
+    link(m, "platform", base_id, &layer.0, layer.1)
+        .await
+        .unwrap();
+    let cfg = (Digest::sha256_of(b"base config"), 10);
+    link(m, "platform", base_id, &cfg.0, cfg.1).await.unwrap();
+    m.manifest_put(&base, base_id, &image(&cfg, &[&layer], Some("v1")))
+        .await
+        .unwrap();
+
+    let a = repo("tool-q/a");
+    let a_id = m.ensure_repo(&a).await.unwrap();
+    let own = (Digest::sha256_of(b"own layer"), 900);
+    let fresh = (Digest::sha256_of(b"fresh"), 350);
+    use slipway_storage::meta::BlobBudget;
+    assert_eq!(
+        m.blob_budget("tool-q", &own.0).await.unwrap(),
+        BlobBudget::Room(Some(1200))
+    );
+    link(m, "tool-q", a_id, &own.0, own.1).await.unwrap();
+    // Reserved in tool-q/a: free for tool-q/b, although only 300 are left.
+    assert_eq!(
+        m.blob_budget("tool-q", &own.0).await.unwrap(),
+        BlobBudget::Free { size: Some(900) }
+    );
+    assert_eq!(
+        m.blob_budget("tool-q", &fresh.0).await.unwrap(),
+        BlobBudget::Room(Some(300))
+    );
+    m.check_blob("tool-q", &own.0, own.1).await.unwrap();
+    assert!(matches!(
+        m.check_blob("tool-q", &fresh.0, fresh.1).await,
+        Err(StorageError::QuotaExceeded { needed: 350, .. })
+    ));
+    let b = repo("tool-q/b");
+    let b_id = m.ensure_repo(&b).await.unwrap();
+    link(m, "tool-q", b_id, &own.0, own.1).await.unwrap();
+    let u = m.usage("tool-q").await.unwrap().unwrap();
+    assert_eq!((u.used_bytes, u.reserved_bytes), (0, 900), "reserved once");
+    // Referenced by a manifest of tool-q/a: still free in tool-q/c.
+    let c1 = (Digest::sha256_of(b"c1"), 20);
+    link(m, "tool-q", a_id, &c1.0, c1.1).await.unwrap();
+    let man = image(&c1, &[&own], Some("v1"));
+    m.manifest_put(&a, a_id, &man).await.unwrap();
+    let used = 920 + man.body.len() as u64;
+    m.set_quota("tool-q", Some(used)).await.unwrap();
+    let c = repo("tool-q/c");
+    let c_id = m.ensure_repo(&c).await.unwrap();
+    assert_eq!(
+        m.blob_budget("tool-q", &own.0).await.unwrap(),
+        BlobBudget::Free { size: Some(900) }
+    );
+    link(m, "tool-q", c_id, &own.0, own.1).await.unwrap();
+    // The base project's layer: free, in a project with no room at all.
+    assert_eq!(
+        m.blob_budget("tool-q", &layer.0).await.unwrap(),
+        BlobBudget::Free { size: Some(5000) }
+    );
+    m.check_blob("tool-q", &layer.0, layer.1).await.unwrap();
+    link(m, "tool-q", c_id, &layer.0, layer.1).await.unwrap();
+    // New bytes: refused, nothing visible.
+    assert!(matches!(
+        link(m, "tool-q", c_id, &fresh.0, fresh.1).await,
+        Err(StorageError::QuotaExceeded { .. })
+    ));
+    assert_eq!(m.repo_blob_size(&c, &fresh.0).await.unwrap(), None);
+    let u = m.usage("tool-q").await.unwrap().unwrap();
+    assert_eq!((u.used_bytes, u.reserved_bytes), (used, 0));
+    // A mount without `from`: from the project's own repositories only.
+    let d = repo("tool-q/d");
+    let d_id = m.ensure_repo(&d).await.unwrap();
+    assert_eq!(
+        m.mount_blob_in_project(d_id, "tool-q", &own.0)
+            .await
+            .unwrap(),
+        Some(900)
+    );
+    assert_eq!(m.repo_blob_size(&d, &own.0).await.unwrap(), Some(900));
+    let elsewhere = (Digest::sha256_of(b"elsewhere"), 30);
+    let o = repo("tool-other/x");
+    let o_id = m.ensure_repo(&o).await.unwrap();
+    link(m, "tool-other", o_id, &elsewhere.0, elsewhere.1)
+        .await
+        .unwrap();
+    assert_eq!(
+        m.mount_blob_in_project(d_id, "tool-q", &elsewhere.0)
+            .await
+            .unwrap(),
+        None,
+        "another project's blob is not found"
+    );
     assert!(m.recompute(false).await.unwrap().is_empty());
 }
