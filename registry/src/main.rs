@@ -4,9 +4,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-mod build_cli;
 mod cli;
-mod stack_cli;
 
 use clap::{Parser, Subcommand};
 use slipway_registry::config::{Config, Overrides, Secret};
@@ -39,9 +37,9 @@ enum Command {
     },
     /// Administer a running Slipway: projects, robots, build tokens,
     /// builders, quotas, GC, the audit log.
-    Admin(cli::AdminArgs),
+    Admin(cli::admin::AdminArgs),
     /// Build a git repository into an image, and follow builds.
-    Build(build_cli::BuildArgs),
+    Build(cli::build::BuildArgs),
     /// Copy a stopped registry's metadata and blobs to other stores, e.g.
     /// from the single-node SQLite + filesystem to PostgreSQL + S3. Stop
     /// every server first; the target must be empty.
@@ -116,13 +114,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?;
-            runtime.block_on(cli::run(args))
+            runtime.block_on(cli::admin::run(args))
         }
         Command::Build(args) => {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?;
-            runtime.block_on(build_cli::run(args))
+            runtime.block_on(cli::build::run(args))
         }
     }
 }

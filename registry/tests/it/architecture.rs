@@ -70,3 +70,41 @@ fn dependencies_point_the_right_way() {
     }
     assert!(deps("slipway-registry").contains("slipway-storage"));
 }
+
+/// The command-line clients live in `registry/src/cli/`, inside the binary:
+/// they use the server's API types, and nothing of the server (the
+/// library, `registry/src/` but `main.rs` and `cli/`) names them.
+#[test]
+fn the_server_does_not_depend_on_the_cli() {
+    let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let lib = std::fs::read_to_string(src.join("lib.rs")).unwrap();
+    assert!(
+        !lib.lines()
+            .any(|l| l.trim_start().starts_with("pub mod cli")
+                || l.trim_start().starts_with("mod cli")),
+        "lib.rs must not declare the cli module"
+    );
+    let mut stack = vec![src.clone()];
+    let mut seen = 0;
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path == src.join("cli") || path == src.join("main.rs") {
+                continue;
+            }
+            if path.is_dir() {
+                stack.push(path);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                seen += 1;
+                let text = std::fs::read_to_string(&path).unwrap();
+                assert!(
+                    !text.contains("crate::cli") && !text.contains("cli::"),
+                    "{} refers to the command-line clients",
+                    path.display()
+                );
+            }
+        }
+    }
+    assert!(seen > 20, "only {seen} server files read");
+    assert!(src.join("cli/admin.rs").exists() && src.join("cli/build.rs").exists());
+}

@@ -11,6 +11,7 @@ mod gc_stress;
 mod lifecycle;
 mod logs;
 mod quota;
+mod readme;
 mod rebase;
 mod replicas;
 mod reupload;

@@ -5,7 +5,7 @@ use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::security::{Env, assert_error, digest};
+use crate::security::{Env, digest};
 
 const MIB: u64 = 1 << 20;
 

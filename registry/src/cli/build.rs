@@ -1,4 +1,6 @@
 //! `slipway build …`: start builds and follow them, from the command line.
+//! Arguments are parsed by clap; [`run`] finds the credentials and the
+//! project and hands each command to a function of its own.
 //!
 //! Credentials: a build token (`SLIPWAY_BUILD_TOKEN='build$<project>+<name>:<secret>'`,
 //! as `slipway admin build-token create` prints it) — its project is then
@@ -12,10 +14,12 @@ use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
 use futures::StreamExt;
 use indicatif::{ProgressBar, ProgressStyle};
-use serde_json::{Value, json};
+use reqwest::Method as M;
+use serde_json::json;
 use slipway_registry::api::builds::{BuildView, LogLineView};
 
-use crate::cli::{Client, print_or, table};
+use super::client::{Client, admin_password};
+use super::output::{print_or, say, table};
 
 #[derive(Args)]
 pub struct BuildArgs {
@@ -100,6 +104,16 @@ enum BuildCommand {
     Delete { id: String },
 }
 
+/// What every command needs: the API client, the project's builds path
+/// and how to print.
+struct Ctx {
+    client: Client,
+    project: String,
+    /// `/api/v1/projects/<project>/builds`.
+    base: String,
+    json: bool,
+}
+
 pub async fn run(args: BuildArgs) -> anyhow::Result<()> {
     let (user, password, token_project) = match &args.token {
         Some(t) => {
@@ -113,21 +127,12 @@ pub async fn run(args: BuildArgs) -> anyhow::Result<()> {
             (user.to_owned(), secret.to_owned(), project)
         }
         None => {
-            let password = match &args.password {
-                Some(p) => p.clone(),
-                None => {
-                    let file = args.data_dir.join("admin-password");
-                    std::fs::read_to_string(&file)
-                        .map(|s| s.trim().to_owned())
-                        .with_context(|| {
-                            format!(
-                                "no credentials: set SLIPWAY_BUILD_TOKEN (or pass --token), or give the admin's \
-                                 password with SLIPWAY_PASSWORD, or run where {} is readable",
-                                file.display()
-                            )
-                        })?
-                }
-            };
+            let password = admin_password(
+                args.password,
+                &args.data_dir,
+                "no credentials: set SLIPWAY_BUILD_TOKEN (or pass --token), or give the admin's \
+                 password with SLIPWAY_PASSWORD, or run where",
+            )?;
             ("admin".to_owned(), password, None)
         }
     };
@@ -135,15 +140,12 @@ pub async fn run(args: BuildArgs) -> anyhow::Result<()> {
         .project
         .or(token_project)
         .context("which project? pass --project (a build token names its own project)")?;
-    let client = Client {
-        http: reqwest::Client::new(),
-        url: args.url,
-        user,
-        password,
+    let cx = Ctx {
+        client: Client::new(args.url, user, password),
+        base: format!("/api/v1/projects/{project}/builds"),
+        project,
+        json: args.json,
     };
-    let json = args.json;
-    let base = format!("/api/v1/projects/{project}/builds");
-    use reqwest::Method as M;
     match args.command {
         BuildCommand::Start {
             source,
@@ -152,121 +154,156 @@ pub async fn run(args: BuildArgs) -> anyhow::Result<()> {
             builder,
             env,
             follow,
-        } => {
-            let mut vars = serde_json::Map::new();
-            for e in env {
-                let (k, v) = e
-                    .split_once('=')
-                    .with_context(|| format!("--env takes NAME=VALUE, not {e:?}"))?;
-                vars.insert(k.to_owned(), json!(v));
-            }
-            let mut body = json!({"source_url": source, "env": vars});
-            for (k, v) in [
-                ("ref", git_ref),
-                ("image_name", image),
-                ("builder", builder),
-            ] {
-                if let Some(v) = v {
-                    body[k] = json!(v);
-                }
-            }
-            let v = client.call(M::POST, &base, Some(body)).await?;
-            let b: BuildView = serde_json::from_value(v.clone())?;
-            if follow {
-                if !json {
-                    eprintln!(
-                        "Build {} of {} at {} ({}) queued.",
-                        b.id,
-                        b.source_url,
-                        b.git_ref,
-                        short(&b.commit)
-                    );
-                }
-                return follow_build(&client, &base, &b.id, json).await;
-            }
-            print_or(json, &v, || {
-                Ok(format!(
-                    "Build {} queued: {} at {} ({}).\nFollow it with: slipway build logs --project {project} --follow {}",
-                    b.id,
-                    b.source_url,
-                    b.git_ref,
-                    short(&b.commit),
-                    b.id
-                ))
-            })?;
-        }
-        BuildCommand::List { limit } => {
-            let v = client
-                .call(M::GET, &format!("{base}?limit={limit}"), None)
-                .await?;
-            print_or(json, &v, || {
-                let builds: Vec<BuildView> = serde_json::from_value(v.clone())?;
-                let mut t = table(&[
-                    "build", "state", "image", "ref", "commit", "created", "duration",
-                ]);
-                for b in builds {
-                    t.add_row(vec![
-                        b.id,
-                        b.state,
-                        b.image_name,
-                        b.git_ref,
-                        short(&b.commit).to_owned(),
-                        b.created_at,
-                        b.duration_secs
-                            .map(|d| format!("{d:.1} s"))
-                            .unwrap_or_default(),
-                    ]);
-                }
-                Ok(t.to_string())
-            })?;
-        }
-        BuildCommand::Show { id } => {
-            let v = client.call(M::GET, &format!("{base}/{id}"), None).await?;
-            print_or(json, &v, || Ok(show(&serde_json::from_value(v.clone())?)))?;
-        }
-        BuildCommand::Logs { id, follow } => {
-            let id = resolve(&client, &base, &id).await?;
-            if follow {
-                return follow_build(&client, &base, &id, json).await;
-            }
-            let fmt = if json { "json" } else { "text" };
-            let text = get_text(&client, &format!("{base}/{id}/logs?format={fmt}")).await?;
-            print!("{text}");
-        }
-        BuildCommand::Cancel { id } => {
-            let v = client
-                .call(M::POST, &format!("{base}/{id}/cancel"), None)
-                .await?;
-            print_or(json, &v, || {
-                let b: BuildView = serde_json::from_value(v.clone())?;
-                Ok(if b.state == "cancelled" {
-                    format!("Build {} cancelled.", b.id)
-                } else {
-                    format!("Build {} is asked to stop; it stops within seconds.", b.id)
-                })
-            })?;
-        }
-        BuildCommand::Retry { id, follow } => {
-            let v = client
-                .call(M::POST, &format!("{base}/{id}/retry"), None)
-                .await?;
-            let b: BuildView = serde_json::from_value(v.clone())?;
-            if follow {
-                return follow_build(&client, &base, &b.id, json).await;
-            }
-            print_or(json, &v, || {
-                Ok(format!("Build {} queued (a retry of {id}).", b.id))
-            })?;
-        }
-        BuildCommand::Delete { id } => {
-            client
-                .call(M::DELETE, &format!("{base}/{id}"), None)
-                .await?;
-            if !json {
-                println!("Deleted build {id}.");
-            }
+        } => start(&cx, source, git_ref, image, builder, env, follow).await,
+        BuildCommand::List { limit } => list(&cx, limit).await,
+        BuildCommand::Show { id } => show(&cx, &id).await,
+        BuildCommand::Logs { id, follow } => logs(&cx, &id, follow).await,
+        BuildCommand::Cancel { id } => cancel(&cx, &id).await,
+        BuildCommand::Retry { id, follow } => retry(&cx, &id, follow).await,
+        BuildCommand::Delete { id } => delete(&cx, &id).await,
+    }
+}
+
+async fn start(
+    cx: &Ctx,
+    source: String,
+    git_ref: Option<String>,
+    image: Option<String>,
+    builder: Option<String>,
+    env: Vec<String>,
+    follow: bool,
+) -> anyhow::Result<()> {
+    let mut vars = serde_json::Map::new();
+    for e in env {
+        let (k, v) = e
+            .split_once('=')
+            .with_context(|| format!("--env takes NAME=VALUE, not {e:?}"))?;
+        vars.insert(k.to_owned(), json!(v));
+    }
+    let mut body = json!({"source_url": source, "env": vars});
+    for (k, v) in [
+        ("ref", git_ref),
+        ("image_name", image),
+        ("builder", builder),
+    ] {
+        if let Some(v) = v {
+            body[k] = json!(v);
         }
     }
+    let v = cx.client.call(M::POST, &cx.base, Some(body)).await?;
+    let b: BuildView = serde_json::from_value(v.clone())?;
+    if follow {
+        if !cx.json {
+            eprintln!(
+                "Build {} of {} at {} ({}) queued.",
+                b.id,
+                b.source_url,
+                b.git_ref,
+                short(&b.commit)
+            );
+        }
+        return follow_build(cx, &b.id).await;
+    }
+    print_or(cx.json, &v, || {
+        Ok(format!(
+            "Build {} queued: {} at {} ({}).\nFollow it with: slipway build logs --project {} --follow {}",
+            b.id,
+            b.source_url,
+            b.git_ref,
+            short(&b.commit),
+            cx.project,
+            b.id
+        ))
+    })
+}
+
+async fn list(cx: &Ctx, limit: u32) -> anyhow::Result<()> {
+    let v = cx
+        .client
+        .call(M::GET, &format!("{}?limit={limit}", cx.base), None)
+        .await?;
+    print_or(cx.json, &v, || {
+        let builds: Vec<BuildView> = serde_json::from_value(v.clone())?;
+        let mut t = table(&[
+            "build", "state", "image", "ref", "commit", "created", "duration",
+        ]);
+        for b in builds {
+            t.add_row(vec![
+                b.id,
+                b.state,
+                b.image_name,
+                b.git_ref,
+                short(&b.commit).to_owned(),
+                b.created_at,
+                b.duration_secs
+                    .map(|d| format!("{d:.1} s"))
+                    .unwrap_or_default(),
+            ]);
+        }
+        Ok(t.to_string())
+    })
+}
+
+async fn show(cx: &Ctx, id: &str) -> anyhow::Result<()> {
+    let v = cx
+        .client
+        .call(M::GET, &format!("{}/{id}", cx.base), None)
+        .await?;
+    print_or(cx.json, &v, || {
+        Ok(build_text(&serde_json::from_value(v.clone())?))
+    })
+}
+
+async fn logs(cx: &Ctx, id: &str, follow: bool) -> anyhow::Result<()> {
+    let id = resolve(cx, id).await?;
+    if follow {
+        return follow_build(cx, &id).await;
+    }
+    let fmt = if cx.json { "json" } else { "text" };
+    let text = cx
+        .client
+        .get(&format!("{}/{id}/logs?format={fmt}", cx.base))
+        .await?
+        .text()
+        .await?;
+    print!("{text}");
+    Ok(())
+}
+
+async fn cancel(cx: &Ctx, id: &str) -> anyhow::Result<()> {
+    let v = cx
+        .client
+        .call(M::POST, &format!("{}/{id}/cancel", cx.base), None)
+        .await?;
+    print_or(cx.json, &v, || {
+        let b: BuildView = serde_json::from_value(v.clone())?;
+        Ok(if b.state == "cancelled" {
+            format!("Build {} cancelled.", b.id)
+        } else {
+            format!("Build {} is asked to stop; it stops within seconds.", b.id)
+        })
+    })
+}
+
+async fn retry(cx: &Ctx, id: &str, follow: bool) -> anyhow::Result<()> {
+    let v = cx
+        .client
+        .call(M::POST, &format!("{}/{id}/retry", cx.base), None)
+        .await?;
+    let b: BuildView = serde_json::from_value(v.clone())?;
+    if follow {
+        return follow_build(cx, &b.id).await;
+    }
+    print_or(cx.json, &v, || {
+        Ok(format!("Build {} queued (a retry of {id}).", b.id))
+    })
+}
+
+async fn delete(cx: &Ctx, id: &str) -> anyhow::Result<()> {
+    cx.client
+        .call(M::DELETE, &format!("{}/{id}", cx.base), None)
+        .await?;
+    say(cx.json, format!("Deleted build {id}."));
     Ok(())
 }
 
@@ -274,7 +311,7 @@ fn short(commit: &str) -> &str {
     &commit[..commit.len().min(12)]
 }
 
-fn show(b: &BuildView) -> String {
+fn build_text(b: &BuildView) -> String {
     let mut out = format!(
         "build     {}\nstate     {}\nimage     {}\nsource    {} at {} ({})\nbuilder   {}\ncreated   {} by {}\n",
         b.id,
@@ -306,48 +343,25 @@ fn show(b: &BuildView) -> String {
 }
 
 /// `latest` → the newest build's id.
-async fn resolve(client: &Client, base: &str, id: &str) -> anyhow::Result<String> {
+async fn resolve(cx: &Ctx, id: &str) -> anyhow::Result<String> {
     if id != "latest" {
         return Ok(id.to_owned());
     }
-    let v = client
-        .call(reqwest::Method::GET, &format!("{base}/latest"), None)
+    let v = cx
+        .client
+        .call(M::GET, &format!("{}/latest", cx.base), None)
         .await?;
     Ok(v["id"].as_str().unwrap_or_default().to_owned())
 }
 
-async fn get_text(client: &Client, path: &str) -> anyhow::Result<String> {
-    let resp = send_get(client, path).await?;
-    Ok(resp.text().await?)
-}
-
-async fn send_get(client: &Client, path: &str) -> anyhow::Result<reqwest::Response> {
-    let resp = client
-        .http
-        .get(format!("{}{path}", client.url.trim_end_matches('/')))
-        .basic_auth(&client.user, Some(&client.password))
-        .send()
-        .await
-        .with_context(|| format!("cannot reach Slipway at {}", client.url))?;
-    if !resp.status().is_success() {
-        let status = resp.status();
-        let v: Value = resp.json().await.unwrap_or(Value::Null);
-        bail!(
-            "{}",
-            v["error"]
-                .as_str()
-                .map(str::to_owned)
-                .unwrap_or_else(|| format!("the server answered {status}"))
-        );
-    }
-    Ok(resp)
-}
-
 /// Prints the log as it comes — with a spinner per phase on a terminal —
 /// then the build's end; an error when it did not succeed.
-async fn follow_build(client: &Client, base: &str, id: &str, json: bool) -> anyhow::Result<()> {
-    let resp = send_get(client, &format!("{base}/{id}/logs?follow=true&format=json")).await?;
-    let tty = !json && std::io::stderr().is_terminal();
+async fn follow_build(cx: &Ctx, id: &str) -> anyhow::Result<()> {
+    let resp = cx
+        .client
+        .get(&format!("{}/{id}/logs?follow=true&format=json", cx.base))
+        .await?;
+    let tty = !cx.json && std::io::stderr().is_terminal();
     let mut progress = Phases::new(tty);
     let mut stream = resp.bytes_stream();
     let mut buf = Vec::new();
@@ -356,7 +370,7 @@ async fn follow_build(client: &Client, base: &str, id: &str, json: bool) -> anyh
         buf.extend_from_slice(&chunk);
         while let Some(nl) = buf.iter().position(|b| *b == b'\n') {
             let line: Vec<u8> = buf.drain(..=nl).collect();
-            if json {
+            if cx.json {
                 print!("{}", String::from_utf8_lossy(&line));
                 continue;
             }
@@ -366,23 +380,12 @@ async fn follow_build(client: &Client, base: &str, id: &str, json: bool) -> anyh
             progress.line(&l);
         }
     }
-    let v = client
-        .call(reqwest::Method::GET, &format!("{base}/{id}"), None)
+    let v = cx
+        .client
+        .call(M::GET, &format!("{}/{id}", cx.base), None)
         .await?;
     let b: BuildView = serde_json::from_value(v)?;
     progress.finish(b.state == "succeeded");
-    if !json {
-        match b.state.as_str() {
-            "succeeded" => println!(
-                "Build {} succeeded in {:.1} s: {} ({})",
-                b.id,
-                b.duration_secs.unwrap_or(0.0),
-                b.image,
-                b.image_digest.as_deref().unwrap_or("")
-            ),
-            _ => {}
-        }
-    }
     if b.state != "succeeded" {
         bail!(
             "build {} {}: {}",
@@ -391,6 +394,16 @@ async fn follow_build(client: &Client, base: &str, id: &str, json: bool) -> anyh
             b.reason.as_deref().unwrap_or("no reason given")
         );
     }
+    say(
+        cx.json,
+        format!(
+            "Build {} succeeded in {:.1} s: {} ({})",
+            b.id,
+            b.duration_secs.unwrap_or(0.0),
+            b.image,
+            b.image_digest.as_deref().unwrap_or("")
+        ),
+    );
     Ok(())
 }
 

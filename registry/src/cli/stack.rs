@@ -11,7 +11,7 @@ use serde_json::json;
 use slipway_builder::oci;
 use slipway_builder::stack::{self, Options, Stack};
 
-use crate::cli::Client;
+use super::client::Client;
 
 #[derive(Subcommand)]
 pub enum StackCommand {

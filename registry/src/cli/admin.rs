@@ -1,0 +1,965 @@
+//! `slipway admin …`: the admin API from the command line. Human tables by
+//! default, the API's JSON with `--json`. Arguments are parsed by clap;
+//! [`run`] finds the credentials and hands each command to a function of
+//! its own.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, bail};
+use clap::{Args, Subcommand};
+use reqwest::Method as M;
+use serde_json::{Map, Value, json};
+use slipway_registry::api::audit::AuditPage;
+use slipway_registry::api::projects::ProjectView;
+use slipway_registry::api::robots::{RobotSecret, RobotView};
+use slipway_registry::api::storage::UsageView;
+use slipway_registry::rebase::{FleetReport, report_text};
+use slipway_storage::error::human_bytes;
+
+use super::client::{Client, admin_password};
+use super::output::{print_or, say, table};
+use super::stack::{self, StackCommand};
+
+#[derive(Args)]
+pub struct AdminArgs {
+    /// The Slipway server.
+    #[arg(
+        long,
+        env = "SLIPWAY_URL",
+        default_value = "http://127.0.0.1:5000",
+        global = true
+    )]
+    url: String,
+    /// User name (the admin).
+    #[arg(long, env = "SLIPWAY_USER", default_value = "admin", global = true)]
+    user: String,
+    /// Password; without it, SLIPWAY_PASSWORD, then `<data-dir>/admin-password`.
+    #[arg(long, env = "SLIPWAY_PASSWORD", hide_env_values = true, global = true)]
+    password: Option<String>,
+    /// Where a local server keeps its data (for its admin-password file).
+    #[arg(long, default_value = "slipway-data", global = true)]
+    data_dir: PathBuf,
+    /// Print the API's JSON instead of tables.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: AdminCommand,
+}
+
+#[derive(Subcommand)]
+enum AdminCommand {
+    /// Projects: one per tool (`tool-<name>`), plus `platform`.
+    #[command(subcommand)]
+    Project(ProjectCommand),
+    /// Robot accounts `robot$<project>+<name>`.
+    #[command(subcommand)]
+    Robot(RobotCommand),
+    /// Storage usage per project (or one project's), or `usage recompute`.
+    #[command(args_conflicts_with_subcommands = true)]
+    Usage {
+        project: Option<String>,
+        #[command(subcommand)]
+        action: Option<UsageAction>,
+    },
+    /// Quotas.
+    #[command(subcommand)]
+    Quota(QuotaCommand),
+    /// Garbage collection (with retention): what nothing references goes.
+    Gc {
+        /// Only list what would go.
+        #[arg(long)]
+        dry_run: bool,
+        /// Apply retention to this project only.
+        #[arg(long)]
+        project: Option<String>,
+        /// Collect blobs only; keep every manifest.
+        #[arg(long)]
+        no_retention: bool,
+    },
+    /// Stack rebase: move every image built on a run image onto its
+    /// current digest (no rebuild, no layer copied), and print a report.
+    Rebase {
+        /// The run image, e.g. platform/run:bookworm.
+        #[arg(long)]
+        run_image: String,
+        /// Only report what would be rebased.
+        #[arg(long)]
+        dry_run: bool,
+        /// Also rebase images that do not list this run image's name (the
+        /// other checks still apply).
+        #[arg(long)]
+        force: bool,
+    },
+    /// Build tokens: what `slipway build` and the build API take, one
+    /// project each.
+    #[command(subcommand, name = "build-token")]
+    BuildToken(BuildTokenCommand),
+    /// The builders builds may use (images in the registry, usually in the
+    /// `platform` project).
+    #[command(subcommand)]
+    Builder(BuilderCommand),
+    /// The platform's own stacks: build and run images and a builder.
+    #[command(subcommand)]
+    Stack(StackCommand),
+    /// The audit log, newest first.
+    Audit {
+        #[arg(long)]
+        project: Option<String>,
+        #[arg(long)]
+        principal: Option<String>,
+        #[arg(long)]
+        action: Option<String>,
+        /// Only entries at or after this time (RFC 3339).
+        #[arg(long)]
+        since: Option<String>,
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+    },
+}
+
+#[derive(Subcommand)]
+enum BuildTokenCommand {
+    /// Create a build token for a project; its secret is printed once.
+    Create {
+        project: String,
+        #[arg(long, default_value = "default")]
+        name: String,
+    },
+    List {
+        project: String,
+    },
+    Delete {
+        project: String,
+        name: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum BuilderCommand {
+    /// Allow builds to use a builder image, e.g. platform/builder:bookworm.
+    Approve {
+        image: String,
+    },
+    List,
+    /// Stop builds from using a builder (running builds finish).
+    Revoke {
+        image: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum UsageAction {
+    /// Recompute every project's usage from its manifests, report any drift
+    /// from the running count, and fix it (unless --dry-run).
+    Recompute {
+        #[arg(long)]
+        dry_run: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum QuotaCommand {
+    /// Set a project's quota: a size such as 5GiB, 500MB, 1024, or `none`.
+    Set { project: String, size: String },
+}
+
+#[derive(Subcommand)]
+enum ProjectCommand {
+    /// Create a project (public unless --private).
+    Create {
+        name: String,
+        /// Anyone may pull (the default; for scripts that say so).
+        #[arg(long, conflicts_with = "private")]
+        public: bool,
+        /// Only its robots, build tokens and the admin may pull.
+        #[arg(long)]
+        private: bool,
+        /// Storage quota, such as 2GiB (default: unlimited).
+        #[arg(long)]
+        quota: Option<String>,
+    },
+    List,
+    /// A project and its repositories.
+    Show {
+        name: String,
+    },
+    /// Change a project's visibility or retention.
+    Set {
+        name: String,
+        #[arg(long, conflicts_with = "private")]
+        public: bool,
+        #[arg(long)]
+        private: bool,
+        /// Tagged images kept per repository (`default`: the server's).
+        #[arg(long)]
+        retention: Option<String>,
+    },
+    /// Delete a project that holds no images.
+    Delete {
+        name: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum RobotCommand {
+    /// Create a robot; its secret is printed once.
+    Create {
+        project: String,
+        name: String,
+        #[arg(long)]
+        pull: bool,
+        #[arg(long)]
+        push: bool,
+        #[arg(long)]
+        delete: bool,
+        /// Lifetime such as 90d, or `never`.
+        #[arg(long, default_value = "never")]
+        expires: String,
+        #[arg(long, default_value = "")]
+        description: String,
+    },
+    List {
+        project: String,
+    },
+    /// Replace a robot's secret; the new one is printed once.
+    Rotate {
+        project: String,
+        name: String,
+    },
+    Disable {
+        project: String,
+        name: String,
+    },
+    Enable {
+        project: String,
+        name: String,
+    },
+    Delete {
+        project: String,
+        name: String,
+    },
+}
+
+/// What every command needs: the API client and how to print.
+struct Ctx {
+    client: Client,
+    json: bool,
+}
+
+impl Ctx {
+    async fn call(&self, method: M, path: &str, body: Option<Value>) -> anyhow::Result<Value> {
+        self.client.call(method, path, body).await
+    }
+}
+
+pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
+    // Commands that need no server need no password either.
+    if let AdminCommand::Stack(cmd) = &args.command
+        && stack::is_local(cmd)
+    {
+        let AdminCommand::Stack(cmd) = args.command else {
+            unreachable!("matched above")
+        };
+        return stack::run(cmd, None, args.json).await;
+    }
+    let password = admin_password(
+        args.password,
+        &args.data_dir,
+        "no password: pass --password, set SLIPWAY_PASSWORD, or run where",
+    )?;
+    let cx = Ctx {
+        client: Client::new(args.url, args.user, password),
+        json: args.json,
+    };
+    match args.command {
+        AdminCommand::Project(cmd) => project(&cx, cmd).await,
+        AdminCommand::Robot(cmd) => robot(&cx, cmd).await,
+        AdminCommand::Usage {
+            project: _,
+            action: Some(UsageAction::Recompute { dry_run }),
+        } => usage_recompute(&cx, dry_run).await,
+        AdminCommand::Usage {
+            project,
+            action: None,
+        } => usage(&cx, project).await,
+        AdminCommand::Quota(QuotaCommand::Set { project, size }) => {
+            quota_set(&cx, &project, &size).await
+        }
+        AdminCommand::Gc {
+            dry_run,
+            project,
+            no_retention,
+        } => gc(&cx, dry_run, project, no_retention).await,
+        AdminCommand::Rebase {
+            run_image,
+            dry_run,
+            force,
+        } => rebase(&cx, &run_image, dry_run, force).await,
+        AdminCommand::BuildToken(cmd) => build_token(&cx, cmd).await,
+        AdminCommand::Builder(cmd) => builder(&cx, cmd).await,
+        AdminCommand::Stack(cmd) => stack::run(cmd, Some(&cx.client), cx.json).await,
+        AdminCommand::Audit {
+            project,
+            principal,
+            action,
+            since,
+            limit,
+        } => audit(&cx, project, principal, action, since, limit).await,
+    }
+}
+
+// ----- projects -----------------------------------------------------------
+
+async fn project(cx: &Ctx, cmd: ProjectCommand) -> anyhow::Result<()> {
+    match cmd {
+        ProjectCommand::Create {
+            name,
+            public: _,
+            private,
+            quota,
+        } => project_create(cx, &name, private, quota.as_deref()).await,
+        ProjectCommand::List => project_list(cx).await,
+        ProjectCommand::Show { name } => project_show(cx, &name).await,
+        ProjectCommand::Set {
+            name,
+            public,
+            private,
+            retention,
+        } => project_set(cx, &name, public, private, retention).await,
+        ProjectCommand::Delete { name } => project_delete(cx, &name).await,
+    }
+}
+
+async fn project_create(
+    cx: &Ctx,
+    name: &str,
+    private: bool,
+    quota: Option<&str>,
+) -> anyhow::Result<()> {
+    let quota = quota.map(parse_size).transpose()?.flatten();
+    let v = cx
+        .call(
+            M::POST,
+            "/api/v1/projects",
+            Some(json!({"name": name, "public": !private, "quota_bytes": quota})),
+        )
+        .await?;
+    print_or(cx.json, &v, || {
+        projects_table(&[serde_json::from_value(v.clone())?])
+    })
+}
+
+async fn project_list(cx: &Ctx) -> anyhow::Result<()> {
+    let v = cx.call(M::GET, "/api/v1/projects", None).await?;
+    print_or(cx.json, &v, || {
+        projects_table(&serde_json::from_value::<Vec<ProjectView>>(v.clone())?)
+    })
+}
+
+async fn project_show(cx: &Ctx, name: &str) -> anyhow::Result<()> {
+    let v = cx
+        .call(M::GET, &format!("/api/v1/projects/{name}"), None)
+        .await?;
+    print_or(cx.json, &v, || {
+        let p: ProjectView = serde_json::from_value(v.clone())?;
+        let mut out = projects_table(std::slice::from_ref(&p))?;
+        let mut t = table(&["repository", "manifests"]);
+        for r in p.repositories.unwrap_or_default() {
+            t.add_row(vec![r.name, r.manifests.to_string()]);
+        }
+        out.push('\n');
+        out.push_str(&t.to_string());
+        Ok(out)
+    })
+}
+
+async fn project_set(
+    cx: &Ctx,
+    name: &str,
+    public: bool,
+    private: bool,
+    retention: Option<String>,
+) -> anyhow::Result<()> {
+    let mut body = Map::new();
+    if public || private {
+        body.insert("public".into(), json!(public));
+    }
+    if let Some(r) = retention {
+        let keep = if r == "default" {
+            Value::Null
+        } else {
+            json!(r.parse::<u32>().with_context(|| {
+                format!("--retention takes a number of images or `default`, not {r:?}")
+            })?)
+        };
+        body.insert("retention_keep".into(), keep);
+    }
+    if body.is_empty() {
+        bail!("nothing to change: give --public, --private or --retention");
+    }
+    let v = cx
+        .call(
+            M::PATCH,
+            &format!("/api/v1/projects/{name}"),
+            Some(Value::Object(body)),
+        )
+        .await?;
+    print_or(cx.json, &v, || {
+        projects_table(&[serde_json::from_value(v.clone())?])
+    })
+}
+
+async fn project_delete(cx: &Ctx, name: &str) -> anyhow::Result<()> {
+    cx.call(M::DELETE, &format!("/api/v1/projects/{name}"), None)
+        .await?;
+    say(cx.json, format!("Deleted project {name}."));
+    Ok(())
+}
+
+// ----- robots -------------------------------------------------------------
+
+async fn robot(cx: &Ctx, cmd: RobotCommand) -> anyhow::Result<()> {
+    match cmd {
+        RobotCommand::Create {
+            project,
+            name,
+            pull,
+            push,
+            delete,
+            expires,
+            description,
+        } => {
+            robot_create(
+                cx,
+                &project,
+                &name,
+                (pull, push, delete),
+                &expires,
+                &description,
+            )
+            .await
+        }
+        RobotCommand::List { project } => robot_list(cx, &project).await,
+        RobotCommand::Rotate { project, name } => robot_rotate(cx, &project, &name).await,
+        RobotCommand::Disable { project, name } => robot_enable(cx, &project, &name, false).await,
+        RobotCommand::Enable { project, name } => robot_enable(cx, &project, &name, true).await,
+        RobotCommand::Delete { project, name } => robot_delete(cx, &project, &name).await,
+    }
+}
+
+async fn robot_create(
+    cx: &Ctx,
+    project: &str,
+    name: &str,
+    (pull, push, delete): (bool, bool, bool),
+    expires: &str,
+    description: &str,
+) -> anyhow::Result<()> {
+    let mut perms = Vec::new();
+    if pull || !(push || delete) {
+        perms.push("pull");
+    }
+    if push {
+        perms.push("push");
+    }
+    if delete {
+        perms.push("delete");
+    }
+    let days = parse_days(expires)?;
+    let v = cx
+        .call(
+            M::POST,
+            &format!("/api/v1/projects/{project}/robots"),
+            Some(json!({"name": name, "description": description, "permissions": perms, "expires_in_days": days})),
+        )
+        .await?;
+    print_or(cx.json, &v, || {
+        secret_text(serde_json::from_value(v.clone())?)
+    })
+}
+
+async fn robot_list(cx: &Ctx, project: &str) -> anyhow::Result<()> {
+    let v = cx
+        .call(M::GET, &format!("/api/v1/projects/{project}/robots"), None)
+        .await?;
+    print_or(cx.json, &v, || {
+        robots_table(&serde_json::from_value::<Vec<RobotView>>(v.clone())?)
+    })
+}
+
+async fn robot_rotate(cx: &Ctx, project: &str, name: &str) -> anyhow::Result<()> {
+    let v = cx
+        .call(
+            M::POST,
+            &format!("/api/v1/projects/{project}/robots/{name}/rotate"),
+            None,
+        )
+        .await?;
+    print_or(cx.json, &v, || {
+        secret_text(serde_json::from_value(v.clone())?)
+    })
+}
+
+async fn robot_enable(cx: &Ctx, project: &str, name: &str, enabled: bool) -> anyhow::Result<()> {
+    let v = cx
+        .call(
+            M::PATCH,
+            &format!("/api/v1/projects/{project}/robots/{name}"),
+            Some(json!({"enabled": enabled})),
+        )
+        .await?;
+    print_or(cx.json, &v, || {
+        robots_table(&[serde_json::from_value(v.clone())?])
+    })
+}
+
+async fn robot_delete(cx: &Ctx, project: &str, name: &str) -> anyhow::Result<()> {
+    cx.call(
+        M::DELETE,
+        &format!("/api/v1/projects/{project}/robots/{name}"),
+        None,
+    )
+    .await?;
+    say(cx.json, format!("Deleted robot${project}+{name}."));
+    Ok(())
+}
+
+// ----- usage, quotas, GC, rebase -----------------------------------------
+
+async fn usage_recompute(cx: &Ctx, dry_run: bool) -> anyhow::Result<()> {
+    let v = cx
+        .call(
+            M::POST,
+            &format!("/api/v1/usage/recompute?dry_run={dry_run}"),
+            None,
+        )
+        .await?;
+    print_or(cx.json, &v, || {
+        let drifts = v["drifts"].as_array().cloned().unwrap_or_default();
+        let checked = v["projects"].as_u64().unwrap_or(0);
+        if drifts.is_empty() {
+            return Ok(format!("Recomputed {checked} projects: no drift."));
+        }
+        let mut t = table(&[
+            "project",
+            "missing rows",
+            "extra rows",
+            "used before",
+            "used after",
+        ]);
+        for d in &drifts {
+            t.add_row(vec![
+                d["project"].as_str().unwrap_or("").to_owned(),
+                d["missing"].as_array().map_or(0, |a| a.len()).to_string(),
+                d["extra"].as_array().map_or(0, |a| a.len()).to_string(),
+                human_bytes(d["used_before"].as_u64().unwrap_or(0)),
+                human_bytes(d["used_after"].as_u64().unwrap_or(0)),
+            ]);
+        }
+        let verb = if dry_run { "would be fixed" } else { "fixed" };
+        Ok(format!(
+            "{t}\nDrift in {} of {checked} projects ({verb}).",
+            drifts.len()
+        ))
+    })
+}
+
+async fn usage(cx: &Ctx, project: Option<String>) -> anyhow::Result<()> {
+    let Some(project) = project else {
+        let v = cx.call(M::GET, "/api/v1/usage", None).await?;
+        return print_or(cx.json, &v, || {
+            usage_table(&serde_json::from_value::<Vec<UsageView>>(v.clone())?)
+        });
+    };
+    let v = cx
+        .call(M::GET, &format!("/api/v1/projects/{project}/usage"), None)
+        .await?;
+    print_or(cx.json, &v, || {
+        usage_table(&[serde_json::from_value(v.clone())?])
+    })
+}
+
+async fn quota_set(cx: &Ctx, project: &str, size: &str) -> anyhow::Result<()> {
+    let bytes = parse_size(size)?;
+    cx.call(
+        M::PATCH,
+        &format!("/api/v1/projects/{project}"),
+        Some(json!({"quota_bytes": bytes})),
+    )
+    .await?;
+    usage(cx, Some(project.to_owned())).await
+}
+
+async fn gc(
+    cx: &Ctx,
+    dry_run: bool,
+    project: Option<String>,
+    no_retention: bool,
+) -> anyhow::Result<()> {
+    let v = cx
+        .call(
+            M::POST,
+            "/api/v1/gc",
+            Some(json!({"dry_run": dry_run, "project": project, "retention": !no_retention})),
+        )
+        .await?;
+    print_or(cx.json, &v, || gc_text(&v, dry_run))
+}
+
+async fn rebase(cx: &Ctx, run_image: &str, dry_run: bool, force: bool) -> anyhow::Result<()> {
+    let v = cx
+        .call(
+            M::POST,
+            "/api/v1/admin/rebase",
+            Some(json!({"run_image": run_image, "dry_run": dry_run, "force": force})),
+        )
+        .await?;
+    print_or(cx.json, &v, || {
+        let r: FleetReport = serde_json::from_value(v.clone())?;
+        Ok(report_text(&r).trim_end().to_owned())
+    })
+}
+
+// ----- build tokens and builders ------------------------------------------
+
+async fn build_token(cx: &Ctx, cmd: BuildTokenCommand) -> anyhow::Result<()> {
+    match cmd {
+        BuildTokenCommand::Create { project, name } => {
+            build_token_create(cx, &project, &name).await
+        }
+        BuildTokenCommand::List { project } => build_token_list(cx, &project).await,
+        BuildTokenCommand::Delete { project, name } => {
+            cx.call(
+                M::DELETE,
+                &format!("/api/v1/projects/{project}/build-tokens/{name}"),
+                None,
+            )
+            .await?;
+            say(
+                cx.json,
+                format!("Deleted build token build${project}+{name}."),
+            );
+            Ok(())
+        }
+    }
+}
+
+async fn build_token_create(cx: &Ctx, project: &str, name: &str) -> anyhow::Result<()> {
+    let v = cx
+        .call(
+            M::POST,
+            &format!("/api/v1/projects/{project}/build-tokens"),
+            Some(json!({"name": name})),
+        )
+        .await?;
+    print_or(cx.json, &v, || {
+        let user = v["token"]["username"].as_str().unwrap_or_default();
+        let secret = v["secret"].as_str().unwrap_or_default();
+        Ok(format!(
+            "Created build token {user}.\n\
+             Its secret is shown this once; keep it where the project's builds start:\n\n\
+             \x20 SLIPWAY_BUILD_TOKEN='{user}:{secret}'\n"
+        ))
+    })
+}
+
+async fn build_token_list(cx: &Ctx, project: &str) -> anyhow::Result<()> {
+    let v = cx
+        .call(
+            M::GET,
+            &format!("/api/v1/projects/{project}/build-tokens"),
+            None,
+        )
+        .await?;
+    print_or(cx.json, &v, || {
+        let mut t = table(&["user name", "created", "last used"]);
+        for tok in v.as_array().cloned().unwrap_or_default() {
+            t.add_row(vec![
+                tok["username"].as_str().unwrap_or("").to_owned(),
+                tok["created_at"].as_str().unwrap_or("").to_owned(),
+                tok["last_used_at"].as_str().unwrap_or("never").to_owned(),
+            ]);
+        }
+        Ok(t.to_string())
+    })
+}
+
+async fn builder(cx: &Ctx, cmd: BuilderCommand) -> anyhow::Result<()> {
+    match cmd {
+        BuilderCommand::Approve { image } => {
+            let v = cx
+                .call(M::POST, "/api/v1/builders", Some(json!({"image": image})))
+                .await?;
+            print_or(cx.json, &v, || {
+                Ok(format!(
+                    "Approved builder {}.",
+                    v["image"].as_str().unwrap_or_default()
+                ))
+            })
+        }
+        BuilderCommand::List => {
+            let v = cx.call(M::GET, "/api/v1/builders", None).await?;
+            print_or(cx.json, &v, || {
+                let mut t = table(&["builder", "approved by", "approved at"]);
+                for b in v.as_array().cloned().unwrap_or_default() {
+                    t.add_row(vec![
+                        b["image"].as_str().unwrap_or("").to_owned(),
+                        b["approved_by"].as_str().unwrap_or("").to_owned(),
+                        b["approved_at"].as_str().unwrap_or("").to_owned(),
+                    ]);
+                }
+                Ok(t.to_string())
+            })
+        }
+        BuilderCommand::Revoke { image } => {
+            let mut q = form_urlencoded::Serializer::new(String::new());
+            q.append_pair("image", &image);
+            cx.call(M::DELETE, &format!("/api/v1/builders?{}", q.finish()), None)
+                .await?;
+            say(cx.json, format!("Revoked builder {image}."));
+            Ok(())
+        }
+    }
+}
+
+// ----- audit --------------------------------------------------------------
+
+async fn audit(
+    cx: &Ctx,
+    project: Option<String>,
+    principal: Option<String>,
+    action: Option<String>,
+    since: Option<String>,
+    limit: u32,
+) -> anyhow::Result<()> {
+    let mut query = form_urlencoded::Serializer::new(String::new());
+    query.append_pair("limit", &limit.to_string());
+    for (k, v) in [
+        ("project", project),
+        ("principal", principal),
+        ("action", action),
+        ("since", since),
+    ] {
+        if let Some(v) = v {
+            query.append_pair(k, &v);
+        }
+    }
+    let v = cx
+        .call(M::GET, &format!("/api/v1/audit?{}", query.finish()), None)
+        .await?;
+    print_or(cx.json, &v, || {
+        let page: AuditPage = serde_json::from_value(v.clone())?;
+        let mut t = table(&["time", "principal", "action", "target", "from"]);
+        for e in page.entries {
+            t.add_row(vec![
+                e.at,
+                e.principal,
+                e.action,
+                e.target.unwrap_or_default(),
+                e.remote_addr.unwrap_or_default(),
+            ]);
+        }
+        Ok(t.to_string())
+    })
+}
+
+// ----- tables and parsing --------------------------------------------------
+
+fn projects_table(projects: &[ProjectView]) -> anyhow::Result<String> {
+    let mut t = table(&["project", "visibility", "quota", "retention", "created"]);
+    for p in projects {
+        t.add_row(vec![
+            if p.base {
+                format!("{} (base)", p.name)
+            } else {
+                p.name.clone()
+            },
+            if p.public { "public" } else { "private" }.to_owned(),
+            p.quota_bytes
+                .map(human_bytes)
+                .unwrap_or_else(|| "unlimited".into()),
+            p.retention_keep
+                .map(|k| format!("{k} images"))
+                .unwrap_or_else(|| "default".into()),
+            p.created_at.clone(),
+        ]);
+    }
+    Ok(t.to_string())
+}
+
+fn gc_text(v: &Value, dry_run: bool) -> anyhow::Result<String> {
+    let mut out = String::new();
+    let manifests = v["manifests"].as_array().cloned().unwrap_or_default();
+    if !manifests.is_empty() {
+        let mut t = table(&["repository", "manifest", "tags", "why"]);
+        for m in &manifests {
+            let tags: Vec<&str> = m["tags"]
+                .as_array()
+                .map(|a| a.iter().filter_map(|t| t.as_str()).collect())
+                .unwrap_or_default();
+            t.add_row(vec![
+                m["repository"].as_str().unwrap_or("").to_owned(),
+                m["digest"]
+                    .as_str()
+                    .unwrap_or("")
+                    .chars()
+                    .take(19)
+                    .collect(),
+                tags.join(","),
+                m["reason"].as_str().unwrap_or("").to_owned(),
+            ]);
+        }
+        out.push_str(&t.to_string());
+        out.push('\n');
+    }
+    let verb = if dry_run { "would remove" } else { "removed" };
+    out.push_str(&format!(
+        "GC {verb} {} manifests and {} blobs ({}).",
+        manifests.len(),
+        v["blobs"].as_u64().unwrap_or(0),
+        human_bytes(v["bytes_freed"].as_u64().unwrap_or(0))
+    ));
+    for s in v["manifests_skipped"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+    {
+        out.push_str(&format!("\nKept {}", s.as_str().unwrap_or("")));
+    }
+    Ok(out)
+}
+
+fn usage_table(usages: &[UsageView]) -> anyhow::Result<String> {
+    let mut t = table(&[
+        "project",
+        "used",
+        "quota",
+        "use",
+        "reserved",
+        "uploading",
+        "blobs",
+        "warnings",
+    ]);
+    for u in usages {
+        t.add_row(vec![
+            if u.base {
+                format!("{} (base)", u.project)
+            } else {
+                u.project.clone()
+            },
+            human_bytes(u.used_bytes),
+            u.quota_bytes
+                .map(human_bytes)
+                .unwrap_or_else(|| "unlimited".into()),
+            u.percent.map(|p| format!("{p:.1} %")).unwrap_or_default(),
+            human_bytes(u.reserved_bytes),
+            human_bytes(u.uploading_bytes),
+            u.blob_count.to_string(),
+            u.warnings
+                .iter()
+                .map(|w| format!("≥{w} %"))
+                .collect::<Vec<_>>()
+                .join(" "),
+        ]);
+    }
+    Ok(t.to_string())
+}
+
+/// `5GiB`, `500MiB`, `1.5G`, `500MB` (powers of 1000), `1024`, or `none`
+/// (no quota) → bytes.
+pub fn parse_size(s: &str) -> anyhow::Result<Option<u64>> {
+    let t = s.trim();
+    if t.eq_ignore_ascii_case("none") || t.eq_ignore_ascii_case("unlimited") {
+        return Ok(None);
+    }
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (number, unit) = t.split_at(split);
+    let number: f64 = number.parse().with_context(|| {
+        format!("{s:?} is not a size: use a number with a unit such as 2GiB, or none")
+    })?;
+    let factor: f64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1.0,
+        "k" | "kib" => 1024.0,
+        "m" | "mib" => 1024.0f64.powi(2),
+        "g" | "gib" => 1024.0f64.powi(3),
+        "t" | "tib" => 1024.0f64.powi(4),
+        "kb" => 1e3,
+        "mb" => 1e6,
+        "gb" => 1e9,
+        "tb" => 1e12,
+        other => {
+            bail!("{other:?} is not a size unit: use B, KiB, MiB, GiB, TiB (or KB, MB, GB, TB)")
+        }
+    };
+    Ok(Some((number * factor).round() as u64))
+}
+
+fn robots_table(robots: &[RobotView]) -> anyhow::Result<String> {
+    let mut t = table(&["user name", "permissions", "state", "expires", "last used"]);
+    for r in robots {
+        let state = if !r.enabled {
+            "disabled"
+        } else if r.expired {
+            "expired"
+        } else {
+            "enabled"
+        };
+        t.add_row(vec![
+            r.username.clone(),
+            r.effective_permissions.join(","),
+            state.to_owned(),
+            r.expires_at.clone().unwrap_or_else(|| "never".into()),
+            r.last_used_at.clone().unwrap_or_else(|| "never".into()),
+        ]);
+    }
+    Ok(t.to_string())
+}
+
+fn secret_text(s: RobotSecret) -> anyhow::Result<String> {
+    Ok(format!(
+        "{}\n\nUser name: {}\nSecret:    {}\n\nThe secret is shown only this once; store it now.",
+        robots_table(std::slice::from_ref(&s.robot))?,
+        s.robot.username,
+        s.secret
+    ))
+}
+
+/// `90d`, `90`, `never` → days (0 = never).
+fn parse_days(s: &str) -> anyhow::Result<u32> {
+    if s == "never" {
+        return Ok(0);
+    }
+    s.trim_end_matches('d')
+        .parse::<u32>()
+        .ok()
+        .filter(|d| *d > 0)
+        .with_context(|| {
+            format!("--expires takes a number of days such as 90d, or never; not {s:?}")
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_size;
+
+    #[test]
+    fn sizes() {
+        let cases: &[(&str, Option<u64>)] = &[
+            ("2GiB", Some(2 << 30)),
+            ("2 GiB", Some(2 << 30)),
+            ("300MiB", Some(300 << 20)),
+            ("1.5G", Some(3 << 29)),
+            ("500MB", Some(500_000_000)),
+            ("1024", Some(1024)),
+            ("none", None),
+        ];
+        for (s, want) in cases {
+            assert_eq!(parse_size(s).unwrap(), *want, "{s}");
+        }
+        for bad in ["", "GiB", "2 parsecs", "-1", "1.2.3G"] {
+            assert!(parse_size(bad).is_err(), "{bad}");
+        }
+    }
+}

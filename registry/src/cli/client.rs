@@ -1,0 +1,101 @@
+//! The HTTP client the commands share: Basic credentials on every request,
+//! the API's `{"error": "<sentence>"}` turned into the command's error.
+
+use std::path::Path;
+
+use anyhow::{Context, bail};
+use serde_json::Value;
+
+pub struct Client {
+    pub http: reqwest::Client,
+    pub url: String,
+    pub user: String,
+    pub password: String,
+}
+
+impl Client {
+    pub fn new(url: String, user: String, password: String) -> Client {
+        Client {
+            http: reqwest::Client::new(),
+            url,
+            user,
+            password,
+        }
+    }
+
+    /// Calls the API: the answer's JSON (`Null` when empty), or its error
+    /// sentence.
+    pub async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> anyhow::Result<Value> {
+        let mut req = self
+            .http
+            .request(method, self.url_of(path))
+            .basic_auth(&self.user, Some(&self.password));
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req
+            .send()
+            .await
+            .with_context(|| format!("cannot reach Slipway at {}", self.url))?;
+        let status = resp.status();
+        let text = resp.text().await.unwrap_or_default();
+        if !status.is_success() {
+            bail!("{}", error_sentence(&text, status));
+        }
+        if text.is_empty() {
+            return Ok(Value::Null);
+        }
+        serde_json::from_str(&text).context("the server's answer is not JSON")
+    }
+
+    /// A `GET` whose answer is read by the caller (text, or a stream); an
+    /// error sentence unless it succeeded.
+    pub async fn get(&self, path: &str) -> anyhow::Result<reqwest::Response> {
+        let resp = self
+            .http
+            .get(self.url_of(path))
+            .basic_auth(&self.user, Some(&self.password))
+            .send()
+            .await
+            .with_context(|| format!("cannot reach Slipway at {}", self.url))?;
+        if !resp.status().is_success() {
+            let status = resp.status();
+            let text = resp.text().await.unwrap_or_default();
+            bail!("{}", error_sentence(&text, status));
+        }
+        Ok(resp)
+    }
+
+    fn url_of(&self, path: &str) -> String {
+        format!("{}{path}", self.url.trim_end_matches('/'))
+    }
+}
+
+fn error_sentence(body: &str, status: reqwest::StatusCode) -> String {
+    serde_json::from_str::<Value>(body)
+        .ok()
+        .and_then(|v| v["error"].as_str().map(str::to_owned))
+        .unwrap_or_else(|| format!("the server answered {status}"))
+}
+
+/// The admin's password: as given (flag or `SLIPWAY_PASSWORD`), else from
+/// a local server's `<data_dir>/admin-password`. `missing` says what to do
+/// when there is neither, before the file's name.
+pub fn admin_password(
+    given: Option<String>,
+    data_dir: &Path,
+    missing: &str,
+) -> anyhow::Result<String> {
+    if let Some(p) = given {
+        return Ok(p);
+    }
+    let file = data_dir.join("admin-password");
+    std::fs::read_to_string(&file)
+        .map(|s| s.trim().to_owned())
+        .with_context(|| format!("{missing} {} is readable", file.display()))
+}
