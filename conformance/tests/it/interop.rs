@@ -120,6 +120,70 @@ async fn skopeo_copies_a_multi_layer_image_in_and_out_byte_for_byte() {
     );
 }
 
+/// A tool's project nearly at its quota: one image in `tool-full/a`, room
+/// for 64 KiB more. skopeo copies the same image into `tool-full/b` — it
+/// does not know the registry has its blobs (they were pushed by another
+/// client), so it uploads every one again (POST, PATCH, PUT) — and the
+/// copy must succeed: those bytes are blobs the project already holds, and
+/// add nothing to its usage. A copy to `tool-full/c` (skopeo now knows
+/// where the blobs are, and mounts them) succeeds too; a different image of
+/// 4 MiB is refused for quota.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn skopeo_copies_an_image_again_into_a_nearly_full_project() {
+    let work = tempfile::tempdir().expect("temporary directory");
+    let skopeo = Skopeo::find(work.path());
+    let image = Image::build(&work.path().join("in"), 4 << 20).await;
+    let other = Image::build(&work.path().join("other"), 4 << 20).await;
+    let registry = Registry::start().await;
+    let meta = &registry.server.state.meta;
+    registry.server.create_project("tool-full", true).await;
+    let digest = registry.push(&image, "tool-full/a", "v1").await;
+    let used = meta.usage("tool-full").await.unwrap().unwrap().used_bytes;
+    assert!(used > 4 << 20, "the image is counted: {used}");
+    meta.set_quota("tool-full", Some(used + (64 << 10)))
+        .await
+        .unwrap();
+    registry.server.state.auth.forget_project("tool-full");
+    let admin = registry.admin().joined();
+    for repo in ["b", "c"] {
+        let remote = format!("docker://{}/tool-full/{repo}:v1", registry.host());
+        run(skopeo.cmd([
+            "copy",
+            "--dest-tls-verify=false",
+            "--dest-creds",
+            &admin,
+            &image.reference(),
+            &remote,
+        ]))
+        .await;
+        let (copied, _) = registry.manifest(&format!("tool-full/{repo}"), "v1").await;
+        assert_eq!(copied, digest, "tool-full/{repo}:v1");
+        let u = meta.usage("tool-full").await.unwrap().unwrap();
+        assert_eq!(
+            (u.used_bytes, u.reserved_bytes),
+            (used, 0),
+            "the copy into tool-full/{repo} adds nothing"
+        );
+    }
+    let err = run_failing(skopeo.cmd([
+        "copy",
+        "--dest-tls-verify=false",
+        "--dest-creds",
+        &admin,
+        &other.reference(),
+        &format!("docker://{}/tool-full/d:v1", registry.host()),
+    ]))
+    .await;
+    assert!(
+        err.contains("quota exceeded for project tool-full"),
+        "new bytes over the quota are refused with the quota's sentence; skopeo said:\n{err}"
+    );
+    assert_eq!(
+        meta.usage("tool-full").await.unwrap().unwrap().used_bytes,
+        used
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn skopeo_inspects_lists_tags_and_deletes() {
     let work = tempfile::tempdir().expect("temporary directory");
