@@ -103,7 +103,7 @@ pub enum Incompatible {
 pub enum Outcome {
     /// The image's base already is the new run image.
     Current,
-    Rebased(Rebased),
+    Rebased(Box<Rebased>),
 }
 
 /// A rebased image: new config and manifest bytes.
@@ -430,7 +430,7 @@ pub fn rebase(app: &AppImage<'_>, base: &NewBase, force: bool) -> Result<Outcome
     new_layers.extend(layers[top + 1..].iter().cloned());
     manifest["layers"] = Value::Array(new_layers);
     let manifest_bytes = serde_json::to_vec(&manifest).expect("a manifest serialises");
-    Ok(Outcome::Rebased(Rebased {
+    Ok(Outcome::Rebased(Box::new(Rebased {
         media_type: if media_type.is_empty() {
             OCI_MANIFEST.to_owned()
         } else {
@@ -446,7 +446,7 @@ pub fn rebase(app: &AppImage<'_>, base: &NewBase, force: bool) -> Result<Outcome
         new_top_layer: base.top_layer().to_owned(),
         old_base_digest,
         renamed_from,
-    }))
+    })))
 }
 
 fn is_base_label(key: &str) -> bool {
@@ -758,7 +758,7 @@ mod tests {
 
     fn rebased(o: Result<Outcome, Incompatible>) -> Rebased {
         match o {
-            Ok(Outcome::Rebased(r)) => r,
+            Ok(Outcome::Rebased(r)) => *r,
             other => panic!("expected a rebase, got {other:?}"),
         }
     }
@@ -818,7 +818,8 @@ mod tests {
     fn the_refusals() {
         let v1 = Base::new("platform/run:bookworm", "v1", 2);
         let v2 = Base::new("platform/run:bookworm", "v2", 2);
-        let cases: Vec<(&str, (Vec<u8>, Vec<u8>), Base, Incompatible)> = vec![
+        type Case = (&'static str, (Vec<u8>, Vec<u8>), Base, Incompatible);
+        let cases: Vec<Case> = vec![
             (
                 "rebasable=false",
                 app_on(&v1, 1, &[(REBASABLE, "false")]),

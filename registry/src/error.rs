@@ -63,7 +63,8 @@ pub struct ApiError {
     pub code: ErrorCode,
     pub message: String,
     pub detail: Option<Value>,
-    pub headers: HeaderMap,
+    /// Headers the answer carries (boxed: errors travel in every `Result`).
+    pub headers: Box<HeaderMap>,
     /// Whether this is the quota's refusal (`StorageError::QuotaExceeded`).
     quota: bool,
 }
@@ -81,7 +82,7 @@ impl ApiError {
             code,
             message: message.into(),
             detail: None,
-            headers: HeaderMap::new(),
+            headers: Box::default(),
             quota: false,
         }
     }
@@ -240,7 +241,7 @@ impl IntoResponse for ApiError {
             body,
         )
             .into_response();
-        resp.headers_mut().extend(self.headers);
+        resp.headers_mut().extend(*self.headers);
         if self.status.is_server_error() {
             resp.extensions_mut()
                 .insert(ErrorCause(cause.unwrap_or_else(|| self.message.clone())));

@@ -135,8 +135,7 @@ pub fn parse(content_type: Option<&str>, body: &[u8]) -> Result<Parsed, Invalid>
         Ok(())
     };
 
-    let artifact_type;
-    if is_index(&media_type) {
+    let artifact_type = if is_index(&media_type) {
         if doc.config.is_some() || doc.layers.is_some() {
             return Err(bad("an index has manifests, not config or layers".into()));
         }
@@ -147,7 +146,7 @@ pub fn parse(content_type: Option<&str>, body: &[u8]) -> Result<Parsed, Invalid>
         for child in children {
             push_ref(child, true)?;
         }
-        artifact_type = doc.artifact_type.clone().filter(|t| !t.is_empty());
+        doc.artifact_type.clone().filter(|t| !t.is_empty())
     } else {
         if doc.manifests.is_some() {
             return Err(bad(
@@ -176,12 +175,11 @@ pub fn parse(content_type: Option<&str>, body: &[u8]) -> Result<Parsed, Invalid>
             }
         }
         // Empty is missing (distribution-spec: "empty or missing").
-        artifact_type = doc
-            .artifact_type
+        doc.artifact_type
             .clone()
             .filter(|t| !t.is_empty())
-            .or_else(|| config.media_type.clone());
-    }
+            .or_else(|| config.media_type.clone())
+    };
     let subject = doc.subject.as_ref().map(descriptor_digest).transpose()?;
     let annotations = doc
         .annotations

@@ -383,7 +383,7 @@ async fn look(
                 image,
                 repo,
                 report,
-                rebased,
+                rebased: *rebased,
             }))
         }
         Err(why) => Looked::Skipped(with_reason(report, format!("skipped: {why}"))),

@@ -1553,9 +1553,8 @@ mod replicas {
             let pid: u32 = e.file_name().to_str()?.parse().ok()?;
             let cmdline = std::fs::read(e.path().join("cmdline")).ok()?;
             let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
-            (args.iter().any(|a| a.ends_with(b"weed"))
-                && args.iter().any(|a| *a == needle.as_bytes()))
-            .then_some(pid)
+            (args.iter().any(|a| a.ends_with(b"weed")) && args.contains(&needle.as_bytes()))
+                .then_some(pid)
         })
     }
 

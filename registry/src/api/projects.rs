@@ -124,12 +124,7 @@ pub async fn create(
     Json(body): Json<NewProject>,
 ) -> Result<Response> {
     check_name(&body.name)?;
-    let is_base = state
-        .config
-        .quota
-        .base_projects
-        .iter()
-        .any(|b| *b == body.name);
+    let is_base = state.config.quota.base_projects.contains(&body.name);
     let p = state
         .meta
         .project_create(&body.name, body.public, body.quota_bytes, is_base)

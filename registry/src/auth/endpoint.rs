@@ -46,13 +46,11 @@ pub fn parse_scopes<'a>(values: impl IntoIterator<Item = &'a str>) -> Scopes {
         };
         let kind = kind.split('(').next().unwrap_or(kind);
         match kind {
-            "repository" => {
-                if RepoName::parse(name).is_ok() {
-                    let actions = Actions::parse(actions);
-                    match scopes.repositories.iter_mut().find(|(n, _)| n == name) {
-                        Some((_, a)) => *a = a.union(actions),
-                        None => scopes.repositories.push((name.to_owned(), actions)),
-                    }
+            "repository" if RepoName::parse(name).is_ok() => {
+                let actions = Actions::parse(actions);
+                match scopes.repositories.iter_mut().find(|(n, _)| n == name) {
+                    Some((_, a)) => *a = a.union(actions),
+                    None => scopes.repositories.push((name.to_owned(), actions)),
                 }
             }
             "registry" if name == "catalog" => scopes.catalog = true,

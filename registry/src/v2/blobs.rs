@@ -191,7 +191,8 @@ mod tests {
 
     #[test]
     fn ranges() {
-        let cases: &[(&str, u64, Option<(u64, u64)>)] = &[
+        type Case = (&'static str, u64, Option<(u64, u64)>);
+        let cases: &[Case] = &[
             ("bytes=0-0", 10, Some((0, 1))),
             ("bytes=0-9", 10, Some((0, 10))),
             ("bytes=2-100", 10, Some((2, 10))),

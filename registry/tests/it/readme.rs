@@ -194,13 +194,13 @@ impl Session {
             l = l.replace("build$tool-foo+default:…", t);
         }
         if l.contains("b0123456789ab") {
-            let id = if l.starts_with("slipway build cancel") {
-                &self.to_cancel
-            } else if l.starts_with("slipway build retry") {
-                &self.to_cancel
-            } else {
-                &self.first_build
-            };
+            // The build the test queued is cancelled, then retried.
+            let id =
+                if l.starts_with("slipway build cancel") || l.starts_with("slipway build retry") {
+                    &self.to_cancel
+                } else {
+                    &self.first_build
+                };
             l = l.replace("b0123456789ab", id.as_deref().expect("a build to name"));
         }
         if l.contains("/builds/BUILD/") {
@@ -266,6 +266,25 @@ impl Session {
             let v: Value = serde_json::from_str(stdout)
                 .unwrap_or_else(|e| panic!("curl printed no build ({e}):\n{stdout}"));
             self.curl_build = v["id"].as_str().map(str::to_owned);
+        }
+    }
+
+    /// Waits, under a deadline, until build `id` of tool-foo has ended.
+    async fn wait_for_end(&self, id: String) {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let v = self
+                .api(
+                    reqwest::Method::GET,
+                    &format!("/api/v1/projects/tool-foo/builds/{id}"),
+                    None,
+                )
+                .await;
+            if !matches!(v["state"].as_str(), Some("pending" | "running")) {
+                return;
+            }
+            assert!(Instant::now() < deadline, "build {id} did not end: {v}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
 
@@ -408,6 +427,10 @@ async fn every_command_line_of_the_readme_runs() {
                 )
                 .await;
             session.to_cancel = v["id"].as_str().map(str::to_owned);
+        }
+        if line.starts_with("slipway build retry") {
+            // As a reader would: retry once the cancelled build has ended.
+            session.wait_for_end(session.to_cancel.clone().unwrap()).await;
         }
         let stdout = session.run(*number, line).await;
         session.remember(line, &stdout);
