@@ -12,6 +12,9 @@
 #   - PostgreSQL answering at 127.0.0.1:5432 (started with pg_ctlcluster if
 #     not), with a role that may create databases: SLIPWAY_TEST_POSTGRES_URL
 #     is set for the storage contract tests unless it is set already.
+#   - SLIPWAY_TEST_CA_CERTIFICATES: the host's certificate bundle, given to
+#     the end-to-end builds as builds.ca_certificates (they install real
+#     packages from PyPI and npm through the egress proxy);
 #   - the root file systems of the bookworm stack (mmdebstrap, from Debian's
 #     mirror), kept in SLIPWAY_TEST_STACKS (default
 #     ~/.cache/slipway/test-stacks) and made only when missing: the build
@@ -162,8 +165,18 @@ prepare_stacks() {
 		"$slipway" admin stack build bookworm --rootfs-only --cache-dir "$SLIPWAY_TEST_STACKS"
 }
 
+# The end-to-end builds download real packages (PyPI, npm) through
+# Slipway's egress proxy; where the way out re-signs TLS (these machines),
+# builds must trust the authorities the host trusts: builds.ca_certificates.
+ca_certificates() {
+	if [ -z "${SLIPWAY_TEST_CA_CERTIFICATES:-}" ] && [ -f /etc/ssl/certs/ca-certificates.crt ]; then
+		export SLIPWAY_TEST_CA_CERTIFICATES=/etc/ssl/certs/ca-certificates.crt
+	fi
+}
+
 install_debian_packages
 install_pypi_packages
+ca_certificates
 start_postgres
 postgres_url
 command -v cargo >/dev/null || die "cargo is not on PATH; install Rust (https://rustup.rs), version 1.95 or newer."

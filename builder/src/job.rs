@@ -11,11 +11,12 @@ use slipway_launcher::Env;
 use slipway_launcher::metadata::escape_id;
 
 use crate::buildpack::{Catalog, LayerToml, Order, RunToml, read_toml};
+use crate::egress;
 use crate::export::{CachedExport, Export, ExportError, Exported, Previous, Restored, RunImage};
 use crate::layers::apply_layer;
 use crate::lifecycle::{Lifecycle, LifecycleError, Target};
 use crate::oci::{Client, ImageRef, OciError};
-use crate::sandbox::{Sandbox, prepare_root};
+use crate::sandbox::{self, Sandbox, prepare_root};
 
 /// A build to run. `commit` was resolved from `git_ref` when the build was
 /// asked for.
@@ -49,8 +50,37 @@ pub struct Context {
     pub cache_dir: PathBuf,
     /// Per-build scratch directories.
     pub work_dir: PathBuf,
-    /// The launcher binary put in every app image.
+    /// The launcher binary put in every app image (also the sandbox's
+    /// egress forwarder).
     pub launcher: &'static [u8],
+    /// What builds' code may reach.
+    pub isolation: Arc<Isolation>,
+}
+
+/// What a build's code, and the fetch of its source, may reach.
+#[derive(Debug, Clone, Default)]
+pub struct Isolation {
+    /// The egress policy, the registry's own addresses included.
+    pub policy: egress::Policy,
+    pub proxy: egress::Settings,
+    /// `[builds.sources] allow_hosts`: empty, any host the policy allows.
+    pub source_hosts: Vec<egress::HostPattern>,
+    /// Certificate authorities (PEM) trusted besides the stack's (in
+    /// builds) and the system's (the source fetch).
+    pub ca_certificates: Option<Vec<u8>>,
+}
+
+impl Isolation {
+    /// The policy for sources: the egress policy, narrowed to
+    /// `source_hosts` when there are any.
+    pub fn source_policy(&self) -> egress::Policy {
+        let mut p = self.policy.clone();
+        if !self.source_hosts.is_empty() {
+            p.mode = egress::Mode::Allowlist;
+            p.allow_hosts = self.source_hosts.clone();
+        }
+        p
+    }
 }
 
 /// What a build reports as it goes.
@@ -62,6 +92,20 @@ pub trait BuildLog: Send + Sync {
     /// registry releases the build's quota reservation here).
     fn before_export(&self) -> futures::future::BoxFuture<'_, ()> {
         Box::pin(async {})
+    }
+    /// The egress proxy refused a connection (the reason is logged too).
+    fn egress_refused(&self, _rule: egress::Rule) {}
+}
+
+/// The proxy's events, into the build's log.
+struct ProxyEvents<'a>(&'a dyn BuildLog);
+
+impl egress::Events for ProxyEvents<'_> {
+    fn line(&self, text: &str) {
+        self.0.line(text);
+    }
+    fn refused(&self, rule: egress::Rule) {
+        self.0.egress_refused(rule);
     }
 }
 
@@ -88,27 +132,27 @@ pub struct Outcome {
     pub buildpacks: Vec<String>,
 }
 
-/// Resolves `git_ref` (a branch, tag or commit) of `url` to a commit.
-pub async fn resolve_ref(url: &str, git_ref: &str) -> Result<String, BuildError> {
+/// Resolves `git_ref` (a branch, tag or commit) of `url` to a commit,
+/// under the source policy (see [`SourceAccess`]).
+pub async fn resolve_ref(
+    url: &str,
+    git_ref: &str,
+    isolation: &Isolation,
+) -> Result<String, BuildError> {
     if git_ref.len() == 40 && git_ref.bytes().all(|b| b.is_ascii_hexdigit()) {
         return Ok(git_ref.to_ascii_lowercase());
     }
-    let out = tokio::process::Command::new("git")
-        .args(["ls-remote", "--", url, git_ref])
-        .env("GIT_TERMINAL_PROMPT", "0")
-        .output()
+    let access = SourceAccess::open(url, isolation).await?;
+    let text = access
+        .run(&access.git_args(&["ls-remote", "--", url, git_ref]), None)
         .await
-        .map_err(|e| BuildError::Source(format!("cannot run git: {e}")))?;
-    if !out.status.success() {
-        return Err(BuildError::Source(format!(
-            "the repository {url} cannot be read: {}",
-            String::from_utf8_lossy(&out.stderr)
-                .lines()
-                .last()
-                .unwrap_or("git ls-remote failed")
-        )));
-    }
-    let text = String::from_utf8_lossy(&out.stdout);
+        .map_err(|e| match e {
+            BuildError::Source(m) => BuildError::Source(format!(
+                "the repository {url} cannot be read: {}",
+                m.lines().last().unwrap_or("git ls-remote failed")
+            )),
+            e => e,
+        })?;
     // Exact names first: refs/heads/<ref>, refs/tags/<ref>, then <ref>.
     let candidates = [
         format!("refs/heads/{git_ref}"),
@@ -129,22 +173,184 @@ pub async fn resolve_ref(url: &str, git_ref: &str) -> Result<String, BuildError>
     )))
 }
 
-async fn git(args: &[&str], dir: &Path) -> Result<(), BuildError> {
-    let out = tokio::process::Command::new("git")
-        .args(args)
-        .current_dir(dir)
-        .env("GIT_TERMINAL_PROMPT", "0")
-        .output()
-        .await
-        .map_err(|e| BuildError::Source(format!("cannot run git: {e}")))?;
-    if !out.status.success() {
-        return Err(BuildError::Source(format!(
-            "git {} failed: {}",
-            args.first().unwrap_or(&""),
-            String::from_utf8_lossy(&out.stderr).trim()
-        )));
+/// How Slipway's own git reaches a source, under the source policy (the
+/// egress policy, narrowed to `[builds.sources] allow_hosts`): an
+/// `http(s)://` source through an egress proxy on the host's loopback, so
+/// the address git connects to is the one the policy judged; a `git://`
+/// source after its host's addresses are judged; a `file://` source (only
+/// when the server allows local sources) as it is. Its git trusts the
+/// site's extra certificate authorities.
+pub struct SourceAccess {
+    proxy: Option<(
+        Arc<egress::Proxy>,
+        std::net::SocketAddr,
+        tokio::task::JoinHandle<()>,
+    )>,
+    ca_bundle: Option<tempfile::NamedTempFile>,
+    refused: Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl Drop for SourceAccess {
+    fn drop(&mut self) {
+        if let Some((_, _, task)) = &self.proxy {
+            task.abort();
+        }
     }
-    Ok(())
+}
+
+struct Collect(Arc<std::sync::Mutex<Vec<String>>>);
+
+impl egress::Events for Collect {
+    fn line(&self, text: &str) {
+        self.0
+            .lock()
+            .expect("source refusals")
+            .push(text.to_owned());
+    }
+}
+
+impl SourceAccess {
+    /// Checks `url` against the source policy and prepares the way to it;
+    /// a refused host is an error with the policy's sentence.
+    pub async fn open(url: &str, isolation: &Isolation) -> Result<SourceAccess, BuildError> {
+        let policy = isolation.source_policy();
+        let refused = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let ca_bundle = match &isolation.ca_certificates {
+            Some(extra) => Some(host_ca_bundle(extra)?),
+            None => None,
+        };
+        let mut access = SourceAccess {
+            proxy: None,
+            ca_bundle,
+            refused: refused.clone(),
+        };
+        if url.starts_with("file://") {
+            return Ok(access);
+        }
+        let (host, port) = source_host(url)?;
+        let refuse = |sentence: String| {
+            BuildError::Source(format!(
+                "the source {url} is refused: {sentence} (builds.egress, builds.sources)"
+            ))
+        };
+        if let egress::Decision::Refuse(rule) = policy.decide_name(&host) {
+            return Err(refuse(format!("{host}: {rule}")));
+        }
+        // Judged now, at request and at fetch time; for http(s) also at
+        // connect time, by the proxy git goes through.
+        let addrs: Vec<std::net::IpAddr> = match host.trim_matches(['[', ']']).parse() {
+            Ok(ip) => vec![ip],
+            Err(_) => tokio::net::lookup_host((host.as_str(), port))
+                .await
+                .map_err(|e| BuildError::Source(format!("cannot resolve {host}: {e}")))?
+                .map(|a| a.ip())
+                .collect(),
+        };
+        for a in &addrs {
+            if let egress::Decision::Refuse(rule) = policy.decide(&host, *a) {
+                return Err(refuse(format!("{host} resolves to {a}: {rule}")));
+            }
+        }
+        if url.starts_with("http://") || url.starts_with("https://") {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+            let addr = listener.local_addr()?;
+            let proxy = Arc::new(egress::Proxy::new(policy, isolation.proxy.clone()));
+            let serving = proxy.clone();
+            let events = Collect(refused);
+            let task = tokio::spawn(async move { serving.serve_tcp(listener, &events).await });
+            access.proxy = Some((proxy, addr, task));
+        }
+        Ok(access)
+    }
+
+    /// `git` arguments with the proxy and the certificate bundle set.
+    pub fn git_args(&self, args: &[&str]) -> Vec<String> {
+        let mut out = Vec::new();
+        if let Some((_, addr, _)) = &self.proxy {
+            out.push("-c".to_owned());
+            out.push(format!("http.proxy=http://{addr}"));
+        }
+        if let Some(b) = &self.ca_bundle {
+            out.push("-c".to_owned());
+            out.push(format!("http.sslCAInfo={}", b.path().display()));
+        }
+        out.extend(args.iter().map(|a| a.to_string()));
+        out
+    }
+
+    /// Runs git with `args` (from [`SourceAccess::git_args`]) in `dir`;
+    /// its standard output, or its error with what the proxy refused.
+    async fn run(&self, args: &[String], dir: Option<&Path>) -> Result<String, BuildError> {
+        let mut cmd = tokio::process::Command::new("git");
+        cmd.args(args)
+            .env("GIT_TERMINAL_PROMPT", "0")
+            // Only the proxy given on the command line, never the host's.
+            .env_remove("http_proxy")
+            .env_remove("https_proxy")
+            .env_remove("HTTPS_PROXY")
+            .env_remove("ALL_PROXY")
+            .env_remove("all_proxy");
+        if let Some(d) = dir {
+            cmd.current_dir(d);
+        }
+        let out = cmd
+            .output()
+            .await
+            .map_err(|e| BuildError::Source(format!("cannot run git: {e}")))?;
+        if !out.status.success() {
+            let refused = self.refused.lock().expect("source refusals").clone();
+            let why = match refused.last() {
+                Some(r) => r.trim_start_matches("egress: ").to_owned(),
+                None => String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+            };
+            return Err(BuildError::Source(why));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+}
+
+/// The host and port of a source URL (`https://`, `http://`, `git://`).
+fn source_host(url: &str) -> Result<(String, u16), BuildError> {
+    let bad = || BuildError::Source(format!("no host in the source URL {url:.200}"));
+    let (scheme, rest) = url.split_once("://").ok_or_else(bad)?;
+    let default = match scheme {
+        "https" => 443,
+        "http" => 80,
+        "git" => 9418,
+        _ => return Err(bad()),
+    };
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    let authority = authority.rsplit('@').next().unwrap_or(authority);
+    let (host, port) = if let Some(r) = authority.strip_prefix('[') {
+        let (h, after) = r.split_once(']').ok_or_else(bad)?;
+        let port = match after.strip_prefix(':') {
+            Some(p) => p.parse().map_err(|_| bad())?,
+            None => default,
+        };
+        (format!("[{h}]"), port)
+    } else {
+        match authority.rsplit_once(':') {
+            Some((h, p)) => (h.to_owned(), p.parse().map_err(|_| bad())?),
+            None => (authority.to_owned(), default),
+        }
+    };
+    if host.is_empty() {
+        return Err(bad());
+    }
+    Ok((host.to_ascii_lowercase(), port))
+}
+
+/// The system's authorities plus `extra`, in a file for git.
+fn host_ca_bundle(extra: &[u8]) -> Result<tempfile::NamedTempFile, BuildError> {
+    let mut f = tempfile::NamedTempFile::new()?;
+    use std::io::Write;
+    if let Ok(system) = std::fs::read("/etc/ssl/certs/ca-certificates.crt") {
+        f.write_all(&system)?;
+        f.write_all(b"\n")?;
+    }
+    f.write_all(extra)?;
+    f.flush()?;
+    Ok(f)
 }
 
 /// The builder image's root file system, unpacked once per digest.
@@ -272,37 +478,50 @@ async fn run_in(
         "checking out {} at {}",
         req.source_url, req.commit
     ));
-    git(&["init", "-q"], &workspace).await?;
+    let access = SourceAccess::open(&req.source_url, &ctx.isolation).await?;
+    access
+        .run(&access.git_args(&["init", "-q"]), Some(&workspace))
+        .await?;
     // By commit (servers that allow it), else the ref's history.
-    if git(
-        &[
-            "fetch",
-            "-q",
-            "--depth",
-            "1",
-            "--",
-            &req.source_url,
-            &req.commit,
-        ],
-        &workspace,
-    )
-    .await
-    .is_ok()
-    {
-        git(&["checkout", "-q", "--detach", "FETCH_HEAD"], &workspace).await?;
-    } else {
-        git(
-            &["fetch", "-q", "--", &req.source_url, &req.git_ref],
-            &workspace,
+    let by_commit = access
+        .run(
+            &access.git_args(&[
+                "fetch",
+                "-q",
+                "--depth",
+                "1",
+                "--",
+                &req.source_url,
+                &req.commit,
+            ]),
+            Some(&workspace),
         )
-        .await
-        .map_err(|e| {
-            BuildError::Source(format!(
-                "cannot fetch {} of {}: {e}",
-                req.git_ref, req.source_url
-            ))
-        })?;
-        git(&["checkout", "-q", "--detach", &req.commit], &workspace)
+        .await;
+    if by_commit.is_ok() {
+        access
+            .run(
+                &access.git_args(&["checkout", "-q", "--detach", "FETCH_HEAD"]),
+                Some(&workspace),
+            )
+            .await?;
+    } else {
+        access
+            .run(
+                &access.git_args(&["fetch", "-q", "--", &req.source_url, &req.git_ref]),
+                Some(&workspace),
+            )
+            .await
+            .map_err(|e| {
+                BuildError::Source(format!(
+                    "cannot fetch {} of {}: {e}",
+                    req.git_ref, req.source_url
+                ))
+            })?;
+        access
+            .run(
+                &access.git_args(&["checkout", "-q", "--detach", &req.commit]),
+                Some(&workspace),
+            )
             .await
             .map_err(|_| {
                 BuildError::Source(format!(
@@ -311,17 +530,37 @@ async fn run_in(
                 ))
             })?;
     }
+    drop(access);
     std::fs::remove_dir_all(workspace.join(".git"))?;
     for (k, v) in &req.env {
         std::fs::write(work.join("platform/env").join(k), v)?;
     }
 
+    // The build's way out: its egress proxy on a Unix socket (a short
+    // path: socket addresses hold 108 bytes), bound into the sandbox with
+    // the forwarder; and its certificate bundle.
+    let egress_dir = tempfile::Builder::new()
+        .prefix("slipway-egress-")
+        .tempdir()?;
+    let socket = egress_dir.path().join("s");
+    let listener = tokio::net::UnixListener::bind(&socket)?;
+    let proxy = egress::Proxy::new(ctx.isolation.policy.clone(), ctx.isolation.proxy.clone());
+    let events = ProxyEvents(log);
+    let ca_bundle = match &ctx.isolation.ca_certificates {
+        Some(extra) => Some(build_ca_bundle(&root, extra, work)?),
+        None => None,
+    };
     let sandbox = Sandbox {
         root: root.clone(),
         workspace: workspace.clone(),
         layers: work.join("layers"),
         platform: work.join("platform"),
         tmp: work.join("tmp"),
+        egress: Some(sandbox::Egress {
+            socket,
+            forwarder: forwarder(ctx)?,
+        }),
+        ca_bundle,
     };
     let mut base_env: Env = builder_config["config"]["Env"]
         .as_array()
@@ -355,7 +594,13 @@ async fn run_in(
             .label("io.buildpacks.base.distro.version")
             .map(str::to_owned),
     };
-    let log_fn = |s: &str| log.line(s);
+    let hinted = std::sync::atomic::AtomicBool::new(false);
+    let log_fn = |s: &str| {
+        log.line(s);
+        if tls_failure(s) && !hinted.swap(true, std::sync::atomic::Ordering::Relaxed) {
+            log.line(TLS_HINT);
+        }
+    };
     let lifecycle = Lifecycle {
         sandbox: &sandbox,
         catalog: &catalog,
@@ -365,8 +610,48 @@ async fn run_in(
         log: &log_fn,
     };
 
+    let serve = proxy.serve_unix(listener, &events);
+    tokio::pin!(serve);
+    let steps = lifecycle_steps(
+        ctx, req, log, work, &lifecycle, &order, &run_image, &workspace,
+    );
+    let outcome = tokio::select! {
+        r = steps => r,
+        () = &mut serve => unreachable!("the proxy serves until dropped"),
+    };
+    let s = proxy.summary();
+    if s.connections > 0 || s.refused > 0 {
+        log.line(&format!(
+            "egress: {} connections to {} ({} down, {} up), {} refused",
+            s.connections,
+            if s.hosts.is_empty() {
+                "nowhere".to_owned()
+            } else {
+                s.hosts.join(", ")
+            },
+            human(s.downloaded),
+            human(s.uploaded),
+            s.refused
+        ));
+    }
+    outcome
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn lifecycle_steps(
+    ctx: &Context,
+    req: &BuildRequest,
+    log: &dyn BuildLog,
+    work: &Path,
+    lifecycle: &Lifecycle<'_>,
+    order: &Order,
+    run_image: &RunImage,
+    workspace: &Path,
+) -> Result<Outcome, BuildError> {
+    let sandbox = lifecycle.sandbox;
+    let log_fn = |s: &str| log.line(s);
     log.phase("detect");
-    let detected = lifecycle.detect(&order).await?;
+    let detected = lifecycle.detect(order).await?;
 
     log.phase("restore");
     let repository = req.repository();
@@ -399,10 +684,10 @@ async fn run_in(
         client: &ctx.client,
         repository: &repository,
         tags: &tags,
-        run_image: &run_image,
+        run_image,
         built: &built,
         layers_dir: &sandbox.layers,
-        workspace: &workspace,
+        workspace,
         launcher: ctx.launcher,
         previous: previous.as_ref(),
         project,
@@ -421,6 +706,75 @@ async fn run_in(
             .map(|b| format!("{}@{}", b.buildpack.id(), b.buildpack.version()))
             .collect(),
     })
+}
+
+/// Said once in a build's log after a TLS verification failure.
+pub const TLS_HINT: &str = "hint: a TLS certificate could not be verified. If this site's way \
+     out re-signs TLS with its own certificate authority, give its authorities to builds with \
+     builds.ca_certificates (for example the host's /etc/ssl/certs/ca-certificates.crt).";
+
+/// Whether a log line reports a TLS verification failure (pip, npm, git,
+/// curl, cargo, bundler, composer say it in these words).
+fn tls_failure(line: &str) -> bool {
+    let l = line.to_ascii_lowercase();
+    [
+        "certificate verify failed",
+        "self-signed certificate in certificate chain",
+        "self_signed_cert_in_chain",
+        "unable to get local issuer certificate",
+        "unable_to_get_issuer_cert_locally",
+        "server certificate verification failed",
+        "ssl certificate problem",
+    ]
+    .iter()
+    .any(|p| l.contains(p))
+}
+
+/// The forwarder run in sandboxes: the launcher binary, written once into
+/// the cache (replaced when the binary changes).
+fn forwarder(ctx: &Context) -> Result<PathBuf, BuildError> {
+    use std::os::unix::fs::PermissionsExt;
+    let path = ctx.cache_dir.join("bin").join("egress-forward");
+    if std::fs::read(&path).is_ok_and(|b| b == ctx.launcher) {
+        return Ok(path);
+    }
+    std::fs::create_dir_all(path.parent().expect("a parent"))?;
+    let tmp = path.with_extension(format!("tmp-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::write(&tmp, ctx.launcher)?;
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755))?;
+    std::fs::rename(&tmp, &path)?;
+    Ok(path)
+}
+
+/// The build's certificate bundle: the stack's authorities (the builder's
+/// `/etc/ssl/certs/ca-certificates.crt`, if it has one) and the site's.
+fn build_ca_bundle(root: &Path, extra: &[u8], work: &Path) -> Result<PathBuf, BuildError> {
+    let mut bundle =
+        std::fs::read(root.join("etc/ssl/certs/ca-certificates.crt")).unwrap_or_default();
+    if !bundle.is_empty() && !bundle.ends_with(b"\n") {
+        bundle.push(b'\n');
+    }
+    bundle.extend_from_slice(extra);
+    let path = work.join("ca-certificates.crt");
+    std::fs::write(&path, bundle)?;
+    Ok(path)
+}
+
+fn human(bytes: u64) -> String {
+    let mut v = bytes as f64;
+    let mut unit = "B";
+    for u in ["KiB", "MiB", "GiB"] {
+        if v < 1024.0 {
+            break;
+        }
+        v /= 1024.0;
+        unit = u;
+    }
+    if unit == "B" {
+        format!("{bytes} B")
+    } else {
+        format!("{v:.1} {unit}")
+    }
 }
 
 /// Before the build: cached layers (contents and metadata, without their

@@ -22,6 +22,7 @@
 //! ([`slipway_launcher::env::Phase::Build`]).
 
 pub mod buildpack;
+pub mod egress;
 pub mod export;
 pub mod job;
 pub mod launcher;

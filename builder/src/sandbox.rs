@@ -1,10 +1,16 @@
-//! Where buildpacks run: bubblewrap, with fresh user, mount, pid, IPC and
-//! UTS namespaces, as the unprivileged CNB user, on the builder image's
-//! root file system mounted read-only. Only `/workspace`, `/layers`,
-//! `/platform` and `/tmp` are bound from the host, writable; nothing else of
-//! the host is visible — not the server's data directory, not its
-//! credentials (the environment is cleared and set explicitly). The network
-//! is shared: dependencies come from package registries.
+//! Where buildpacks run: bubblewrap, with fresh user, mount, pid, IPC,
+//! UTS and network namespaces, as the unprivileged CNB user, on the
+//! builder image's root file system mounted read-only. Only `/workspace`,
+//! `/layers`, `/platform` and `/tmp` are bound from the host, writable;
+//! nothing else of the host is visible — not the server's data directory,
+//! not its credentials (the environment is cleared and set explicitly),
+//! not its network: the namespace has only a loopback device. The way out
+//! is the build's egress proxy (`crate::egress`): its Unix socket is bound
+//! at `/run/slipway/egress.sock`, and every program runs under the
+//! forwarder (the launcher binary as `/run/slipway/egress-forward`), which
+//! listens on `127.0.0.1:3128` inside and carries connections to that
+//! socket; `HTTP_PROXY`, `HTTPS_PROXY` and their lower-case forms point
+//! there.
 
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
@@ -23,27 +29,77 @@ pub struct Sandbox {
     pub layers: PathBuf,
     pub platform: PathBuf,
     pub tmp: PathBuf,
+    /// The way out; `None`: no network at all.
+    pub egress: Option<Egress>,
+    /// A certificate bundle (the stack's and the site's authorities) bound
+    /// at [`CA_BUNDLE`], with the variables TLS clients read pointing at it.
+    pub ca_bundle: Option<PathBuf>,
 }
+
+/// A sandbox's way out: the build's egress proxy.
+#[derive(Debug, Clone)]
+pub struct Egress {
+    /// The proxy's Unix socket, on the host.
+    pub socket: PathBuf,
+    /// The launcher binary (the forwarder), on the host.
+    pub forwarder: PathBuf,
+}
+
+/// Where the forwarder listens inside the sandbox.
+pub const PROXY_PORT: u16 = 3128;
+/// Where the build's certificate bundle is, inside the sandbox.
+pub const CA_BUNDLE: &str = "/run/slipway/ca-certificates.crt";
+const EGRESS_SOCKET: &str = "/run/slipway/egress.sock";
+const FORWARDER: &str = "/run/slipway/egress-forward";
 
 /// The mount points a root file system needs for [`Sandbox`]; created in
 /// an unpacked builder root (which is then only ever mounted read-only).
-pub const MOUNT_POINTS: &[&str] = &["workspace", "layers", "platform", "tmp", "proc", "dev"];
+pub const MOUNT_POINTS: &[&str] = &[
+    "workspace",
+    "layers",
+    "platform",
+    "tmp",
+    "proc",
+    "dev",
+    "run",
+];
 
-/// Prepares an unpacked root for sandboxes: mount points, and the host's
-/// name resolution (buildpacks download dependencies).
+/// Prepares an unpacked root for sandboxes: its mount points. (Names are
+/// not resolved inside: the network namespace has none, and clients send
+/// names to the egress proxy, which resolves them.)
 pub fn prepare_root(root: &Path) -> std::io::Result<()> {
     for m in MOUNT_POINTS {
         std::fs::create_dir_all(root.join(m))?;
     }
-    std::fs::create_dir_all(root.join("etc"))?;
-    if let Ok(resolv) = std::fs::read("/etc/resolv.conf") {
-        let target = root.join("etc/resolv.conf");
-        // A dangling symlink (to systemd's stub) would make the write go
-        // elsewhere: replace it with a file.
-        let _ = std::fs::remove_file(&target);
-        std::fs::write(target, resolv)?;
-    }
     Ok(())
+}
+
+/// The variables that point clients at the egress proxy and at the
+/// build's certificate bundle; set last, over the buildpacks' own.
+pub fn network_env(egress: bool, ca_bundle: bool) -> Vec<(&'static str, String)> {
+    let mut env = Vec::new();
+    if egress {
+        let proxy = format!("http://127.0.0.1:{PROXY_PORT}");
+        for k in ["HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"] {
+            env.push((k, proxy.clone()));
+        }
+        for k in ["NO_PROXY", "no_proxy"] {
+            env.push((k, "localhost,127.0.0.1,::1".to_owned()));
+        }
+    }
+    if ca_bundle {
+        for k in [
+            "SSL_CERT_FILE",
+            "REQUESTS_CA_BUNDLE",
+            "PIP_CERT",
+            "NODE_EXTRA_CA_CERTS",
+            "GIT_SSL_CAINFO",
+            "CURL_CA_BUNDLE",
+        ] {
+            env.push((k, CA_BUNDLE.to_owned()));
+        }
+    }
+    env
 }
 
 impl Sandbox {
@@ -65,6 +121,7 @@ impl Sandbox {
                 "--unshare-pid",
                 "--unshare-ipc",
                 "--unshare-uts",
+                "--unshare-net",
                 "--unshare-cgroup-try",
             ])
             .args(["--uid", &CNB_UID.to_string(), "--gid", &CNB_GID.to_string()])
@@ -85,15 +142,33 @@ impl Sandbox {
             .arg("--bind")
             .arg(&self.tmp)
             .arg("/tmp")
-            .arg("--clearenv");
+            .args(["--tmpfs", "/run"]);
+        if let Some(e) = &self.egress {
+            cmd.arg("--ro-bind")
+                .arg(&e.socket)
+                .arg(EGRESS_SOCKET)
+                .arg("--ro-bind")
+                .arg(&e.forwarder)
+                .arg(FORWARDER);
+        }
+        if let Some(b) = &self.ca_bundle {
+            cmd.arg("--ro-bind").arg(b).arg(CA_BUNDLE);
+        }
+        cmd.arg("--remount-ro").arg("/run").arg("--clearenv");
         for (k, v) in env {
             cmd.arg("--setenv").arg(k).arg(v);
         }
-        cmd.arg("--chdir")
-            .arg(cwd)
-            .arg("--")
-            .arg(program)
-            .args(args);
+        for (k, v) in network_env(self.egress.is_some(), self.ca_bundle.is_some()) {
+            cmd.arg("--setenv").arg(k).arg(v);
+        }
+        cmd.arg("--chdir").arg(cwd).arg("--");
+        if self.egress.is_some() {
+            cmd.arg(FORWARDER)
+                .arg(PROXY_PORT.to_string())
+                .arg(EGRESS_SOCKET)
+                .arg("--");
+        }
+        cmd.arg(program).args(args);
         cmd.stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

@@ -21,7 +21,8 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use slipway_builder::job::{self, BuildError, BuildLog, BuildRequest, Context};
+use slipway_builder::egress::Settings as EgressSettings;
+use slipway_builder::job::{self, BuildError, BuildLog, BuildRequest, Context, Isolation};
 use slipway_builder::oci::{Client, OciError};
 use slipway_storage::meta::{BuildRecord, now_ms};
 use slipway_storage::{RepoName, StorageError};
@@ -68,6 +69,44 @@ impl Workers {
     }
 }
 
+/// How builds are isolated, from the configuration: the egress policy
+/// (with this server's own addresses refused), the proxy's settings, the
+/// source hosts, and the extra certificate authorities (read now: a
+/// missing or empty file is an error at startup).
+pub fn isolation(config: &crate::Config) -> anyhow::Result<Isolation> {
+    let mut policy = config.egress_policy()?;
+    policy.own_addrs = slipway_builder::egress::own_addrs(config.listen.ip());
+    let b = &config.builds;
+    let ca_certificates = if b.ca_certificates.as_os_str().is_empty() {
+        None
+    } else {
+        let pem = std::fs::read(&b.ca_certificates).map_err(|e| {
+            anyhow::anyhow!(
+                "builds.ca_certificates: cannot read {}: {e}",
+                b.ca_certificates.display()
+            )
+        })?;
+        if !String::from_utf8_lossy(&pem).contains("-----BEGIN CERTIFICATE-----") {
+            anyhow::bail!(
+                "builds.ca_certificates: {} holds no PEM certificate",
+                b.ca_certificates.display()
+            );
+        }
+        Some(pem)
+    };
+    Ok(Isolation {
+        policy,
+        proxy: EgressSettings {
+            connect_timeout: std::time::Duration::from_secs(b.egress.connect_timeout_secs),
+            idle_timeout: std::time::Duration::from_secs(b.egress.idle_timeout_secs),
+            max_download_bytes: b.egress.max_download_bytes,
+            upstream: (!b.upstream_proxy.is_empty()).then(|| b.upstream_proxy.clone()),
+        },
+        source_hosts: config.source_hosts()?,
+        ca_certificates,
+    })
+}
+
 /// Starts the configured number of build workers.
 pub async fn spawn_workers(state: AppState, registry_url: String) -> anyhow::Result<Workers> {
     let n = state.config.builds.workers;
@@ -94,11 +133,18 @@ pub async fn spawn_workers(state: AppState, registry_url: String) -> anyhow::Res
         crate::auth::BUILDER,
         password.trim(),
     ));
+    let isolation = state.isolation.clone();
+    tracing::info!(
+        egress.mode = %state.config.builds.egress.mode,
+        egress.refused_own = isolation.policy.own_addrs.len(),
+        "builds run without host network: their egress goes through Slipway's proxy"
+    );
     let ctx = Context {
         client,
         cache_dir,
         work_dir,
         launcher: slipway_builder::launcher::LAUNCHER,
+        isolation,
     };
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|s| s.trim().to_owned())
@@ -248,6 +294,10 @@ impl BuildLog for DbLog {
 
     fn line(&self, text: &str) {
         self.push(None, text);
+    }
+
+    fn egress_refused(&self, rule: slipway_builder::egress::Rule) {
+        metrics::counter!("slipway_build_egress_refused_total", "rule" => rule.name()).increment(1);
     }
 }
 
@@ -500,6 +550,10 @@ impl BuildLog for ReleasingLog<'_> {
 
     fn line(&self, text: &str) {
         self.log.line(text);
+    }
+
+    fn egress_refused(&self, rule: slipway_builder::egress::Rule) {
+        self.log.egress_refused(rule);
     }
 
     fn before_export(&self) -> futures::future::BoxFuture<'_, ()> {

@@ -70,6 +70,63 @@ pub struct BuildsConfig {
     /// Whether builds may read `file://` repositories on this machine (off:
     /// only `https://`, `http://` and `git://`).
     pub allow_local_sources: bool,
+    /// A PEM bundle of certificate authorities every build trusts besides
+    /// its stack's (and Slipway's own git fetch of sources): a site whose
+    /// egress re-signs TLS. Empty: none.
+    pub ca_certificates: PathBuf,
+    /// An HTTP proxy (`host:port`) that the egress proxy goes through, for
+    /// sites whose way out is one. Empty: connect directly.
+    pub upstream_proxy: String,
+    /// What a build's code may reach (see README, "Build isolation").
+    pub egress: EgressConfig,
+    /// Where sources may come from.
+    pub sources: SourcesConfig,
+}
+
+/// `[builds.egress]`: every connection a build makes goes through
+/// Slipway's egress proxy, which applies this policy to the address each
+/// name resolves to.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EgressConfig {
+    /// `open`: anything not refused by the rules below; `allowlist`: only
+    /// `allow_hosts`.
+    pub mode: String,
+    /// Names (`pypi.org`) or suffixes (`*.pythonhosted.org`).
+    pub allow_hosts: Vec<String>,
+    /// Names or suffixes always refused.
+    pub deny_hosts: Vec<String>,
+    /// Addresses allowed although private (a site's package mirror):
+    /// `10.20.0.0/16`, `fd00::/8`.
+    pub allow_cidrs: Vec<String>,
+    /// Bytes a build may download in all.
+    pub max_download_bytes: u64,
+    pub connect_timeout_secs: u64,
+    /// A connection with no traffic for this long is closed.
+    pub idle_timeout_secs: u64,
+}
+
+impl Default for EgressConfig {
+    fn default() -> Self {
+        EgressConfig {
+            mode: "open".into(),
+            allow_hosts: Vec::new(),
+            deny_hosts: Vec::new(),
+            allow_cidrs: Vec::new(),
+            max_download_bytes: 4 << 30,
+            connect_timeout_secs: 30,
+            idle_timeout_secs: 300,
+        }
+    }
+}
+
+/// `[builds.sources]`: the git repositories builds may be asked for.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SourcesConfig {
+    /// Only these hosts (names or `*.suffix`), e.g. the platform's forge.
+    /// Empty: any host the egress policy allows.
+    pub allow_hosts: Vec<String>,
 }
 
 impl Default for BuildsConfig {
@@ -84,6 +141,10 @@ impl Default for BuildsConfig {
             registry_url: String::new(),
             builder_password: Secret::default(),
             allow_local_sources: false,
+            ca_certificates: PathBuf::new(),
+            upstream_proxy: String::new(),
+            egress: EgressConfig::default(),
+            sources: SourcesConfig::default(),
         }
     }
 }
@@ -487,12 +548,79 @@ impl Config {
         if self.rebase.concurrency == 0 {
             return Err(ConfigError("rebase.concurrency must be above 0".into()));
         }
+        self.egress_policy()?;
+        self.source_hosts()?;
+        let e = &self.builds.egress;
+        for (name, v) in [
+            ("max_download_bytes", e.max_download_bytes),
+            ("connect_timeout_secs", e.connect_timeout_secs),
+            ("idle_timeout_secs", e.idle_timeout_secs),
+        ] {
+            if v == 0 {
+                return Err(ConfigError(format!("builds.egress.{name} must be above 0")));
+            }
+        }
+        let up = &self.builds.upstream_proxy;
+        if !up.is_empty()
+            && up
+                .rsplit_once(':')
+                .is_none_or(|(h, p)| h.is_empty() || p.parse::<u16>().is_err())
+        {
+            return Err(ConfigError(format!(
+                "builds.upstream_proxy: {up:.200} is not host:port (such as proxy.site:3128)"
+            )));
+        }
         if self.limits.max_manifest_bytes == 0 {
             return Err(ConfigError(
                 "limits.max_manifest_bytes must be above 0".into(),
             ));
         }
         Ok(())
+    }
+
+    /// The egress policy of `[builds.egress]`, parsed (without the
+    /// registry's own addresses, which the server adds).
+    pub fn egress_policy(&self) -> Result<slipway_builder::egress::Policy, ConfigError> {
+        use slipway_builder::egress::{Policy, parse_cidr};
+        let e = &self.builds.egress;
+        let hosts = |key: &str, list: &[String]| {
+            list.iter()
+                .map(|h| {
+                    h.parse()
+                        .map_err(|m| ConfigError(format!("builds.egress.{key}: {m}")))
+                })
+                .collect::<Result<Vec<_>, _>>()
+        };
+        Ok(Policy {
+            mode: e
+                .mode
+                .parse()
+                .map_err(|m| ConfigError(format!("builds.egress.mode: {m}")))?,
+            allow_hosts: hosts("allow_hosts", &e.allow_hosts)?,
+            deny_hosts: hosts("deny_hosts", &e.deny_hosts)?,
+            allow_cidrs: e
+                .allow_cidrs
+                .iter()
+                .map(|c| {
+                    parse_cidr(c)
+                        .map_err(|m| ConfigError(format!("builds.egress.allow_cidrs: {m}")))
+                })
+                .collect::<Result<_, _>>()?,
+            own_addrs: Vec::new(),
+        })
+    }
+
+    /// `[builds.sources] allow_hosts`, parsed.
+    pub fn source_hosts(&self) -> Result<Vec<slipway_builder::egress::HostPattern>, ConfigError> {
+        self.builds
+            .sources
+            .allow_hosts
+            .iter()
+            .map(|h| {
+                h.parse()
+                    .map_err(|m| ConfigError(format!("builds.sources.allow_hosts: {m}")))
+            })
+            .collect()
     }
 
     /// A configuration for tests: loopback with a free port, all data in `dir`.
@@ -689,5 +817,59 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.to_string().contains("listen"), "{err}");
+    }
+
+    #[test]
+    fn bad_egress_settings_are_refused_naming_the_setting() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("slipway.toml");
+        let cases = [
+            (
+                "[builds.egress]\nmode = \"closed\"\n",
+                "builds.egress.mode: \"closed\" is not an egress mode",
+            ),
+            (
+                "[builds.egress]\nallow_cidrs = [\"10.0.0.0/33\"]\n",
+                "builds.egress.allow_cidrs: \"10.0.0.0/33\" is not a CIDR",
+            ),
+            (
+                "[builds.egress]\nallow_hosts = [\"https://pypi.org\"]\n",
+                "builds.egress.allow_hosts: \"https://pypi.org\" is not a host pattern",
+            ),
+            (
+                "[builds.egress]\ndeny_hosts = [\"*\"]\n",
+                "builds.egress.deny_hosts:",
+            ),
+            (
+                "[builds.sources]\nallow_hosts = [\"a b\"]\n",
+                "builds.sources.allow_hosts:",
+            ),
+            (
+                "[builds.egress]\nmax_download_bytes = 0\n",
+                "builds.egress.max_download_bytes must be above 0",
+            ),
+            (
+                "[builds.egress]\nidle_timeout_secs = 0\n",
+                "builds.egress.idle_timeout_secs must be above 0",
+            ),
+            (
+                "[builds]\nupstream_proxy = \"proxy.site\"\n",
+                "builds.upstream_proxy: proxy.site is not host:port",
+            ),
+        ];
+        for (text, want) in cases {
+            std::fs::write(&file, text).unwrap();
+            let err = Config::load(Some(&file), env(&[]), &Overrides::default()).unwrap_err();
+            assert!(err.to_string().contains(want), "{text}: {err}");
+        }
+        std::fs::write(
+            &file,
+            "[builds]\nupstream_proxy = \"proxy.site:3128\"\n[builds.egress]\nmode = \"allowlist\"\nallow_hosts = [\"pypi.org\", \"*.pythonhosted.org\"]\nallow_cidrs = [\"10.20.0.0/16\"]\n",
+        )
+        .unwrap();
+        let c = Config::load(Some(&file), env(&[]), &Overrides::default()).unwrap();
+        let p = c.egress_policy().unwrap();
+        assert_eq!(p.allow_hosts.len(), 2);
+        assert_eq!(p.allow_cidrs.len(), 1);
     }
 }

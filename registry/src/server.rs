@@ -34,6 +34,8 @@ pub struct Inner {
     pub metrics: metrics_exporter_prometheus::PrometheusHandle,
     /// Fleet rebases: one writing at a time, and the automatic mode's queue.
     pub rebase: crate::rebase::Rebaser,
+    /// What builds (and the fetch of their sources) may reach.
+    pub isolation: Arc<slipway_builder::job::Isolation>,
 }
 
 impl std::ops::Deref for AppState {
@@ -99,6 +101,7 @@ impl AppState {
             config.auth.clock_skew_secs,
         )?;
         auth::bootstrap::ensure_accounts(&meta, &config).await?;
+        let isolation = Arc::new(crate::builds::isolation(&config)?);
         Ok(AppState(Arc::new(Inner {
             config,
             meta,
@@ -107,6 +110,7 @@ impl AppState {
             auth: Authenticator::new(keys),
             metrics: telemetry::metrics_handle(),
             rebase: crate::rebase::Rebaser::default(),
+            isolation,
         })))
     }
 }

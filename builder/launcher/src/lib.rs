@@ -26,6 +26,7 @@
 //! environment for them.
 
 pub mod env;
+pub mod forward;
 pub mod metadata;
 pub mod process;
 
@@ -472,7 +473,7 @@ mod tests {
         // A buildpack's script, no arguments.
         assert_eq!(
             run_shell(
-                &[profile.clone()],
+                std::slice::from_ref(&profile),
                 d.path(),
                 Some("echo $FROM_PROFILE $(pwd)"),
                 &[]

@@ -3,12 +3,20 @@
 use std::ffi::OsString;
 use std::path::PathBuf;
 
-use slipway_launcher::{EXIT_LAUNCH_ERROR, Env, Settings, launch};
+use slipway_launcher::{EXIT_LAUNCH_ERROR, Env, Settings, forward, launch};
 
 fn main() {
     let mut argv = std::env::args_os();
     let argv0 = argv.next().unwrap_or_default();
     let args: Vec<OsString> = argv.collect();
+    // Run as `egress-forward` in a build's sandbox: the forwarder.
+    if PathBuf::from(&argv0).file_name() == Some(std::ffi::OsStr::new(forward::NAME)) {
+        let args: Vec<String> = args
+            .iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        std::process::exit(forward::main(&args));
+    }
     let env: Env = std::env::vars_os().collect();
     let var = |name: &str| {
         env.get(&OsString::from(name))

@@ -436,7 +436,7 @@ pub async fn start(
     check_quota(&state, &project).await?;
     let commit = match tokio::time::timeout(
         Duration::from_secs(60),
-        slipway_builder::job::resolve_ref(&source_url, &git_ref),
+        slipway_builder::job::resolve_ref(&source_url, &git_ref, &state.isolation),
     )
     .await
     {

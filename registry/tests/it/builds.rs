@@ -667,3 +667,63 @@ async fn a_build_running_when_slipway_stopped_is_failed_and_can_be_retried() {
         .await;
     assert_eq!(s, StatusCode::ACCEPTED, "{v}");
 }
+
+/// Sources obey the egress policy: a repository whose host is, or resolves
+/// to, a refused address is refused when the build is asked for (422, the
+/// sentence names the rule), before git is run against it; with
+/// `[builds.sources] allow_hosts`, only those hosts are accepted (decided
+/// by the name, with no traffic). A server on loopback stands in for the
+/// registry's neighbours: nothing may connect to it.
+#[tokio::test]
+async fn sources_that_resolve_to_refused_addresses_are_refused() {
+    let neighbour = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = neighbour.local_addr().unwrap().port();
+    let env = Env::with(|c| {
+        c.builds.workers = 0;
+        c.builds.sources.allow_hosts = vec![
+            "localhost".into(),
+            "127.0.0.1".into(),
+            "*.forge.example".into(),
+        ];
+    })
+    .await;
+    env.approve("platform/builder:test").await;
+    let cases = [
+        (
+            format!("http://127.0.0.1:{port}/tool.git"),
+            "127.0.0.1 resolves to 127.0.0.1: loopback".to_owned(),
+        ),
+        (
+            format!("https://localhost:{port}/tool.git"),
+            "localhost resolves to 127.0.0.1: loopback".to_owned(),
+        ),
+        (
+            format!("git://127.0.0.1:{port}/tool.git"),
+            "loopback".to_owned(),
+        ),
+        (
+            "https://github.com/wikimedia/tool.git".to_owned(),
+            "github.com: not in allow_hosts".to_owned(),
+        ),
+    ];
+    for (url, why) in &cases {
+        let (s, v) = env
+            .api(
+                Method::POST,
+                "/api/v1/projects/tool-a/builds",
+                Some(&env.admin()),
+                Some(json!({"source_url": url, "builder": "platform/builder:test"})),
+            )
+            .await;
+        assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{url}: {v}");
+        let e = error_of(&v);
+        assert!(
+            e.contains(&format!("the source {url} is refused")) && e.contains(why.as_str()),
+            "{url}: {e}"
+        );
+    }
+    // Nothing reached the neighbour.
+    let accepted =
+        tokio::time::timeout(std::time::Duration::from_millis(200), neighbour.accept()).await;
+    assert!(accepted.is_err(), "a refused source was connected to");
+}

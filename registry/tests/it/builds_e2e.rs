@@ -46,6 +46,11 @@ pub async fn env_with_stack(name: &str, adjust: impl FnOnce(&mut slipway_registr
     let env = Env::with(move |c| {
         c.builds.allow_local_sources = true;
         c.builds.default_builder = b;
+        // Sites (and these machines) whose egress re-signs TLS: the
+        // authorities conformance/test.sh found (the host's bundle).
+        if let Some(ca) = std::env::var_os("SLIPWAY_TEST_CA_CERTIFICATES") {
+            c.builds.ca_certificates = PathBuf::from(ca);
+        }
         adjust(c);
     })
     .await;
@@ -163,11 +168,12 @@ const SERVER_PY: &str = r#"import os
 from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import greeting
+import six
 
 
 class Hello(BaseHTTPRequestHandler):
     def do_GET(self):
-        body = greeting.hello("toolforge").encode()
+        body = f"{greeting.hello('toolforge')}, six {six.__version__}".encode()
         self.send_response(200)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
@@ -190,7 +196,7 @@ async fn a_python_app_is_built_pulled_run_and_answers_and_its_second_build_uploa
         &[
             (
                 "requirements.txt",
-                "./wheels/greeting-1.0-py3-none-any.whl\n",
+                "./wheels/greeting-1.0-py3-none-any.whl\nsix==1.16.0\n",
             ),
             ("Procfile", "web: python server.py\n"),
             ("server.py", SERVER_PY),
@@ -200,8 +206,6 @@ async fn a_python_app_is_built_pulled_run_and_answers_and_its_second_build_uploa
         "source_url": format!("file://{}", repo.display()),
         "ref": "main",
         "image_name": "web",
-        // pip never looks for an index: the wheel is in the repository.
-        "env": {"PIP_NO_INDEX": "1"},
     });
 
     let cold = build(&env, "tool-py", &token, request.clone()).await;
@@ -209,6 +213,11 @@ async fn a_python_app_is_built_pulled_run_and_answers_and_its_second_build_uploa
     assert_eq!(cold["state"], "succeeded", "{cold}\n{cold_log}");
     assert!(
         cold_log.contains("installing requirements.txt"),
+        "{cold_log}"
+    );
+    // six came from PyPI, through the egress proxy.
+    assert!(
+        cold_log.contains("egress: ") && cold_log.contains("pypi.org"),
         "{cold_log}"
     );
 
@@ -266,7 +275,10 @@ async fn a_python_app_is_built_pulled_run_and_answers_and_its_second_build_uploa
     let _ = Command::new("podman").args(["rmi", "-f", &image]).output();
     assert_eq!(
         answer,
-        (StatusCode::OK, "hello, toolforge, from a wheel".to_owned())
+        (
+            StatusCode::OK,
+            "hello, toolforge, from a wheel, six 1.16.0".to_owned()
+        )
     );
 }
 
@@ -479,6 +491,23 @@ probe builder-secret-in-processes 'cat /proc/[0-9]*/environ /proc/[0-9]*/cmdline
 probe builder-secret-in-files 'grep -rqs "builder-secret-marke[r]" /platform /workspace /layers /tmp /cnb'
 probe see-server-process 'cat /proc/[0-9]*/cmdline 2>/dev/null | tr "\0" " " | grep -q "slipwa[y] serve\|/deps/i[t]-"'
 probe be-root '[ "$(id -u)" = 0 ]'
+# The network: no way out but the egress proxy, which refuses the
+# registry (on every loopback name), PostgreSQL and the rest of 127/8.
+probe connect-registry-direct "exec 3<>/dev/tcp/127.0.0.1/$PROBE_REGISTRY_PORT"
+probe connect-postgres-direct 'exec 3<>/dev/tcp/127.0.0.1/5432'
+via_proxy() {
+    exec 3<>/dev/tcp/127.0.0.1/3128 || return 1
+    printf 'CONNECT %s HTTP/1.1\r\nHost: %s\r\n\r\n' "$1" "$1" >&3
+    IFS= read -r status <&3
+    exec 3>&-
+    case "$status" in *" 200 "*) return 0 ;; *) return 1 ;; esac
+}
+probe proxy-registry "via_proxy 127.0.0.1:$PROBE_REGISTRY_PORT"
+probe proxy-registry-localhost "via_proxy localhost:$PROBE_REGISTRY_PORT"
+probe proxy-registry-v6 "via_proxy [::1]:$PROBE_REGISTRY_PORT"
+probe proxy-postgres 'via_proxy 127.0.0.1:5432'
+probe proxy-other-loopback "via_proxy 127.0.0.2:$PROBE_REGISTRY_PORT"
+[ "$HTTPS_PROXY" = http://127.0.0.1:3128 ] && [ "$http_proxy" = http://127.0.0.1:3128 ] && echo "PROBE proxy-variables: set"
 # What it may do: write its layers, the workspace and /tmp.
 probe write-layers 'touch "$CNB_LAYERS_DIR/ok"' | sed 's/POSSIBLE/allowed/'
 probe write-tmp 'touch /tmp/ok' | sed 's/POSSIBLE/allowed/'
@@ -540,7 +569,10 @@ async fn a_buildpack_cannot_escape_its_sandbox() {
             "source_url": format!("file://{}", repo.display()),
             "ref": "main",
             "builder": "platform/builder:probe",
-            "env": {"PROBE_DATA_DIR": data_dir.display().to_string()},
+            "env": {
+                "PROBE_DATA_DIR": data_dir.display().to_string(),
+                "PROBE_REGISTRY_PORT": env.server.addr.port().to_string(),
+            },
         }),
     )
     .await;
@@ -560,9 +592,28 @@ async fn a_buildpack_cannot_escape_its_sandbox() {
         "builder-secret-in-files",
         "see-server-process",
         "be-root",
+        "connect-registry-direct",
+        "connect-postgres-direct",
+        "proxy-registry",
+        "proxy-registry-localhost",
+        "proxy-registry-v6",
+        "proxy-postgres",
+        "proxy-other-loopback",
     ] {
         assert!(log.contains(&format!("PROBE {p}: refused")), "{p}:\n{log}");
     }
+    // The proxy said why, in the build's log.
+    let port = env.server.addr.port();
+    for refusal in [
+        format!("egress: refused egress to 127.0.0.1:{port}: loopback"),
+        format!("egress: refused egress to localhost:{port} (127.0.0.1): loopback"),
+        format!("egress: refused egress to [::1]:{port}: loopback"),
+        "egress: refused egress to 127.0.0.1:5432: loopback".to_owned(),
+        format!("egress: refused egress to 127.0.0.2:{port}: loopback"),
+    ] {
+        assert!(log.contains(&refusal), "{refusal}:\n{log}");
+    }
+    assert!(log.contains("PROBE proxy-variables: set"), "{log}");
     assert!(log.contains("PROBE write-layers: allowed"), "{log}");
     assert!(log.contains("PROBE write-tmp: allowed"), "{log}");
     assert!(!log.contains("POSSIBLE"), "{log}");
@@ -725,14 +776,15 @@ async fn a_static_site_is_served_by_its_image() {
     assert_eq!((s, body.as_str()), (StatusCode::OK, "<h1>tool-site</h1>\n"));
 }
 
-/// A Node.js app on the bookworm stack: npm ci (no dependencies: no
-/// registry needed), the start script as the web process.
+/// A Node.js app on the bookworm stack: npm ci of a real dependency from
+/// the npm registry (through the egress proxy), the start script as the
+/// web process.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_app_is_built_and_answers() {
     let env = env_with_stack("bookworm", |_| {}).await;
-    let package = r#"{"name": "tool-node", "version": "1.0.0", "private": true, "scripts": {"start": "node server.js"}}"#;
-    let lock = r#"{"name": "tool-node", "version": "1.0.0", "lockfileVersion": 3, "requires": true, "packages": {"": {"name": "tool-node", "version": "1.0.0"}}}"#;
-    let server = r#"require("http").createServer((req, res) => res.end("node says hi " + process.version.split(".")[0])).listen(+process.env.PORT, "127.0.0.1");"#;
+    let package = r#"{"name": "tool-node", "version": "1.0.0", "private": true, "scripts": {"start": "node server.js"}, "dependencies": {"is-number": "7.0.0"}}"#;
+    let lock = r#"{"name": "tool-node", "version": "1.0.0", "lockfileVersion": 3, "requires": true, "packages": {"": {"name": "tool-node", "version": "1.0.0", "dependencies": {"is-number": "7.0.0"}}, "node_modules/is-number": {"version": "7.0.0", "resolved": "https://registry.npmjs.org/is-number/-/is-number-7.0.0.tgz", "integrity": "sha512-41Cifkg6e8TylSpdtTpeLVMqvSBEVzTttHvERD741+pnZ8ANv0004MRL43QKPDlK9cGvNp6NZWZUBlbGXYxxng==", "engines": {"node": ">=0.12.0"}}}}"#;
+    let server = r#"const isNumber = require("is-number"); require("http").createServer((req, res) => res.end("node says hi " + process.version.split(".")[0] + ", 42 is a number: " + isNumber(42))).listen(+process.env.PORT, "127.0.0.1");"#;
     let (s, body) = build_and_ask(
         &env,
         "tool-node",
@@ -746,6 +798,7 @@ async fn a_node_app_is_built_and_answers() {
     .await;
     assert_eq!(s, StatusCode::OK);
     assert!(body.starts_with("node says hi v"), "{body}");
+    assert!(body.ends_with(", 42 is a number: true"), "{body}");
 }
 
 /// The blob files of a filesystem-backed test server.
