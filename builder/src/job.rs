@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use serde_json::{Value, json};
 use slipway_launcher::Env;
@@ -15,6 +16,7 @@ use crate::egress;
 use crate::export::{CachedExport, Export, ExportError, Exported, Previous, Restored, RunImage};
 use crate::layers::apply_layer;
 use crate::lifecycle::{Lifecycle, LifecycleError, Target};
+use crate::limits::{BuildLimits, Limits, Mechanism, disk_usage, human};
 use crate::oci::{Client, ImageRef, OciError};
 use crate::sandbox::{self, Sandbox, prepare_root};
 
@@ -32,6 +34,8 @@ pub struct BuildRequest {
     pub builder: String,
     /// Build-time variables for the buildpacks (`<platform>/env/`).
     pub env: BTreeMap<String, String>,
+    /// What it may use (the server's limits, or the project's).
+    pub limits: Limits,
 }
 
 impl BuildRequest {
@@ -55,6 +59,8 @@ pub struct Context {
     pub launcher: &'static [u8],
     /// What builds' code may reach.
     pub isolation: Arc<Isolation>,
+    /// How their limits are enforced on this machine.
+    pub mechanism: Mechanism,
 }
 
 /// What a build's code, and the fetch of its source, may reach.
@@ -121,6 +127,9 @@ pub enum BuildError {
     Source(String),
     #[error("{0}")]
     Builder(String),
+    /// A limit stopped the build (the sentence names it).
+    #[error("{0}")]
+    Limit(String),
     #[error("I/O error: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -550,7 +559,15 @@ async fn run_in(
         Some(extra) => Some(build_ca_bundle(&root, extra, work)?),
         None => None,
     };
+    let limits = Arc::new(BuildLimits::create(
+        &ctx.mechanism,
+        &req.build_id,
+        req.limits,
+    )?);
+    log.line(&req.limits.describe(&ctx.mechanism));
+    let logged = std::sync::atomic::AtomicU64::new(0);
     let sandbox = Sandbox {
+        limits: Some(limits.clone()),
         root: root.clone(),
         workspace: workspace.clone(),
         layers: work.join("layers"),
@@ -596,8 +613,13 @@ async fn run_in(
     };
     let hinted = std::sync::atomic::AtomicBool::new(false);
     let log_fn = |s: &str| {
+        // Past the log limit, lines are dropped; the watchdog stops the build.
+        let total = logged.fetch_add(s.len() as u64 + 1, Ordering::Relaxed) + s.len() as u64 + 1;
+        if total > req.limits.log_bytes {
+            return;
+        }
         log.line(s);
-        if tls_failure(s) && !hinted.swap(true, std::sync::atomic::Ordering::Relaxed) {
+        if tls_failure(s) && !hinted.swap(true, Ordering::Relaxed) {
             log.line(TLS_HINT);
         }
     };
@@ -615,10 +637,27 @@ async fn run_in(
     let steps = lifecycle_steps(
         ctx, req, log, work, &lifecycle, &order, &run_image, &workspace,
     );
+    let watch = watchdog(req, &limits, &logged, work);
     let outcome = tokio::select! {
         r = steps => r,
+        why = watch => Err(BuildError::Limit(why)),
         () = &mut serve => unreachable!("the proxy serves until dropped"),
     };
+    // A buildpack the kernel stopped (out of memory, out of processes)
+    // failed for that reason, whatever it printed.
+    let outcome = match outcome {
+        Err(e) if !matches!(e, BuildError::Limit(_)) => match limits.breach() {
+            Some(why) => Err(BuildError::Limit(why)),
+            None => Err(e),
+        },
+        o => o,
+    };
+    if let Err(BuildError::Limit(why)) = &outcome {
+        if logged.load(Ordering::Relaxed) > req.limits.log_bytes {
+            log.line("(the log was cut here: builds.limits.log)");
+        }
+        log.line(why);
+    }
     let s = proxy.summary();
     if s.connections > 0 || s.refused > 0 {
         log.line(&format!(
@@ -635,6 +674,47 @@ async fn run_in(
         ));
     }
     outcome
+}
+
+/// Watches a running build: returns, with the sentence, when it passes a
+/// limit — the kernel's (memory, processes: read from its cgroups), its
+/// disk (`/workspace`, `/layers`, `/tmp`, measured every second), or its
+/// log.
+async fn watchdog(
+    req: &BuildRequest,
+    limits: &BuildLimits,
+    logged: &std::sync::atomic::AtomicU64,
+    work: &Path,
+) -> String {
+    let l = req.limits;
+    loop {
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        if let Some(why) = limits.breach() {
+            return why;
+        }
+        if logged.load(Ordering::Relaxed) > l.log_bytes {
+            return format!(
+                "the build printed more than {} of log and was stopped (builds.limits.log)",
+                human(l.log_bytes)
+            );
+        }
+        let dirs: Vec<PathBuf> = ["workspace", "layers", "tmp"]
+            .iter()
+            .map(|d| work.join(d))
+            .collect();
+        let used = tokio::task::spawn_blocking(move || {
+            let refs: Vec<&Path> = dirs.iter().map(|d| d.as_path()).collect();
+            disk_usage(&refs, u64::MAX)
+        })
+        .await
+        .unwrap_or(0);
+        if used > l.disk_bytes {
+            return format!(
+                "the build wrote more than {} to its disk and was stopped (builds.limits.disk)",
+                human(l.disk_bytes)
+            );
+        }
+    }
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -758,23 +838,6 @@ fn build_ca_bundle(root: &Path, extra: &[u8], work: &Path) -> Result<PathBuf, Bu
     let path = work.join("ca-certificates.crt");
     std::fs::write(&path, bundle)?;
     Ok(path)
-}
-
-fn human(bytes: u64) -> String {
-    let mut v = bytes as f64;
-    let mut unit = "B";
-    for u in ["KiB", "MiB", "GiB"] {
-        if v < 1024.0 {
-            break;
-        }
-        v /= 1024.0;
-        unit = u;
-    }
-    if unit == "B" {
-        format!("{bytes} B")
-    } else {
-        format!("{v:.1} {unit}")
-    }
 }
 
 /// Before the build: cached layers (contents and metadata, without their

@@ -28,6 +28,7 @@ pub mod job;
 pub mod launcher;
 pub mod layers;
 pub mod lifecycle;
+pub mod limits;
 pub mod oci;
 pub mod rebase;
 pub mod sandbox;

@@ -34,6 +34,8 @@ pub struct Sandbox {
     /// A certificate bundle (the stack's and the site's authorities) bound
     /// at [`CA_BUNDLE`], with the variables TLS clients read pointing at it.
     pub ca_bundle: Option<PathBuf>,
+    /// The build's cgroups (or rlimits), which every process joins.
+    pub limits: Option<std::sync::Arc<crate::limits::BuildLimits>>,
 }
 
 /// A sandbox's way out: the build's egress proxy.
@@ -173,6 +175,13 @@ impl Sandbox {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true);
+        if let Some(l) = &self.limits {
+            // SAFETY: the hook only writes to descriptors opened before the
+            // fork, and calls setrlimit (both async-signal-safe).
+            unsafe {
+                cmd.pre_exec(l.pre_exec());
+            }
+        }
         let mut child = cmd.spawn().map_err(|e| {
             std::io::Error::new(
                 e.kind(),

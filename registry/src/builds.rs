@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 
 use slipway_builder::egress::Settings as EgressSettings;
 use slipway_builder::job::{self, BuildError, BuildLog, BuildRequest, Context, Isolation};
+use slipway_builder::limits::Mechanism;
 use slipway_builder::oci::{Client, OciError};
 use slipway_storage::meta::{BuildRecord, now_ms};
 use slipway_storage::{RepoName, StorageError};
@@ -45,6 +46,8 @@ const MAX_LINE: usize = 4096;
 pub struct Workers {
     handles: Vec<tokio::task::JoinHandle<()>>,
     ids: Vec<String>,
+    /// The builds' parent cgroups, removed (when empty) at stop.
+    cgroups: Vec<std::path::PathBuf>,
 }
 
 impl Workers {
@@ -56,6 +59,9 @@ impl Workers {
         }
         for h in self.handles {
             let _ = h.await;
+        }
+        for g in &self.cgroups {
+            let _ = std::fs::remove_dir(g);
         }
         for w in &self.ids {
             if let Err(e) = state
@@ -101,10 +107,20 @@ pub fn isolation(config: &crate::Config) -> anyhow::Result<Isolation> {
             idle_timeout: std::time::Duration::from_secs(b.egress.idle_timeout_secs),
             max_download_bytes: b.egress.max_download_bytes,
             upstream: (!b.upstream_proxy.is_empty()).then(|| b.upstream_proxy.clone()),
+            ..EgressSettings::default()
         },
         source_hosts: config.source_hosts()?,
         ca_certificates,
     })
+}
+
+/// The cgroup (under each controller) that this server's builds go in:
+/// one per data directory, so two servers on a machine keep theirs apart.
+fn cgroup_parent(config: &crate::Config) -> String {
+    use sha2::Digest as _;
+    let data = std::fs::canonicalize(&config.data_dir).unwrap_or_else(|_| config.data_dir.clone());
+    let hash = sha2::Sha256::digest(data.display().to_string().as_bytes());
+    format!("slipway-builds/{}", &hex::encode(hash)[..12])
 }
 
 /// Starts the configured number of build workers.
@@ -133,6 +149,23 @@ pub async fn spawn_workers(state: AppState, registry_url: String) -> anyhow::Res
         crate::auth::BUILDER,
         password.trim(),
     ));
+    let mechanism = Mechanism::detect(&cgroup_parent(&state.config));
+    tracing::info!(limits = %mechanism.describe(), "build limits are enforced by");
+    if !mechanism.enforces_memory_and_processes() {
+        if state.config.builds.limits.enforce {
+            anyhow::bail!(
+                "builds cannot be held to their memory and process limits on this machine ({}); \
+                 build workers do not start. Give Slipway cgroup v1 memory and pids controllers \
+                 (run it as root, or delegate them), or set builds.limits.enforce = false to \
+                 build without those limits",
+                mechanism.describe()
+            );
+        }
+        tracing::warn!(
+            "builds.limits.enforce = false: builds run without memory or process limits ({})",
+            mechanism.describe()
+        );
+    }
     let isolation = state.isolation.clone();
     tracing::info!(
         egress.mode = %state.config.builds.egress.mode,
@@ -145,6 +178,7 @@ pub async fn spawn_workers(state: AppState, registry_url: String) -> anyhow::Res
         work_dir,
         launcher: slipway_builder::launcher::LAUNCHER,
         isolation,
+        mechanism,
     };
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|s| s.trim().to_owned())
@@ -152,6 +186,16 @@ pub async fn spawn_workers(state: AppState, registry_url: String) -> anyhow::Res
     let data_dir = std::fs::canonicalize(&state.config.data_dir)
         .unwrap_or_else(|_| state.config.data_dir.clone());
     let mut workers = Workers::default();
+    if let Mechanism::CgroupV1 {
+        memory, pids, cpu, ..
+    } = &ctx.mechanism
+    {
+        workers.cgroups = [Some(memory), Some(pids), cpu.as_ref()]
+            .into_iter()
+            .flatten()
+            .cloned()
+            .collect();
+    }
     for i in 0..n {
         // Stable across restarts of the same process: what it ran before
         // a crash is failed when it starts again.
@@ -433,6 +477,7 @@ async fn supervise(state: &AppState, ctx: &Context, build: &BuildRecord, log: &A
         commit: build.git_commit.clone(),
         builder: build.builder.clone(),
         env,
+        limits: state.config.builds.limits.limits(),
     };
     let released = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let log_dyn: Arc<DbLog> = log.clone();

@@ -81,6 +81,109 @@ pub struct BuildsConfig {
     pub egress: EgressConfig,
     /// Where sources may come from.
     pub sources: SourcesConfig,
+    /// What one build may use.
+    pub limits: BuildLimitsConfig,
+}
+
+/// `[builds.limits]`: per build, unless the project says otherwise.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BuildLimitsConfig {
+    /// Memory, swap included where the kernel accounts it.
+    pub memory_bytes: u64,
+    /// Processes and threads at once.
+    pub processes: u64,
+    /// CPUs at once (1.0: one core).
+    pub cpus: f64,
+    /// `/workspace`, `/layers` and `/tmp` together.
+    pub disk_bytes: u64,
+    /// The build log.
+    pub log_bytes: u64,
+    /// Off: build workers start even where memory and processes cannot be
+    /// limited (no cgroups). On by default: they refuse to.
+    pub enforce: bool,
+}
+
+impl Default for BuildLimitsConfig {
+    fn default() -> Self {
+        BuildLimitsConfig {
+            memory_bytes: 2 << 30,
+            processes: 512,
+            cpus: 1.0,
+            disk_bytes: 4 << 30,
+            log_bytes: 10 << 20,
+            enforce: true,
+        }
+    }
+}
+
+impl BuildLimitsConfig {
+    pub fn limits(&self) -> slipway_builder::limits::Limits {
+        slipway_builder::limits::Limits {
+            memory_bytes: self.memory_bytes,
+            processes: self.processes,
+            cpus: self.cpus,
+            disk_bytes: self.disk_bytes,
+            log_bytes: self.log_bytes,
+        }
+    }
+}
+
+/// Checks a build's limits against what this machine has; `what` names the
+/// setting (`builds.limits`, or a project's).
+pub fn check_limits(l: &slipway_builder::limits::Limits, what: &str) -> Result<(), ConfigError> {
+    let memory = machine_memory();
+    let cpus = std::thread::available_parallelism()
+        .map(|n| n.get() as f64)
+        .unwrap_or(1.0);
+    let bad = |key: &str, why: String| Err(ConfigError(format!("{what}.{key} {why}")));
+    if l.memory_bytes < (64 << 20) {
+        return bad("memory_bytes", "must be at least 64 MiB".into());
+    }
+    if let Some(m) = memory
+        && l.memory_bytes > m
+    {
+        return bad(
+            "memory_bytes",
+            format!(
+                "is {} bytes, more than this machine has ({m} bytes)",
+                l.memory_bytes
+            ),
+        );
+    }
+    if l.processes < 16 || l.processes > 4_194_304 {
+        return bad("processes", "must be between 16 and 4194304".into());
+    }
+    if !(l.cpus >= 0.01 && l.cpus <= cpus) {
+        return bad(
+            "cpus",
+            format!(
+                "is {}, but must be above 0 and at most this machine's {cpus}",
+                l.cpus
+            ),
+        );
+    }
+    if l.disk_bytes < (16 << 20) {
+        return bad("disk_bytes", "must be at least 16 MiB".into());
+    }
+    if l.log_bytes < 4096 {
+        return bad("log_bytes", "must be at least 4096".into());
+    }
+    Ok(())
+}
+
+/// This machine's memory, from /proc/meminfo.
+fn machine_memory() -> Option<u64> {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse::<u64>()
+        .ok()
+        .map(|kb| kb * 1024)
 }
 
 /// `[builds.egress]`: every connection a build makes goes through
@@ -145,6 +248,7 @@ impl Default for BuildsConfig {
             upstream_proxy: String::new(),
             egress: EgressConfig::default(),
             sources: SourcesConfig::default(),
+            limits: BuildLimitsConfig::default(),
         }
     }
 }
@@ -550,6 +654,7 @@ impl Config {
         }
         self.egress_policy()?;
         self.source_hosts()?;
+        check_limits(&self.builds.limits.limits(), "builds.limits")?;
         let e = &self.builds.egress;
         for (name, v) in [
             ("max_download_bytes", e.max_download_bytes),
@@ -855,6 +960,34 @@ mod tests {
             (
                 "[builds]\nupstream_proxy = \"proxy.site\"\n",
                 "builds.upstream_proxy: proxy.site is not host:port",
+            ),
+            (
+                "[builds.limits]\nmemory_bytes = 0\n",
+                "builds.limits.memory_bytes must be at least 64 MiB",
+            ),
+            (
+                "[builds.limits]\nmemory_bytes = 1125899906842624\n",
+                "builds.limits.memory_bytes is 1125899906842624 bytes, more than this machine has",
+            ),
+            (
+                "[builds.limits]\nprocesses = 0\n",
+                "builds.limits.processes must be between 16 and",
+            ),
+            (
+                "[builds.limits]\ncpus = 0.0\n",
+                "builds.limits.cpus is 0, but must be above 0",
+            ),
+            (
+                "[builds.limits]\ncpus = 4096.0\n",
+                "builds.limits.cpus is 4096, but must be above 0 and at most this machine's",
+            ),
+            (
+                "[builds.limits]\ndisk_bytes = 0\n",
+                "builds.limits.disk_bytes must be at least 16 MiB",
+            ),
+            (
+                "[builds.limits]\nlog_bytes = 0\n",
+                "builds.limits.log_bytes must be at least 4096",
             ),
         ];
         for (text, want) in cases {

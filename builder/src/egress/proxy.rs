@@ -39,6 +39,9 @@ pub struct Settings {
     pub max_download_bytes: u64,
     /// An HTTP proxy to go through (`host:port`).
     pub upstream: Option<String>,
+    /// Connections one build may hold open at once (each is two sockets
+    /// of the server's): more are answered 503.
+    pub max_connections: usize,
 }
 
 impl Default for Settings {
@@ -48,6 +51,7 @@ impl Default for Settings {
             idle_timeout: Duration::from_secs(300),
             max_download_bytes: 4 << 30,
             upstream: None,
+            max_connections: 256,
         }
     }
 }
@@ -68,6 +72,7 @@ pub struct Proxy {
     connections: AtomicU64,
     refusals: AtomicU64,
     over_budget: AtomicBool,
+    crowded: AtomicBool,
     hosts: Mutex<std::collections::BTreeSet<String>>,
     /// Names resolved here rather than by the system (see
     /// [`Proxy::with_hosts`]).
@@ -94,6 +99,7 @@ impl Proxy {
             connections: AtomicU64::new(0),
             refusals: AtomicU64::new(0),
             over_budget: AtomicBool::new(false),
+            crowded: AtomicBool::new(false),
             hosts: Mutex::new(Default::default()),
             static_hosts: Default::default(),
         }
@@ -129,11 +135,15 @@ impl Proxy {
     /// Serves connections from `listener` until the future is dropped
     /// (every connection is served inside it: dropping it closes them all).
     pub async fn serve_unix(&self, listener: tokio::net::UnixListener, events: &dyn Events) {
-        let mut conns = FuturesUnordered::new();
+        let mut conns: FuturesUnordered<std::pin::Pin<Box<dyn Future<Output = ()> + Send + '_>>> =
+            FuturesUnordered::new();
         loop {
             tokio::select! {
                 accepted = listener.accept() => match accepted {
-                    Ok((stream, _)) => conns.push(self.handle(stream, events)),
+                    Ok((stream, _)) if conns.len() >= self.settings.max_connections => {
+                        conns.push(Box::pin(self.busy(stream, events)));
+                    }
+                    Ok((stream, _)) => conns.push(Box::pin(self.handle(stream, events))),
                     Err(e) => {
                         tracing::warn!(error = %e, "egress proxy: accept failed");
                         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -146,11 +156,15 @@ impl Proxy {
 
     /// As [`Proxy::serve_unix`], on a TCP listener.
     pub async fn serve_tcp(&self, listener: tokio::net::TcpListener, events: &dyn Events) {
-        let mut conns = FuturesUnordered::new();
+        let mut conns: FuturesUnordered<std::pin::Pin<Box<dyn Future<Output = ()> + Send + '_>>> =
+            FuturesUnordered::new();
         loop {
             tokio::select! {
                 accepted = listener.accept() => match accepted {
-                    Ok((stream, _)) => conns.push(self.handle(stream, events)),
+                    Ok((stream, _)) if conns.len() >= self.settings.max_connections => {
+                        conns.push(Box::pin(self.busy(stream, events)));
+                    }
+                    Ok((stream, _)) => conns.push(Box::pin(self.handle(stream, events))),
                     Err(e) => {
                         tracing::warn!(error = %e, "egress proxy: accept failed");
                         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -159,6 +173,27 @@ impl Proxy {
                 Some(()) = conns.next(), if !conns.is_empty() => {}
             }
         }
+    }
+
+    /// Over the connection limit: a 503 with the sentence, once logged.
+    async fn busy<S: AsyncRead + AsyncWrite + Unpin>(&self, mut client: S, events: &dyn Events) {
+        let sentence = format!(
+            "the build holds {} connections open already; no more at once",
+            self.settings.max_connections
+        );
+        if !self.crowded.swap(true, Ordering::Relaxed) {
+            events.line(&format!("egress: {sentence}"));
+        }
+        let body = format!("{sentence}\n");
+        let _ = client
+            .write_all(
+                format!(
+                    "HTTP/1.1 503 Service Unavailable\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                )
+                .as_bytes(),
+            )
+            .await;
     }
 
     async fn handle<S: AsyncRead + AsyncWrite + Unpin>(&self, mut client: S, events: &dyn Events) {
@@ -927,5 +962,31 @@ mod tests {
         assert_eq!(all.len(), 64 << 10);
         assert!(started.elapsed() < Duration::from_secs(5));
         assert_eq!(proxy.summary().refused, 0);
+    }
+
+    #[tokio::test]
+    async fn connections_past_the_limit_are_answered_503() {
+        let dir = tempfile::tempdir().unwrap();
+        let port = echo().await;
+        let settings = Settings {
+            max_connections: 2,
+            ..Settings::default()
+        };
+        let (sock, _, events) = start(dir.path(), Proxy::new(loopback_allowed(), settings));
+        let head = format!("CONNECT 127.0.0.1:{port} HTTP/1.1\r\n\r\n");
+        let (a, _ra) = ask(&sock, &head).await;
+        let (b, _rb) = ask(&sock, &head).await;
+        assert!(a.contains("200") && b.contains("200"));
+        let (c, _) = ask(&sock, &head).await;
+        assert_eq!(c, "HTTP/1.1 503 Service Unavailable");
+        assert!(
+            events
+                .lines
+                .lock()
+                .unwrap()
+                .iter()
+                .any(|l| l.contains("holds 2 connections open"))
+        );
+        drop((_ra, _rb));
     }
 }

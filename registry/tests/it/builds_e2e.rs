@@ -135,7 +135,10 @@ const PODMAN_RUN: &[&str] = &[
 ];
 
 /// Pulls `image` anonymously (a public project) and runs it with `args`
-/// before the image name; the container's id.
+/// before the image name; the container's id. (Images are never removed
+/// by these tests: they run at once, share base layers in the machine's
+/// podman storage, and a `podman rmi` of one can pull a shared layer from
+/// under another test's pull: "layer not known".)
 fn pull_and_start(image: &str, args: &[&str]) -> String {
     run("podman", &["pull", "-q", "--tls-verify=false", image]);
     let mut all: Vec<&str> = PODMAN_RUN.to_vec();
@@ -272,7 +275,6 @@ async fn a_python_app_is_built_pulled_run_and_answers_and_its_second_build_uploa
         }
     };
     let _ = Command::new("podman").args(["rm", "-f", &id]).output();
-    let _ = Command::new("podman").args(["rmi", "-f", &image]).output();
     assert_eq!(
         answer,
         (
@@ -313,7 +315,6 @@ async fn the_tiny_stack_builds_an_image_whose_processes_run_under_podman() {
     let mut worker: Vec<&str> = PODMAN_RUN.to_vec();
     worker.extend_from_slice(&["--rm", "--entrypoint", "/cnb/process/worker", &image]);
     assert_eq!(run("podman", &worker), "selftest worker: hello from bash");
-    let _ = Command::new("podman").args(["rmi", "-f", &image]).output();
 }
 
 /// The tags of `repo`, or none when it does not exist.
@@ -514,6 +515,43 @@ probe write-tmp 'touch /tmp/ok' | sed 's/POSSIBLE/allowed/'
 printf '[[processes]]\ntype = "web"\ncommand = ["true"]\ndefault = true\n' >"$CNB_LAYERS_DIR/launch.toml"
 "#;
 
+/// Pushes (into `platform`, on the tiny stack) and approves a builder
+/// `image` of one buildpack `id` that always detects and whose build is
+/// `script`.
+pub async fn push_script_builder(env: &Env, dir: &Path, image: &str, id: &str, script: &str) {
+    let bp = dir.join(id.replace('/', "-"));
+    std::fs::create_dir_all(bp.join("bin")).unwrap();
+    std::fs::write(
+        bp.join("buildpack.toml"),
+        format!("api = \"0.10\"\n[buildpack]\nid = \"{id}\"\nversion = \"1.0.0\"\n[[targets]]\nos = \"linux\"\n"),
+    )
+    .unwrap();
+    std::fs::write(bp.join("bin/detect"), "#!/bin/sh\nexit 0\n").unwrap();
+    std::fs::write(bp.join("bin/build"), script).unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        for f in ["bin/detect", "bin/build"] {
+            std::fs::set_permissions(bp.join(f), std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
+    }
+    stack::push_builder(
+        &registry_client(env),
+        &stack::BuilderSpec {
+            image,
+            build_image: "platform/build:tiny",
+            run_image: "platform/run:tiny",
+            order: &format!("[[order]]\n[[order.group]]\nid = \"{id}\"\nversion = \"1.0.0\"\n"),
+            buildpacks: &[stack::BuildpackFiles::from_dir(&bp).unwrap()],
+            description: "a test's buildpack",
+        },
+        dir,
+        &|_| {},
+    )
+    .await
+    .unwrap();
+    env.approve(image).await;
+}
+
 /// A buildpack cannot read or write the server's data directory, write
 /// outside its layers, the workspace and /tmp, see the builder's registry
 /// secret or the server's processes, or be root.
@@ -525,37 +563,14 @@ async fn a_buildpack_cannot_escape_its_sandbox() {
     })
     .await;
     let dir = tempfile::tempdir().unwrap();
-    let bp = dir.path().join("probe");
-    std::fs::create_dir_all(bp.join("bin")).unwrap();
-    std::fs::write(
-        bp.join("buildpack.toml"),
-        "api = \"0.10\"\n[buildpack]\nid = \"test/probe\"\nversion = \"1.0.0\"\n[[targets]]\nos = \"linux\"\n",
-    )
-    .unwrap();
-    std::fs::write(bp.join("bin/detect"), "#!/bin/sh\nexit 0\n").unwrap();
-    std::fs::write(bp.join("bin/build"), PROBE_BUILD).unwrap();
-    {
-        use std::os::unix::fs::PermissionsExt;
-        for f in ["bin/detect", "bin/build"] {
-            std::fs::set_permissions(bp.join(f), std::fs::Permissions::from_mode(0o755)).unwrap();
-        }
-    }
-    stack::push_builder(
-        &registry_client(&env),
-        &stack::BuilderSpec {
-            image: "platform/builder:probe",
-            build_image: "platform/build:tiny",
-            run_image: "platform/run:tiny",
-            order: "[[order]]\n[[order.group]]\nid = \"test/probe\"\nversion = \"1.0.0\"\n",
-            buildpacks: &[stack::BuildpackFiles::from_dir(&bp).unwrap()],
-            description: "probes the sandbox",
-        },
+    push_script_builder(
+        &env,
         dir.path(),
-        &|_| {},
+        "platform/builder:probe",
+        "test/probe",
+        PROBE_BUILD,
     )
-    .await
-    .unwrap();
-    env.approve("platform/builder:probe").await;
+    .await;
     let token = env.build_token("tool-a", "ci").await;
     let repo = dir.path().join("app");
     git_repo(&repo, &[("README", "probe\n")]);
@@ -700,7 +715,6 @@ async fn upstream_sample_buildpacks_run_unchanged() {
     let mut sysinfo: Vec<&str> = PODMAN_RUN.to_vec();
     sysinfo.extend_from_slice(&["--rm", "--entrypoint", "/cnb/process/sys-info", &image]);
     let out = run("podman", &sysinfo);
-    let _ = Command::new("podman").args(["rmi", "-f", &image]).output();
     assert!(out.contains("env vars:") && out.contains("CNB_"), "{out}");
 }
 
@@ -755,7 +769,6 @@ async fn build_and_ask(
     let id = pull_and_start(&image, &["-e", &format!("PORT={port}")]);
     let got = answer(port, path, &id).await;
     let _ = Command::new("podman").args(["rm", "-f", &id]).output();
-    let _ = Command::new("podman").args(["rmi", "-f", &image]).output();
     got
 }
 
@@ -1045,6 +1058,5 @@ with tarfile.open(sys.argv[1]) as src, tarfile.open(sys.argv[2], "w", format=tar
             let _ = Command::new("podman").args(["rm", "-f", &id]).output();
             assert_eq!(got, (StatusCode::OK, "<h1>site</h1>\n".to_owned()));
         }
-        let _ = Command::new("podman").args(["rmi", "-f", &image]).output();
     }
 }

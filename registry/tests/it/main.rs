@@ -8,6 +8,7 @@ mod architecture;
 mod builds;
 mod builds_e2e;
 mod gc_stress;
+mod isolation;
 mod lifecycle;
 mod logs;
 mod quota;

@@ -430,7 +430,9 @@ async fn every_command_line_of_the_readme_runs() {
         }
         if line.starts_with("slipway build retry") {
             // As a reader would: retry once the cancelled build has ended.
-            session.wait_for_end(session.to_cancel.clone().unwrap()).await;
+            session
+                .wait_for_end(session.to_cancel.clone().unwrap())
+                .await;
         }
         let stdout = session.run(*number, line).await;
         session.remember(line, &stdout);

@@ -1,0 +1,446 @@
+//! What a build may use: memory, processes, CPU, disk, log and time, and
+//! how the kernel holds it to that.
+//!
+//! Where the machine offers cgroups (v1 controllers mounted at
+//! `/sys/fs/cgroup/{memory,pids,cpu}`, as here; v2 is not used yet), each
+//! build gets a cgroup per controller, created before its first sandbox
+//! and removed after its last: every sandbox process joins it between fork
+//! and exec (a pre-opened `cgroup.procs`, written `0`), so nothing of the
+//! build escapes it. Memory (swap included where the kernel accounts it),
+//! processes and CPU are then enforced by the kernel; the build's watchdog
+//! (`job.rs`) reads the cgroups' counters to say which limit stopped it,
+//! measures the build's disk, and stops the build when one is passed.
+//! Without cgroups the fallback is setrlimit (address space for memory;
+//! processes only when the server does not run as root, since a
+//! sandbox's processes count against their host user).
+
+use std::fs::{File, OpenOptions};
+use std::os::fd::{AsRawFd, RawFd};
+use std::path::{Path, PathBuf};
+
+/// The limits of one build (after the project's overrides).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Limits {
+    pub memory_bytes: u64,
+    pub processes: u64,
+    /// CPUs the build may use at once (1.0 = one core).
+    pub cpus: f64,
+    /// `/workspace`, `/layers`, `/tmp` and the build's cache together.
+    pub disk_bytes: u64,
+    pub log_bytes: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            memory_bytes: 2 << 30,
+            processes: 512,
+            cpus: 1.0,
+            disk_bytes: 4 << 30,
+            log_bytes: 10 << 20,
+        }
+    }
+}
+
+impl Limits {
+    /// For the build log: what this build may use, and how it is held.
+    pub fn describe(&self, mechanism: &Mechanism) -> String {
+        format!(
+            "limits: memory {}, {} processes, {} CPU, disk {}, log {} ({})",
+            human(self.memory_bytes),
+            self.processes,
+            self.cpus,
+            human(self.disk_bytes),
+            human(self.log_bytes),
+            mechanism.describe()
+        )
+    }
+}
+
+/// How memory, processes and CPU are enforced on this machine.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Mechanism {
+    /// cgroup v1 controllers; builds go under `<controller>/<parent>`.
+    CgroupV1 {
+        memory: PathBuf,
+        pids: PathBuf,
+        cpu: Option<PathBuf>,
+        /// Whether swap is accounted (`memory.memsw.limit_in_bytes`).
+        swap: bool,
+    },
+    /// setrlimit only: address space, and processes when not root.
+    Rlimit { processes: bool },
+}
+
+impl Mechanism {
+    /// Finds what this machine offers: cgroup v1 memory and pids
+    /// controllers with a writable parent for builds, else setrlimit.
+    pub fn detect(parent_name: &str) -> Mechanism {
+        let root = Path::new("/sys/fs/cgroup");
+        let usable = |c: &str| {
+            let dir = root.join(c);
+            if !dir.join("cgroup.procs").exists() {
+                return None;
+            }
+            let parent = dir.join(parent_name);
+            std::fs::create_dir_all(&parent).ok()?;
+            Some(parent)
+        };
+        if let (Some(memory), Some(pids)) = (usable("memory"), usable("pids")) {
+            let swap = memory.join("memory.memsw.limit_in_bytes").exists();
+            return Mechanism::CgroupV1 {
+                memory,
+                pids,
+                cpu: usable("cpu"),
+                swap,
+            };
+        }
+        // SAFETY: geteuid has no preconditions.
+        let root_user = unsafe { libc::geteuid() } == 0;
+        Mechanism::Rlimit {
+            processes: !root_user,
+        }
+    }
+
+    /// Whether memory and processes are both enforced.
+    pub fn enforces_memory_and_processes(&self) -> bool {
+        match self {
+            Mechanism::CgroupV1 { .. } => true,
+            Mechanism::Rlimit { processes } => *processes,
+        }
+    }
+
+    pub fn describe(&self) -> String {
+        match self {
+            Mechanism::CgroupV1 { swap, cpu, .. } => format!(
+                "cgroup v1: memory{}, pids{}",
+                if *swap { " and swap" } else { "" },
+                if cpu.is_some() { ", cpu" } else { "" }
+            ),
+            Mechanism::Rlimit { processes: true } => {
+                "setrlimit: address space and processes".into()
+            }
+            Mechanism::Rlimit { processes: false } => {
+                "setrlimit: address space only (processes cannot be limited for root without cgroups)".into()
+            }
+        }
+    }
+}
+
+/// One build's cgroups (or rlimits), from its first sandbox to its end.
+#[derive(Debug)]
+pub struct BuildLimits {
+    pub limits: Limits,
+    mechanism: Mechanism,
+    groups: Vec<PathBuf>,
+    /// `cgroup.procs` of each group, opened before any fork.
+    procs: Vec<File>,
+}
+
+impl BuildLimits {
+    /// Creates the build's cgroups with its limits set.
+    pub fn create(
+        mechanism: &Mechanism,
+        build_id: &str,
+        limits: Limits,
+    ) -> std::io::Result<BuildLimits> {
+        let mut b = BuildLimits {
+            limits,
+            mechanism: mechanism.clone(),
+            groups: Vec::new(),
+            procs: Vec::new(),
+        };
+        if let Mechanism::CgroupV1 {
+            memory,
+            pids,
+            cpu,
+            swap,
+        } = mechanism
+        {
+            let mem = b.group(memory, build_id)?;
+            write(&mem, "memory.limit_in_bytes", limits.memory_bytes)?;
+            if *swap {
+                write(&mem, "memory.memsw.limit_in_bytes", limits.memory_bytes)?;
+            }
+            let p = b.group(pids, build_id)?;
+            write(&p, "pids.max", limits.processes)?;
+            if let Some(cpu) = cpu {
+                let c = b.group(cpu, build_id)?;
+                let period = 100_000u64;
+                write(&c, "cpu.cfs_period_us", period)?;
+                write(
+                    &c,
+                    "cpu.cfs_quota_us",
+                    (limits.cpus * period as f64).round() as u64,
+                )?;
+            }
+            for g in &b.groups {
+                b.procs.push(
+                    OpenOptions::new()
+                        .write(true)
+                        .open(g.join("cgroup.procs"))?,
+                );
+            }
+        }
+        Ok(b)
+    }
+
+    fn group(&mut self, parent: &Path, build_id: &str) -> std::io::Result<PathBuf> {
+        let dir = parent.join(build_id);
+        // Left by a crash: emptied and made again.
+        if dir.exists() {
+            kill_all(&dir);
+            let _ = std::fs::remove_dir(&dir);
+        }
+        std::fs::create_dir(&dir)?;
+        self.groups.push(dir.clone());
+        Ok(dir)
+    }
+
+    /// What a sandbox's child does between fork and exec: join the
+    /// build's cgroups (or set its rlimits). Only async-signal-safe calls.
+    pub fn pre_exec(&self) -> impl Fn() -> std::io::Result<()> + Send + Sync + 'static {
+        let fds: Vec<RawFd> = self.procs.iter().map(|f| f.as_raw_fd()).collect();
+        let rlimits = match self.mechanism {
+            Mechanism::Rlimit { processes } => Some((
+                self.limits.memory_bytes,
+                processes.then_some(self.limits.processes),
+            )),
+            Mechanism::CgroupV1 { .. } => None,
+        };
+        move || {
+            for fd in &fds {
+                // SAFETY: writing two bytes from a static buffer to an open
+                // descriptor; write(2) is async-signal-safe.
+                let n = unsafe { libc::write(*fd, b"0\n".as_ptr().cast(), 2) };
+                if n < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            if let Some((memory, processes)) = rlimits {
+                let set = |res, v: u64| {
+                    let l = libc::rlimit {
+                        rlim_cur: v,
+                        rlim_max: v,
+                    };
+                    // SAFETY: setrlimit with a valid pointer to a local.
+                    if unsafe { libc::setrlimit(res, &l) } != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                };
+                set(libc::RLIMIT_AS, memory)?;
+                if let Some(p) = processes {
+                    set(libc::RLIMIT_NPROC, p)?;
+                }
+            }
+            Ok(())
+        }
+    }
+
+    /// Which limit the kernel enforced, if any: a sentence for the build.
+    pub fn breach(&self) -> Option<String> {
+        for g in &self.groups {
+            if g.join("memory.oom_control").exists() {
+                let killed = read(&g.join("memory.oom_control"))
+                    .lines()
+                    .find_map(|l| l.strip_prefix("oom_kill "))
+                    .and_then(|n| n.trim().parse::<u64>().ok())
+                    .unwrap_or(0);
+                if killed > 0 {
+                    return Some(format!(
+                        "the build used more than {} of memory and was stopped (builds.limits.memory)",
+                        human(self.limits.memory_bytes)
+                    ));
+                }
+            }
+            if g.join("pids.events").exists() {
+                let hit = read(&g.join("pids.events"))
+                    .lines()
+                    .find_map(|l| l.strip_prefix("max "))
+                    .and_then(|n| n.trim().parse::<u64>().ok())
+                    .unwrap_or(0);
+                if hit > 0 {
+                    return Some(format!(
+                        "the build tried to run more than {} processes at once and was stopped \
+                         (builds.limits.processes)",
+                        self.limits.processes
+                    ));
+                }
+            }
+        }
+        None
+    }
+
+    /// Processes still in the build's cgroups.
+    pub fn processes(&self) -> usize {
+        self.groups
+            .iter()
+            .map(|g| read(&g.join("cgroup.procs")).lines().count())
+            .max()
+            .unwrap_or(0)
+    }
+}
+
+impl Drop for BuildLimits {
+    /// Every process left is killed, and the cgroups removed.
+    fn drop(&mut self) {
+        self.procs.clear();
+        for g in &self.groups {
+            kill_all(g);
+        }
+        for g in &self.groups {
+            // A group empties a moment after its last process is reaped.
+            for _ in 0..200 {
+                if std::fs::remove_dir(g).is_ok() || !g.exists() {
+                    break;
+                }
+                kill_all(g);
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+        }
+    }
+}
+
+/// SIGKILL to every process in a cgroup, until none is left to kill.
+fn kill_all(group: &Path) {
+    for _ in 0..50 {
+        let pids: Vec<i32> = read(&group.join("cgroup.procs"))
+            .lines()
+            .filter_map(|l| l.trim().parse().ok())
+            .collect();
+        if pids.is_empty() {
+            return;
+        }
+        for pid in pids {
+            // SAFETY: kill with a pid read from the build's cgroup.
+            unsafe {
+                libc::kill(pid, libc::SIGKILL);
+            }
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+}
+
+fn write(dir: &Path, file: &str, value: u64) -> std::io::Result<()> {
+    std::fs::write(dir.join(file), value.to_string()).map_err(|e| {
+        std::io::Error::new(
+            e.kind(),
+            format!("cannot set {}: {e}", dir.join(file).display()),
+        )
+    })
+}
+
+fn read(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_default()
+}
+
+/// Bytes under `paths` (files' allocated sizes; links not followed),
+/// stopping early once past `stop_at`.
+pub fn disk_usage(paths: &[&Path], stop_at: u64) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let mut total = 0u64;
+    let mut stack: Vec<PathBuf> = paths.iter().map(|p| p.to_path_buf()).collect();
+    while let Some(p) = stack.pop() {
+        let Ok(meta) = std::fs::symlink_metadata(&p) else {
+            continue;
+        };
+        total += meta.blocks() * 512;
+        if total > stop_at {
+            return total;
+        }
+        if meta.is_dir()
+            && let Ok(entries) = std::fs::read_dir(&p)
+        {
+            stack.extend(entries.flatten().map(|e| e.path()));
+        }
+    }
+    total
+}
+
+/// Bytes for people: `2 GiB`, `1.5 KiB`, `12 B`.
+pub fn human(bytes: u64) -> String {
+    let mut v = bytes as f64;
+    let mut unit = "B";
+    for u in ["KiB", "MiB", "GiB", "TiB"] {
+        if v < 1024.0 {
+            break;
+        }
+        v /= 1024.0;
+        unit = u;
+    }
+    if unit == "B" {
+        format!("{bytes} B")
+    } else if v.fract() == 0.0 {
+        format!("{v:.0} {unit}")
+    } else {
+        format!("{v:.1} {unit}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_read_as_people_write_them() {
+        assert_eq!(human(2 << 30), "2 GiB");
+        assert_eq!(human(10 << 20), "10 MiB");
+        assert_eq!(human(1536), "1.5 KiB");
+        assert_eq!(human(12), "12 B");
+    }
+
+    #[test]
+    fn disk_usage_counts_and_stops_early() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(d.path().join("a/b")).unwrap();
+        std::fs::write(d.path().join("a/b/f"), vec![1u8; 1 << 20]).unwrap();
+        std::fs::write(d.path().join("g"), vec![1u8; 1 << 20]).unwrap();
+        let all = disk_usage(&[d.path()], u64::MAX);
+        assert!(all >= 2 << 20, "{all}");
+        assert!(disk_usage(&[d.path()], 1000) < all);
+    }
+
+    /// Needs root and cgroup v1 (CI runs as root here): a child joins the
+    /// build's cgroups, the pids limit holds, and dropping the limits kills
+    /// what is left and removes the groups.
+    #[test]
+    fn a_build_cgroup_holds_its_processes_and_is_removed_with_them() {
+        let mechanism = Mechanism::detect("slipway-unit-test");
+        let Mechanism::CgroupV1 { pids, .. } = &mechanism else {
+            panic!(
+                "this machine was expected to have cgroup v1 controllers (run as root): {mechanism:?}"
+            );
+        };
+        let limits = Limits {
+            processes: 8,
+            ..Limits::default()
+        };
+        let b = BuildLimits::create(&mechanism, "unit-b1", limits).unwrap();
+        let group = pids.join("unit-b1");
+        let mut cmd = std::process::Command::new("/bin/sh");
+        // Sixteen sleepers: the ninth fork fails.
+        cmd.args(["-c", "for i in $(seq 16); do sleep 30 & done; wait"]);
+        use std::os::unix::process::CommandExt;
+        // SAFETY: the hook only writes to pre-opened descriptors.
+        unsafe {
+            cmd.pre_exec(b.pre_exec());
+        }
+        let mut child = cmd.spawn().unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while b.breach().is_none() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the pids limit was never hit"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        assert!(b.breach().unwrap().contains("more than 8 processes"));
+        assert!(b.processes() <= 8 && b.processes() > 0);
+        drop(b);
+        assert!(!group.exists(), "the group is removed");
+        let status = child.wait().unwrap();
+        assert!(!status.success(), "the shell was killed");
+        let _ = std::fs::remove_dir(pids);
+    }
+}
