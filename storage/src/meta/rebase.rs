@@ -34,7 +34,7 @@ use sqlx::{Acquire, Row};
 
 use super::manifests::mark_if_untagged;
 use super::quota::Budget;
-use super::{BuildRecord, Metadata, NewAuditEntry, NewManifest, Tx, now_ms};
+use super::{BuildRecord, ManifestRef, Metadata, NewAuditEntry, NewManifest, Tx, now_ms};
 use crate::digest::Digest;
 use crate::error::{Result, StorageError};
 use crate::names::RepoName;
@@ -88,6 +88,22 @@ pub struct RebaseWrite {
     pub build: BuildRecord,
     pub log: Vec<String>,
     pub audit: NewAuditEntry,
+}
+
+impl RebaseWrite {
+    /// The blobs linked into the repository: the new run image's layers,
+    /// then the config.
+    fn linked(&self) -> impl Iterator<Item = &Digest> {
+        self.link.iter().chain(std::iter::once(&self.config))
+    }
+
+    /// What the project's usage counts for the image, with sizes: the
+    /// manifest, then its references in order (repeats included).
+    fn counted(&self) -> impl Iterator<Item = (&Digest, u64)> {
+        let m = &self.manifest;
+        std::iter::once((&m.digest, m.body.len() as u64))
+            .chain(m.refs.iter().map(|r| (&r.digest, r.size)))
+    }
 }
 
 /// What became of one write.
@@ -397,12 +413,7 @@ impl Metadata {
 
         // The blobs to link must exist; every other reference must be in
         // the repository already; all with their declared sizes.
-        let linked: Vec<&str> = unique(
-            writes
-                .iter()
-                .flat_map(|w| w.link.iter().chain(std::iter::once(&w.config)))
-                .map(|d| d.as_str()),
-        );
+        let linked: Vec<&str> = unique(writes.iter().flat_map(|w| w.linked()).map(|d| d.as_str()));
         let exists: HashMap<String, u64> = self
             .sizes(
                 tx,
@@ -443,18 +454,8 @@ impl Metadata {
             if out[i].is_some() {
                 continue;
             }
-            let linked: HashSet<&str> = w
-                .link
-                .iter()
-                .chain(std::iter::once(&w.config))
-                .map(|d| d.as_str())
-                .collect();
-            if let Some(missing) = w
-                .link
-                .iter()
-                .chain(std::iter::once(&w.config))
-                .find(|d| !exists.contains_key(d.as_str()))
-            {
+            let linked: HashSet<&str> = w.linked().map(|d| d.as_str()).collect();
+            if let Some(missing) = w.linked().find(|d| !exists.contains_key(d.as_str())) {
                 out[i] = Some(RebaseCommitted::Refused(StorageError::ManifestBlobUnknown(
                     missing.clone(),
                 )));
@@ -466,15 +467,7 @@ impl Metadata {
                 } else {
                     sizes_in_repo.get(&(w.repo_id, r.digest.as_str())).copied()
                 };
-                let refused = match have {
-                    None => Some(StorageError::ManifestBlobUnknown(r.digest.clone())),
-                    Some(size) if size != r.size => Some(StorageError::ManifestInvalid(format!(
-                        "the descriptor of {} gives size {}, but it has {size} bytes",
-                        r.digest, r.size
-                    ))),
-                    Some(_) => None,
-                };
-                if let Some(e) = refused {
+                if let Some(e) = size_refusal(r, have) {
                     out[i] = Some(RebaseCommitted::Refused(e));
                     break;
                 }
@@ -482,29 +475,12 @@ impl Metadata {
         }
 
         // Usage: what the project does not hold yet, in order.
-        let wanted_all: Vec<&str> = unique(writes.iter().flat_map(|w| {
-            std::iter::once(w.manifest.digest.as_str())
-                .chain(w.manifest.refs.iter().map(|r| r.digest.as_str()))
-        }));
-        let list = placeholders(3, wanted_all.len());
-        let mut q = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT pb.digest, pb.project FROM project_blobs pb JOIN projects p ON p.name = pb.project \
-             WHERE pb.digest IN ({list}) AND (pb.project = $1 OR (p.is_base = 1 AND $2 = 0))"
-        )))
-        .bind(project)
-        .bind(budget.is_base as i64);
-        for d in &wanted_all {
-            q = q.bind(*d);
-        }
-        let (mut held, mut free) = (HashSet::new(), HashSet::new());
-        for r in q.fetch_all(&mut **tx).await? {
-            let (digest, owner): (String, String) = (r.get(0), r.get(1));
-            if owner == project {
-                held.insert(digest);
-            } else {
-                free.insert(digest);
-            }
-        }
+        let wanted_all: Vec<&str> = unique(
+            writes
+                .iter()
+                .flat_map(|w| w.counted().map(|(d, _)| d.as_str())),
+        );
+        let (mut held, free) = holdings(tx, budget, &wanted_all).await?;
         let mut added_total = 0u64;
         let mut fresh_all: Vec<(&str, u64)> = Vec::new();
         let mut added_of: Vec<u64> = vec![0; writes.len()];
@@ -512,27 +488,16 @@ impl Metadata {
             if out[i].is_some() {
                 continue;
             }
-            let m = &w.manifest;
-            let mut wanted: Vec<(&Digest, u64)> = vec![(&m.digest, m.body.len() as u64)];
-            wanted.extend(m.refs.iter().map(|r| (&r.digest, r.size)));
-            let mut seen = HashSet::new();
-            for (d, size) in wanted {
-                if !seen.insert(d.as_str()) || held.contains(d.as_str()) {
-                    continue;
-                }
-                if !free.contains(d.as_str()) {
-                    if *d != m.digest && *d != w.config {
-                        // A layer that is not free: its quota is checked
-                        // image by image.
-                        return Ok(None);
-                    }
-                    added_of[i] += size;
-                }
-                // Held from now on: a later image of the batch adds nothing.
-                held.insert(d.to_string());
-                fresh_all.push((d.as_str(), size));
+            // Held from now on: a later image of the batch adds nothing.
+            let fresh = fresh_of(w, &mut held, &free);
+            if fresh.checked > 0 {
+                // Layers that are not free: their quota is checked image
+                // by image.
+                return Ok(None);
             }
-            added_total += added_of[i];
+            added_of[i] = fresh.added;
+            added_total += fresh.added;
+            fresh_all.extend(fresh.blobs);
         }
         let good: Vec<usize> = (0..writes.len()).filter(|i| out[*i].is_none()).collect();
         if good.is_empty() {
@@ -540,67 +505,24 @@ impl Metadata {
         }
 
         // The writes.
-        self.charge(tx, project, added_total as i64).await?;
-        for chunk in fresh_all.chunks(500) {
-            let values = value_rows(chunk.len(), 2, 2, |p| format!("($1, {p})"));
-            let mut q = sqlx::query(sqlx::AssertSqlSafe(format!(
-                "INSERT INTO project_blobs (project, digest, size) VALUES {values} \
-                 ON CONFLICT (project, digest) DO NOTHING"
-            )))
-            .bind(project);
-            for (d, size) in chunk {
-                q = q.bind(*d).bind(*size as i64);
-            }
-            q.execute(&mut **tx).await?;
-            let list = placeholders(2, chunk.len());
-            let mut q = sqlx::query(sqlx::AssertSqlSafe(format!(
-                "DELETE FROM reservations WHERE project = $1 AND digest IN ({list})"
-            )))
-            .bind(project);
-            for (d, _) in chunk {
-                q = q.bind(*d);
-            }
-            q.execute(&mut **tx).await?;
-        }
+        self.hold_fresh(tx, budget, &fresh_all, added_total, true)
+            .await?;
         let touched: Vec<&str> = unique(
             good.iter()
                 .flat_map(|i| writes[*i].manifest.refs.iter())
                 .map(|r| r.digest.as_str()),
         );
-        for chunk in touched.chunks(500) {
-            let list = placeholders(2, chunk.len());
-            let mut q = sqlx::query(sqlx::AssertSqlSafe(format!(
-                "UPDATE blobs SET last_ref_change = $1 WHERE digest IN ({list})"
-            )))
-            .bind(now);
-            for d in chunk {
-                q = q.bind(*d);
-            }
-            q.execute(&mut **tx).await?;
-        }
+        touch_blobs(tx, &touched, now).await?;
         // Links, manifests, references — in batches of images.
         for chunk in good.chunks(50) {
-            let mut rows: Vec<(i64, &str)> = Vec::new();
-            for i in chunk {
-                let w = &writes[*i];
-                for d in w.link.iter().chain(std::iter::once(&w.config)) {
-                    rows.push((w.repo_id, d.as_str()));
-                }
-            }
-            rows.sort_unstable();
-            rows.dedup();
-            for rows in rows.chunks(ROWS_PER_STATEMENT) {
-                let values = value_rows(rows.len(), 2, 2, |p| format!("({p}, $1)"));
-                let mut q = sqlx::query(sqlx::AssertSqlSafe(format!(
-                    "INSERT INTO repo_blobs (repo_id, digest, created_at) VALUES {values} \
-                     ON CONFLICT (repo_id, digest) DO NOTHING"
-                )))
-                .bind(now);
-                for (id, d) in rows {
-                    q = q.bind(*id).bind(*d);
-                }
-                q.execute(&mut **tx).await?;
-            }
+            let rows: Vec<(i64, &str)> = chunk
+                .iter()
+                .flat_map(|i| {
+                    let w = &writes[*i];
+                    w.linked().map(|d| (w.repo_id, d.as_str()))
+                })
+                .collect();
+            link_blobs(tx, rows, now).await?;
 
             let bodies: Vec<usize> = {
                 let mut seen = HashSet::new();
@@ -794,24 +716,13 @@ impl Metadata {
 
         // The new base's layers and the config, linked (a mount, without its
         // reservation: the manifest references them in this same
-        // transaction). One statement for all of them.
-        let linked: Vec<&Digest> = w.link.iter().chain(std::iter::once(&w.config)).collect();
-        let list = placeholders(3, linked.len());
-        let mut q = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "INSERT INTO repo_blobs (repo_id, digest, created_at) \
-             SELECT $1, digest, $2 FROM blobs WHERE digest IN ({list}) \
-             ON CONFLICT (repo_id, digest) DO NOTHING"
-        )))
-        .bind(w.repo_id)
-        .bind(now);
-        for d in &linked {
-            q = q.bind(d.as_str());
-        }
-        q.execute(&mut **tx).await?;
+        // transaction).
+        let rows: Vec<(i64, &str)> = w.linked().map(|d| (w.repo_id, d.as_str())).collect();
+        link_blobs(tx, rows, now).await?;
 
         // Every reference in the repository with its declared size, as for
         // a push.
-        let blobs: Vec<&super::ManifestRef> = m.refs.iter().filter(|r| !r.is_manifest).collect();
+        let blobs: Vec<&ManifestRef> = m.refs.iter().filter(|r| !r.is_manifest).collect();
         if blobs.len() != m.refs.len() {
             return Err(StorageError::ManifestInvalid(
                 "a rebased image references no manifests".into(),
@@ -834,117 +745,46 @@ impl Metadata {
             .map(|r| (r.get::<String, _>(0), r.get::<i64, _>(1) as u64))
             .collect();
         for r in &blobs {
-            match sizes.get(r.digest.as_str()) {
-                None => return Err(StorageError::ManifestBlobUnknown(r.digest.clone())),
-                Some(size) if *size != r.size => {
-                    return Err(StorageError::ManifestInvalid(format!(
-                        "the descriptor of {} gives size {}, but it has {size} bytes",
-                        r.digest, r.size
-                    )));
-                }
-                Some(_) => {}
+            if let Some(e) = size_refusal(r, sizes.get(r.digest.as_str()).copied()) {
+                return Err(e);
             }
         }
 
         // Usage: what the project does not hold yet. One query tells which
         // blobs the project holds and which a base project holds (free).
-        let mut wanted: Vec<(&Digest, u64)> = vec![(&m.digest, m.body.len() as u64)];
-        wanted.extend(blobs.iter().map(|r| (&r.digest, r.size)));
-        let mut seen = HashSet::new();
-        wanted.retain(|(d, _)| seen.insert(d.as_str()));
-        let list = placeholders(3, wanted.len());
-        let mut q = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT pb.digest, pb.project FROM project_blobs pb JOIN projects p ON p.name = pb.project \
-             WHERE pb.digest IN ({list}) AND (pb.project = $1 OR (p.is_base = 1 AND $2 = 0))"
-        )))
-        .bind(project)
-        .bind(budget.is_base as i64);
-        for (d, _) in &wanted {
-            q = q.bind(d.as_str());
-        }
-        let (mut held, mut free) = (HashSet::new(), HashSet::new());
-        for r in q.fetch_all(&mut **tx).await? {
-            let (digest, owner): (String, String) = (r.get(0), r.get(1));
-            if owner == project {
-                held.insert(digest);
-            } else {
-                free.insert(digest);
-            }
-        }
-        let fresh: Vec<(&Digest, u64)> = wanted
-            .into_iter()
-            .filter(|(d, _)| !held.contains(d.as_str()))
-            .collect();
+        let wanted: Vec<&str> = unique(w.counted().map(|(d, _)| d.as_str()));
+        let (mut held, free) = holdings(tx, budget, &wanted).await?;
+        let fresh = fresh_of(w, &mut held, &free);
         let mut reserved: HashMap<String, u64> = HashMap::new();
-        if !fresh.is_empty() {
-            let list = placeholders(3, fresh.len());
+        if !fresh.blobs.is_empty() {
+            let list = placeholders(3, fresh.blobs.len());
             let mut q = sqlx::query(sqlx::AssertSqlSafe(format!(
                 "SELECT digest, bytes FROM reservations WHERE project = $1 AND expires_at > $2 \
                  AND digest IN ({list})"
             )))
             .bind(project)
             .bind(now);
-            for (d, _) in &fresh {
-                q = q.bind(d.as_str());
+            for (d, _) in &fresh.blobs {
+                q = q.bind(*d);
             }
             for r in q.fetch_all(&mut **tx).await? {
                 reserved.insert(r.get(0), r.get::<i64, _>(1).max(0) as u64);
             }
         }
-        let (mut added, mut checked, mut released) = (0u64, 0u64, 0u64);
-        for (digest, size) in &fresh {
-            if !free.contains(digest.as_str()) {
-                added += size;
-                // The rebase's own bytes are admitted whatever the quota.
-                if **digest != m.digest && **digest != w.config {
-                    checked += size;
-                }
-            }
-            released += reserved.get(digest.as_str()).copied().unwrap_or(0);
+        let released: u64 = fresh
+            .blobs
+            .iter()
+            .map(|(d, _)| reserved.get(*d).copied().unwrap_or(0))
+            .sum();
+        // The rebase's own bytes are admitted whatever the quota.
+        if fresh.checked > 0 {
+            self.admit(tx, budget, fresh.checked, released).await?;
         }
-        if checked > 0 {
-            self.admit(tx, budget, checked, released).await?;
-        }
-        self.charge(tx, project, added as i64).await?;
-        budget.used += added;
-        if budget.is_base {
-            for (digest, size) in &fresh {
-                self.shift_base_blob(tx, project, digest.as_str(), *size, -1)
-                    .await?;
-            }
-        }
-        if !fresh.is_empty() {
-            let values = value_rows(fresh.len(), 2, 2, |p| format!("($1, {p})"));
-            let mut q = sqlx::query(sqlx::AssertSqlSafe(format!(
-                "INSERT INTO project_blobs (project, digest, size) VALUES {values} \
-                 ON CONFLICT (project, digest) DO NOTHING"
-            )))
-            .bind(project);
-            for (d, size) in &fresh {
-                q = q.bind(d.as_str()).bind(*size as i64);
-            }
-            q.execute(&mut **tx).await?;
-            if !reserved.is_empty() {
-                let list = placeholders(2, fresh.len());
-                let mut q = sqlx::query(sqlx::AssertSqlSafe(format!(
-                    "DELETE FROM reservations WHERE project = $1 AND digest IN ({list})"
-                )))
-                .bind(project);
-                for (d, _) in &fresh {
-                    q = q.bind(d.as_str());
-                }
-                q.execute(&mut **tx).await?;
-            }
-        }
-        let list = placeholders(2, blobs.len());
-        let mut q = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "UPDATE blobs SET last_ref_change = $1 WHERE digest IN ({list})"
-        )))
-        .bind(now);
-        for r in &blobs {
-            q = q.bind(r.digest.as_str());
-        }
-        q.execute(&mut **tx).await?;
+        self.hold_fresh(tx, budget, &fresh.blobs, fresh.added, !reserved.is_empty())
+            .await?;
+        budget.used += fresh.added;
+        let touched: Vec<&str> = unique(blobs.iter().map(|r| r.digest.as_str()));
+        touch_blobs(tx, &touched, now).await?;
 
         // The manifest, its references, then the tags.
         sqlx::query(
@@ -993,8 +833,182 @@ impl Metadata {
         write_history(tx, project, &[w], now).await?;
         Ok(Some(RebaseCommitted::Done {
             tags: moved,
-            added_bytes: added,
+            added_bytes: fresh.added,
         }))
+    }
+
+    /// Counts blobs new to the project (`fresh`, from [`fresh_of`]): its
+    /// running usage grows by `added`; a base project's new blobs cost
+    /// every other project holding them nothing from now on; each gets its
+    /// (project, blob) row; with `release`, their reservations end (a
+    /// manifest references them now). Multi-row statements of 500 blobs.
+    async fn hold_fresh(
+        &self,
+        tx: &mut Tx<'_>,
+        budget: &Budget,
+        fresh: &[(&str, u64)],
+        added: u64,
+        release: bool,
+    ) -> Result<()> {
+        let project = budget.project.as_str();
+        self.charge(tx, project, added as i64).await?;
+        if budget.is_base {
+            for (digest, size) in fresh {
+                self.shift_base_blob(tx, project, digest, *size, -1).await?;
+            }
+        }
+        for chunk in fresh.chunks(500) {
+            let values = value_rows(chunk.len(), 2, 2, |p| format!("($1, {p})"));
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(format!(
+                "INSERT INTO project_blobs (project, digest, size) VALUES {values} \
+                 ON CONFLICT (project, digest) DO NOTHING"
+            )))
+            .bind(project);
+            for (d, size) in chunk {
+                q = q.bind(*d).bind(*size as i64);
+            }
+            q.execute(&mut **tx).await?;
+            if release {
+                let list = placeholders(2, chunk.len());
+                let mut q = sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "DELETE FROM reservations WHERE project = $1 AND digest IN ({list})"
+                )))
+                .bind(project);
+                for (d, _) in chunk {
+                    q = q.bind(*d);
+                }
+                q.execute(&mut **tx).await?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Which of `digests` the project holds already (`held`), and which a base
+/// project holds (`free`: they cost a project that is not a base project
+/// nothing) — [`Metadata::costs_nothing`] for many blobs, in one statement.
+async fn holdings(
+    tx: &mut Tx<'_>,
+    budget: &Budget,
+    digests: &[&str],
+) -> Result<(HashSet<String>, HashSet<String>)> {
+    let list = placeholders(3, digests.len());
+    let mut q = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "SELECT pb.digest, pb.project FROM project_blobs pb JOIN projects p ON p.name = pb.project \
+         WHERE pb.digest IN ({list}) AND (pb.project = $1 OR (p.is_base = 1 AND $2 = 0))"
+    )))
+    .bind(&budget.project)
+    .bind(budget.is_base as i64);
+    for d in digests {
+        q = q.bind(*d);
+    }
+    let (mut held, mut free) = (HashSet::new(), HashSet::new());
+    for r in q.fetch_all(&mut **tx).await? {
+        let (digest, owner): (String, String) = (r.get(0), r.get(1));
+        if owner == budget.project {
+            held.insert(digest);
+        } else {
+            free.insert(digest);
+        }
+    }
+    Ok((held, free))
+}
+
+/// What an image adds to its project's usage.
+struct Fresh<'a> {
+    /// The blobs the project does not hold yet, each once, in the order of
+    /// [`RebaseWrite::counted`].
+    blobs: Vec<(&'a str, u64)>,
+    /// The bytes of those no base project holds: what the usage grows by.
+    added: u64,
+    /// Of those, the bytes of layers (not the rebase's own manifest and
+    /// config, admitted whatever the quota): what must fit the quota.
+    checked: u64,
+}
+
+/// What `w` adds, given what the project holds (`held`, from
+/// [`holdings`]) and what is free; `held` gains the image's new blobs, so
+/// a later image of a batch adds nothing for them.
+fn fresh_of<'a>(
+    w: &'a RebaseWrite,
+    held: &mut HashSet<String>,
+    free: &HashSet<String>,
+) -> Fresh<'a> {
+    let m = &w.manifest;
+    let mut fresh = Fresh {
+        blobs: Vec::new(),
+        added: 0,
+        checked: 0,
+    };
+    for (d, size) in w.counted() {
+        if held.contains(d.as_str()) {
+            continue;
+        }
+        if !free.contains(d.as_str()) {
+            fresh.added += size;
+            if *d != m.digest && *d != w.config {
+                fresh.checked += size;
+            }
+        }
+        held.insert(d.to_string());
+        fresh.blobs.push((d.as_str(), size));
+    }
+    fresh
+}
+
+/// Links blobs into repositories (`(repo id, digest)` rows; statements of
+/// up to [`ROWS_PER_STATEMENT`] rows): a mount without its reservation, as
+/// the manifest that references them is written in the same transaction.
+/// A blob that does not exist is not linked (a reference to it is then
+/// unknown).
+async fn link_blobs(tx: &mut Tx<'_>, mut rows: Vec<(i64, &str)>, now: i64) -> Result<()> {
+    rows.sort_unstable();
+    rows.dedup();
+    for rows in rows.chunks(ROWS_PER_STATEMENT) {
+        let values = value_rows(rows.len(), 2, 2, |p| format!("({p})"));
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "WITH links (repo_id, digest) AS (VALUES {values}) \
+             INSERT INTO repo_blobs (repo_id, digest, created_at) \
+             SELECT links.repo_id, links.digest, $1 FROM links \
+             WHERE EXISTS (SELECT 1 FROM blobs WHERE blobs.digest = links.digest) \
+             ON CONFLICT (repo_id, digest) DO NOTHING"
+        )))
+        .bind(now);
+        for (id, d) in rows {
+            q = q.bind(*id).bind(*d);
+        }
+        q.execute(&mut **tx).await?;
+    }
+    Ok(())
+}
+
+/// Records that references to `digests` appeared (GC's clock), 500 blobs
+/// a statement.
+async fn touch_blobs(tx: &mut Tx<'_>, digests: &[&str], now: i64) -> Result<()> {
+    for chunk in digests.chunks(500) {
+        let list = placeholders(2, chunk.len());
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "UPDATE blobs SET last_ref_change = $1 WHERE digest IN ({list})"
+        )))
+        .bind(now);
+        for d in chunk {
+            q = q.bind(*d);
+        }
+        q.execute(&mut **tx).await?;
+    }
+    Ok(())
+}
+
+/// Why a reference is refused, given the size of the blob it names where
+/// the image may see it: unknown (`None`), or declared with another size.
+fn size_refusal(r: &ManifestRef, have: Option<u64>) -> Option<StorageError> {
+    match have {
+        None => Some(StorageError::ManifestBlobUnknown(r.digest.clone())),
+        Some(size) if size != r.size => Some(StorageError::ManifestInvalid(format!(
+            "the descriptor of {} gives size {}, but it has {size} bytes",
+            r.digest, r.size
+        ))),
+        Some(_) => None,
     }
 }
 

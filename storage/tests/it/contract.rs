@@ -1225,7 +1225,10 @@ async fn rebase_commits_like_a_push(m: &Metadata) {
         None,
         "a claimed config is not visible before the commit"
     );
-    let out = m.rebase_commit("tool-a", &[w.clone()]).await.unwrap();
+    let out = m
+        .rebase_commit("tool-a", std::slice::from_ref(&w))
+        .await
+        .unwrap();
     let [RebaseCommitted::Done { tags, added_bytes }] = &out[..] else {
         panic!("{out:?}");
     };
