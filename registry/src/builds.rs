@@ -114,6 +114,15 @@ pub fn isolation(config: &crate::Config) -> anyhow::Result<Isolation> {
     })
 }
 
+/// A project's build limits: the server's, with the project's overrides.
+async fn project_limits(state: &AppState, project: &str) -> slipway_builder::limits::Limits {
+    let server = state.config.builds.limits.limits();
+    match state.meta.project_get(project).await {
+        Ok(Some(p)) => crate::api::projects::BuildLimitsView::of(&p).over(server),
+        _ => server,
+    }
+}
+
 /// The cgroup (under each controller) that this server's builds go in:
 /// one per data directory, so two servers on a machine keep theirs apart.
 fn cgroup_parent(config: &crate::Config) -> String {
@@ -477,7 +486,7 @@ async fn supervise(state: &AppState, ctx: &Context, build: &BuildRecord, log: &A
         commit: build.git_commit.clone(),
         builder: build.builder.clone(),
         env,
-        limits: state.config.builds.limits.limits(),
+        limits: project_limits(state, &build.project).await,
     };
     let released = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let log_dyn: Arc<DbLog> = log.clone();

@@ -564,6 +564,13 @@ const TOP_LEVEL_KEYS: &[&str] = &[
 #[error("the configuration is invalid: {0}")]
 pub struct ConfigError(String);
 
+impl ConfigError {
+    /// What is wrong, without "the configuration is invalid".
+    pub fn sentence(&self) -> String {
+        self.0.clone()
+    }
+}
+
 impl Config {
     /// Loads defaults, then `file` (if given), then the environment `env`
     /// (`SLIPWAY_…` pairs, passed in so libraries never read it themselves),

@@ -47,6 +47,7 @@ use crate::server::AppState;
     components(schemas(
         ErrorBody,
         projects::ProjectView, projects::NewProject, projects::ProjectUpdate,
+        projects::BuildLimitsView, projects::BuildLimitsUpdate,
         robots::RobotView, robots::NewRobot, robots::RobotUpdateBody, robots::RobotSecret,
         audit::AuditPage, audit::AuditView,
         storage::UsageView, storage::RecomputeReport, storage::DriftView, storage::GcRequest,

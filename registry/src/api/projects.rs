@@ -25,9 +25,86 @@ pub struct ProjectView {
     pub base: bool,
     /// Tagged images kept per repository; absent: the server's default.
     pub retention_keep: Option<u32>,
+    /// The project's own build limits, each overriding the server's
+    /// `[builds.limits]`; absent keys: the server's.
+    pub build_limits: BuildLimitsView,
     /// Repositories and the number of manifests each holds (single project only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub repositories: Option<Vec<RepositoryView>>,
+}
+
+/// A project's build limits (overrides of the server's).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BuildLimitsView {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_bytes: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub processes: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpus: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk_bytes: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_bytes: Option<u64>,
+}
+
+impl BuildLimitsView {
+    /// The stored overrides (a JSON object), or none.
+    pub fn of(p: &Project) -> BuildLimitsView {
+        p.build_limits
+            .as_deref()
+            .and_then(|j| serde_json::from_str(j).ok())
+            .unwrap_or_default()
+    }
+
+    /// The server's limits with these overrides.
+    pub fn over(&self, server: slipway_builder::limits::Limits) -> slipway_builder::limits::Limits {
+        slipway_builder::limits::Limits {
+            memory_bytes: self.memory_bytes.unwrap_or(server.memory_bytes),
+            processes: self.processes.unwrap_or(server.processes),
+            cpus: self.cpus.unwrap_or(server.cpus),
+            disk_bytes: self.disk_bytes.unwrap_or(server.disk_bytes),
+            log_bytes: self.log_bytes.unwrap_or(server.log_bytes),
+        }
+    }
+}
+
+/// Changes to a project's build limits: a number sets one, `null` returns
+/// it to the server's, an absent key keeps it.
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BuildLimitsUpdate {
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<u64>)]
+    pub memory_bytes: Option<Option<u64>>,
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<u64>)]
+    pub processes: Option<Option<u64>>,
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<f64>)]
+    pub cpus: Option<Option<f64>>,
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<u64>)]
+    pub disk_bytes: Option<Option<u64>>,
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<u64>)]
+    pub log_bytes: Option<Option<u64>>,
+}
+
+impl BuildLimitsUpdate {
+    fn apply(&self, to: &mut BuildLimitsView) {
+        fn set<T: Copy>(field: &mut Option<T>, change: Option<Option<T>>) {
+            if let Some(v) = change {
+                *field = v;
+            }
+        }
+        set(&mut to.memory_bytes, self.memory_bytes);
+        set(&mut to.processes, self.processes);
+        set(&mut to.cpus, self.cpus);
+        set(&mut to.disk_bytes, self.disk_bytes);
+        set(&mut to.log_bytes, self.log_bytes);
+    }
 }
 
 #[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
@@ -65,6 +142,10 @@ pub struct ProjectUpdate {
     #[serde(default, deserialize_with = "present")]
     #[schema(value_type = Option<u32>)]
     pub retention_keep: Option<Option<u32>>,
+    /// The project's own build limits (each key: a number, or `null` for
+    /// the server's).
+    #[serde(default)]
+    pub build_limits: Option<BuildLimitsUpdate>,
 }
 
 /// Tells a field set to `null` (`Some(None)`) from an absent one (`None`).
@@ -77,7 +158,9 @@ where
 }
 
 fn view(p: Project) -> ProjectView {
+    let build_limits = BuildLimitsView::of(&p);
     ProjectView {
+        build_limits,
         name: p.name,
         public: p.public,
         created_at: time(p.created_at),
@@ -171,7 +254,24 @@ pub async fn update(
     Path(name): Path<String>,
     Json(body): Json<ProjectUpdate>,
 ) -> Result<Json<ProjectView>> {
-    found(&state, &name).await?;
+    let project = found(&state, &name).await?;
+    // Checked before anything is written: a bad request changes nothing.
+    let build_limits = match &body.build_limits {
+        Some(change) => {
+            let mut limits = BuildLimitsView::of(&project);
+            change.apply(&mut limits);
+            crate::config::check_limits(
+                &limits.over(state.config.builds.limits.limits()),
+                "build_limits",
+            )
+            .map_err(|e| Error::bad_request(e.sentence()))?;
+            Some(
+                (limits != BuildLimitsView::default())
+                    .then(|| serde_json::to_string(&limits).expect("serialisable")),
+            )
+        }
+        None => None,
+    };
     if let Some(public) = body.public {
         state.meta.project_set_public(&name, public).await?;
     }
@@ -181,6 +281,12 @@ pub async fn update(
     if let Some(keep) = body.retention_keep {
         state.meta.set_retention(&name, keep).await?;
     }
+    if let Some(stored) = build_limits {
+        state
+            .meta
+            .set_build_limits(&name, stored.as_deref())
+            .await?;
+    }
     state.auth.forget_project(&name);
     audit(
         &state,
@@ -188,7 +294,8 @@ pub async fn update(
         "project.update",
         Some(&name),
         &name,
-        json!({"public": body.public, "quota_bytes": body.quota_bytes, "retention_keep": body.retention_keep}),
+        json!({"public": body.public, "quota_bytes": body.quota_bytes, "retention_keep": body.retention_keep,
+            "build_limits": body.build_limits.is_some().then(|| view_limits(&body))}),
     )
     .await?;
     Ok(Json(view(found(&state, &name).await?)))
@@ -215,4 +322,13 @@ pub async fn delete(
     )
     .await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// What a project update asked of its build limits, for the audit log.
+fn view_limits(body: &ProjectUpdate) -> serde_json::Value {
+    let Some(b) = &body.build_limits else {
+        return serde_json::Value::Null;
+    };
+    json!({"memory_bytes": b.memory_bytes, "processes": b.processes, "cpus": b.cpus,
+        "disk_bytes": b.disk_bytes, "log_bytes": b.log_bytes})
 }

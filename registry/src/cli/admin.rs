@@ -193,11 +193,80 @@ enum ProjectCommand {
         /// Tagged images kept per repository (`default`: the server's).
         #[arg(long)]
         retention: Option<String>,
+        #[command(flatten)]
+        limits: BuildLimitArgs,
     },
     /// Delete a project that holds no images.
     Delete {
         name: String,
     },
+}
+
+/// A project's own build limits; each takes `default` for the server's.
+#[derive(Args)]
+struct BuildLimitArgs {
+    /// Memory a build may use, such as 4GiB.
+    #[arg(long)]
+    build_memory: Option<String>,
+    /// Processes and threads a build may run at once.
+    #[arg(long)]
+    build_processes: Option<String>,
+    /// CPUs a build may use at once, such as 2 or 0.5.
+    #[arg(long)]
+    build_cpus: Option<String>,
+    /// Disk a build may write (workspace, layers, tmp), such as 8GiB.
+    #[arg(long)]
+    build_disk: Option<String>,
+    /// Log a build may print, such as 20MiB.
+    #[arg(long)]
+    build_log: Option<String>,
+}
+
+impl BuildLimitArgs {
+    /// The API's `build_limits` object, or `None` when no flag was given.
+    fn to_json(&self) -> anyhow::Result<Option<Value>> {
+        let mut out = Map::new();
+        let size = |flag: &str, v: &str| -> anyhow::Result<Value> {
+            if v == "default" {
+                return Ok(Value::Null);
+            }
+            match parse_size(v)? {
+                Some(n) => Ok(json!(n)),
+                None => bail!("--{flag} takes a size such as 4GiB, or `default`"),
+            }
+        };
+        let number = |flag: &str, v: &str, fractional: bool| -> anyhow::Result<Value> {
+            if v == "default" {
+                return Ok(Value::Null);
+            }
+            let n: f64 = v.parse().ok().filter(|n: &f64| *n > 0.0).with_context(|| {
+                format!("--{flag} takes a number above 0, or `default`; not {v:?}")
+            })?;
+            if fractional {
+                Ok(json!(n))
+            } else if n.fract() == 0.0 {
+                Ok(json!(n as u64))
+            } else {
+                bail!("--{flag} takes a whole number, or `default`; not {v:?}")
+            }
+        };
+        if let Some(v) = &self.build_memory {
+            out.insert("memory_bytes".into(), size("build-memory", v)?);
+        }
+        if let Some(v) = &self.build_processes {
+            out.insert("processes".into(), number("build-processes", v, false)?);
+        }
+        if let Some(v) = &self.build_cpus {
+            out.insert("cpus".into(), number("build-cpus", v, true)?);
+        }
+        if let Some(v) = &self.build_disk {
+            out.insert("disk_bytes".into(), size("build-disk", v)?);
+        }
+        if let Some(v) = &self.build_log {
+            out.insert("log_bytes".into(), size("build-log", v)?);
+        }
+        Ok((!out.is_empty()).then_some(Value::Object(out)))
+    }
 }
 
 #[derive(Subcommand)]
@@ -325,7 +394,8 @@ async fn project(cx: &Ctx, cmd: ProjectCommand) -> anyhow::Result<()> {
             public,
             private,
             retention,
-        } => project_set(cx, &name, public, private, retention).await,
+            limits,
+        } => project_set(cx, &name, public, private, retention, &limits).await,
         ProjectCommand::Delete { name } => project_delete(cx, &name).await,
     }
 }
@@ -363,6 +433,20 @@ async fn project_show(cx: &Ctx, name: &str) -> anyhow::Result<()> {
     print_or(cx.json, &v, || {
         let p: ProjectView = serde_json::from_value(v.clone())?;
         let mut out = projects_table(std::slice::from_ref(&p))?;
+        let l = &p.build_limits;
+        let own: Vec<String> = [
+            l.memory_bytes.map(|v| format!("memory {}", human_bytes(v))),
+            l.processes.map(|v| format!("{v} processes")),
+            l.cpus.map(|v| format!("{v} CPU")),
+            l.disk_bytes.map(|v| format!("disk {}", human_bytes(v))),
+            l.log_bytes.map(|v| format!("log {}", human_bytes(v))),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        if !own.is_empty() {
+            out.push_str(&format!("\nBuild limits of its own: {}\n", own.join(", ")));
+        }
         let mut t = table(&["repository", "manifests"]);
         for r in p.repositories.unwrap_or_default() {
             t.add_row(vec![r.name, r.manifests.to_string()]);
@@ -379,8 +463,12 @@ async fn project_set(
     public: bool,
     private: bool,
     retention: Option<String>,
+    limits: &BuildLimitArgs,
 ) -> anyhow::Result<()> {
     let mut body = Map::new();
+    if let Some(l) = limits.to_json()? {
+        body.insert("build_limits".into(), l);
+    }
     if public || private {
         body.insert("public".into(), json!(public));
     }
@@ -395,7 +483,7 @@ async fn project_set(
         body.insert("retention_keep".into(), keep);
     }
     if body.is_empty() {
-        bail!("nothing to change: give --public, --private or --retention");
+        bail!("nothing to change: give --public, --private, --retention or a --build-… limit");
     }
     let v = cx
         .call(

@@ -68,6 +68,17 @@ async fn hostile_env(dir: &Path) -> Env {
         HOSTILE,
     )
     .await;
+    // The project's own process limit, below the server's.
+    let (s, v) = env
+        .api(
+            Method::PATCH,
+            "/api/v1/projects/tool-a",
+            Some(&env.admin()),
+            Some(json!({"build_limits": {"processes": 48}})),
+        )
+        .await;
+    assert_eq!(s, reqwest::StatusCode::OK, "{v}");
+    assert_eq!(v["build_limits"], json!({"processes": 48}));
     env
 }
 
@@ -160,7 +171,7 @@ async fn hostile_builds_are_stopped_at_their_limits_and_leave_nothing() {
     let cases = [
         (
             "fork-bomb",
-            "the build tried to run more than 64 processes at once and was stopped",
+            "the build tried to run more than 48 processes at once and was stopped",
         ),
         (
             "memory",
@@ -185,7 +196,7 @@ async fn hostile_builds_are_stopped_at_their_limits_and_leave_nothing() {
         );
         assert!(log.contains(sentence), "{name}: the log says why");
         assert!(
-            log.contains("limits: memory 256 MiB, 64 processes, 1 CPU, disk 64 MiB, log 256 KiB"),
+            log.contains("limits: memory 256 MiB, 48 processes, 1 CPU, disk 64 MiB, log 256 KiB"),
             "{name}: the limits are in the log"
         );
         if name == "log" {
@@ -316,4 +327,64 @@ async fn an_npm_postinstall_script_cannot_reach_the_host() {
         metrics.contains("slipway_build_egress_refused_total{rule=\"loopback\"}"),
         "{metrics}"
     );
+}
+
+/// A project's own build limits: set, shown, checked (a bad one changes
+/// nothing), and returned to the server's with null.
+#[tokio::test]
+async fn project_build_limits_are_checked_and_reset() {
+    let env = Env::with(|c| c.builds.workers = 0).await;
+    let patch = |body: Value| {
+        let env = &env;
+        async move {
+            env.api(
+                Method::PATCH,
+                "/api/v1/projects/tool-a",
+                Some(&env.admin()),
+                Some(body),
+            )
+            .await
+        }
+    };
+    let (s, v) = patch(json!({"build_limits": {"memory_bytes": 1u64 << 30, "cpus": 0.5}})).await;
+    assert_eq!(s, reqwest::StatusCode::OK, "{v}");
+    assert_eq!(
+        v["build_limits"],
+        json!({"memory_bytes": 1u64 << 30, "cpus": 0.5})
+    );
+    for (body, sentence) in [
+        (
+            json!({"public": true, "build_limits": {"cpus": 4096.0}}),
+            "build_limits.cpus is 4096, but must be above 0 and at most this machine's",
+        ),
+        (
+            json!({"build_limits": {"processes": 0}}),
+            "build_limits.processes must be between 16 and",
+        ),
+        (
+            json!({"build_limits": {"memory_bytes": 1u64 << 50}}),
+            "more than this machine has",
+        ),
+        (json!({"build_limits": {"swap": 1}}), ""),
+    ] {
+        let (s, v) = patch(body.clone()).await;
+        assert!(s.is_client_error(), "{body}: {s} {v}");
+        assert!(v.to_string().contains(sentence), "{body}: {v}");
+    }
+    let (_, v) = env
+        .api(
+            Method::GET,
+            "/api/v1/projects/tool-a",
+            Some(&env.admin()),
+            None,
+        )
+        .await;
+    assert_eq!(v["public"], false, "a refused update changed nothing");
+    assert_eq!(
+        v["build_limits"],
+        json!({"memory_bytes": 1u64 << 30, "cpus": 0.5})
+    );
+    let (s, v) = patch(json!({"build_limits": {"memory_bytes": null, "cpus": null}})).await;
+    assert_eq!(s, reqwest::StatusCode::OK, "{v}");
+    assert_eq!(v["build_limits"], json!({}));
 }

@@ -18,6 +18,9 @@ pub struct Project {
     pub is_base: bool,
     /// Tagged images kept per repository; `None`: the server's default.
     pub retention_keep: Option<u32>,
+    /// The project's own build limits, a JSON object of overrides;
+    /// `None`: the server's.
+    pub build_limits: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -63,7 +66,8 @@ pub struct RobotUpdate {
 macro_rules! project_select {
     ($where:literal) => {
         concat!(
-            "SELECT name, public, created_at, updated_at, quota_bytes, is_base, retention_keep ",
+            "SELECT name, public, created_at, updated_at, quota_bytes, is_base, retention_keep, ",
+            "build_limits ",
             "FROM projects ",
             $where
         )
@@ -79,6 +83,7 @@ fn project(r: AnyRow) -> Project {
         quota_bytes: r.get::<Option<i64>, _>(4).map(|q| q.max(0) as u64),
         is_base: r.get::<i64, _>(5) != 0,
         retention_keep: r.get::<Option<i64>, _>(6).map(|k| k.max(0) as u32),
+        build_limits: r.get::<Option<String>, _>(7),
     }
 }
 
@@ -146,7 +151,22 @@ impl Metadata {
             quota_bytes: quota,
             is_base,
             retention_keep: None,
+            build_limits: None,
         })
+    }
+
+    /// Sets (or with `None` removes) a project's own build limits (a JSON
+    /// object of overrides).
+    pub async fn set_build_limits(&self, project: &str, limits: Option<&str>) -> Result<bool> {
+        let n =
+            sqlx::query("UPDATE projects SET build_limits = $1, updated_at = $2 WHERE name = $3")
+                .bind(limits)
+                .bind(now_ms())
+                .bind(project)
+                .execute(&self.write)
+                .await?
+                .rows_affected();
+        Ok(n == 1)
     }
 
     pub async fn project_get(&self, name: &str) -> Result<Option<Project>> {
