@@ -88,10 +88,25 @@ impl Mechanism {
         };
         if let (Some(memory), Some(pids)) = (usable("memory"), usable("pids")) {
             let swap = memory.join("memory.memsw.limit_in_bytes").exists();
+            let cpu = usable("cpu");
+            if let Some(cpu) = &cpu {
+                // Weights are relative to siblings: every group from the
+                // controller's root down to the builds' parent yields to
+                // the server when the CPUs are contended, not only the
+                // build's own.
+                let top = root.join("cpu");
+                let mut dir = cpu.clone();
+                while dir != top {
+                    let _ = std::fs::write(dir.join("cpu.shares"), BUILD_CPU_SHARES.to_string());
+                    if !dir.pop() {
+                        break;
+                    }
+                }
+            }
             return Mechanism::CgroupV1 {
                 memory,
                 pids,
-                cpu: usable("cpu"),
+                cpu,
                 swap,
             };
         }
@@ -126,6 +141,10 @@ impl Mechanism {
         }
     }
 }
+
+/// A build group's `cpu.shares` (a task's default is 1024): serving pulls
+/// comes first when the CPUs are busy.
+const BUILD_CPU_SHARES: u64 = 128;
 
 /// One build's cgroups (or rlimits), from its first sandbox to its end.
 #[derive(Debug)]
@@ -173,6 +192,9 @@ impl BuildLimits {
                     "cpu.cfs_quota_us",
                     (limits.cpus * period as f64).round() as u64,
                 )?;
+                // And when the CPUs are contended, a build yields to the
+                // server: its whole group weighs an eighth of one task.
+                write(&c, "cpu.shares", BUILD_CPU_SHARES)?;
             }
             for g in &b.groups {
                 b.procs.push(
@@ -442,5 +464,61 @@ mod tests {
         let status = child.wait().unwrap();
         assert!(!status.success(), "the shell was killed");
         let _ = std::fs::remove_dir(pids);
+    }
+
+    /// The CPU limit holds: a busy loop in a build limited to 0.2 CPU
+    /// gets about a fifth of a core over a second of wall time.
+    #[test]
+    fn a_build_gets_no_more_cpu_than_its_limit() {
+        let mechanism = Mechanism::detect("slipway-unit-test-cpu");
+        assert!(
+            matches!(&mechanism, Mechanism::CgroupV1 { cpu: Some(_), .. }),
+            "this machine was expected to have the cgroup v1 cpu controller: {mechanism:?}"
+        );
+        let limits = Limits {
+            cpus: 0.2,
+            ..Limits::default()
+        };
+        let b = BuildLimits::create(&mechanism, "unit-cpu", limits).unwrap();
+        let mut cmd = std::process::Command::new("/bin/sh");
+        cmd.args(["-c", "while :; do :; done"]);
+        use std::os::unix::process::CommandExt;
+        // SAFETY: the hook only writes to pre-opened descriptors.
+        unsafe {
+            cmd.pre_exec(b.pre_exec());
+        }
+        let mut child = cmd.spawn().unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(1500));
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", child.id())).unwrap();
+        let fields: Vec<&str> = stat
+            .rsplit(") ")
+            .next()
+            .unwrap()
+            .split_whitespace()
+            .collect();
+        // utime and stime, fields 14 and 15 of stat (11 and 12 after the name).
+        let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+        // SAFETY: sysconf has no preconditions.
+        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+        let cpu_secs = ticks as f64 / hz;
+        let _ = child.kill();
+        let _ = child.wait();
+        drop(b);
+        assert!(
+            cpu_secs < 0.6,
+            "a build limited to 0.2 CPU used {cpu_secs:.2} s of CPU in 1.5 s"
+        );
+        assert!(cpu_secs > 0.05, "it ran at all: {cpu_secs:.2} s");
+        if let Mechanism::CgroupV1 {
+            memory, pids, cpu, ..
+        } = &mechanism
+        {
+            for d in [Some(memory), Some(pids), cpu.as_ref()]
+                .into_iter()
+                .flatten()
+            {
+                let _ = std::fs::remove_dir(d);
+            }
+        }
     }
 }

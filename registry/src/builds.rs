@@ -50,19 +50,27 @@ pub struct Workers {
     cgroups: Vec<std::path::PathBuf>,
 }
 
-impl Workers {
-    /// Stops the workers; the builds they ran are failed with a reason
-    /// (and can be retried).
-    pub async fn stop(self, state: &AppState) {
-        for h in &self.handles {
-            h.abort();
-        }
-        for h in self.handles {
-            let _ = h.await;
-        }
+impl Drop for Workers {
+    /// The builds' parent cgroups go with the workers (when empty: a build
+    /// still running keeps them).
+    fn drop(&mut self) {
         for g in &self.cgroups {
             let _ = std::fs::remove_dir(g);
         }
+    }
+}
+
+impl Workers {
+    /// Stops the workers; the builds they ran are failed with a reason
+    /// (and can be retried).
+    pub async fn stop(mut self, state: &AppState) {
+        for h in &self.handles {
+            h.abort();
+        }
+        for h in std::mem::take(&mut self.handles) {
+            let _ = h.await;
+        }
+
         for w in &self.ids {
             if let Err(e) = state
                 .meta

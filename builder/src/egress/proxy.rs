@@ -989,4 +989,54 @@ mod tests {
         );
         drop((_ra, _rb));
     }
+
+    /// Through an upstream HTTP proxy, the tunnel is asked for by the
+    /// address the policy judged, never by the name (which the upstream
+    /// would resolve again).
+    #[tokio::test]
+    async fn an_upstream_proxy_is_asked_for_the_judged_address() {
+        let dir = tempfile::tempdir().unwrap();
+        let port = echo().await;
+        // A minimal upstream: records the CONNECT line, then tunnels.
+        let up = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let up_addr = up.local_addr().unwrap();
+        let (seen_tx, seen_rx) = tokio::sync::oneshot::channel::<String>();
+        tokio::spawn(async move {
+            let (c, _) = up.accept().await.unwrap();
+            let mut r = BufReader::new(c);
+            let mut line = String::new();
+            r.read_line(&mut line).await.unwrap();
+            loop {
+                let mut l = String::new();
+                r.read_line(&mut l).await.unwrap();
+                if l == "\r\n" {
+                    break;
+                }
+            }
+            let target = line.split_whitespace().nth(1).unwrap().to_owned();
+            seen_tx.send(line.trim().to_owned()).unwrap();
+            let mut origin = tokio::net::TcpStream::connect(&target).await.unwrap();
+            let mut c = r.into_inner();
+            c.write_all(b"HTTP/1.1 200 OK\r\n\r\n").await.unwrap();
+            let _ = tokio::io::copy_bidirectional(&mut c, &mut origin).await;
+        });
+        let settings = Settings {
+            upstream: Some(up_addr.to_string()),
+            ..Settings::default()
+        };
+        let proxy = Proxy::new(loopback_allowed(), settings)
+            .with_hosts([("echo.test".to_owned(), vec!["127.0.0.1".parse().unwrap()])]);
+        let (sock, _, _) = start(dir.path(), proxy);
+        let (status, mut r) =
+            ask(&sock, &format!("CONNECT echo.test:{port} HTTP/1.1\r\n\r\n")).await;
+        assert!(status.contains("200"), "{status}");
+        r.get_mut().write_all(b"via upstream").await.unwrap();
+        let mut got = [0u8; 12];
+        r.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"VIA UPSTREAM");
+        assert_eq!(
+            seen_rx.await.unwrap(),
+            format!("CONNECT 127.0.0.1:{port} HTTP/1.1")
+        );
+    }
 }
