@@ -216,6 +216,10 @@ async fn hostile_builds_are_stopped_at_their_limits_and_leave_nothing() {
     // Past the timeout: the existing deadline ends it, and nothing is left.
     let (b, log) = attack(&env, dir.path(), "timeout").await;
     assert_eq!(b["state"], "timed_out", "{b}\n{log}");
+    assert!(
+        log.contains("the build ran longer than 20 seconds, the limit"),
+        "{log}"
+    );
     nothing_left(&env, &b, "slipway-attack-timeout").await;
     // The server kept serving all along.
     let (s, _, _) = env
@@ -387,4 +391,109 @@ async fn project_build_limits_are_checked_and_reset() {
     let (s, v) = patch(json!({"build_limits": {"memory_bytes": null, "cpus": null}})).await;
     assert_eq!(s, reqwest::StatusCode::OK, "{v}");
     assert_eq!(v["build_limits"], json!({}));
+}
+
+/// A source on a git HTTP server is fetched by Slipway through its source
+/// proxy, under the source policy: refused while its address (loopback) is
+/// refused — when the build is asked for, before git runs —, built once
+/// the site allows that address (`allow_cidrs`: here 127.0.0.2, a stand-in
+/// for a forge on a private network; the registry is on 127.0.0.1).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http_source_is_fetched_through_the_source_policy() {
+    let dir = tempfile::tempdir().unwrap();
+    // A bare repository served by "dumb" HTTP from 127.0.0.2.
+    let work = dir.path().join("work");
+    git_repo(&work, &[("public/index.html", "<h1>over http</h1>\n")]);
+    let bare = dir.path().join("srv/tool.git");
+    for args in [
+        vec![
+            "clone",
+            "-q",
+            "--bare",
+            work.to_str().unwrap(),
+            bare.to_str().unwrap(),
+        ],
+        vec!["-C", bare.to_str().unwrap(), "update-server-info"],
+    ] {
+        let out = std::process::Command::new("git")
+            .args(&args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "git {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let port = std::net::TcpListener::bind("127.0.0.2:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let log_path = dir.path().join("http.log");
+    let mut server = tokio::process::Command::new("python3")
+        .args([
+            "-m",
+            "http.server",
+            "--bind",
+            "127.0.0.2",
+            &port.to_string(),
+        ])
+        .current_dir(dir.path().join("srv"))
+        .stderr(std::fs::File::create(&log_path).unwrap())
+        .stdout(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let url = format!("http://127.0.0.2:{port}/tool.git");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while reqwest::get(format!("{url}/HEAD")).await.is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the git HTTP server did not start"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // Refused: 127.0.0.2 is loopback.
+    let refusing = env_with_stack("tiny", |_| {}).await;
+    let token = refusing.build_token("tool-a", "ci").await;
+    let (s, v) = refusing
+        .api(
+            Method::POST,
+            "/api/v1/projects/tool-a/builds",
+            Some(&token),
+            Some(json!({"source_url": url, "ref": "main"})),
+        )
+        .await;
+    assert_eq!(s, reqwest::StatusCode::UNPROCESSABLE_ENTITY, "{v}");
+    assert!(
+        v.to_string()
+            .contains("127.0.0.2 resolves to 127.0.0.2: loopback"),
+        "{v}"
+    );
+    let requests_before = std::fs::read_to_string(&log_path).unwrap();
+    assert!(
+        !requests_before.contains("tool.git/info/refs"),
+        "git was not run against a refused source: {requests_before}"
+    );
+
+    // Allowed for this site: fetched (through the proxy) and built.
+    let allowing = env_with_stack("tiny", |c| {
+        c.builds.egress.allow_cidrs = vec!["127.0.0.2/32".into()];
+    })
+    .await;
+    let token = allowing.build_token("tool-a", "ci").await;
+    let b = build(
+        &allowing,
+        "tool-a",
+        &token,
+        json!({"source_url": url, "ref": "main", "image_name": "site"}),
+    )
+    .await;
+    let log = log_of(&allowing, "tool-a", b["id"].as_str().unwrap(), &token).await;
+    assert_eq!(b["state"], "succeeded", "{b}\n{log}");
+    let requests = std::fs::read_to_string(&log_path).unwrap();
+    assert!(requests.contains("GET /tool.git/info/refs"), "{requests}");
+    let _ = server.kill().await;
 }
