@@ -135,36 +135,31 @@ impl Proxy {
     /// Serves connections from `listener` until the future is dropped
     /// (every connection is served inside it: dropping it closes them all).
     pub async fn serve_unix(&self, listener: tokio::net::UnixListener, events: &dyn Events) {
-        let mut conns: FuturesUnordered<std::pin::Pin<Box<dyn Future<Output = ()> + Send + '_>>> =
-            FuturesUnordered::new();
-        loop {
-            tokio::select! {
-                accepted = listener.accept() => match accepted {
-                    Ok((stream, _)) if conns.len() >= self.settings.max_connections => {
-                        conns.push(Box::pin(self.busy(stream, events)));
-                    }
-                    Ok((stream, _)) => conns.push(Box::pin(self.handle(stream, events))),
-                    Err(e) => {
-                        tracing::warn!(error = %e, "egress proxy: accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                    }
-                },
-                Some(()) = conns.next(), if !conns.is_empty() => {}
-            }
-        }
+        self.serve(|| async { listener.accept().await.map(|(s, _)| s) }, events)
+            .await
     }
 
     /// As [`Proxy::serve_unix`], on a TCP listener.
     pub async fn serve_tcp(&self, listener: tokio::net::TcpListener, events: &dyn Events) {
+        self.serve(|| async { listener.accept().await.map(|(s, _)| s) }, events)
+            .await
+    }
+
+    async fn serve<S, A, F>(&self, mut accept: A, events: &dyn Events)
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send,
+        A: FnMut() -> F,
+        F: Future<Output = std::io::Result<S>>,
+    {
         let mut conns: FuturesUnordered<std::pin::Pin<Box<dyn Future<Output = ()> + Send + '_>>> =
             FuturesUnordered::new();
         loop {
             tokio::select! {
-                accepted = listener.accept() => match accepted {
-                    Ok((stream, _)) if conns.len() >= self.settings.max_connections => {
+                accepted = accept() => match accepted {
+                    Ok(stream) if conns.len() >= self.settings.max_connections => {
                         conns.push(Box::pin(self.busy(stream, events)));
                     }
-                    Ok((stream, _)) => conns.push(Box::pin(self.handle(stream, events))),
+                    Ok(stream) => conns.push(Box::pin(self.handle(stream, events))),
                     Err(e) => {
                         tracing::warn!(error = %e, "egress proxy: accept failed");
                         tokio::time::sleep(Duration::from_millis(50)).await;

@@ -3,8 +3,6 @@
 //! [`run`] finds the credentials and hands each command to a function of
 //! its own.
 
-use std::path::PathBuf;
-
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
 use reqwest::Method as M;
@@ -16,29 +14,17 @@ use slipway_registry::api::storage::UsageView;
 use slipway_registry::rebase::{FleetReport, report_text};
 use slipway_storage::error::human_bytes;
 
-use super::client::{Client, admin_password};
-use super::output::{print_or, say, table};
+use super::client::{Client, ServerArgs, admin_password};
+use super::output::{print_or, rows_table, say, table};
 use super::stack::{self, StackCommand};
 
 #[derive(Args)]
 pub struct AdminArgs {
-    /// The Slipway server.
-    #[arg(
-        long,
-        env = "SLIPWAY_URL",
-        default_value = "http://127.0.0.1:5000",
-        global = true
-    )]
-    url: String,
+    #[command(flatten)]
+    server: ServerArgs,
     /// User name (the admin).
     #[arg(long, env = "SLIPWAY_USER", default_value = "admin", global = true)]
     user: String,
-    /// Password; without it, SLIPWAY_PASSWORD, then `<data-dir>/admin-password`.
-    #[arg(long, env = "SLIPWAY_PASSWORD", hide_env_values = true, global = true)]
-    password: Option<String>,
-    /// Where a local server keeps its data (for its admin-password file).
-    #[arg(long, default_value = "slipway-data", global = true)]
-    data_dir: PathBuf,
     /// Print the API's JSON instead of tables.
     #[arg(long, global = true)]
     json: bool,
@@ -332,12 +318,12 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
         return stack::run(cmd, None, args.json).await;
     }
     let password = admin_password(
-        args.password,
-        &args.data_dir,
+        args.server.password,
+        &args.server.data_dir,
         "no password: pass --password, set SLIPWAY_PASSWORD, or run where",
     )?;
     let cx = Ctx {
-        client: Client::new(args.url, args.user, password),
+        client: Client::new(args.server.url, args.user, password),
         json: args.json,
     };
     match args.command {
@@ -760,15 +746,14 @@ async fn build_token_list(cx: &Ctx, project: &str) -> anyhow::Result<()> {
         )
         .await?;
     print_or(cx.json, &v, || {
-        let mut t = table(&["user name", "created", "last used"]);
-        for tok in v.as_array().cloned().unwrap_or_default() {
-            t.add_row(vec![
-                tok["username"].as_str().unwrap_or("").to_owned(),
-                tok["created_at"].as_str().unwrap_or("").to_owned(),
-                tok["last_used_at"].as_str().unwrap_or("never").to_owned(),
-            ]);
-        }
-        Ok(t.to_string())
+        Ok(rows_table(
+            &v,
+            &[
+                ("user name", "username", ""),
+                ("created", "created_at", ""),
+                ("last used", "last_used_at", "never"),
+            ],
+        ))
     })
 }
 
@@ -788,15 +773,14 @@ async fn builder(cx: &Ctx, cmd: BuilderCommand) -> anyhow::Result<()> {
         BuilderCommand::List => {
             let v = cx.call(M::GET, "/api/v1/builders", None).await?;
             print_or(cx.json, &v, || {
-                let mut t = table(&["builder", "approved by", "approved at"]);
-                for b in v.as_array().cloned().unwrap_or_default() {
-                    t.add_row(vec![
-                        b["image"].as_str().unwrap_or("").to_owned(),
-                        b["approved_by"].as_str().unwrap_or("").to_owned(),
-                        b["approved_at"].as_str().unwrap_or("").to_owned(),
-                    ]);
-                }
-                Ok(t.to_string())
+                Ok(rows_table(
+                    &v,
+                    &[
+                        ("builder", "image", ""),
+                        ("approved by", "approved_by", ""),
+                        ("approved at", "approved_at", ""),
+                    ],
+                ))
             })
         }
         BuilderCommand::Revoke { image } => {

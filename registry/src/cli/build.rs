@@ -7,7 +7,6 @@
 //! the default — or the admin's.
 
 use std::io::IsTerminal;
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -18,19 +17,14 @@ use reqwest::Method as M;
 use serde_json::json;
 use slipway_registry::api::builds::{BuildView, LogLineView};
 
-use super::client::{Client, admin_password};
+use super::client::{Client, ServerArgs, admin_password};
 use super::output::{print_or, say, table};
 
 #[derive(Args)]
 pub struct BuildArgs {
-    /// The Slipway server.
-    #[arg(
-        long,
-        env = "SLIPWAY_URL",
-        default_value = "http://127.0.0.1:5000",
-        global = true
-    )]
-    url: String,
+    /// Which server; without a token, the admin's password.
+    #[command(flatten)]
+    server: ServerArgs,
     /// A build token, `build$<project>+<name>:<secret>`.
     #[arg(
         long,
@@ -39,13 +33,6 @@ pub struct BuildArgs {
         global = true
     )]
     token: Option<String>,
-    /// Without a token: the admin's password (else SLIPWAY_PASSWORD, then
-    /// `<data-dir>/admin-password`).
-    #[arg(long, env = "SLIPWAY_PASSWORD", hide_env_values = true, global = true)]
-    password: Option<String>,
-    /// Where a local server keeps its data (for its admin-password file).
-    #[arg(long, default_value = "slipway-data", global = true)]
-    data_dir: PathBuf,
     /// The project (default: the build token's).
     #[arg(long, global = true)]
     project: Option<String>,
@@ -128,8 +115,8 @@ pub async fn run(args: BuildArgs) -> anyhow::Result<()> {
         }
         None => {
             let password = admin_password(
-                args.password,
-                &args.data_dir,
+                args.server.password,
+                &args.server.data_dir,
                 "no credentials: set SLIPWAY_BUILD_TOKEN (or pass --token), or give the admin's \
                  password with SLIPWAY_PASSWORD, or run where",
             )?;
@@ -141,7 +128,7 @@ pub async fn run(args: BuildArgs) -> anyhow::Result<()> {
         .or(token_project)
         .context("which project? pass --project (a build token names its own project)")?;
     let cx = Ctx {
-        client: Client::new(args.url, user, password),
+        client: Client::new(args.server.url, user, password),
         base: format!("/api/v1/projects/{project}/builds"),
         project,
         json: args.json,

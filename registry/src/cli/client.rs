@@ -1,10 +1,30 @@
 //! The HTTP client the commands share: Basic credentials on every request,
 //! the API's `{"error": "<sentence>"}` turned into the command's error.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
 use serde_json::Value;
+
+/// Which server, and the admin's password: what every command group takes.
+#[derive(clap::Args)]
+pub struct ServerArgs {
+    /// The Slipway server.
+    #[arg(
+        long,
+        env = "SLIPWAY_URL",
+        default_value = "http://127.0.0.1:5000",
+        global = true
+    )]
+    pub url: String,
+    /// The admin's password; without it, SLIPWAY_PASSWORD, then
+    /// `<data-dir>/admin-password`.
+    #[arg(long, env = "SLIPWAY_PASSWORD", hide_env_values = true, global = true)]
+    pub password: Option<String>,
+    /// Where a local server keeps its data (for its admin-password file).
+    #[arg(long, default_value = "slipway-data", global = true)]
+    pub data_dir: PathBuf,
+}
 
 pub struct Client {
     pub http: reqwest::Client,

@@ -32,3 +32,19 @@ pub fn table(header: &[&str]) -> Table {
     t.load_style(UTF8_BORDERS_ONLY).set_header(header.to_vec());
     t
 }
+
+/// A table of a JSON array's objects: one column per `(header, field,
+/// what an absent field shows)`.
+pub fn rows_table(v: &Value, columns: &[(&str, &str, &str)]) -> String {
+    let header: Vec<&str> = columns.iter().map(|(h, _, _)| *h).collect();
+    let mut t = table(&header);
+    for row in v.as_array().into_iter().flatten() {
+        t.add_row(
+            columns
+                .iter()
+                .map(|(_, field, absent)| row[*field].as_str().unwrap_or(absent).to_owned())
+                .collect::<Vec<_>>(),
+        );
+    }
+    t.to_string()
+}
