@@ -173,8 +173,8 @@ pub async fn spawn_workers(state: AppState, registry_url: String) -> anyhow::Res
             anyhow::bail!(
                 "builds cannot be held to their memory and process limits on this machine ({}); \
                  build workers do not start. Give Slipway cgroup v1 memory and pids controllers \
-                 (run it as root, or delegate them), or set builds.limits.enforce = false to \
-                 build without those limits",
+                 (run it as root, or delegate them), set builds.limits.enforce = false to \
+                 build without those limits, or builds.workers = 0 to run no builds here",
                 mechanism.describe()
             );
         }

@@ -497,3 +497,76 @@ async fn an_http_source_is_fetched_through_the_source_policy() {
     assert!(requests.contains("GET /tool.git/info/refs"), "{requests}");
     let _ = server.kill().await;
 }
+
+/// Where memory and processes cannot be limited (here: a mount namespace
+/// whose /sys/fs/cgroup is empty, as root, so setrlimit cannot bound
+/// processes either), `slipway serve` refuses to start its build workers,
+/// saying why and what to set; with `builds.limits.enforce = false` it
+/// starts, and logs that builds run unlimited.
+#[tokio::test]
+async fn without_cgroups_the_build_workers_refuse_to_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let serve = |extra: &[(&str, &str)]| {
+        let mut cmd = std::process::Command::new("unshare");
+        cmd.args(["--mount", "--propagation", "private", "sh", "-c"])
+            .arg(format!(
+                "mount -t tmpfs none /sys/fs/cgroup && exec {} serve --listen 127.0.0.1:{port} --data-dir {}",
+                env!("CARGO_BIN_EXE_slipway"),
+                dir.path().join("data").display()
+            ))
+            .env("SLIPWAY_ADMIN_PASSWORD", "pw")
+            .env("SLIPWAY_LOG__FILTER", "info");
+        for (k, v) in extra {
+            cmd.env(k, v);
+        }
+        cmd
+    };
+    let out = tokio::time::timeout(
+        Duration::from_secs(60),
+        tokio::process::Command::from(serve(&[])).output(),
+    )
+    .await
+    .expect("slipway serve ends by itself")
+    .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("builds cannot be held to their memory and process limits on this machine")
+            && err.contains("builds.limits.enforce = false")
+            && err.contains("setrlimit: address space only"),
+        "{err}"
+    );
+    // Told to build without them: it starts and says so.
+    let mut child =
+        tokio::process::Command::from(serve(&[("SLIPWAY_BUILDS__LIMITS__ENFORCE", "false")]))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok(r) = reqwest::get(format!("http://127.0.0.1:{port}/readyz")).await
+            && r.status() == reqwest::StatusCode::OK
+        {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "it did not become ready"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let _ = child.start_kill();
+    let out = child.wait_with_output().await.unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        log.contains("builds.limits.enforce = false: builds run without memory or process limits"),
+        "{log}"
+    );
+}
