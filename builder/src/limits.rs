@@ -1,9 +1,10 @@
 //! What a build may use: memory, processes, CPU, disk, log and time, and
 //! how the kernel holds it to that.
 //!
-//! Where the machine offers cgroups (v1 controllers mounted at
-//! `/sys/fs/cgroup/{memory,pids,cpu}`, as here; v2 is not used yet), each
-//! build gets a cgroup per controller, created before its first sandbox
+//! Where the machine offers cgroups — v2 in a subtree delegated to this
+//! process (systemd's `Delegate=yes`), else v1 controllers mounted at
+//! `/sys/fs/cgroup/{memory,pids,cpu}` (as on this machine) — each build
+//! gets a cgroup (per controller, in v1), created before its first sandbox
 //! and removed after its last: every sandbox process joins it between fork
 //! and exec (a pre-opened `cgroup.procs`, written `0`), so nothing of the
 //! build escapes it. Memory (swap included where the kernel accounts it),
@@ -68,6 +69,15 @@ pub enum Mechanism {
         /// Whether swap is accounted (`memory.memsw.limit_in_bytes`).
         swap: bool,
     },
+    /// cgroup v2, in the subtree delegated to this process (systemd's
+    /// `Delegate=yes`): builds go under `builds`, each a child with
+    /// `memory.max`, `memory.swap.max`, `pids.max` and `cpu.max`.
+    CgroupV2 {
+        /// `<own cgroup>/<parent>`, with the memory, pids (and cpu)
+        /// controllers enabled for its children.
+        builds: PathBuf,
+        cpu: bool,
+    },
     /// setrlimit only: address space, and processes when not root.
     Rlimit { processes: bool },
 }
@@ -77,6 +87,16 @@ impl Mechanism {
     /// controllers with a writable parent for builds, else setrlimit.
     pub fn detect(parent_name: &str) -> Mechanism {
         let root = Path::new("/sys/fs/cgroup");
+        if root.join("cgroup.controllers").exists() {
+            let own = std::fs::read_to_string("/proc/self/cgroup")
+                .ok()
+                .and_then(|t| own_v2_path(&t));
+            if let Some(own) = own
+                && let Some(m) = delegate_v2(&root.join(own.trim_start_matches('/')), parent_name)
+            {
+                return m;
+            }
+        }
         let usable = |c: &str| {
             let dir = root.join(c);
             if !dir.join("cgroup.procs").exists() {
@@ -120,7 +140,7 @@ impl Mechanism {
     /// Whether memory and processes are both enforced.
     pub fn enforces_memory_and_processes(&self) -> bool {
         match self {
-            Mechanism::CgroupV1 { .. } => true,
+            Mechanism::CgroupV1 { .. } | Mechanism::CgroupV2 { .. } => true,
             Mechanism::Rlimit { processes } => *processes,
         }
     }
@@ -131,6 +151,11 @@ impl Mechanism {
                 "cgroup v1: memory{}, pids{}",
                 if *swap { " and swap" } else { "" },
                 if cpu.is_some() { ", cpu" } else { "" }
+            ),
+            Mechanism::CgroupV2 { builds, cpu } => format!(
+                "cgroup v2 in {}: memory, pids{}",
+                builds.display(),
+                if *cpu { ", cpu" } else { "" }
             ),
             Mechanism::Rlimit { processes: true } => {
                 "setrlimit: address space and processes".into()
@@ -196,13 +221,25 @@ impl BuildLimits {
                 // server: its whole group weighs an eighth of one task.
                 write(&c, "cpu.shares", BUILD_CPU_SHARES)?;
             }
-            for g in &b.groups {
-                b.procs.push(
-                    OpenOptions::new()
-                        .write(true)
-                        .open(g.join("cgroup.procs"))?,
-                );
+        }
+        if let Mechanism::CgroupV2 { builds, cpu } = mechanism {
+            let g = b.group(builds, build_id)?;
+            let swap = g.join("memory.swap.max").exists();
+            for (file, value) in v2_files(&limits, *cpu, swap) {
+                std::fs::write(g.join(file), value).map_err(|e| {
+                    std::io::Error::new(
+                        e.kind(),
+                        format!("cannot set {}: {e}", g.join(file).display()),
+                    )
+                })?;
             }
+        }
+        for g in &b.groups {
+            b.procs.push(
+                OpenOptions::new()
+                    .write(true)
+                    .open(g.join("cgroup.procs"))?,
+            );
         }
         Ok(b)
     }
@@ -228,7 +265,7 @@ impl BuildLimits {
                 self.limits.memory_bytes,
                 processes.then_some(self.limits.processes),
             )),
-            Mechanism::CgroupV1 { .. } => None,
+            Mechanism::CgroupV1 { .. } | Mechanism::CgroupV2 { .. } => None,
         };
         move || {
             for fd in &fds {
@@ -263,12 +300,13 @@ impl BuildLimits {
     /// Which limit the kernel enforced, if any: a sentence for the build.
     pub fn breach(&self) -> Option<String> {
         for g in &self.groups {
-            if g.join("memory.oom_control").exists() {
-                let killed = read(&g.join("memory.oom_control"))
-                    .lines()
-                    .find_map(|l| l.strip_prefix("oom_kill "))
-                    .and_then(|n| n.trim().parse::<u64>().ok())
-                    .unwrap_or(0);
+            // v1: memory.oom_control; v2: memory.events. Both say oom_kill.
+            let events = ["memory.oom_control", "memory.events"]
+                .iter()
+                .map(|f| g.join(f))
+                .find(|f| f.exists());
+            if let Some(events) = events {
+                let killed = counter(&read(&events), "oom_kill");
                 if killed > 0 {
                     return Some(format!(
                         "the build used more than {} of memory and was stopped (builds.limits.memory)",
@@ -277,11 +315,7 @@ impl BuildLimits {
                 }
             }
             if g.join("pids.events").exists() {
-                let hit = read(&g.join("pids.events"))
-                    .lines()
-                    .find_map(|l| l.strip_prefix("max "))
-                    .and_then(|n| n.trim().parse::<u64>().ok())
-                    .unwrap_or(0);
+                let hit = counter(&read(&g.join("pids.events")), "max");
                 if hit > 0 {
                     return Some(format!(
                         "the build tried to run more than {} processes at once and was stopped \
@@ -326,6 +360,8 @@ impl Drop for BuildLimits {
 
 /// SIGKILL to every process in a cgroup, until none is left to kill.
 fn kill_all(group: &Path) {
+    // cgroup v2 (Linux 5.14): one write kills the whole group.
+    let _ = std::fs::write(group.join("cgroup.kill"), "1");
     for _ in 0..50 {
         let pids: Vec<i32> = read(&group.join("cgroup.procs"))
             .lines()
@@ -342,6 +378,72 @@ fn kill_all(group: &Path) {
         }
         std::thread::sleep(std::time::Duration::from_millis(5));
     }
+}
+
+/// The files a cgroup v2 build group is given: memory (swap counts as
+/// memory: none beyond the limit), processes, and CPU when the controller
+/// is there.
+fn v2_files(limits: &Limits, cpu: bool, swap: bool) -> Vec<(&'static str, String)> {
+    let mut out = vec![("memory.max", limits.memory_bytes.to_string())];
+    if swap {
+        out.push(("memory.swap.max", "0".to_owned()));
+    }
+    out.push(("pids.max", limits.processes.to_string()));
+    if cpu {
+        let period = 100_000u64;
+        let quota = (limits.cpus * period as f64).round() as u64;
+        out.push(("cpu.max", format!("{quota} {period}")));
+    }
+    out
+}
+
+/// `name N` in a cgroup events file.
+fn counter(text: &str, name: &str) -> u64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// This process's cgroup v2 path, from `/proc/self/cgroup` (`0::/path`).
+fn own_v2_path(proc_self_cgroup: &str) -> Option<String> {
+    proc_self_cgroup
+        .lines()
+        .find_map(|l| l.strip_prefix("0::"))
+        .map(|p| p.trim().to_owned())
+}
+
+/// Makes `<own>/<parent_name>` a parent for builds' cgroups in a
+/// delegated cgroup v2 subtree: this process moves into a leaf of its own
+/// (`<own>/server`: a cgroup with controllers for its children holds no
+/// process), the memory, pids and cpu controllers are enabled below, and
+/// the builds' parent weighs little (`cpu.weight` 10 of 100: builds yield
+/// to the server). `None` when the subtree is not delegated to us (any
+/// step refused): the caller falls back.
+fn delegate_v2(own: &Path, parent_name: &str) -> Option<Mechanism> {
+    let available = read(&own.join("cgroup.controllers"));
+    let has = |c: &str| available.split_whitespace().any(|x| x == c);
+    if !has("memory") || !has("pids") {
+        return None;
+    }
+    let cpu = has("cpu");
+    let leaf = own.join("server");
+    std::fs::create_dir_all(&leaf).ok()?;
+    // Every process of ours (there is one: us) into the leaf.
+    std::fs::write(leaf.join("cgroup.procs"), std::process::id().to_string()).ok()?;
+    let enable = if cpu {
+        "+memory +pids +cpu"
+    } else {
+        "+memory +pids"
+    };
+    std::fs::write(own.join("cgroup.subtree_control"), enable).ok()?;
+    let builds = own.join(parent_name);
+    std::fs::create_dir_all(&builds).ok()?;
+    std::fs::write(builds.join("cgroup.subtree_control"), enable).ok()?;
+    if cpu {
+        let _ = std::fs::write(builds.join("cpu.weight"), "10");
+    }
+    Some(Mechanism::CgroupV2 { builds, cpu })
 }
 
 fn write(dir: &Path, file: &str, value: u64) -> std::io::Result<()> {
@@ -520,5 +622,44 @@ mod tests {
                 let _ = std::fs::remove_dir(d);
             }
         }
+    }
+
+    #[test]
+    fn cgroup_v2_paths_and_counters() {
+        assert_eq!(
+            own_v2_path("0::/system.slice/slipway.service\n").as_deref(),
+            Some("/system.slice/slipway.service")
+        );
+        assert_eq!(own_v2_path("4:memory:/x\n1:name=systemd:/\n"), None);
+        assert_eq!(
+            counter("low 0\nhigh 0\nmax 3\noom 1\noom_kill 2\n", "oom_kill"),
+            2
+        );
+        assert_eq!(counter("max 7\n", "max"), 7);
+        assert_eq!(
+            counter("oom_kill 0\n", "oom"),
+            0,
+            "a prefix is not the name"
+        );
+    }
+
+    #[test]
+    fn a_v2_build_group_gets_its_limits() {
+        let limits = Limits {
+            memory_bytes: 1 << 30,
+            processes: 100,
+            cpus: 0.5,
+            ..Limits::default()
+        };
+        assert_eq!(
+            v2_files(&limits, true, true),
+            vec![
+                ("memory.max", "1073741824".to_owned()),
+                ("memory.swap.max", "0".to_owned()),
+                ("pids.max", "100".to_owned()),
+                ("cpu.max", "50000 100000".to_owned()),
+            ]
+        );
+        assert_eq!(v2_files(&limits, false, false).len(), 2);
     }
 }

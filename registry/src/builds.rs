@@ -213,6 +213,9 @@ pub async fn spawn_workers(state: AppState, registry_url: String) -> anyhow::Res
             .cloned()
             .collect();
     }
+    if let Mechanism::CgroupV2 { builds, .. } = &ctx.mechanism {
+        workers.cgroups = vec![builds.clone()];
+    }
     for i in 0..n {
         // Stable across restarts of the same process: what it ran before
         // a crash is failed when it starts again.
