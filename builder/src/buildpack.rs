@@ -293,6 +293,23 @@ impl Catalog {
     }
 
     /// The buildpack `id` at `version` (any version when empty).
+    /// Adds the buildpack in `host` (its `buildpack.toml`), which the
+    /// sandbox sees at `/<dir>`; its id and version.
+    pub fn add(&mut self, host: &Path, dir: PathBuf) -> Result<(String, String), String> {
+        let toml_path = host.join("buildpack.toml");
+        let text = std::fs::read_to_string(&toml_path)
+            .map_err(|e| format!("{} has no buildpack.toml: {e}", dir.display()))?;
+        let descriptor: Descriptor = toml::from_str(&text)
+            .map_err(|e| format!("{}/buildpack.toml is not valid: {e}", dir.display()))?;
+        let key = (
+            descriptor.buildpack.id.clone(),
+            descriptor.buildpack.version.clone(),
+        );
+        self.buildpacks
+            .insert(key.clone(), Buildpack { descriptor, dir });
+        Ok(key)
+    }
+
     pub fn find(&self, id: &str, version: &str) -> Option<&Buildpack> {
         if version.is_empty() {
             return self

@@ -11,13 +11,14 @@ use serde_json::{Value, json};
 use slipway_launcher::Env;
 use slipway_launcher::metadata::escape_id;
 
-use crate::buildpack::{Catalog, LayerToml, Order, RunToml, read_toml};
+use crate::buildpack::{Catalog, GroupEntry, LayerToml, Order, OrderGroup, RunToml, read_toml};
 use crate::egress;
 use crate::export::{CachedExport, Export, ExportError, Exported, Previous, Restored, RunImage};
 use crate::layers::apply_layer;
 use crate::lifecycle::{Lifecycle, LifecycleError, Target};
 use crate::limits::{BuildLimits, Limits, Mechanism, disk_usage, human};
 use crate::oci::{Client, ImageRef, OciError};
+use crate::project::{self, Entry};
 use crate::sandbox::{self, Sandbox, prepare_root};
 
 /// A build to run. `commit` was resolved from `git_ref` when the build was
@@ -127,6 +128,9 @@ pub enum BuildError {
     Source(String),
     #[error("{0}")]
     Builder(String),
+    /// The app's project.toml cannot be used (the sentence names the key).
+    #[error("{0}")]
+    Project(String),
     /// A limit stopped the build (the sentence names it).
     #[error("{0}")]
     Limit(String),
@@ -476,7 +480,8 @@ async fn run_in(
     let mut run_ref = ImageRef::parse(&run_ref.image)?;
     run_ref.registry.clear();
     let run_image = RunImage::fetch(&ctx.client, &run_ref).await?;
-    let catalog = Catalog::load(&root).map_err(BuildError::Builder)?;
+    let mut catalog = Catalog::load(&root).map_err(BuildError::Builder)?;
+    let mut order = order;
 
     // The source, checked out at the recorded commit, without its history.
     let workspace = work.join("workspace");
@@ -541,7 +546,42 @@ async fn run_in(
     }
     drop(access);
     std::fs::remove_dir_all(workspace.join(".git"))?;
-    for (k, v) in &req.env {
+    // The app's project.toml: files kept out, build-time variables (the
+    // request's own win), and the buildpacks to use.
+    let mut env = req.env.clone();
+    if let Some(d) = project::read(&workspace).map_err(BuildError::Project)? {
+        for w in &d.warnings {
+            line(w);
+        }
+        let removed = project::filter_files(&workspace, &d).map_err(BuildError::Project)?;
+        if removed > 0 {
+            line(&format!(
+                "project.toml: {removed} files kept out of the build (include/exclude)"
+            ));
+        }
+        for (k, v) in &d.env {
+            if k.starts_with("CNB_") {
+                return Err(BuildError::Project(format!(
+                    "project.toml: the build variable {k} is reserved for the build platform"
+                )));
+            }
+            env.entry(k.clone()).or_insert_with(|| v.clone());
+        }
+        order = descriptor_order(&d, order, &mut catalog, &workspace, &work.join("platform"))
+            .map_err(BuildError::Project)?;
+        if !d.group.is_empty() {
+            line(&format!(
+                "project.toml names the buildpacks: {}",
+                order.order[0]
+                    .group
+                    .iter()
+                    .map(|g| format!("{}@{}", g.id, g.version))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+        }
+    }
+    for (k, v) in &env {
         std::fs::write(work.join("platform/env").join(k), v)?;
     }
 
@@ -627,7 +667,7 @@ async fn run_in(
         sandbox: &sandbox,
         catalog: &catalog,
         base_env,
-        user_env: req.env.iter().map(|(k, v)| (k.into(), v.into())).collect(),
+        user_env: env.iter().map(|(k, v)| (k.into(), v.into())).collect(),
         target,
         log: &log_fn,
     };
@@ -786,6 +826,130 @@ async fn lifecycle_steps(
             .map(|b| format!("{}@{}", b.buildpack.id(), b.buildpack.version()))
             .collect(),
     })
+}
+
+/// The order a build detects with, given the app's descriptor: its own
+/// group (instead of the builder's order) when it names one, and its
+/// `pre`/`post` buildpacks around every group. App-local buildpacks are
+/// read from the workspace (the sandbox sees them under `/workspace`);
+/// inline ones are written into the platform directory (`/platform`,
+/// read-only in the sandbox).
+fn descriptor_order(
+    d: &project::Descriptor,
+    builder_order: Order,
+    catalog: &mut Catalog,
+    workspace: &Path,
+    platform: &Path,
+) -> Result<Order, String> {
+    let mut resolve = |entries: &[Entry], key: &str| -> Result<Vec<GroupEntry>, String> {
+        let mut out = Vec::new();
+        for (i, e) in entries.iter().enumerate() {
+            let at = format!("project.toml: {key}[{i}]");
+            let (id, version) = match e {
+                Entry::Builder { id, version } => {
+                    let bp = catalog.find(id, version).ok_or_else(|| {
+                        format!(
+                            "{at}: the builder has no buildpack {id}{}",
+                            if version.is_empty() {
+                                String::new()
+                            } else {
+                                format!("@{version}")
+                            }
+                        )
+                    })?;
+                    (bp.id().to_owned(), bp.version().to_owned())
+                }
+                Entry::AppLocal { path } => {
+                    let host = workspace.join(path);
+                    if !host.is_dir() {
+                        return Err(format!(
+                            "{at}.uri: the app has no directory {}",
+                            path.display()
+                        ));
+                    }
+                    catalog
+                        .add(&host, PathBuf::from("workspace").join(path))
+                        .map_err(|e| format!("{at}.uri: {e}"))?
+                }
+                Entry::Inline {
+                    id,
+                    api,
+                    shell,
+                    script,
+                } => {
+                    let dir = platform
+                        .join("buildpacks")
+                        .join(slipway_launcher::metadata::escape_id(id));
+                    write_inline(&dir, id, api, shell, script).map_err(|e| format!("{at}: {e}"))?;
+                    catalog
+                        .add(
+                            &dir,
+                            PathBuf::from("platform/buildpacks")
+                                .join(slipway_launcher::metadata::escape_id(id)),
+                        )
+                        .map_err(|e| format!("{at}: {e}"))?
+                }
+            };
+            out.push(GroupEntry {
+                id,
+                version,
+                optional: false,
+            });
+        }
+        Ok(out)
+    };
+    let pre = resolve(&d.pre, "io.buildpacks.pre.group")?;
+    let post = resolve(&d.post, "io.buildpacks.post.group")?;
+    let groups = if d.group.is_empty() {
+        builder_order.order
+    } else {
+        vec![OrderGroup {
+            group: resolve(&d.group, "io.buildpacks.group")?,
+        }]
+    };
+    Ok(Order {
+        order: groups
+            .into_iter()
+            .map(|g| OrderGroup {
+                group: pre
+                    .iter()
+                    .cloned()
+                    .chain(g.group)
+                    .chain(post.iter().cloned())
+                    .collect(),
+            })
+            .collect(),
+    })
+}
+
+/// An inline buildpack's directory: a `buildpack.toml`, a `bin/detect`
+/// that always passes and a `bin/build` that runs the script with `shell`.
+fn write_inline(dir: &Path, id: &str, api: &str, shell: &str, script: &str) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(dir.join("bin"))?;
+    let quoted = |s: &str| format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""));
+    std::fs::write(
+        dir.join("buildpack.toml"),
+        format!(
+            "api = {}\n[buildpack]\nid = {}\nversion = \"0.0.0\"\nname = \"inline buildpack of the app's project.toml\"\n",
+            quoted(api),
+            quoted(id)
+        ),
+    )?;
+    std::fs::write(dir.join("bin/detect"), "#!/bin/sh\nexit 0\n")?;
+    let interpreter = if shell.starts_with('/') {
+        shell.to_owned()
+    } else {
+        format!("/usr/bin/env {shell}")
+    };
+    std::fs::write(
+        dir.join("bin/build"),
+        format!("#!{interpreter}\n{script}\n"),
+    )?;
+    for f in ["bin/detect", "bin/build"] {
+        std::fs::set_permissions(dir.join(f), std::fs::Permissions::from_mode(0o755))?;
+    }
+    Ok(())
 }
 
 /// Said once in a build's log after a TLS verification failure.

@@ -30,6 +30,7 @@ pub mod layers;
 pub mod lifecycle;
 pub mod limits;
 pub mod oci;
+pub mod project;
 pub mod rebase;
 pub mod sandbox;
 pub mod stack;

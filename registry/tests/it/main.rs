@@ -7,6 +7,7 @@ mod api;
 mod architecture;
 mod builds;
 mod builds_e2e;
+mod descriptor;
 mod gc_stress;
 mod isolation;
 mod lifecycle;
