@@ -66,7 +66,7 @@ pub fn parse(text: &str) -> Result<Descriptor, String> {
         .parse()
         .map_err(|e: toml::de::Error| format!("project.toml is not valid TOML: {}", e.message()))?;
     let mut d = Descriptor::default();
-    let mut known_top = vec!["_", "io", "project", "build", "metadata", "com"];
+    let known_top = ["_", "io", "project", "build", "metadata", "com"];
     if let Some(under) = doc.get("_") {
         let t = table(under, "_")?;
         match t.get("schema-version") {
@@ -202,7 +202,6 @@ pub fn parse(text: &str) -> Result<Descriptor, String> {
             )?);
         }
     }
-    known_top.sort();
     for k in doc.keys() {
         if !known_top.contains(&k.as_str()) {
             d.warnings
