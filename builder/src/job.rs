@@ -553,6 +553,10 @@ async fn run_in(
         for w in &d.warnings {
             line(w);
         }
+        // The buildpacks first: an app-local one is copied out of the app
+        // before the excludes apply (apps often exclude its directory).
+        order = descriptor_order(&d, order, &mut catalog, &workspace, &work.join("platform"))
+            .map_err(BuildError::Project)?;
         let removed = project::filter_files(&workspace, &d).map_err(BuildError::Project)?;
         if removed > 0 {
             line(&format!(
@@ -567,8 +571,6 @@ async fn run_in(
             }
             env.entry(k.clone()).or_insert_with(|| v.clone());
         }
-        order = descriptor_order(&d, order, &mut catalog, &workspace, &work.join("platform"))
-            .map_err(BuildError::Project)?;
         if !d.group.is_empty() {
             line(&format!(
                 "project.toml names the buildpacks: {}",
@@ -831,9 +833,9 @@ async fn lifecycle_steps(
 /// The order a build detects with, given the app's descriptor: its own
 /// group (instead of the builder's order) when it names one, and its
 /// `pre`/`post` buildpacks around every group. App-local buildpacks are
-/// read from the workspace (the sandbox sees them under `/workspace`);
-/// inline ones are written into the platform directory (`/platform`,
-/// read-only in the sandbox).
+/// copied from the app, and inline ones written, into the platform
+/// directory (`/platform/buildpacks/…`, read-only in the sandbox: a build
+/// cannot change a buildpack while it runs).
 fn descriptor_order(
     d: &project::Descriptor,
     builder_order: Order,
@@ -861,14 +863,24 @@ fn descriptor_order(
                 }
                 Entry::AppLocal { path } => {
                     let host = workspace.join(path);
-                    if !host.is_dir() {
+                    // Not through a link that leaves the app (the copy is
+                    // made by the server, outside the sandbox).
+                    let inside = match (host.canonicalize(), workspace.canonicalize()) {
+                        (Ok(h), Ok(w)) => h.starts_with(&w) && h == w.join(path),
+                        _ => false,
+                    };
+                    let is_dir = std::fs::symlink_metadata(&host).is_ok_and(|m| m.is_dir());
+                    if !is_dir || !inside {
                         return Err(format!(
-                            "{at}.uri: the app has no directory {}",
+                            "{at}.uri: the app has no directory {} (links are not followed)",
                             path.display()
                         ));
                     }
+                    let name = format!("app-{}-{i}", key.replace('.', "-"));
+                    let dir = platform.join("buildpacks").join(&name);
+                    copy_tree(&host, &dir).map_err(|e| format!("{at}.uri: {e}"))?;
                     catalog
-                        .add(&host, PathBuf::from("workspace").join(path))
+                        .add(&dir, PathBuf::from("platform/buildpacks").join(&name))
                         .map_err(|e| format!("{at}.uri: {e}"))?
                 }
                 Entry::Inline {

@@ -52,6 +52,10 @@ pub struct Descriptor {
 /// sentence naming the key.
 pub fn read(app: &Path) -> Result<Option<Descriptor>, String> {
     let path = app.join("project.toml");
+    // Read by the server, outside the sandbox: never through a link.
+    if std::fs::symlink_metadata(&path).is_ok_and(|m| m.file_type().is_symlink()) {
+        return Err("project.toml is a link: commit the file itself".into());
+    }
     let text = match std::fs::read_to_string(&path) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),

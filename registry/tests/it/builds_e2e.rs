@@ -638,7 +638,8 @@ async fn a_buildpack_cannot_escape_its_sandbox() {
 /// The upstream samples (github.com/buildpacks/samples: hello-world and
 /// hello-processes, Buildpack API 0.11, bash) run unchanged: detection with
 /// a build plan, the plan given to build, a launch layer and a process the
-/// image runs. Not in CI: the samples cannot be committed here and CI does
+/// image runs; and apps/bash-script, whose project.toml names its app-local
+/// buildpack and excludes it and the README from the app. Not in CI: the samples cannot be committed here and CI does
 /// not reach GitHub; run it with a checkout:
 /// `SLIPWAY_UPSTREAM_SAMPLES=/path/to/samples cargo test -p slipway-registry
 /// --test it upstream_samples -- --ignored`.
@@ -716,6 +717,51 @@ async fn upstream_sample_buildpacks_run_unchanged() {
     sysinfo.extend_from_slice(&["--rm", "--entrypoint", "/cnb/process/sys-info", &image]);
     let out = run("podman", &sysinfo);
     assert!(out.contains("env vars:") && out.contains("CNB_"), "{out}");
+
+    // apps/bash-script: its project.toml names its app-local buildpack and
+    // excludes that buildpack's directory and the README from the app.
+    let app = dir.path().join("bash-script");
+    let copied = Command::new("cp")
+        .arg("-a")
+        .arg(samples.join("apps/bash-script"))
+        .arg(&app)
+        .status()
+        .unwrap();
+    assert!(copied.success());
+    git_repo(&app, &[]);
+    let b = build(
+        &env,
+        "tool-samples",
+        &token,
+        json!({
+            "source_url": format!("file://{}", app.display()),
+            "ref": "main",
+            "builder": "platform/builder:samples",
+            "image_name": "bash-script",
+        }),
+    )
+    .await;
+    let log = log_of(&env, "tool-samples", b["id"].as_str().unwrap(), &token).await;
+    assert_eq!(b["state"], "succeeded", "{b}\n{log}");
+    assert!(log.contains("---> Bash Script buildpack"), "{log}");
+    assert!(
+        log.contains("project.toml names the buildpacks: samples/bash-script@0.0.1"),
+        "{log}"
+    );
+    let image = format!("{}/tool-samples/bash-script:latest", env.server.addr);
+    run("podman", &["pull", "-q", "--tls-verify=false", &image]);
+    let mut web: Vec<&str> = PODMAN_RUN.to_vec();
+    web.extend_from_slice(&["--rm", &image]);
+    let out = run("podman", &web);
+    assert!(
+        out.contains("Here are the contents of the current working directory"),
+        "{out}"
+    );
+    assert!(out.contains("app.sh"), "{out}");
+    assert!(
+        !out.contains("README.md") && !out.contains("bash-script-buildpack"),
+        "{out}"
+    );
 }
 
 /// Waits for `http://127.0.0.1:<port><path>` to answer; the status and body.

@@ -193,6 +193,53 @@ async fn a_descriptor_that_cannot_be_used_fails_the_build_naming_the_key() {
         ),
         ("this is not toml", "project.toml is not valid TOML"),
     ];
+    // Links out of the app are not followed by the server.
+    {
+        let repo = dir.path().join("linked");
+        git_repo(&repo, &[(".slipway-selftest", "x\n"), ("README", "x\n")]);
+        std::os::unix::fs::symlink("/etc", repo.join("outside")).unwrap();
+        std::fs::write(
+            repo.join("project.toml"),
+            "[[io.buildpacks.group]]\nuri = \"outside/ssl\"\n",
+        )
+        .unwrap();
+        let out = Command::new("git")
+            .args(["add", "-A"])
+            .current_dir(&repo)
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        let out = Command::new("git")
+            .args([
+                "-c",
+                "user.name=t",
+                "-c",
+                "user.email=t@example.org",
+                "commit",
+                "-q",
+                "-m",
+                "link",
+            ])
+            .current_dir(&repo)
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        let b = build(
+            &env,
+            "tool-desc",
+            &token,
+            json!({"source_url": format!("file://{}", repo.display()), "ref": "main"}),
+        )
+        .await;
+        assert_eq!(b["state"], "failed", "{b}");
+        assert!(
+            b["reason"]
+                .as_str()
+                .unwrap_or("")
+                .contains("the app has no directory outside/ssl (links are not followed)"),
+            "{b}"
+        );
+    }
     for (i, (text, sentence)) in cases.iter().enumerate() {
         let repo = dir.path().join(format!("app{i}"));
         git_repo(
