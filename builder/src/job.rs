@@ -53,6 +53,9 @@ pub struct Context {
     /// Unpacked builder images (by digest) and layer caches (by project
     /// and image).
     pub cache_dir: PathBuf,
+    /// Unpacked builder images, by digest (only ever read once unpacked:
+    /// several servers on a machine may share the directory).
+    pub builders_dir: PathBuf,
     /// Per-build scratch directories.
     pub work_dir: PathBuf,
     /// The launcher binary put in every app image (also the sandbox's
@@ -397,8 +400,7 @@ async fn builder_root(
     )
     .map_err(|e| BuildError::Builder(format!("the builder's config is not JSON: {e}")))?;
     let root = ctx
-        .cache_dir
-        .join("builders")
+        .builders_dir
         .join(m.digest.replace(':', "-"))
         .join("rootfs");
     if root.is_dir() {
@@ -410,8 +412,7 @@ async fn builder_root(
     }
     log.line(&format!("unpacking builder {image} ({})", m.digest));
     let staging = ctx
-        .cache_dir
-        .join("builders")
+        .builders_dir
         .join(format!("tmp-{}", uuid::Uuid::new_v4().simple()));
     let staging_root = staging.join("rootfs");
     std::fs::create_dir_all(&staging_root)?;
@@ -562,6 +563,12 @@ async fn run_in(
             line(&format!(
                 "project.toml: {removed} files kept out of the build (include/exclude)"
             ));
+        }
+        if !d.deb_packages.is_empty() {
+            // For the Debian packages buildpack (slipway/apt).
+            let dir = work.join("platform/slipway");
+            std::fs::create_dir_all(&dir)?;
+            std::fs::write(dir.join("deb-packages"), d.deb_packages.join("\n") + "\n")?;
         }
         for (k, v) in &d.env {
             if k.starts_with("CNB_") {

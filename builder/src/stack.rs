@@ -396,6 +396,9 @@ fn mmdebstrap(suite: &str, packages: &[String], mirror: Option<&str>, out: &Path
         .arg("--dpkgopt=path-exclude=/usr/share/man/*")
         .arg("--dpkgopt=path-exclude=/usr/share/locale/*")
         .arg("--dpkgopt=path-exclude=/usr/share/info/*")
+        // Packages whose scripts make alternatives for man pages (the
+        // JDK's) need the directory the path-exclude above leaves out.
+        .arg("--setup-hook=mkdir -p \"$1/usr/share/man/man1\"")
         // The user buildpacks and apps run as.
         .arg(format!(
             "--customize-hook=chroot \"$1\" groupadd --gid {CNB_GID} cnb"
@@ -795,6 +798,9 @@ pub struct BuilderSpec<'a> {
     pub order: &'a str,
     pub buildpacks: &'a [BuildpackFiles],
     pub description: &'a str,
+    /// More files for the `/cnb` layer: (path under the root, bytes), such
+    /// as `cnb/stack/run-dpkg-status`, the run image's package list.
+    pub files: &'a [(String, Vec<u8>)],
 }
 
 /// Pushes a builder: the build image's layers (mounted, not copied) plus
@@ -850,6 +856,13 @@ pub async fn push_builder(
             mode: 0o644,
         },
     ];
+    for (target, bytes) in spec.files {
+        entries.push(Entry::File {
+            target: target.into(),
+            bytes: bytes.clone(),
+            mode: 0o644,
+        });
+    }
     for bp in buildpacks {
         let dir = PathBuf::from("cnb/buildpacks")
             .join(bp.id.replace('/', "_"))
@@ -910,6 +923,25 @@ pub async fn push_builder(
     put_image(client, &builder, &config, &layers).await
 }
 
+/// Where a builder holds its run image's dpkg status.
+pub const RUN_DPKG_STATUS: &str = "cnb/stack/run-dpkg-status";
+
+/// One file of an uncompressed tar (`./` prefixes ignored), if it has it.
+fn tar_member(tar: &Path, name: &str) -> Result<Option<Vec<u8>>> {
+    use std::io::Read;
+    let mut archive = tar::Archive::new(fs::File::open(tar)?);
+    for entry in archive.entries()? {
+        let mut entry = entry?;
+        let path = entry.path()?.to_path_buf();
+        if path.strip_prefix("./").unwrap_or(&path) == Path::new(name) {
+            let mut out = Vec::new();
+            entry.read_to_end(&mut out)?;
+            return Ok(Some(out));
+        }
+    }
+    Ok(None)
+}
+
 /// Makes `stack`'s root file systems (or takes them from the cache) and
 /// pushes its build, run and builder images.
 pub async fn make(client: &Client, stack: &Stack, opts: &Options) -> Result<Made> {
@@ -924,6 +956,16 @@ pub async fn make(client: &Client, stack: &Stack, opts: &Options) -> Result<Made
     let build = push_base(client, stack, "build", &build_tar, log).await?;
     let run = push_base(client, stack, "run", &run_tar, log).await?;
     let buildpacks = stack.buildpacks()?;
+    // The run image's package list: what the Debian packages buildpack
+    // resolves dependencies against (the app gets what the run image lacks).
+    let files: Vec<(String, Vec<u8>)> = {
+        let run_tar = run_tar.clone();
+        tokio::task::spawn_blocking(move || tar_member(&run_tar, "var/lib/dpkg/status"))
+            .await
+            .map_err(|e| StackError::Io(io::Error::other(e)))??
+            .map(|b| vec![(RUN_DPKG_STATUS.to_owned(), b)])
+            .unwrap_or_default()
+    };
     let builder = push_builder(
         client,
         &BuilderSpec {
@@ -933,6 +975,7 @@ pub async fn make(client: &Client, stack: &Stack, opts: &Options) -> Result<Made
             order: &stack.order,
             buildpacks: &buildpacks,
             description: &stack.recipe.description,
+            files: &files,
         },
         &opts.cache_dir.join("scratch"),
         log,

@@ -239,6 +239,7 @@ fn main() {
                 order: "[[order]]\n[[order.group]]\nid = \"bench/hostile\"\nversion = \"1.0.0\"\n",
                 buildpacks: &[BuildpackFiles::from_dir(&bp).unwrap()],
                 description: "hostile",
+                files: &[],
             },
             work.path(),
             &|_| {},

@@ -191,6 +191,7 @@ pub async fn spawn_workers(state: AppState, registry_url: String) -> anyhow::Res
     );
     let ctx = Context {
         client,
+        builders_dir: state.config.builders_dir(),
         cache_dir,
         work_dir,
         launcher: slipway_builder::launcher::LAUNCHER,

@@ -63,6 +63,9 @@ pub struct BuildsConfig {
     pub default_builder: String,
     /// Unpacked builders and layer caches; empty: `<data_dir>/builds`.
     pub cache_dir: PathBuf,
+    /// Unpacked builder images, by digest; empty: `<cache_dir>/builders`.
+    /// Read-only once unpacked, so servers on one machine may share it.
+    pub builders_dir: PathBuf,
     /// How builds reach this registry; empty: `http://<listen address>`.
     pub registry_url: String,
     /// The builder identity's password; empty: `<data_dir>/builder-password`.
@@ -241,6 +244,7 @@ impl Default for BuildsConfig {
             timeout_secs: 1800,
             default_builder: "platform/builder:bookworm".into(),
             cache_dir: PathBuf::new(),
+            builders_dir: PathBuf::new(),
             registry_url: String::new(),
             builder_password: Secret::default(),
             allow_local_sources: false,
@@ -777,6 +781,14 @@ impl Config {
             self.data_dir.join("builds")
         } else {
             self.builds.cache_dir.clone()
+        }
+    }
+
+    pub fn builders_dir(&self) -> PathBuf {
+        if self.builds.builders_dir.as_os_str().is_empty() {
+            self.build_cache_dir().join("builders")
+        } else {
+            self.builds.builders_dir.clone()
         }
     }
 

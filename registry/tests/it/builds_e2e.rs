@@ -48,6 +48,8 @@ pub async fn env_with_stack(name: &str, adjust: impl FnOnce(&mut slipway_registr
         c.builds.default_builder = b;
         // Sites (and these machines) whose egress re-signs TLS: the
         // authorities conformance/test.sh found (the host's bundle).
+        // One unpacked builder for every test server (the same digest).
+        c.builds.builders_dir = stacks_dir().join("builders");
         if let Some(ca) = std::env::var_os("SLIPWAY_TEST_CA_CERTIFICATES") {
             c.builds.ca_certificates = PathBuf::from(ca);
         }
@@ -100,7 +102,7 @@ pub async fn log_of(env: &Env, project: &str, id: &str, auth: &str) -> String {
     String::from_utf8(b).unwrap()
 }
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -108,7 +110,7 @@ fn free_port() -> u16 {
         .port()
 }
 
-fn run(cmd: &str, args: &[&str]) -> String {
+pub fn run(cmd: &str, args: &[&str]) -> String {
     let out = Command::new(cmd)
         .args(args)
         .output()
@@ -139,7 +141,7 @@ const PODMAN_RUN: &[&str] = &[
 /// by these tests: they run at once, share base layers in the machine's
 /// podman storage, and a `podman rmi` of one can pull a shared layer from
 /// under another test's pull: "layer not known".)
-fn pull_and_start(image: &str, args: &[&str]) -> String {
+pub fn pull_and_start(image: &str, args: &[&str]) -> String {
     run("podman", &["pull", "-q", "--tls-verify=false", image]);
     let mut all: Vec<&str> = PODMAN_RUN.to_vec();
     all.extend_from_slice(&["-d", "--network", "host"]);
@@ -543,6 +545,7 @@ pub async fn push_script_builder(env: &Env, dir: &Path, image: &str, id: &str, s
             order: &format!("[[order]]\n[[order.group]]\nid = \"{id}\"\nversion = \"1.0.0\"\n"),
             buildpacks: &[stack::BuildpackFiles::from_dir(&bp).unwrap()],
             description: "a test's buildpack",
+            files: &[],
         },
         dir,
         &|_| {},
@@ -674,6 +677,7 @@ async fn upstream_sample_buildpacks_run_unchanged() {
             order: &format!("[[order]]\n{order}"),
             buildpacks: &buildpacks,
             description: "upstream samples",
+            files: &[],
         },
         dir.path(),
         &|_| {},
@@ -765,7 +769,7 @@ async fn upstream_sample_buildpacks_run_unchanged() {
 }
 
 /// Waits for `http://127.0.0.1:<port><path>` to answer; the status and body.
-async fn answer(port: u16, path: &str, container: &str) -> (StatusCode, String) {
+pub async fn answer(port: u16, path: &str, container: &str) -> (StatusCode, String) {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         match reqwest::get(format!("http://127.0.0.1:{port}{path}")).await {

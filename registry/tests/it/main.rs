@@ -10,6 +10,7 @@ mod builds_e2e;
 mod descriptor;
 mod gc_stress;
 mod isolation;
+mod languages;
 mod lifecycle;
 mod logs;
 mod quota;
