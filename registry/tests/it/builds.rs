@@ -34,7 +34,12 @@ pub fn git_repo(dir: &Path, files: &[(&str, &str)]) -> String {
     for (name, text) in files {
         let path = dir.join(name);
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-        std::fs::write(path, text).unwrap();
+        std::fs::write(&path, text).unwrap();
+        // Programs (a buildpack's bin/) are executable.
+        if Path::new(name).components().any(|c| c.as_os_str() == "bin") {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
     }
     git(&["add", "-A"]);
     git(&["commit", "-q", "-m", "first"]);

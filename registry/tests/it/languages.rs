@@ -305,6 +305,62 @@ HTTPServer(("127.0.0.1", int(os.environ.get("PORT", "8080"))), H).serve_forever(
             answer: "python serves what was built by node v",
             cold_log: "detected group 1: slipway/nodejs@0.1.0, slipway/python@0.1.0",
         },
+        App {
+            name: "project-toml",
+            files: vec![
+                (
+                    "project.toml",
+                    s(r#"[_]
+schema-version = "0.2"
+
+[io.buildpacks]
+exclude = ["secrets/", "buildpacks/"]
+
+[[io.buildpacks.group]]
+uri = "buildpacks/greeter"
+
+[[io.buildpacks.group]]
+id = "slipway/procfile"
+
+[[io.buildpacks.build.env]]
+name = "GREETING"
+value = "hello from an app-local buildpack"
+"#),
+                ),
+                (
+                    "buildpacks/greeter/buildpack.toml",
+                    s("api = \"0.10\"\n[buildpack]\nid = \"tool/greeter\"\nversion = \"1.0.0\"\n"),
+                ),
+                ("buildpacks/greeter/bin/detect", s("#!/bin/sh\nexit 0\n")),
+                (
+                    "buildpacks/greeter/bin/build",
+                    s("#!/bin/sh\nset -e\necho \"$GREETING\" > greeting.txt\n"),
+                ),
+                ("secrets/token", s("not for the image\n")),
+                ("Procfile", s("web: python3 server.py\n")),
+                (
+                    "server.py",
+                    s(r#"import os
+from http.server import BaseHTTPRequestHandler, HTTPServer
+
+class H(BaseHTTPRequestHandler):
+    def do_GET(self):
+        parts = [open("greeting.txt").read().strip()]
+        for d in ("secrets", "buildpacks"):
+            parts.append(d + (": there" if os.path.exists(d) else ": absent"))
+        body = "; ".join(parts).encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+HTTPServer(("127.0.0.1", int(os.environ.get("PORT", "8080"))), H).serve_forever()
+"#),
+                ),
+            ],
+            answer: "hello from an app-local buildpack; secrets: absent; buildpacks: absent",
+            cold_log: "project.toml names the buildpacks: tool/greeter@1.0.0, slipway/procfile@0.1.0",
+        },
     ]
 }
 
@@ -398,6 +454,75 @@ async fn one(env: &Env, app: App, base: &[String]) -> Result<Measured, String> {
     })
 }
 
+/// Apps asking for a runtime version the stack does not have, and what
+/// their builds must say.
+fn wrong_versions() -> Vec<(
+    &'static str,
+    Vec<(&'static str, &'static str)>,
+    &'static str,
+)> {
+    vec![
+        (
+            "php-version",
+            vec![
+                ("composer.json", r#"{"require": {"php": "^7.4"}}"#),
+                ("index.php", "<?php echo 1;"),
+            ],
+            "composer.json requires PHP ^7.4, and this stack has PHP 8.2",
+        ),
+        (
+            "node-version",
+            vec![(
+                "package.json",
+                r#"{"name": "x", "version": "1.0.0", "engines": {"node": "20.x"}}"#,
+            )],
+            "package.json's engines.node asks for 20.x; this stack has Node.js v18",
+        ),
+        (
+            "python-version",
+            vec![(".python-version", "3.12\n"), ("requirements.txt", "")],
+            ".python-version asks for Python 3.12; this stack has Python 3.11",
+        ),
+        (
+            "go-version",
+            vec![
+                ("go.mod", "module example.org/x\n\ngo 1.22\n"),
+                ("main.go", "package main\nfunc main() {}\n"),
+            ],
+            "go.mod asks for Go 1.22; this stack has Go 1.19",
+        ),
+    ]
+}
+
+async fn refused(
+    env: &Env,
+    name: &str,
+    files: Vec<(&str, &str)>,
+    sentence: &str,
+) -> Result<(), String> {
+    let project = format!("tool-{name}");
+    env.server.create_project(&project, true).await;
+    let token = env.build_token(&project, "ci").await;
+    let dir = tempfile::tempdir().unwrap();
+    let repo = dir.path().join("app");
+    git_repo(&repo, &files);
+    let b = build(
+        env,
+        &project,
+        &token,
+        json!({"source_url": format!("file://{}", repo.display()), "ref": "main"}),
+    )
+    .await;
+    let log = log_of(env, &project, b["id"].as_str().unwrap(), &token).await;
+    if b["state"] != "failed" || !log.contains(sentence) {
+        return Err(format!(
+            "{name}: expected a failure saying {sentence:?}, got {}:\n{log}",
+            b["state"]
+        ));
+    }
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn every_language_builds_answers_and_rebuilds_from_its_cache() {
     let env = env_with_stack("bookworm", |c| {
@@ -429,7 +554,13 @@ async fn every_language_builds_answers_and_rebuilds_from_its_cache() {
         .map(|l| l["size"].as_u64().unwrap())
         .sum();
     let results = futures::future::join_all(apps().into_iter().map(|a| one(&env, a, &base))).await;
-    let mut failures = Vec::new();
+    let refusals = futures::future::join_all(
+        wrong_versions()
+            .into_iter()
+            .map(|(name, files, sentence)| refused(&env, name, files, sentence)),
+    )
+    .await;
+    let mut failures: Vec<String> = refusals.into_iter().filter_map(Result::err).collect();
     eprintln!(
         "\n| App | cold build | warm build | image (compressed) | its own layers |\n|---|--:|--:|--:|--:|"
     );
