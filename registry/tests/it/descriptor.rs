@@ -72,39 +72,7 @@ async fn a_project_descriptor_names_the_buildpacks_and_keeps_files_out() {
             ("README", "kept\n"),
         ],
     );
-    // The buildpack's programs must be executable in the repository.
-    for f in ["bin/detect", "bin/build"] {
-        let out = Command::new("git")
-            .args([
-                "update-index",
-                "--chmod=+x",
-                &format!("buildpacks/hello/{f}"),
-            ])
-            .current_dir(&repo)
-            .output()
-            .unwrap();
-        assert!(out.status.success());
-    }
-    let out = Command::new("git")
-        .args([
-            "-c",
-            "user.name=t",
-            "-c",
-            "user.email=t@example.org",
-            "commit",
-            "-q",
-            "-m",
-            "x",
-        ])
-        .current_dir(&repo)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-
+    // (git_repo keeps the buildpack's bin/ programs executable.)
     let b = build(
         &env,
         "tool-desc",

@@ -454,13 +454,17 @@ async fn one(env: &Env, app: App, base: &[String]) -> Result<Measured, String> {
     })
 }
 
-/// Apps asking for a runtime version the stack does not have, and what
-/// their builds must say.
-fn wrong_versions() -> Vec<(
+/// Apps asking for what the stack does not have — a runtime version, a
+/// Debian package that does not exist, a repository the admin did not
+/// configure — and what their builds must say.
+/// (name, files, what the failed build's log must say)
+type Refusal = (
     &'static str,
     Vec<(&'static str, &'static str)>,
     &'static str,
-)> {
+);
+
+fn wrong_versions() -> Vec<Refusal> {
     vec![
         (
             "php-version",
@@ -490,6 +494,25 @@ fn wrong_versions() -> Vec<(
                 ("main.go", "package main\nfunc main() {}\n"),
             ],
             "go.mod asks for Go 1.22; this stack has Go 1.19",
+        ),
+        (
+            "apt-missing",
+            vec![
+                ("Aptfile", "jq\nno-such-package-slipway\n"),
+                ("Procfile", "web: true\n"),
+            ],
+            "these packages are not in debian 12: no-such-package-slipway",
+        ),
+        (
+            "apt-repository",
+            vec![
+                (
+                    "Aptfile",
+                    ":repo:deb http://example.org/debian bookworm main\njq\n",
+                ),
+                ("Procfile", "web: true\n"),
+            ],
+            "only packages from the repositories the admin configured are installed",
         ),
     ]
 }
