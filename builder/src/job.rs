@@ -35,8 +35,62 @@ pub struct BuildRequest {
     pub builder: String,
     /// Build-time variables for the buildpacks (`<platform>/env/`).
     pub env: BTreeMap<String, String>,
+    /// Secrets for the buildpacks: `<platform>/env/<NAME>` files only
+    /// (never in the buildpacks' environment, whatever `clear-env` says).
+    pub secret_env: BTreeMap<String, String>,
+    /// Credentials for Slipway's own fetch of the source (never seen by
+    /// the build).
+    pub git_credentials: Option<GitCredentials>,
     /// What it may use (the server's limits, or the project's).
     pub limits: Limits,
+    /// The tree of the image's last equal build: when the checked-out
+    /// tree is this one, the build stops with [`BuildError::Unchanged`]
+    /// (that image can be used again).
+    pub unchanged_tree: Option<String>,
+}
+
+/// HTTP credentials for a source repository (a forge's access token), sent
+/// by Slipway's git as a Basic `Authorization` header to the source's own
+/// scheme, host and port only.
+#[derive(Clone, PartialEq, Eq)]
+pub struct GitCredentials {
+    pub username: String,
+    pub password: String,
+}
+
+impl std::fmt::Debug for GitCredentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "GitCredentials({}:***)", self.username)
+    }
+}
+
+impl GitCredentials {
+    /// `user:token`, or a token alone (then the user is `x-access-token`,
+    /// which GitHub wants and GitLab, Gitea and Forgejo accept with a
+    /// personal or project access token).
+    pub fn parse(secret: &str) -> GitCredentials {
+        let secret = secret.trim_end_matches(['\r', '\n']);
+        match secret.split_once(':') {
+            Some((u, p)) if !u.is_empty() && !u.contains('/') => GitCredentials {
+                username: u.to_owned(),
+                password: p.to_owned(),
+            },
+            _ => GitCredentials {
+                username: "x-access-token".into(),
+                password: secret.to_owned(),
+            },
+        }
+    }
+
+    /// The `Authorization` header's value.
+    pub fn header(&self) -> String {
+        use base64::Engine as _;
+        format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD
+                .encode(format!("{}:{}", self.username, self.password))
+        )
+    }
 }
 
 impl BuildRequest {
@@ -139,6 +193,10 @@ pub enum BuildError {
     Limit(String),
     #[error("I/O error: {0}")]
     Io(#[from] std::io::Error),
+    /// Not a failure: the source's tree is [`BuildRequest::unchanged_tree`],
+    /// so nothing was built.
+    #[error("the source's tree {0} is the one the last equal build built")]
+    Unchanged(String),
 }
 
 #[derive(Debug, Clone)]
@@ -146,6 +204,8 @@ pub struct Outcome {
     pub exported: Exported,
     /// The buildpacks that built it.
     pub buildpacks: Vec<String>,
+    /// The git tree it built (the source's, as checked out).
+    pub tree: String,
 }
 
 /// Resolves `git_ref` (a branch, tag or commit) of `url` to a commit,
@@ -154,11 +214,12 @@ pub async fn resolve_ref(
     url: &str,
     git_ref: &str,
     isolation: &Isolation,
+    credentials: Option<&GitCredentials>,
 ) -> Result<String, BuildError> {
     if git_ref.len() == 40 && git_ref.bytes().all(|b| b.is_ascii_hexdigit()) {
         return Ok(git_ref.to_ascii_lowercase());
     }
-    let access = SourceAccess::open(url, isolation).await?;
+    let access = SourceAccess::open(url, isolation, credentials).await?;
     let text = access
         .run(&access.git_args(&["ls-remote", "--", url, git_ref]), None)
         .await
@@ -204,6 +265,10 @@ pub struct SourceAccess {
     )>,
     ca_bundle: Option<tempfile::NamedTempFile>,
     refused: Arc<std::sync::Mutex<Vec<String>>>,
+    /// `http.<scheme://host:port/>.extraHeader` and its value, given to git
+    /// in its environment (not its arguments, which other users may read).
+    auth_header: Option<(String, String)>,
+    url: String,
 }
 
 impl Drop for SourceAccess {
@@ -228,17 +293,40 @@ impl egress::Events for Collect {
 impl SourceAccess {
     /// Checks `url` against the source policy and prepares the way to it;
     /// a refused host is an error with the policy's sentence.
-    pub async fn open(url: &str, isolation: &Isolation) -> Result<SourceAccess, BuildError> {
+    pub async fn open(
+        url: &str,
+        isolation: &Isolation,
+        credentials: Option<&GitCredentials>,
+    ) -> Result<SourceAccess, BuildError> {
         let policy = isolation.source_policy();
         let refused = Arc::new(std::sync::Mutex::new(Vec::new()));
         let ca_bundle = match &isolation.ca_certificates {
             Some(extra) => Some(host_ca_bundle(extra)?),
             None => None,
         };
+        let auth_header = match credentials {
+            Some(c) if url.starts_with("https://") || url.starts_with("http://") => {
+                let (scheme, rest) = url.split_once("://").unwrap_or(("https", url));
+                let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+                let authority = authority.rsplit('@').next().unwrap_or(authority);
+                Some((
+                    format!("http.{scheme}://{authority}/.extraHeader"),
+                    format!("Authorization: {}", c.header()),
+                ))
+            }
+            Some(_) => {
+                return Err(BuildError::Source(format!(
+                    "git credentials are sent only to https:// (or http://) sources, not to {url:.200}"
+                )));
+            }
+            None => None,
+        };
         let mut access = SourceAccess {
             proxy: None,
             ca_bundle,
             refused: refused.clone(),
+            auth_header,
+            url: url.to_owned(),
         };
         if url.starts_with("file://") {
             return Ok(access);
@@ -309,20 +397,57 @@ impl SourceAccess {
         if let Some(d) = dir {
             cmd.current_dir(d);
         }
+        // Never the host's credential helpers or configuration.
+        cmd.env("GIT_CONFIG_NOSYSTEM", "1")
+            .env("GIT_CONFIG_GLOBAL", "/dev/null")
+            .env("GIT_ASKPASS", "/bin/false")
+            .env_remove("SSH_ASKPASS");
+        if let Some((key, value)) = &self.auth_header {
+            cmd.env("GIT_CONFIG_COUNT", "1")
+                .env("GIT_CONFIG_KEY_0", key)
+                .env("GIT_CONFIG_VALUE_0", value);
+        }
         let out = cmd
             .output()
             .await
             .map_err(|e| BuildError::Source(format!("cannot run git: {e}")))?;
         if !out.status.success() {
             let refused = self.refused.lock().expect("source refusals").clone();
+            let stderr = String::from_utf8_lossy(&out.stderr);
             let why = match refused.last() {
                 Some(r) => r.trim_start_matches("egress: ").to_owned(),
-                None => String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+                None if needs_credentials(&stderr) => {
+                    if self.auth_header.is_some() {
+                        format!(
+                            "the repository {} refused the git credentials given (the secret \
+                             named as git_credentials): check the token and that it may read \
+                             the repository",
+                            self.url
+                        )
+                    } else {
+                        format!(
+                            "the repository {} asks for credentials: it is private; name a \
+                             project secret holding an access token as the build's \
+                             git_credentials",
+                            self.url
+                        )
+                    }
+                }
+                None => stderr.trim().to_owned(),
             };
             return Err(BuildError::Source(why));
         }
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
+}
+
+/// Whether git's error says the server wants (other) credentials.
+fn needs_credentials(stderr: &str) -> bool {
+    stderr.contains("could not read Username")
+        || stderr.contains("Authentication failed")
+        || stderr.contains("terminal prompts disabled")
+        || stderr.contains("401")
+        || stderr.contains("403")
 }
 
 /// The host and port of a source URL (`https://`, `http://`, `git://`).
@@ -493,7 +618,12 @@ async fn run_in(
         "checking out {} at {}",
         req.source_url, req.commit
     ));
-    let access = SourceAccess::open(&req.source_url, &ctx.isolation).await?;
+    let access = SourceAccess::open(
+        &req.source_url,
+        &ctx.isolation,
+        req.git_credentials.as_ref(),
+    )
+    .await?;
     access
         .run(&access.git_args(&["init", "-q"]), Some(&workspace))
         .await?;
@@ -545,7 +675,19 @@ async fn run_in(
                 ))
             })?;
     }
+    let tree = access
+        .run(
+            &access.git_args(&["rev-parse", "HEAD^{tree}"]),
+            Some(&workspace),
+        )
+        .await?
+        .trim()
+        .to_owned();
     drop(access);
+    line(&format!("source tree {tree}"));
+    if req.unchanged_tree.as_deref() == Some(tree.as_str()) {
+        return Err(BuildError::Unchanged(tree));
+    }
     std::fs::remove_dir_all(workspace.join(".git"))?;
     // The app's project.toml: files kept out, build-time variables (the
     // request's own win), and the buildpacks to use.
@@ -591,6 +733,12 @@ async fn run_in(
         }
     }
     for (k, v) in &env {
+        std::fs::write(work.join("platform/env").join(k), v)?;
+    }
+    // Secrets: files only (a project.toml variable of the same name gives
+    // way to the secret).
+    for (k, v) in &req.secret_env {
+        env.remove(k);
         std::fs::write(work.join("platform/env").join(k), v)?;
     }
 
@@ -688,7 +836,7 @@ async fn run_in(
     );
     let watch = watchdog(req, &limits, &logged, work);
     let outcome = tokio::select! {
-        r = steps => r,
+        r = steps => r.map(|o| Outcome { tree: tree.clone(), ..o }),
         why = watch => Err(BuildError::Limit(why)),
         () = &mut serve => unreachable!("the proxy serves until dropped"),
     };
@@ -834,6 +982,7 @@ async fn lifecycle_steps(
             .iter()
             .map(|b| format!("{}@{}", b.buildpack.id(), b.buildpack.version()))
             .collect(),
+        tree: String::new(),
     })
 }
 

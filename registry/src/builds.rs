@@ -30,6 +30,8 @@ use slipway_storage::{RepoName, StorageError};
 
 use crate::server::AppState;
 
+pub mod mask;
+
 /// How often a running build says it still runs (and looks for a cancel).
 pub const HEARTBEAT: Duration = Duration::from_secs(3);
 /// A running build whose heartbeat is older than this is failed.
@@ -286,6 +288,8 @@ async fn reaper(state: AppState) {
 /// in batches, so a follower on any replica reads them as they come.
 struct DbLog {
     inner: Mutex<LogBuf>,
+    /// The build's secrets, masked in every line.
+    mask: mask::Mask,
 }
 
 #[derive(Default)]
@@ -304,10 +308,18 @@ impl DbLog {
                 next_seq: 1,
                 ..Default::default()
             }),
+            mask: mask::Mask::default(),
         }
     }
 
     fn push(&self, phase: Option<&str>, text: &str) {
+        let masked;
+        let text = if self.mask.is_empty() {
+            text
+        } else {
+            masked = self.mask.apply(text);
+            masked.as_str()
+        };
         let mut b = self.inner.lock().expect("build log");
         if let Some(p) = phase {
             b.phase = p.to_owned();
@@ -368,7 +380,10 @@ impl BuildLog for DbLog {
 
 /// How a build ended.
 enum End {
-    Succeeded(String),
+    /// The image's digest, the buildpacks that built it and the tree.
+    Succeeded(String, Vec<String>, String),
+    /// The tree is the one an equal build made an image of, still there.
+    Reused(Box<crate::api::builds::Reusable>, String),
     Failed(String),
     Cancelled,
     TimedOut,
@@ -377,23 +392,53 @@ enum End {
 async fn run_one(state: &AppState, ctx: &Context, build: BuildRecord) {
     let started = Instant::now();
     let id = build.id.clone();
-    let log = Arc::new(DbLog::new());
+    // The secrets first: every line of the log is masked with them.
+    let secrets = load_secrets(state, &build).await;
+    let mut log = DbLog::new();
+    if let Ok(s) = &secrets {
+        let mut values: Vec<String> = s.env.values().cloned().collect();
+        if let Some(c) = &s.git {
+            values.push(c.password.clone());
+            values.push(c.header());
+        }
+        log.mask = mask::Mask::new(values.iter().map(|v| v.as_bytes()));
+    }
+    let log = Arc::new(log);
     tracing::info!(build = %id, project = %build.project, image = %build.image_name, "build started");
     log.line(&format!(
         "build {id} of {} at {} ({}) with {}",
         build.source_url, build.git_ref, build.git_commit, build.builder
     ));
+    if !build.secret_env.is_empty() {
+        log.line(&format!(
+            "secrets (as /platform/env files, masked in this log): {}",
+            build.secret_env.join(", ")
+        ));
+    }
 
-    let end = match reserve(state, &build).await {
+    let reserved = match secrets {
+        Err(reason) => Err(reason),
+        Ok(secrets) => reserve(state, &build).await.map(|r| (r, secrets)),
+    };
+    let end = match reserved {
         Err(reason) => End::Failed(reason),
-        Ok(reserved) => {
+        Ok((reserved, secrets)) => {
             if reserved > 0 {
                 log.line(&format!(
                     "reserved {} of the project's quota (the previous image's size)",
                     slipway_storage::error::human_bytes(reserved)
                 ));
             }
-            let end = supervise(state, ctx, &build, &log).await;
+            // An equal build's image, kept: a source whose tree is that
+            // build's is not built again.
+            let equal = match crate::api::builds::last_equal(state, &build).await {
+                Ok(r) => r.filter(|r| r.last.git_tree.is_some()),
+                Err(e) => {
+                    tracing::warn!(build = %id, error = %e.message, "cannot look for an equal build");
+                    None
+                }
+            };
+            let end = supervise(state, ctx, &build, &log, secrets, equal).await;
             if let Err(e) = state.meta.build_release(&build.project, &id).await {
                 tracing::warn!(build = %id, error = %e, "cannot release a build's reservation");
             }
@@ -405,10 +450,47 @@ async fn run_one(state: &AppState, ctx: &Context, build: BuildRecord) {
     let _ = std::fs::remove_dir_all(ctx.work_dir.join(&id));
 
     let (state_name, reason, digest) = match &end {
-        End::Succeeded(d) => {
+        End::Succeeded(d, buildpacks, tree) => {
             log.push(Some("done"), &format!("built {d}"));
-            ("succeeded", None, Some(d.as_str()))
+            if let Err(e) = state
+                .meta
+                .build_set_built(
+                    &id,
+                    &serde_json::to_string(buildpacks).unwrap_or_else(|_| "[]".into()),
+                    tree,
+                )
+                .await
+            {
+                tracing::warn!(build = %id, error = %e, "cannot record what a build built");
+            }
+            ("succeeded", None, Some(d.clone()))
         }
+        End::Reused(r, tree) => match r.point_tags(state, &build, "tree").await {
+            Ok(reason) => {
+                log.push(Some("done"), &reason);
+                let buildpacks = r.last.buildpacks.clone().unwrap_or_else(|| "[]".into());
+                if let Err(e) = state.meta.build_set_built(&id, &buildpacks, tree).await {
+                    tracing::warn!(build = %id, error = %e, "cannot record what a build reused");
+                }
+                let who = crate::api::builds::Who {
+                    subject: crate::auth::BUILDER.into(),
+                    remote: None,
+                };
+                let ended = BuildRecord {
+                    state: "reused".into(),
+                    ..build.clone()
+                };
+                if let Err(e) = r.recorded(state, &who, &ended).await {
+                    tracing::warn!(build = %id, error = %e.message, "cannot audit a reuse");
+                }
+                ("reused", Some(reason), Some(r.digest_str()))
+            }
+            Err(e) => {
+                let reason = format!("cannot use the equal build's image again: {}", e.message);
+                log.push(Some("done"), &format!("failed: {reason}"));
+                ("failed", Some(reason), None)
+            }
+        },
         End::Failed(r) => {
             log.push(Some("done"), &format!("failed: {r}"));
             ("failed", Some(r.clone()), None)
@@ -436,14 +518,18 @@ async fn run_one(state: &AppState, ctx: &Context, build: BuildRecord) {
     log.flush(state, &id).await;
     match state
         .meta
-        .build_finish(&id, state_name, reason.as_deref(), digest)
+        .build_finish(&id, state_name, reason.as_deref(), digest.as_deref())
         .await
     {
         Ok(true) => {}
         Ok(false) => tracing::warn!(build = %id, "the build had been ended elsewhere"),
         Err(e) => tracing::error!(build = %id, error = %e, "cannot record a build's end"),
     }
-    metrics::counter!("slipway_builds_total", "state" => state_name).increment(1);
+    if state_name != "reused" {
+        // (a reuse counted and pruned as it was recorded)
+        metrics::counter!("slipway_builds_total", "state" => state_name).increment(1);
+        prune(state, &build.project, &build.image_name).await;
+    }
     tracing::info!(
         build = %id,
         state = state_name,
@@ -486,8 +572,96 @@ async fn previous_size(state: &AppState, build: &BuildRecord) -> Option<u64> {
     Some(config + layers)
 }
 
+/// A build's secrets, opened: its `/platform/env` secrets and its git
+/// credentials.
+struct Secrets {
+    env: BTreeMap<String, String>,
+    git: Option<slipway_builder::job::GitCredentials>,
+}
+
+/// Opens the secrets a build names; a sentence when one is missing.
+async fn load_secrets(state: &AppState, build: &BuildRecord) -> Result<Secrets, String> {
+    let mut env = BTreeMap::new();
+    for name in &build.secret_env {
+        let v = crate::api::triggers::open_secret(state, &build.project, name)
+            .await
+            .map_err(|e| format!("{}: the build names it as a secret", e.message))?;
+        let v = String::from_utf8(v)
+            .map_err(|_| format!("the secret {name} is not text; /platform/env files are"))?;
+        env.insert(name.clone(), v);
+    }
+    let git = match &build.git_credentials {
+        Some(name) => Some(
+            crate::api::triggers::git_credentials(state, &build.project, name)
+                .await
+                .map_err(|e| format!("{}: the build names it as git credentials", e.message))?,
+        ),
+        None => None,
+    };
+    Ok(Secrets { env, git })
+}
+
+/// Removes one image's build records beyond the project's retention (or
+/// the server's: `builds.keep_succeeded`, `builds.keep_failed`).
+pub async fn prune(state: &AppState, project: &str, image_name: &str) {
+    let keep = retention(state, project).await;
+    match state.meta.builds_prune(project, image_name, keep).await {
+        Ok(ids) if !ids.is_empty() => {
+            tracing::info!(
+                project,
+                image = image_name,
+                removed = ids.len(),
+                "build records pruned"
+            );
+        }
+        Ok(_) => {}
+        Err(e) => tracing::warn!(project, error = %e, "cannot prune build records"),
+    }
+}
+
+/// Prunes every image of every project (the janitor, every ten minutes).
+pub async fn prune_all(state: &AppState) -> u64 {
+    let mut removed = 0;
+    let Ok(projects) = state.meta.projects().await else {
+        return 0;
+    };
+    for p in projects {
+        let keep = retention(state, &p.name).await;
+        for image in state
+            .meta
+            .build_image_names(&p.name)
+            .await
+            .unwrap_or_default()
+        {
+            if let Ok(ids) = state.meta.builds_prune(&p.name, &image, keep).await {
+                removed += ids.len() as u64;
+            }
+        }
+    }
+    removed
+}
+
+/// A project's build record retention: its own, else the server's.
+pub async fn retention(state: &AppState, project: &str) -> slipway_storage::meta::Retention {
+    let server = slipway_storage::meta::Retention {
+        keep_succeeded: state.config.builds.keep_succeeded,
+        keep_failed: state.config.builds.keep_failed,
+    };
+    match state.meta.project_get(project).await {
+        Ok(Some(p)) => crate::api::projects::BuildRetentionView::of(&p).over(server),
+        _ => server,
+    }
+}
+
 /// Runs the job with heartbeats, cancellation and the timeout.
-async fn supervise(state: &AppState, ctx: &Context, build: &BuildRecord, log: &Arc<DbLog>) -> End {
+async fn supervise(
+    state: &AppState,
+    ctx: &Context,
+    build: &BuildRecord,
+    log: &Arc<DbLog>,
+    secrets: Secrets,
+    equal: Option<crate::api::builds::Reusable>,
+) -> End {
     let env: BTreeMap<String, String> = serde_json::from_str(&build.env).unwrap_or_default();
     let req = BuildRequest {
         build_id: build.id.clone(),
@@ -498,7 +672,10 @@ async fn supervise(state: &AppState, ctx: &Context, build: &BuildRecord, log: &A
         commit: build.git_commit.clone(),
         builder: build.builder.clone(),
         env,
+        secret_env: secrets.env,
+        git_credentials: secrets.git,
         limits: project_limits(state, &build.project).await,
+        unchanged_tree: equal.as_ref().and_then(|r| r.last.git_tree.clone()),
     };
     let released = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let log_dyn: Arc<DbLog> = log.clone();
@@ -560,8 +737,12 @@ async fn supervise(state: &AppState, ctx: &Context, build: &BuildRecord, log: &A
                             outcome.exported.uploaded.len(),
                             outcome.exported.reused.len()
                         ));
-                        End::Succeeded(outcome.exported.digest)
+                        End::Succeeded(outcome.exported.digest, outcome.buildpacks, outcome.tree)
                     }
+                    Err(BuildError::Unchanged(tree)) => match equal {
+                        Some(r) => End::Reused(Box::new(r), tree),
+                        None => End::Failed("the source's tree is unchanged, but no image to use again".into()),
+                    },
                     Err(e) => End::Failed(reason_of(&e)),
                 };
             }

@@ -86,6 +86,20 @@ pub struct BuildsConfig {
     pub sources: SourcesConfig,
     /// What one build may use.
     pub limits: BuildLimitsConfig,
+    /// Build records kept per image name: the newest successful ones
+    /// (reused builds and rebases count as such)…
+    pub keep_succeeded: u32,
+    /// …and the newest failed, cancelled or timed-out ones. Projects may
+    /// say otherwise.
+    pub keep_failed: u32,
+    /// The address forges reach this server at, for the delivery URLs of
+    /// triggers (`https://registry.example.org`); empty: the scheme and
+    /// Host of the request that created the trigger.
+    pub public_url: String,
+    /// Largest webhook body accepted, in bytes.
+    pub max_hook_bytes: usize,
+    /// Shortest poll interval a trigger may have, in seconds.
+    pub min_poll_interval_secs: u64,
 }
 
 /// `[builds.limits]`: per build, unless the project says otherwise.
@@ -253,6 +267,11 @@ impl Default for BuildsConfig {
             egress: EgressConfig::default(),
             sources: SourcesConfig::default(),
             limits: BuildLimitsConfig::default(),
+            keep_succeeded: 4,
+            keep_failed: 2,
+            public_url: String::new(),
+            max_hook_bytes: 1 << 20,
+            min_poll_interval_secs: 60,
         }
     }
 }
@@ -339,6 +358,14 @@ pub struct AuthConfig {
     /// file. Without it, a password is generated on first start.
     #[serde(skip)]
     pub admin_password: Option<Secret>,
+    /// The key that seals projects' secrets and webhook secrets (32 random
+    /// bytes, hex; created with mode 0600 if missing); empty means
+    /// `<data_dir>/secrets-key`. Replicas share one key.
+    pub secrets_key_file: PathBuf,
+    /// The secrets key itself; from `SLIPWAY_SECRETS_KEY` only (it wins
+    /// over the file).
+    #[serde(skip)]
+    pub secrets_key: Option<Secret>,
 }
 
 /// A secret string whose `Debug`, `Display` and serialisation never show it
@@ -392,6 +419,8 @@ impl Default for AuthConfig {
             robots_may_write: false,
             key_file: PathBuf::new(),
             admin_password: None,
+            secrets_key_file: PathBuf::new(),
+            secrets_key: None,
         }
     }
 }
@@ -686,6 +715,29 @@ impl Config {
                 "builds.upstream_proxy: {up:.200} is not host:port (such as proxy.site:3128)"
             )));
         }
+        if self.builds.keep_succeeded == 0 {
+            return Err(ConfigError(
+                "builds.keep_succeeded must be at least 1 (the last successful build is what an \
+                 equal build reuses)"
+                    .into(),
+            ));
+        }
+        if self.builds.max_hook_bytes < 1024 {
+            return Err(ConfigError(
+                "builds.max_hook_bytes must be at least 1024".into(),
+            ));
+        }
+        if self.builds.min_poll_interval_secs == 0 {
+            return Err(ConfigError(
+                "builds.min_poll_interval_secs must be above 0".into(),
+            ));
+        }
+        let pu = &self.builds.public_url;
+        if !(pu.is_empty() || pu.starts_with("https://") || pu.starts_with("http://")) {
+            return Err(ConfigError(format!(
+                "builds.public_url: {pu:.200} is not an http:// or https:// address"
+            )));
+        }
         if self.limits.max_manifest_bytes == 0 {
             return Err(ConfigError(
                 "limits.max_manifest_bytes must be above 0".into(),
@@ -765,6 +817,14 @@ impl Config {
             self.data_dir.join("blobs")
         } else {
             self.storage.path.clone()
+        }
+    }
+
+    pub fn secrets_key_file(&self) -> PathBuf {
+        if self.auth.secrets_key_file.as_os_str().is_empty() {
+            self.data_dir.join("secrets-key")
+        } else {
+            self.auth.secrets_key_file.clone()
         }
     }
 

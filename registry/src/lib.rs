@@ -15,7 +15,9 @@ pub mod rebase;
 pub mod server;
 pub mod telemetry;
 pub mod testing;
+pub mod triggers;
 pub mod v2;
+pub mod vault;
 
 pub use config::Config;
 pub use server::{AppState, Server};

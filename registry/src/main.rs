@@ -78,6 +78,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 .ok()
                 .filter(|p| !p.is_empty())
                 .map(Secret::new);
+            config.auth.secrets_key = std::env::var("SLIPWAY_SECRETS_KEY")
+                .ok()
+                .filter(|p| !p.is_empty())
+                .map(Secret::new);
             telemetry::init_logging(&config.log)?;
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()

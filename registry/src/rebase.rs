@@ -893,6 +893,9 @@ fn write_of(
             finished_at: Some(now),
             worker: None,
             cancel_requested: false,
+            inputs: source.inputs,
+            git_tree: source.git_tree,
+            ..Default::default()
         },
         log,
         audit: NewAuditEntry {

@@ -36,6 +36,8 @@ pub struct Inner {
     pub rebase: crate::rebase::Rebaser,
     /// What builds (and the fetch of their sources) may reach.
     pub isolation: Arc<slipway_builder::job::Isolation>,
+    /// Seals and opens secrets (projects' and triggers').
+    pub vault: crate::vault::Vault,
 }
 
 impl std::ops::Deref for AppState {
@@ -102,6 +104,11 @@ impl AppState {
         )?;
         auth::bootstrap::ensure_accounts(&meta, &config).await?;
         let isolation = Arc::new(crate::builds::isolation(&config)?);
+        let vault = crate::vault::Vault::load(
+            config.auth.secrets_key.as_ref().map(|k| k.expose()),
+            &config.secrets_key_file(),
+        )?;
+        vault.check(&meta).await?;
         Ok(AppState(Arc::new(Inner {
             config,
             meta,
@@ -111,6 +118,7 @@ impl AppState {
             metrics: telemetry::metrics_handle(),
             rebase: crate::rebase::Rebaser::default(),
             isolation,
+            vault,
         })))
     }
 }
@@ -234,6 +242,9 @@ impl Server {
     ) -> anyhow::Result<()> {
         let state = self.state.clone();
         let janitor = tokio::spawn(janitor(state.clone()));
+        // Polled triggers: every replica looks, one at a time (a lease in
+        // the database) checks a trigger.
+        let poller = tokio::spawn(crate::triggers::poller(state.clone()));
         let auto_rebase = (!state.config.rebase.auto_run_images.is_empty())
             .then(|| tokio::spawn(crate::rebase::auto_worker(state.clone())));
         let registry_url = if state.config.builds.registry_url.is_empty() {
@@ -273,6 +284,7 @@ impl Server {
             }
         };
         janitor.abort();
+        poller.abort();
         if let Some(task) = auto_rebase {
             // A fleet stopped mid-way loses only its open transaction.
             task.abort();
@@ -284,7 +296,9 @@ impl Server {
 }
 
 /// Removes idle uploads, upload files left by a crash and expired
-/// reservations every ten minutes; runs GC on its own schedule.
+/// reservations every ten minutes, and build records beyond each project's
+/// retention (a build prunes its own image's as it ends; this catches a
+/// retention lowered since); runs GC on its own schedule.
 async fn janitor(state: AppState) {
     let mut tick = tokio::time::interval(Duration::from_secs(600));
     let gc_every = state.config.gc.interval_secs;
@@ -294,6 +308,7 @@ async fn janitor(state: AppState) {
         if let Err(e) = v2::uploads::expire(&state).await {
             tracing::warn!(error = %e, "removing idle uploads failed");
         }
+        crate::builds::prune_all(&state).await;
         if gc_every > 0 && last_gc.elapsed() >= Duration::from_secs(gc_every) {
             last_gc = std::time::Instant::now();
             let opts =

@@ -162,6 +162,7 @@ impl Replicas {
             c.database.url = db.url.clone();
             use_s3(&mut c, weed, &prefix);
             c.auth.key_file = dir.path().join("token-signing-key.pem");
+            c.auth.secrets_key_file = dir.path().join("secrets-key");
             c.auth.admin_password = Some(Secret::new(admin_password.clone()));
             adjust(&mut c);
             servers.push(TestServer::start_config(c).await);

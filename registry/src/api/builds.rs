@@ -20,7 +20,7 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use slipway_storage::RepoName;
-use slipway_storage::meta::{BuildRecord, BuildToken, NewAuditEntry, now_ms};
+use slipway_storage::meta::{BuildRecord, BuildToken, NewAuditEntry, Trigger, now_ms};
 
 use super::{Admin, Error, ErrorBody, Result, audit, time};
 use crate::auth::tokens::TokenUse;
@@ -49,14 +49,14 @@ impl BuildCaller {
         }
     }
 
-    fn remote(&self) -> Option<IpAddr> {
+    pub fn remote(&self) -> Option<IpAddr> {
         match self {
             BuildCaller::Admin { remote } | BuildCaller::Token { remote, .. } => *remote,
         }
     }
 
     /// Refuses a build token of another project.
-    fn may_build(&self, project: &str) -> Result<()> {
+    pub fn may_build(&self, project: &str) -> Result<()> {
         match self {
             BuildCaller::Admin { .. } => Ok(()),
             BuildCaller::Token { token, .. } if token.project == project => Ok(()),
@@ -160,11 +160,25 @@ pub struct BuildView {
     pub builder: String,
     /// The names of the build-time variables (their values are not shown).
     pub env: Vec<String>,
-    /// `pending`, `running`, `succeeded`, `failed`, `cancelled`, `timed_out`.
+    /// The names of the project secrets given as `/platform/env` files.
+    #[serde(default)]
+    pub secrets: Vec<String>,
+    /// The project secret used as the source's git credentials.
+    #[serde(default)]
+    pub git_credentials: Option<String>,
+    /// The trigger that asked for it.
+    #[serde(default)]
+    pub trigger: Option<String>,
+    /// `pending`, `running`, `succeeded`, `failed`, `cancelled`,
+    /// `timed_out`, or `reused` (an equal build's image was current: not
+    /// run).
     pub state: String,
     /// Why it failed, was cancelled or timed out.
     pub reason: Option<String>,
     pub image_digest: Option<String>,
+    /// The buildpacks that built it (`id@version`), once it succeeded.
+    #[serde(default)]
+    pub buildpacks: Vec<String>,
     pub requested_by: String,
     pub created_at: String,
     pub started_at: Option<String>,
@@ -173,7 +187,7 @@ pub struct BuildView {
     pub cancel_requested: bool,
 }
 
-fn view(b: &BuildRecord) -> BuildView {
+pub(crate) fn view(b: &BuildRecord) -> BuildView {
     let env: BTreeMap<String, String> = serde_json::from_str(&b.env).unwrap_or_default();
     BuildView {
         id: b.id.clone(),
@@ -185,9 +199,17 @@ fn view(b: &BuildRecord) -> BuildView {
         commit: b.git_commit.clone(),
         builder: b.builder.clone(),
         env: env.into_keys().collect(),
+        secrets: b.secret_env.clone(),
+        git_credentials: b.git_credentials.clone(),
+        trigger: b.trigger_id.clone(),
         state: b.state.clone(),
         reason: b.reason.clone(),
         image_digest: b.image_digest.clone(),
+        buildpacks: b
+            .buildpacks
+            .as_deref()
+            .and_then(|j| serde_json::from_str(j).ok())
+            .unwrap_or_default(),
         requested_by: b.requested_by.clone(),
         created_at: time(b.created_at),
         started_at: b.started_at.map(time),
@@ -204,9 +226,13 @@ fn view(b: &BuildRecord) -> BuildView {
 #[serde(deny_unknown_fields)]
 pub struct NewBuild {
     /// A git repository: `https://`, `http://` or `git://` (and `file://`
-    /// when the server allows local sources).
-    pub source_url: String,
-    /// A branch, tag or commit; default `HEAD` (the default branch).
+    /// when the server allows local sources). Without it: the trigger's
+    /// (`trigger`, else the project's default trigger), with its image
+    /// name, builder, variables and secrets unless given here.
+    #[serde(default)]
+    pub source_url: Option<String>,
+    /// A branch, tag or commit; default `HEAD` (the default branch), or
+    /// the trigger's branch.
     #[serde(rename = "ref", default)]
     pub git_ref: Option<String>,
     /// Default: the project's name.
@@ -218,9 +244,128 @@ pub struct NewBuild {
     /// Build-time variables for the buildpacks.
     #[serde(default)]
     pub env: BTreeMap<String, String>,
+    /// Project secrets given to the buildpacks as `/platform/env/<NAME>`
+    /// files (by name; masked in the log).
+    #[serde(default)]
+    pub secrets: Vec<String>,
+    /// A project secret holding the source's git credentials
+    /// (`user:token`, or a token).
+    #[serde(default)]
+    pub git_credentials: Option<String>,
+    /// Build this trigger's source (with its settings).
+    #[serde(default)]
+    pub trigger: Option<String>,
+    /// Build even if an equal build's image is current (default: such a
+    /// request ends `reused`, not run).
+    #[serde(default)]
+    pub force: bool,
 }
 
-async fn project_exists(state: &AppState, project: &str) -> Result<()> {
+/// Who asks for a build (for the record and the audit log).
+#[derive(Debug, Clone)]
+pub struct Who {
+    pub subject: String,
+    pub remote: Option<IpAddr>,
+}
+
+impl BuildCaller {
+    pub fn who(&self) -> Who {
+        Who {
+            subject: self.subject(),
+            remote: self.remote(),
+        }
+    }
+}
+
+/// A build asked for, from the API, a webhook or a poll.
+#[derive(Debug, Clone, Default)]
+pub struct BuildAsk {
+    pub project: String,
+    pub source_url: String,
+    pub git_ref: String,
+    /// The commit, when the asker knows it (a push); else `git_ref` is
+    /// resolved now.
+    pub commit: Option<String>,
+    pub image_name: Option<String>,
+    pub builder: Option<String>,
+    pub env: BTreeMap<String, String>,
+    pub secret_env: Vec<String>,
+    pub git_credentials: Option<String>,
+    pub trigger_id: Option<String>,
+    pub force: bool,
+}
+
+impl BuildAsk {
+    /// A build of `commit` (pushed to `git_ref`) with a trigger's settings.
+    pub fn of_trigger(t: &Trigger, git_ref: String, commit: String) -> BuildAsk {
+        BuildAsk {
+            project: t.project.clone(),
+            source_url: t.source_url.clone(),
+            git_ref,
+            commit: Some(commit),
+            image_name: Some(t.image_name.clone()),
+            builder: t.builder.clone(),
+            env: serde_json::from_str(&t.env).unwrap_or_default(),
+            secret_env: t.secret_env.clone(),
+            git_credentials: t.git_credentials.clone(),
+            trigger_id: Some(t.id.clone()),
+            force: false,
+        }
+    }
+}
+
+/// What became of a build request.
+#[derive(Debug, Clone)]
+pub enum Requested {
+    /// Queued; the pending builds of the same trigger it replaced.
+    Queued {
+        build: BuildRecord,
+        replaced: Vec<String>,
+    },
+    /// Not run: an equal build's image is current; the record says which.
+    Reused(BuildRecord),
+}
+
+impl Requested {
+    pub fn build(&self) -> &BuildRecord {
+        match self {
+            Requested::Queued { build, .. } | Requested::Reused(build) => build,
+        }
+    }
+
+    /// The delivery record's result, detail and build.
+    pub fn delivery_result(&self) -> (String, String, Option<String>) {
+        match self {
+            Requested::Queued { build, replaced } => (
+                "queued".into(),
+                if replaced.is_empty() {
+                    format!("queued build {} of {}", build.id, build.git_commit)
+                } else {
+                    format!(
+                        "queued build {} of {}; it replaced the queued build {}",
+                        build.id,
+                        build.git_commit,
+                        replaced.join(", ")
+                    )
+                },
+                Some(build.id.clone()),
+            ),
+            Requested::Reused(b) => (
+                "reused".into(),
+                format!(
+                    "not built: {} of {} was built already ({}); recorded as build {}",
+                    b.image_name,
+                    b.git_commit,
+                    b.image_digest.as_deref().unwrap_or(""),
+                    b.id
+                ),
+                Some(b.id.clone()),
+            ),
+        }
+    }
+}
+
+pub(crate) async fn project_exists(state: &AppState, project: &str) -> Result<()> {
     if state.meta.project_get(project).await?.is_none() {
         return Err(Error::not_found(format!(
             "project {project:.100} does not exist"
@@ -245,15 +390,26 @@ async fn record(
     target: &str,
     detail: serde_json::Value,
 ) -> Result<()> {
+    record_as(state, &caller.who(), action, project, target, detail).await
+}
+
+pub(crate) async fn record_as(
+    state: &AppState,
+    who: &Who,
+    action: &str,
+    project: &str,
+    target: &str,
+    detail: serde_json::Value,
+) -> Result<()> {
     state
         .meta
         .audit(&NewAuditEntry {
-            principal: caller.subject(),
+            principal: who.subject.clone(),
             action: action.to_owned(),
             project: Some(project.to_owned()),
             target: Some(target.to_owned()),
             detail: Some(detail.to_string()),
-            remote_addr: caller.remote().map(|r| r.to_string()),
+            remote_addr: who.remote.map(|r| r.to_string()),
         })
         .await?;
     Ok(())
@@ -261,7 +417,7 @@ async fn record(
 
 /// The source URL, checked: a scheme the server fetches from, and nothing
 /// git could read as an option.
-fn check_source(state: &AppState, url: &str) -> Result<()> {
+pub(crate) fn check_source(state: &AppState, url: &str) -> Result<()> {
     let url = url.trim();
     let allowed = ["https://", "http://", "git://"];
     let local = url.starts_with("file://");
@@ -283,7 +439,7 @@ fn check_source(state: &AppState, url: &str) -> Result<()> {
     Ok(())
 }
 
-fn check_ref(r: &str) -> Result<()> {
+pub(crate) fn check_ref(r: &str) -> Result<()> {
     let ok = !r.is_empty()
         && r.len() <= 255
         && !r.starts_with('-')
@@ -298,7 +454,7 @@ fn check_ref(r: &str) -> Result<()> {
     Ok(())
 }
 
-fn check_image_name(project: &str, name: &str) -> Result<()> {
+pub(crate) fn check_image_name(project: &str, name: &str) -> Result<()> {
     if name.contains('/') || RepoName::parse(&format!("{project}/{name}")).is_err() {
         return Err(Error::bad_request(format!(
             "{name:.100} is not a valid image name: use lowercase letters and digits, \
@@ -308,7 +464,7 @@ fn check_image_name(project: &str, name: &str) -> Result<()> {
     Ok(())
 }
 
-fn check_env(env: &BTreeMap<String, String>) -> Result<()> {
+pub(crate) fn check_env(env: &BTreeMap<String, String>) -> Result<()> {
     if env.len() > 100 {
         return Err(Error::bad_request("a build takes at most 100 variables"));
     }
@@ -337,7 +493,7 @@ fn check_env(env: &BTreeMap<String, String>) -> Result<()> {
 }
 
 /// `platform/builder` → `platform/builder:latest`.
-fn normalize_builder(b: &str) -> String {
+pub(crate) fn normalize_builder(b: &str) -> String {
     let b = b.trim();
     let last = b.rsplit('/').next().unwrap_or(b);
     if last.contains(':') || b.contains('@') {
@@ -347,7 +503,7 @@ fn normalize_builder(b: &str) -> String {
     }
 }
 
-async fn check_builder(state: &AppState, builder: &str) -> Result<()> {
+pub(crate) async fn check_builder(state: &AppState, builder: &str) -> Result<()> {
     if !state.meta.builder_is_approved(builder).await? {
         return Err(Error::new(
             StatusCode::FORBIDDEN,
@@ -381,7 +537,7 @@ fn new_id() -> String {
 }
 
 /// Queues a build (its parameters checked, its ref resolved).
-async fn queue(state: &AppState, caller: &BuildCaller, b: BuildRecord) -> Result<BuildRecord> {
+async fn queue(state: &AppState, who: &Who, b: BuildRecord) -> Result<Requested> {
     check_quota(state, &b.project).await?;
     let pending = state.meta.builds_pending().await?;
     if pending >= state.config.builds.max_pending as i64 {
@@ -390,22 +546,351 @@ async fn queue(state: &AppState, caller: &BuildCaller, b: BuildRecord) -> Result
             format!("the build queue is full ({pending} builds waiting); try again later"),
         ));
     }
-    state
+    let queued = state
         .meta
         .build_insert(&b, state.config.builds.per_project)
         .await?;
-    record(
+    record_as(
         state,
-        caller,
+        who,
         "build.start",
         &b.project,
         &b.id,
         json!({"source_url": b.source_url, "ref": b.git_ref, "commit": b.git_commit,
-               "image_name": b.image_name, "builder": b.builder}),
+               "image_name": b.image_name, "builder": b.builder, "trigger": b.trigger_id,
+               "replaced": queued.replaced}),
     )
     .await?;
-    tracing::info!(build = %b.id, project = %b.project, by = %caller.subject(), "build queued");
-    Ok(b)
+    tracing::info!(build = %b.id, project = %b.project, by = %who.subject, "build queued");
+    Ok(Requested::Queued {
+        build: b,
+        replaced: queued.replaced,
+    })
+}
+
+/// Checks secret names (they exist in the project, they are variable
+/// names, they are not also plain variables).
+pub(crate) async fn check_secret_names(state: &AppState, ask: &BuildAsk) -> Result<()> {
+    if ask.secret_env.len() > 50 {
+        return Err(Error::bad_request("a build takes at most 50 secrets"));
+    }
+    for name in ask.secret_env.iter().chain(ask.git_credentials.iter()) {
+        super::triggers::check_secret_name(name)?;
+        if state
+            .meta
+            .secret_sealed(&ask.project, name)
+            .await?
+            .is_none()
+        {
+            return Err(Error::bad_request(format!(
+                "project {} has no secret {name}; set it first with                  `slipway admin secret set {} {name}`",
+                ask.project, ask.project
+            )));
+        }
+    }
+    for name in &ask.secret_env {
+        if name.starts_with("CNB_") {
+            return Err(Error::bad_request(format!(
+                "{name} is reserved for the build platform (variables starting with CNB_ are)"
+            )));
+        }
+        if ask.env.contains_key(name) {
+            return Err(Error::bad_request(format!(
+                "{name} is given both as a variable and as a secret; give it once"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// The digest of a builder image (`platform/builder:bookworm`) in this
+/// registry, if it is there.
+async fn builder_digest(state: &AppState, builder: &str) -> Result<Option<String>> {
+    if let Some((_, d)) = builder.split_once('@') {
+        return Ok(Some(d.to_owned()));
+    }
+    let Some((repo, tag)) = builder.rsplit_once(':') else {
+        return Ok(None);
+    };
+    let Ok(repo) = RepoName::parse(repo) else {
+        return Ok(None);
+    };
+    Ok(state
+        .meta
+        .manifest_by_tag(&repo, tag)
+        .await?
+        .map(|m| m.digest.to_string()))
+}
+
+/// What makes two builds of the same commit (or tree) equal: the builder's
+/// digest (which fixes its buildpacks and their versions), the variables,
+/// and the secrets' names and values (as keyed fingerprints: the values are
+/// never stored) and the git credentials' name.
+async fn inputs_of(state: &AppState, ask: &BuildAsk, builder: &str) -> Result<Option<String>> {
+    use sha2::Digest as _;
+    let Some(digest) = builder_digest(state, builder).await? else {
+        return Ok(None);
+    };
+    let mut secrets = BTreeMap::new();
+    for name in &ask.secret_env {
+        let value = super::triggers::open_secret(state, &ask.project, name).await?;
+        secrets.insert(name.clone(), state.vault.fingerprint(&value));
+    }
+    let text = json!({
+        "v": 2,
+        "builder": digest,
+        "env": ask.env,
+        "secrets": secrets,
+        "git_credentials": ask.git_credentials,
+    })
+    .to_string();
+    Ok(Some(hex::encode(sha2::Sha256::digest(text.as_bytes()))))
+}
+
+/// Asks for a build: every parameter checked, the ref resolved unless the
+/// commit is known, and then either queued, or — when the image's last
+/// successful build had the same inputs and its image is still there, and
+/// `force` is not set — recorded as `reused` with the tags moved back to
+/// that image if they had moved.
+pub async fn request_build(state: &AppState, who: &Who, ask: BuildAsk) -> Result<Requested> {
+    let project = ask.project.clone();
+    project_exists(state, &project).await?;
+    let source_url = ask.source_url.trim().to_owned();
+    check_source(state, &source_url)?;
+    check_ref(&ask.git_ref)?;
+    let image_name = ask.image_name.clone().unwrap_or_else(|| project.clone());
+    check_image_name(&project, &image_name)?;
+    check_env(&ask.env)?;
+    check_secret_names(state, &ask).await?;
+    let builder = normalize_builder(
+        ask.builder
+            .as_deref()
+            .unwrap_or(&state.config.builds.default_builder),
+    );
+    check_builder(state, &builder).await?;
+    check_quota(state, &project).await?;
+    let commit = match &ask.commit {
+        Some(c) => c.clone(),
+        None => {
+            let creds = match &ask.git_credentials {
+                Some(name) => Some(super::triggers::git_credentials(state, &project, name).await?),
+                None => None,
+            };
+            match tokio::time::timeout(
+                Duration::from_secs(60),
+                slipway_builder::job::resolve_ref(
+                    &source_url,
+                    &ask.git_ref,
+                    &state.isolation,
+                    creds.as_ref(),
+                ),
+            )
+            .await
+            {
+                Ok(Ok(c)) => c,
+                Ok(Err(e)) => {
+                    return Err(Error::new(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()));
+                }
+                Err(_) => {
+                    return Err(Error::new(
+                        StatusCode::UNPROCESSABLE_ENTITY,
+                        format!(
+                            "the repository {source_url:.200} did not answer within 60 seconds"
+                        ),
+                    ));
+                }
+            }
+        }
+    };
+    let inputs = inputs_of(state, &ask, &builder).await?;
+    let now = now_ms();
+    let b = BuildRecord {
+        id: new_id(),
+        project: project.clone(),
+        image_name: image_name.clone(),
+        source_url,
+        git_ref: ask.git_ref.clone(),
+        git_commit: commit,
+        builder,
+        env: serde_json::to_string(&ask.env).unwrap_or_else(|_| "{}".into()),
+        state: "pending".into(),
+        requested_by: who.subject.clone(),
+        created_at: now,
+        trigger_id: ask.trigger_id.clone(),
+        secret_env: ask.secret_env.clone(),
+        git_credentials: ask.git_credentials.clone(),
+        inputs,
+        force: ask.force,
+        ..Default::default()
+    };
+    if let Some(reused) = reuse(state, who, &b).await? {
+        return Ok(Requested::Reused(reused));
+    }
+    queue(state, who, b).await
+}
+
+/// The image of an image's last successful build whose inputs (builder,
+/// variables, secrets) equal a build's, while that image is still in its
+/// repository: what the build may use instead of building. The caller
+/// compares the commit or the tree.
+pub(crate) struct Reusable {
+    pub(crate) last: BuildRecord,
+    repo: RepoName,
+    repo_id: i64,
+    digest: slipway_storage::Digest,
+    manifest: slipway_storage::meta::ManifestRecord,
+}
+
+pub(crate) async fn last_equal(state: &AppState, b: &BuildRecord) -> Result<Option<Reusable>> {
+    if b.inputs.is_none() || b.force {
+        return Ok(None);
+    }
+    let Some(last) = state
+        .meta
+        .build_last_success(&b.project, &b.image_name)
+        .await?
+    else {
+        return Ok(None);
+    };
+    if last.inputs != b.inputs {
+        return Ok(None);
+    }
+    let Some(digest) = last.image_digest.as_deref() else {
+        return Ok(None);
+    };
+    let Ok(repo) = RepoName::parse(&format!("{}/{}", b.project, b.image_name)) else {
+        return Ok(None);
+    };
+    let Ok(digest) = digest.parse::<slipway_storage::Digest>() else {
+        return Ok(None);
+    };
+    let Some(manifest) = state.meta.manifest_by_digest(&repo, &digest).await? else {
+        return Ok(None);
+    };
+    let Some(repo_id) = state.meta.repo_id(&repo).await? else {
+        return Ok(None);
+    };
+    Ok(Some(Reusable {
+        last,
+        repo,
+        repo_id,
+        digest,
+        manifest,
+    }))
+}
+
+impl Reusable {
+    pub(crate) fn digest_str(&self) -> String {
+        self.digest.to_string()
+    }
+
+    /// Tags the image with the build's id, and `latest` if that had
+    /// moved elsewhere; the sentence for the build's reason.
+    pub(crate) async fn point_tags(
+        &self,
+        state: &AppState,
+        b: &BuildRecord,
+        same: &str,
+    ) -> Result<String> {
+        let moved = state
+            .meta
+            .manifest_by_tag(&self.repo, "latest")
+            .await?
+            .is_none_or(|l| l.digest != self.digest);
+        let m = &self.manifest;
+        let parsed = crate::manifest::parse(Some(&m.media_type), &m.body)
+            .map_err(|e| Error::new(StatusCode::INTERNAL_SERVER_ERROR, format!("{e:?}")))?;
+        let mut tags = vec![b.id.clone()];
+        if moved {
+            tags.push("latest".into());
+        }
+        for tag in &tags {
+            state
+                .meta
+                .manifest_put(
+                    &self.repo,
+                    self.repo_id,
+                    &slipway_storage::meta::NewManifest {
+                        digest: self.digest.clone(),
+                        media_type: parsed.media_type.clone(),
+                        body: m.body.clone(),
+                        artifact_type: parsed.artifact_type.clone(),
+                        subject: parsed.subject.clone(),
+                        annotations: parsed.annotations.clone(),
+                        refs: parsed.refs.clone(),
+                        tag: Some(tag.clone()),
+                    },
+                )
+                .await?;
+        }
+        Ok(format!(
+            "not built: build {} of the same {same}, builder, variables and secrets made {}, \
+             which is still there{}",
+            self.last.id,
+            self.digest,
+            if moved {
+                "; latest points at it again"
+            } else {
+                ""
+            }
+        ))
+    }
+
+    /// Audits, counts and logs a reuse (the record is the caller's).
+    pub(crate) async fn recorded(
+        &self,
+        state: &AppState,
+        who: &Who,
+        r: &BuildRecord,
+    ) -> Result<()> {
+        record_as(
+            state,
+            who,
+            "build.reuse",
+            &r.project,
+            &r.id,
+            json!({"commit": r.git_commit, "image_name": r.image_name,
+                   "digest": self.digest.as_str(), "of": self.last.id, "trigger": r.trigger_id}),
+        )
+        .await?;
+        crate::builds::prune(state, &r.project, &r.image_name).await;
+        metrics::counter!("slipway_builds_total", "state" => "reused").increment(1);
+        tracing::info!(build = %r.id, project = %r.project, of = %self.last.id, "build reused");
+        Ok(())
+    }
+}
+
+/// Records `b` as `reused` if the image's last successful build was of
+/// the same commit with the same inputs and its image is still in the
+/// repository: the tags `latest` and the build's id point at that image.
+/// (A new commit with an unchanged tree is found by the worker, once it
+/// has fetched the source.)
+async fn reuse(state: &AppState, who: &Who, b: &BuildRecord) -> Result<Option<BuildRecord>> {
+    let Some(r) = last_equal(state, b).await? else {
+        return Ok(None);
+    };
+    if r.last.git_commit != b.git_commit {
+        return Ok(None);
+    }
+    let reason = r.point_tags(state, b, "commit").await?;
+    let now = now_ms();
+    let out = BuildRecord {
+        state: "reused".into(),
+        reason: Some(reason.clone()),
+        image_digest: Some(r.digest.to_string()),
+        started_at: Some(now),
+        finished_at: Some(now),
+        buildpacks: r.last.buildpacks.clone(),
+        git_tree: r.last.git_tree.clone(),
+        ..b.clone()
+    };
+    state.meta.build_record_ended(&out).await?;
+    state
+        .meta
+        .build_log_append(&out.id, 1, &[("done".to_owned(), reason)])
+        .await?;
+    r.recorded(state, who, &out).await?;
+    Ok(Some(out))
 }
 
 #[utoipa::path(post, path = "/api/v1/projects/{project}/builds", tag = "builds",
@@ -420,58 +905,78 @@ pub async fn start(
 ) -> Result<Response> {
     caller.may_build(&project)?;
     project_exists(&state, &project).await?;
-    let source_url = body.source_url.trim().to_owned();
-    check_source(&state, &source_url)?;
-    let git_ref = body.git_ref.unwrap_or_else(|| "HEAD".into());
-    check_ref(&git_ref)?;
-    let image_name = body.image_name.unwrap_or_else(|| project.clone());
-    check_image_name(&project, &image_name)?;
-    check_env(&body.env)?;
-    let builder = normalize_builder(
-        body.builder
-            .as_deref()
-            .unwrap_or(&state.config.builds.default_builder),
-    );
-    check_builder(&state, &builder).await?;
-    check_quota(&state, &project).await?;
-    let commit = match tokio::time::timeout(
-        Duration::from_secs(60),
-        slipway_builder::job::resolve_ref(&source_url, &git_ref, &state.isolation),
-    )
-    .await
-    {
-        Ok(Ok(c)) => c,
-        Ok(Err(e)) => {
-            return Err(Error::new(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()));
-        }
-        Err(_) => {
-            return Err(Error::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                format!("the repository {source_url:.200} did not answer within 60 seconds"),
-            ));
+    let ask = match body.source_url {
+        Some(source_url) => BuildAsk {
+            project: project.clone(),
+            source_url,
+            git_ref: body.git_ref.unwrap_or_else(|| "HEAD".into()),
+            commit: None,
+            image_name: body.image_name,
+            builder: body.builder,
+            env: body.env,
+            secret_env: body.secrets,
+            git_credentials: body.git_credentials,
+            trigger_id: None,
+            force: body.force,
+        },
+        None => {
+            let t = match &body.trigger {
+                Some(id) => state
+                    .meta
+                    .trigger_get(id)
+                    .await?
+                    .filter(|t| t.project == project)
+                    .ok_or_else(|| {
+                        Error::not_found(format!(
+                            "trigger {id:.64} does not exist in project {project:.100}"
+                        ))
+                    })?,
+                None => state.meta.trigger_default(&project).await?.ok_or_else(|| {
+                    Error::bad_request(format!(
+                        "give the repository to build (source_url): project {project:.100}                          has no trigger to build by default"
+                    ))
+                })?,
+            };
+            let git_ref = match body.git_ref {
+                Some(r) => r,
+                None if super::triggers::is_literal(&t.ref_pattern) => t.ref_pattern.clone(),
+                None => {
+                    return Err(Error::bad_request(format!(
+                        "trigger {} builds the branches {}: say which (ref)",
+                        t.id, t.ref_pattern
+                    )));
+                }
+            };
+            let mut env: BTreeMap<String, String> =
+                serde_json::from_str(&t.env).unwrap_or_default();
+            env.extend(body.env);
+            let mut secrets = t.secret_env.clone();
+            for s in body.secrets {
+                if !secrets.contains(&s) {
+                    secrets.push(s);
+                }
+            }
+            BuildAsk {
+                project: project.clone(),
+                source_url: t.source_url.clone(),
+                git_ref,
+                commit: None,
+                image_name: body.image_name.or(Some(t.image_name.clone())),
+                builder: body.builder.or(t.builder.clone()),
+                env,
+                secret_env: secrets,
+                git_credentials: body.git_credentials.or(t.git_credentials.clone()),
+                trigger_id: Some(t.id.clone()),
+                force: body.force,
+            }
         }
     };
-    let b = BuildRecord {
-        id: new_id(),
-        project: project.clone(),
-        image_name,
-        source_url,
-        git_ref,
-        git_commit: commit,
-        builder,
-        env: serde_json::to_string(&body.env).unwrap_or_else(|_| "{}".into()),
-        state: "pending".into(),
-        reason: None,
-        image_digest: None,
-        requested_by: caller.subject(),
-        created_at: now_ms(),
-        started_at: None,
-        finished_at: None,
-        worker: None,
-        cancel_requested: false,
+    let r = request_build(&state, &caller.who(), ask).await?;
+    let status = match r {
+        Requested::Queued { .. } => StatusCode::ACCEPTED,
+        Requested::Reused(_) => StatusCode::OK,
     };
-    let b = queue(&state, &caller, b).await?;
-    Ok((StatusCode::ACCEPTED, Json(view(&b))).into_response())
+    Ok((status, Json(view(r.build()))).into_response())
 }
 
 #[derive(Debug, Deserialize)]
@@ -577,10 +1082,14 @@ pub async fn retry(
         finished_at: None,
         worker: None,
         cancel_requested: false,
+        buildpacks: None,
+        // A retry is asked for by someone: it does not replace the
+        // trigger's queued builds.
+        trigger_id: None,
         ..old
     };
-    let b = queue(&state, &caller, b).await?;
-    Ok((StatusCode::ACCEPTED, Json(view(&b))).into_response())
+    let r = queue(&state, &caller.who(), b).await?;
+    Ok((StatusCode::ACCEPTED, Json(view(r.build()))).into_response())
 }
 
 #[utoipa::path(delete, path = "/api/v1/projects/{project}/builds/{id}", tag = "builds",

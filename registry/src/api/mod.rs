@@ -1,8 +1,10 @@
 //! The admin API under `/api/v1`: projects, robots, the audit log; its
 //! OpenAPI document at `/api/v1/openapi.json`.
 //!
-//! Every route but the document needs the admin (Basic credentials or a
-//! bearer token from `/auth/token`). Errors are `{"error": "<sentence>"}`;
+//! Every route but the document and the webhook receiver needs the admin
+//! (Basic credentials or a bearer token from `/auth/token`) or, where
+//! builds are concerned, a project's build token; the receiver checks the
+//! forge's signature over the body instead. Errors are `{"error": "<sentence>"}`;
 //! the status comes from the same table as on `/v2` (`ApiError`).
 
 pub mod audit;
@@ -11,6 +13,7 @@ pub mod projects;
 pub mod rebase;
 pub mod robots;
 pub mod storage;
+pub mod triggers;
 
 use std::net::SocketAddr;
 
@@ -43,6 +46,9 @@ use crate::server::AppState;
         builds::delete, builds::logs, builds::tokens, builds::token_create, builds::token_delete,
         builds::builders, builds::builder_approve, builds::builder_revoke,
         rebase::rebase,
+        triggers::secrets_list, triggers::secret_set, triggers::secret_delete,
+        triggers::create, triggers::list, triggers::list_all, triggers::get, triggers::update,
+        triggers::delete, triggers::deliveries, triggers::receive,
     ),
     components(schemas(
         ErrorBody,
@@ -55,6 +61,9 @@ use crate::server::AppState;
         builds::BuildView, builds::NewBuild, builds::LogLineView, builds::BuildTokenView,
         builds::BuildTokenSecret, builds::NewBuildToken, builds::BuilderView, builds::BuilderBody,
         rebase::RebaseRequest, crate::rebase::FleetReport, crate::rebase::ImageReport,
+        triggers::SecretView, triggers::SecretBody, triggers::TriggerView, triggers::TriggerSecret,
+        triggers::NewTrigger, triggers::TriggerUpdate, triggers::TriggerUpdated,
+        triggers::DeliveryView, triggers::HookAnswer,
     )),
     modifiers(&BasicAuth),
     security(("basic" = [])),
@@ -148,6 +157,31 @@ pub fn router() -> Router<AppState> {
                 .delete(builds::builder_revoke),
         )
         .route("/api/v1/admin/rebase", post(rebase::rebase))
+        .route(
+            "/api/v1/projects/{project}/secrets",
+            get(triggers::secrets_list),
+        )
+        .route(
+            "/api/v1/projects/{project}/secrets/{name}",
+            axum::routing::put(triggers::secret_set).delete(triggers::secret_delete),
+        )
+        .route(
+            "/api/v1/projects/{project}/triggers",
+            get(triggers::list).post(triggers::create),
+        )
+        .route("/api/v1/triggers", get(triggers::list_all))
+        .route(
+            "/api/v1/triggers/{id}",
+            get(triggers::get)
+                .patch(triggers::update)
+                .delete(triggers::delete),
+        )
+        .route(
+            "/api/v1/triggers/{id}/deliveries",
+            get(triggers::deliveries),
+        )
+        // The forges' deliveries: no credentials, a signature over the body.
+        .route("/api/v1/hooks/{id}", post(triggers::receive))
         .fallback(|| async {
             Error::new(StatusCode::NOT_FOUND, "no such endpoint in the admin API")
         })
@@ -169,7 +203,7 @@ pub struct ErrorBody {
 #[derive(Debug)]
 pub struct Error {
     status: StatusCode,
-    message: String,
+    pub(crate) message: String,
     pub(crate) challenge: bool,
 }
 

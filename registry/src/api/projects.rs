@@ -28,6 +28,10 @@ pub struct ProjectView {
     /// The project's own build limits, each overriding the server's
     /// `[builds.limits]`; absent keys: the server's.
     pub build_limits: BuildLimitsView,
+    /// Build records kept per image name, overriding the server's
+    /// `builds.keep_succeeded` / `keep_failed`; absent keys: the server's.
+    #[serde(default)]
+    pub build_retention: BuildRetentionView,
     /// Repositories and the number of manifests each holds (single project only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub repositories: Option<Vec<RepositoryView>>,
@@ -66,6 +70,37 @@ impl BuildLimitsView {
             cpus: self.cpus.unwrap_or(server.cpus),
             disk_bytes: self.disk_bytes.unwrap_or(server.disk_bytes),
             log_bytes: self.log_bytes.unwrap_or(server.log_bytes),
+        }
+    }
+}
+
+/// A project's build record retention (overrides of the server's).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BuildRetentionView {
+    /// Successful builds (reused ones and rebases count) kept per image.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keep_succeeded: Option<u32>,
+    /// Failed, cancelled and timed-out builds kept per image.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keep_failed: Option<u32>,
+}
+
+impl BuildRetentionView {
+    pub fn of(p: &Project) -> BuildRetentionView {
+        p.build_retention
+            .as_deref()
+            .and_then(|j| serde_json::from_str(j).ok())
+            .unwrap_or_default()
+    }
+
+    pub fn over(
+        &self,
+        server: slipway_storage::meta::Retention,
+    ) -> slipway_storage::meta::Retention {
+        slipway_storage::meta::Retention {
+            keep_succeeded: self.keep_succeeded.unwrap_or(server.keep_succeeded),
+            keep_failed: self.keep_failed.unwrap_or(server.keep_failed),
         }
     }
 }
@@ -146,6 +181,10 @@ pub struct ProjectUpdate {
     /// the server's).
     #[serde(default)]
     pub build_limits: Option<BuildLimitsUpdate>,
+    /// The project's build record retention (replaces it; `{}`: the
+    /// server's).
+    #[serde(default)]
+    pub build_retention: Option<BuildRetentionView>,
 }
 
 /// Tells a field set to `null` (`Some(None)`) from an absent one (`None`).
@@ -159,8 +198,10 @@ where
 
 fn view(p: Project) -> ProjectView {
     let build_limits = BuildLimitsView::of(&p);
+    let build_retention = BuildRetentionView::of(&p);
     ProjectView {
         build_limits,
+        build_retention,
         name: p.name,
         public: p.public,
         created_at: time(p.created_at),
@@ -272,8 +313,24 @@ pub async fn update(
         }
         None => None,
     };
+    if let Some(r) = &body.build_retention
+        && r.keep_succeeded == Some(0)
+    {
+        return Err(Error::bad_request(
+            "build_retention.keep_succeeded must be at least 1 (the last successful build is \
+             what an equal build reuses)",
+        ));
+    }
     if let Some(public) = body.public {
         state.meta.project_set_public(&name, public).await?;
+    }
+    if let Some(r) = &body.build_retention {
+        let stored = (*r != BuildRetentionView::default())
+            .then(|| serde_json::to_string(r).expect("serialisable"));
+        state
+            .meta
+            .set_build_retention(&name, stored.as_deref())
+            .await?;
     }
     if let Some(quota) = body.quota_bytes {
         state.meta.set_quota(&name, quota).await?;
@@ -295,7 +352,8 @@ pub async fn update(
         Some(&name),
         &name,
         json!({"public": body.public, "quota_bytes": body.quota_bytes, "retention_keep": body.retention_keep,
-            "build_limits": body.build_limits.is_some().then(|| view_limits(&body))}),
+            "build_limits": body.build_limits.is_some().then(|| view_limits(&body)),
+            "build_retention": body.build_retention}),
     )
     .await?;
     Ok(Json(view(found(&state, &name).await?)))

@@ -21,6 +21,9 @@ pub struct Project {
     /// The project's own build limits, a JSON object of overrides;
     /// `None`: the server's.
     pub build_limits: Option<String>,
+    /// The project's own build record retention, a JSON object with
+    /// `keep_succeeded` and/or `keep_failed`; `None`: the server's.
+    pub build_retention: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -67,7 +70,7 @@ macro_rules! project_select {
     ($where:literal) => {
         concat!(
             "SELECT name, public, created_at, updated_at, quota_bytes, is_base, retention_keep, ",
-            "build_limits ",
+            "build_limits, build_retention ",
             "FROM projects ",
             $where
         )
@@ -84,6 +87,7 @@ fn project(r: AnyRow) -> Project {
         is_base: r.get::<i64, _>(5) != 0,
         retention_keep: r.get::<Option<i64>, _>(6).map(|k| k.max(0) as u32),
         build_limits: r.get::<Option<String>, _>(7),
+        build_retention: r.get::<Option<String>, _>(8),
     }
 }
 
@@ -152,6 +156,7 @@ impl Metadata {
             is_base,
             retention_keep: None,
             build_limits: None,
+            build_retention: None,
         })
     }
 
@@ -166,6 +171,25 @@ impl Metadata {
                 .execute(&self.write)
                 .await?
                 .rows_affected();
+        Ok(n == 1)
+    }
+
+    /// Sets (or with `None` removes) a project's own build record
+    /// retention (a JSON object).
+    pub async fn set_build_retention(
+        &self,
+        project: &str,
+        retention: Option<&str>,
+    ) -> Result<bool> {
+        let n = sqlx::query(
+            "UPDATE projects SET build_retention = $1, updated_at = $2 WHERE name = $3",
+        )
+        .bind(retention)
+        .bind(now_ms())
+        .bind(project)
+        .execute(&self.write)
+        .await?
+        .rows_affected();
         Ok(n == 1)
     }
 
@@ -232,6 +256,10 @@ impl Metadata {
             "DELETE FROM robots WHERE project = $1",
             "DELETE FROM project_blobs WHERE project = $1",
             "DELETE FROM reservations WHERE project = $1",
+            "DELETE FROM trigger_deliveries WHERE trigger_id IN (SELECT id FROM triggers WHERE project = $1)",
+            "DELETE FROM triggers WHERE project = $1",
+            "DELETE FROM project_secrets WHERE project = $1",
+            "DELETE FROM build_tokens WHERE project = $1",
         ] {
             sqlx::query(sql).bind(name).execute(&mut *tx).await?;
         }

@@ -13,7 +13,7 @@ use sqlx::any::AnyRow;
 use super::{Metadata, now_ms};
 use crate::error::{Result, StorageError};
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct BuildRecord {
     pub id: String,
     pub project: String,
@@ -33,13 +33,32 @@ pub struct BuildRecord {
     pub finished_at: Option<i64>,
     pub worker: Option<String>,
     pub cancel_requested: bool,
+    /// The trigger that asked for it (a webhook delivery or a poll).
+    pub trigger_id: Option<String>,
+    /// Names of project secrets given to the buildpacks as
+    /// `/platform/env/<NAME>` files (a JSON array; values are never here).
+    pub secret_env: Vec<String>,
+    /// The name of a project secret: the git credentials of its source.
+    pub git_credentials: Option<String>,
+    /// What decides, with the commit or the tree, whether an equal build
+    /// may be reused instead (see [`Metadata::build_last_success`]): a
+    /// digest of the builder's digest, the variables and the secrets;
+    /// `None`: never reused.
+    pub inputs: Option<String>,
+    /// The git tree the build checked out (once it has).
+    pub git_tree: Option<String>,
+    /// Build even when an equal build's image could be reused.
+    pub force: bool,
+    /// The buildpacks that built it (`id@version`, a JSON array), when
+    /// it succeeded.
+    pub buildpacks: Option<String>,
 }
 
 impl BuildRecord {
     pub fn finished(&self) -> bool {
         matches!(
             self.state.as_str(),
-            "succeeded" | "failed" | "cancelled" | "timed_out"
+            "succeeded" | "failed" | "cancelled" | "timed_out" | "reused"
         )
     }
 }
@@ -66,7 +85,8 @@ macro_rules! build_select {
     ($rest:literal) => {
         concat!(
             "SELECT id, project, image_name, source_url, git_ref, git_commit, builder, env, state, reason, ",
-            "image_digest, requested_by, created_at, started_at, finished_at, worker, cancel_requested FROM builds ",
+            "image_digest, requested_by, created_at, started_at, finished_at, worker, cancel_requested, ",
+            "trigger_id, secret_env, git_credentials, inputs, buildpacks, git_tree, force FROM builds ",
             $rest
         )
     };
@@ -91,17 +111,74 @@ fn build(r: AnyRow) -> BuildRecord {
         finished_at: r.get(14),
         worker: r.get(15),
         cancel_requested: r.get::<i64, _>(16) != 0,
+        trigger_id: r.get(17),
+        secret_env: r
+            .get::<Option<String>, _>(18)
+            .and_then(|s| serde_json::from_str(&s).ok())
+            .unwrap_or_default(),
+        git_credentials: r.get(19),
+        inputs: r.get(20),
+        buildpacks: r.get(21),
+        git_tree: r.get(22),
+        force: r.get::<i64, _>(23) != 0,
     }
+}
+
+/// How many build records of one image a project keeps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retention {
+    /// Succeeded (and reused) builds, and rebases.
+    pub keep_succeeded: u32,
+    /// Failed, cancelled and timed-out builds.
+    pub keep_failed: u32,
+}
+
+/// A build that replaced queued ones, or was refused.
+#[derive(Debug, Clone, Default)]
+pub struct Queued {
+    /// Pending builds of the same trigger it cancelled (the newest push
+    /// wins).
+    pub replaced: Vec<String>,
 }
 
 impl Metadata {
     /// Queues a build, unless the project already has `per_project` builds
-    /// pending or running.
-    pub async fn build_insert(&self, b: &BuildRecord, per_project: u32) -> Result<()> {
+    /// pending or running. A build of a trigger first cancels the pending
+    /// builds of that trigger (a newer push replaces a queued one; running
+    /// ones go on).
+    pub async fn build_insert(&self, b: &BuildRecord, per_project: u32) -> Result<Queued> {
         let mut tx = self.write.begin().await?;
         // One build queued at a time per project, across replicas: the
         // project's row is the lock.
         self.lock_project(&mut tx, &b.project).await?;
+        let mut queued = Queued::default();
+        if let Some(trigger) = &b.trigger_id {
+            let rows = sqlx::query(
+                "SELECT id FROM builds WHERE project = $1 AND trigger_id = $2 AND state = 'pending' \
+                 ORDER BY created_at",
+            )
+            .bind(&b.project)
+            .bind(trigger)
+            .fetch_all(&mut *tx)
+            .await?;
+            for r in rows {
+                let id: String = r.get(0);
+                sqlx::query(
+                    "UPDATE builds SET state = 'cancelled', reason = $1, finished_at = $2 \
+                     WHERE id = $3 AND state = 'pending'",
+                )
+                .bind(format!(
+                    "replaced by build {} of a newer push ({}) before it started",
+                    b.id,
+                    &b.git_commit[..b.git_commit.len().min(12)]
+                ))
+                .bind(now_ms())
+                .bind(&id)
+                .execute(&mut *tx)
+                .await?;
+                queued.replaced.push(id);
+            }
+        }
         let active: i64 = sqlx::query(
             "SELECT COUNT(*) FROM builds WHERE project = $1 AND state IN ('pending', 'running')",
         )
@@ -116,24 +193,112 @@ impl Metadata {
                 b.project
             )));
         }
-        sqlx::query(
-            "INSERT INTO builds (id, project, image_name, source_url, git_ref, git_commit, builder, env, \
-             state, requested_by, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'pending', $9, $10)",
-        )
-        .bind(&b.id)
-        .bind(&b.project)
-        .bind(&b.image_name)
-        .bind(&b.source_url)
-        .bind(&b.git_ref)
-        .bind(&b.git_commit)
-        .bind(&b.builder)
-        .bind(&b.env)
-        .bind(&b.requested_by)
-        .bind(b.created_at)
-        .execute(&mut *tx)
-        .await?;
+        insert_build(&mut tx, b).await?;
+        tx.commit().await?;
+        Ok(queued)
+    }
+
+    /// Records a build that ended without running: `reused` (an equal
+    /// build's image was current), with its image digest.
+    pub async fn build_record_ended(&self, b: &BuildRecord) -> Result<()> {
+        let mut tx = self.write.begin().await?;
+        insert_build(&mut tx, b).await?;
         tx.commit().await?;
         Ok(())
+    }
+
+    /// The newest successful build (or rebase, or reuse) of one image of a
+    /// project: what an equal request reuses.
+    pub async fn build_last_success(
+        &self,
+        project: &str,
+        image_name: &str,
+    ) -> Result<Option<BuildRecord>> {
+        let row = sqlx::query(build_select!(
+            "WHERE project = $1 AND image_name = $2 AND state IN ('succeeded', 'reused') \
+             AND image_digest IS NOT NULL ORDER BY created_at DESC, id DESC LIMIT 1"
+        ))
+        .bind(project)
+        .bind(image_name)
+        .fetch_optional(&self.write)
+        .await?;
+        Ok(row.map(build))
+    }
+
+    /// Records the buildpacks that built a build, and the tree it built.
+    pub async fn build_set_built(&self, id: &str, buildpacks: &str, tree: &str) -> Result<()> {
+        sqlx::query("UPDATE builds SET buildpacks = $1, git_tree = $2 WHERE id = $3")
+            .bind(buildpacks)
+            .bind(tree)
+            .bind(id)
+            .execute(&self.write)
+            .await?;
+        Ok(())
+    }
+
+    /// Removes the records (and logs) of one image's builds beyond what
+    /// `keep` keeps: the newest `keep_succeeded` succeeded ones (reuses
+    /// and rebases count as such) and the newest `keep_failed` that failed,
+    /// were cancelled or timed out. Pending and running builds stay.
+    /// Returns the ids removed.
+    pub async fn builds_prune(
+        &self,
+        project: &str,
+        image_name: &str,
+        keep: Retention,
+    ) -> Result<Vec<String>> {
+        let rows = sqlx::query(
+            "SELECT id, state FROM builds WHERE project = $1 AND image_name = $2 \
+             AND state NOT IN ('pending', 'running') ORDER BY created_at DESC, id DESC",
+        )
+        .bind(project)
+        .bind(image_name)
+        .fetch_all(&self.write)
+        .await?;
+        let (mut ok, mut bad) = (0u32, 0u32);
+        let mut doomed = Vec::new();
+        for r in rows {
+            let id: String = r.get(0);
+            let state: String = r.get(1);
+            let (n, limit) = if matches!(state.as_str(), "succeeded" | "reused") {
+                (&mut ok, keep.keep_succeeded)
+            } else {
+                (&mut bad, keep.keep_failed)
+            };
+            *n += 1;
+            if *n > limit {
+                doomed.push(id);
+            }
+        }
+        if doomed.is_empty() {
+            return Ok(doomed);
+        }
+        let mut tx = self.write.begin().await?;
+        for id in &doomed {
+            sqlx::query("DELETE FROM builds WHERE id = $1 AND state NOT IN ('pending', 'running')")
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query("DELETE FROM build_logs WHERE build_id = $1")
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(doomed)
+    }
+
+    /// The image names a project has build records of.
+    pub async fn build_image_names(&self, project: &str) -> Result<Vec<String>> {
+        Ok(sqlx::query(
+            "SELECT DISTINCT image_name FROM builds WHERE project = $1 ORDER BY image_name",
+        )
+        .bind(project)
+        .fetch_all(&self.read)
+        .await?
+        .into_iter()
+        .map(|r| r.get(0))
+        .collect())
     }
 
     pub async fn build_get(&self, project: &str, id: &str) -> Result<Option<BuildRecord>> {
@@ -306,7 +471,7 @@ impl Metadata {
         let mut tx = self.write.begin().await?;
         let n = sqlx::query(
             "DELETE FROM builds WHERE project = $1 AND id = $2 \
-             AND state IN ('succeeded', 'failed', 'cancelled', 'timed_out')",
+             AND state IN ('succeeded', 'failed', 'cancelled', 'timed_out', 'reused')",
         )
         .bind(project)
         .bind(id)
@@ -542,4 +707,44 @@ impl Metadata {
             .await?;
         Ok(())
     }
+}
+
+/// Inserts a build row as it is.
+async fn insert_build(tx: &mut super::Tx<'_>, b: &BuildRecord) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO builds (id, project, image_name, source_url, git_ref, git_commit, builder, env, \
+         state, reason, image_digest, requested_by, created_at, started_at, finished_at, \
+         trigger_id, secret_env, git_credentials, inputs, buildpacks, git_tree, force) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, \
+         $19, $20, $21, $22)",
+    )
+    .bind(&b.id)
+    .bind(&b.project)
+    .bind(&b.image_name)
+    .bind(&b.source_url)
+    .bind(&b.git_ref)
+    .bind(&b.git_commit)
+    .bind(&b.builder)
+    .bind(&b.env)
+    .bind(&b.state)
+    .bind(&b.reason)
+    .bind(&b.image_digest)
+    .bind(&b.requested_by)
+    .bind(b.created_at)
+    .bind(b.started_at)
+    .bind(b.finished_at)
+    .bind(&b.trigger_id)
+    .bind(if b.secret_env.is_empty() {
+        None
+    } else {
+        serde_json::to_string(&b.secret_env).ok()
+    })
+    .bind(&b.git_credentials)
+    .bind(&b.inputs)
+    .bind(&b.buildpacks)
+    .bind(&b.git_tree)
+    .bind(i64::from(b.force))
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
 }

@@ -55,15 +55,17 @@ mod gc;
 mod manifests;
 mod quota;
 mod rebase;
+mod triggers;
 
 pub use access::{Project, Robot, RobotUpdate};
 pub use audit::{AuditEntry, AuditQuery, NewAuditEntry};
 pub use blobs::UploadRecord;
-pub use builds::{BuildRecord, BuildToken, LogLine};
+pub use builds::{BuildRecord, BuildToken, LogLine, Queued, Retention};
 pub use gc::{GcCandidate, PrunableManifest};
 pub use manifests::QuotaAfter;
 pub use quota::{BlobBudget, Drift, Usage};
 pub use rebase::{BuildSource, RebaseCommitted, RebaseWrite, TaggedImage, TaggedPage};
+pub use triggers::{Delivery, SecretInfo, Trigger};
 
 pub(crate) type Tx<'a> = sqlx::Transaction<'a, sqlx::Any>;
 

@@ -69,6 +69,10 @@ pub struct BuildSource {
     pub git_commit: String,
     pub builder: String,
     pub env: String,
+    /// What an equal build request is compared with (see
+    /// [`BuildRecord::inputs`]): a rebase keeps its build's.
+    pub inputs: Option<String>,
+    pub git_tree: Option<String>,
 }
 
 /// One rebased image to commit.
@@ -211,8 +215,9 @@ impl Metadata {
     /// succeeded builds (and rebases), newest first.
     pub async fn build_sources(&self, project: &str) -> Result<HashMap<String, Vec<BuildSource>>> {
         let rows = sqlx::query(
-            "SELECT image_name, image_digest, source_url, git_ref, git_commit, builder, env \
-             FROM builds WHERE project = $1 AND state = 'succeeded' \
+            "SELECT image_name, image_digest, source_url, git_ref, git_commit, builder, env, inputs, \
+             git_tree \
+             FROM builds WHERE project = $1 AND state IN ('succeeded', 'reused') \
              ORDER BY created_at DESC, id DESC",
         )
         .bind(project)
@@ -227,6 +232,8 @@ impl Metadata {
                 git_commit: r.get(4),
                 builder: r.get(5),
                 env: r.get(6),
+                inputs: r.get(7),
+                git_tree: r.get(8),
             });
         }
         Ok(out)
@@ -1021,13 +1028,13 @@ async fn write_history(
     now: i64,
 ) -> Result<()> {
     for chunk in writes.chunks(50) {
-        let values = value_rows(chunk.len(), 2, 10, |p| {
+        let values = value_rows(chunk.len(), 2, 12, |p| {
             format!("({p}, 'succeeded', NULL, $1, $1, $1, 'rebase')")
         });
         let mut q = sqlx::query(sqlx::AssertSqlSafe(format!(
             "INSERT INTO builds (id, project, image_name, source_url, git_ref, git_commit, builder, \
-             env, image_digest, requested_by, state, reason, created_at, started_at, finished_at, kind) \
-             VALUES {values}"
+             env, image_digest, requested_by, inputs, git_tree, state, reason, created_at, started_at, \
+             finished_at, kind) VALUES {values}"
         )))
         .bind(now);
         for w in chunk {
@@ -1042,7 +1049,9 @@ async fn write_history(
                 .bind(&b.builder)
                 .bind(&b.env)
                 .bind(w.manifest.digest.as_str())
-                .bind(&b.requested_by);
+                .bind(&b.requested_by)
+                .bind(&b.inputs)
+                .bind(&b.git_tree);
         }
         q.execute(&mut **tx).await?;
 

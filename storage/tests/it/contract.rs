@@ -997,6 +997,7 @@ async fn retention_keeps_the_newest_and_live_referrers(m: &Metadata) {
 }
 
 contract!(the_build_queue);
+contract!(triggers_deliveries_and_retention);
 
 fn build_record(id: &str, project: &str) -> slipway_storage::meta::BuildRecord {
     slipway_storage::meta::BuildRecord {
@@ -1017,6 +1018,7 @@ fn build_record(id: &str, project: &str) -> slipway_storage::meta::BuildRecord {
         finished_at: None,
         worker: None,
         cancel_requested: false,
+        ..Default::default()
     }
 }
 
@@ -1605,4 +1607,143 @@ async fn re_uploads_cost_nothing(m: &Metadata) {
         "another project's blob is not found"
     );
     assert!(m.recompute(false).await.unwrap().is_empty());
+}
+
+async fn triggers_deliveries_and_retention(m: &Metadata) {
+    use slipway_storage::meta::{Delivery, Retention, Trigger};
+    m.project_create("tool-a", true, None, false).await.unwrap();
+    let t = m
+        .trigger_create(&Trigger {
+            id: "t1".into(),
+            project: "tool-a".into(),
+            source_url: "https://example.org/app.git".into(),
+            ref_pattern: "main".into(),
+            image_name: "web".into(),
+            env: "{}".into(),
+            hook_secret: "sealed".into(),
+            poll_interval_secs: Some(60),
+            poll_next_at: Some(0),
+            created_by: "admin".into(),
+            created_at: slipway_storage::meta::now_ms(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert!(t.is_default, "a project's first trigger is its default");
+
+    // A delivery id is recorded once: a replay writes nothing.
+    let d = Delivery {
+        trigger_id: "t1".into(),
+        delivery_id: Some("uuid-1".into()),
+        at: 1,
+        provider: "github".into(),
+        event: "push".into(),
+        result: "received".into(),
+        ..Default::default()
+    };
+    let first = m.delivery_record(&d).await.unwrap().expect("recorded");
+    assert_eq!(m.delivery_record(&d).await.unwrap(), None);
+    let other = m
+        .delivery_record(&Delivery {
+            delivery_id: Some("uuid-2".into()),
+            ..d.clone()
+        })
+        .await
+        .unwrap()
+        .expect("another id is recorded");
+    assert!(other > first);
+    m.delivery_result(first, "queued", "build b1", Some("b1"))
+        .await
+        .unwrap();
+    let listed = m.deliveries("t1", 10).await.unwrap();
+    assert_eq!(listed.len(), 2);
+    assert_eq!(listed[1].result, "queued");
+    assert_eq!(listed[1].build_id.as_deref(), Some("b1"));
+
+    // A due poll is leased to one owner at a time.
+    let a = m
+        .triggers_poll_claim("replica-a", 60_000, 10)
+        .await
+        .unwrap();
+    let b = m
+        .triggers_poll_claim("replica-b", 60_000, 10)
+        .await
+        .unwrap();
+    assert_eq!(a.len(), 1);
+    assert!(b.is_empty(), "a leased trigger is not leased again");
+    m.trigger_poll_done("t1", "replica-b", Some("c0"), 0)
+        .await
+        .unwrap();
+    assert_eq!(
+        m.trigger_get("t1").await.unwrap().unwrap().poll_commit,
+        None,
+        "only the lease's owner ends the poll"
+    );
+    m.trigger_poll_done("t1", "replica-a", Some("c1"), 0)
+        .await
+        .unwrap();
+    assert_eq!(
+        m.trigger_get("t1")
+            .await
+            .unwrap()
+            .unwrap()
+            .poll_commit
+            .as_deref(),
+        Some("c1")
+    );
+    assert_eq!(
+        m.triggers_poll_claim("replica-b", 60_000, 10)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+
+    // A trigger's newer build replaces its pending one.
+    let mut b1 = build_record("b1", "tool-a");
+    b1.trigger_id = Some("t1".into());
+    b1.image_name = "queued".into();
+    m.build_insert(&b1, 5).await.unwrap();
+    let b2 = slipway_storage::meta::BuildRecord {
+        id: "b2".into(),
+        ..b1.clone()
+    };
+    let q = m.build_insert(&b2, 5).await.unwrap();
+    assert_eq!(q.replaced, vec!["b1".to_owned()]);
+    assert_eq!(
+        m.build_get("tool-a", "b1").await.unwrap().unwrap().state,
+        "cancelled"
+    );
+
+    // Retention: the newest 4 succeeded and 2 failed of the image stay.
+    for k in 0..10 {
+        let mut b = build_record(&format!("r{k:02}"), "tool-a");
+        b.created_at = 1_000 + k;
+        b.state = if k % 3 == 0 { "failed" } else { "succeeded" }.into();
+        b.image_digest = (b.state == "succeeded").then(|| format!("sha256:{k:064}"));
+        m.build_record_ended(&b).await.unwrap();
+    }
+    let removed = m
+        .builds_prune(
+            "tool-a",
+            "web",
+            Retention {
+                keep_succeeded: 4,
+                keep_failed: 2,
+            },
+        )
+        .await
+        .unwrap();
+    let left: Vec<String> = m
+        .builds("tool-a", 100)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|b| b.id.starts_with('r'))
+        .map(|b| b.id)
+        .collect();
+    assert_eq!(left, ["r09", "r08", "r07", "r06", "r05", "r04"]);
+    let mut removed = removed;
+    removed.sort();
+    assert_eq!(removed, ["r00", "r01", "r02", "r03"]);
 }
