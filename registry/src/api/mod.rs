@@ -9,6 +9,7 @@
 
 pub mod audit;
 pub mod builds;
+pub mod images;
 pub mod projects;
 pub mod rebase;
 pub mod robots;
@@ -49,6 +50,7 @@ use crate::server::AppState;
         triggers::secrets_list, triggers::secret_set, triggers::secret_delete,
         triggers::create, triggers::list, triggers::list_all, triggers::get, triggers::update,
         triggers::delete, triggers::deliveries, triggers::receive,
+        images::list, images::clean_all, images::clean_one,
     ),
     components(schemas(
         ErrorBody,
@@ -64,6 +66,7 @@ use crate::server::AppState;
         triggers::SecretView, triggers::SecretBody, triggers::TriggerView, triggers::TriggerSecret,
         triggers::NewTrigger, triggers::TriggerUpdate, triggers::TriggerUpdated,
         triggers::DeliveryView, triggers::HookAnswer,
+        images::ImageView, images::ImagesView, images::CleanReport,
     )),
     modifiers(&BasicAuth),
     security(("basic" = [])),
@@ -168,6 +171,14 @@ pub fn router() -> Router<AppState> {
         .route(
             "/api/v1/projects/{project}/triggers",
             get(triggers::list).post(triggers::create),
+        )
+        .route(
+            "/api/v1/projects/{project}/images",
+            get(images::list).delete(images::clean_all),
+        )
+        .route(
+            "/api/v1/projects/{project}/images/{name}",
+            axum::routing::delete(images::clean_one),
         )
         .route("/api/v1/triggers", get(triggers::list_all))
         .route(

@@ -17,5 +17,6 @@ mod quota;
 mod readme;
 mod rebase;
 mod replicas;
+mod push_to_deploy;
 mod reupload;
 mod security;

@@ -6,6 +6,16 @@ use sqlx::any::AnyRow;
 use super::{Metadata, now_ms};
 use crate::error::{Result, StorageError};
 
+/// One repository of a project, summed up (see [`Metadata::project_images`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImageSummary {
+    pub repository: String,
+    pub manifests: u64,
+    pub tags: Vec<String>,
+    pub bytes: u64,
+    pub last_push: Option<i64>,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Project {
     pub name: String,
@@ -231,6 +241,63 @@ impl Metadata {
             .into_iter()
             .map(|r| (r.get::<String, _>(0), r.get::<i64, _>(1) as u64))
             .collect())
+    }
+
+    /// A project's repositories with what they hold: manifests, tags, the
+    /// distinct bytes their manifests reference (manifests included; blobs
+    /// a base project holds excluded for a project that is not one, as its
+    /// usage counts them), and the newest manifest's time.
+    pub async fn project_images(&self, name: &str) -> Result<Vec<ImageSummary>> {
+        let repos = sqlx::query(
+            "SELECT r.id, r.name, p.is_base FROM repositories r JOIN projects p ON p.name = r.project \
+             WHERE r.project = $1 ORDER BY r.name",
+        )
+        .bind(name)
+        .fetch_all(&self.read)
+        .await?;
+        let mut out = Vec::with_capacity(repos.len());
+        for r in repos {
+            let repo_id: i64 = r.get(0);
+            let is_base = r.get::<i64, _>(2) != 0;
+            let row =
+                sqlx::query("SELECT COUNT(*), MAX(created_at) FROM manifests WHERE repo_id = $1")
+                    .bind(repo_id)
+                    .fetch_one(&self.read)
+                    .await?;
+            let manifests = row.get::<i64, _>(0) as u64;
+            let last_push: Option<i64> = row.get(1);
+            // PostgreSQL's SUM of BIGINT is NUMERIC: cast back.
+            let bytes: i64 = sqlx::query(
+                "SELECT CAST(COALESCE(SUM(x.size), 0) AS BIGINT) FROM ( \
+                   SELECT m.digest AS digest, m.size AS size FROM manifests m WHERE m.repo_id = $1 \
+                   UNION \
+                   SELECT b.digest, b.size FROM manifest_refs mr JOIN blobs b ON b.digest = mr.ref_digest \
+                   WHERE mr.repo_id = $1 AND mr.is_manifest = 0) x \
+                 WHERE $2 = 1 OR NOT EXISTS ( \
+                   SELECT 1 FROM project_blobs pb JOIN projects bp ON bp.name = pb.project \
+                   WHERE bp.is_base = 1 AND pb.digest = x.digest)",
+            )
+            .bind(repo_id)
+            .bind(is_base as i64)
+            .fetch_one(&self.read)
+            .await?
+            .get(0);
+            let tags = sqlx::query("SELECT name FROM tags WHERE repo_id = $1 ORDER BY name")
+                .bind(repo_id)
+                .fetch_all(&self.read)
+                .await?
+                .into_iter()
+                .map(|t| t.get::<String, _>(0))
+                .collect();
+            out.push(ImageSummary {
+                repository: r.get(1),
+                manifests,
+                tags,
+                bytes: bytes as u64,
+                last_push,
+            });
+        }
+        Ok(out)
     }
 
     /// Deletes a project that holds no manifest, with its (empty)

@@ -1,0 +1,970 @@
+//! Push to deploy, end to end: the forges' push events (GitHub, GitLab,
+//! Gitea, Forgejo; fixtures written from their documentation, in
+//! `tests/fixtures/hooks`) posted to a running server; a self-hosted forge
+//! (a bare repository served by Debian's `git http-backend` behind
+//! lighttpd, its post-receive hook posting a GitLab event); polling with
+//! two replicas; a private repository with a secret as git credentials;
+//! build record retention and `build clean`.
+//!
+//! The forge listens on 127.0.0.2 (loopback, but not the registry's own
+//! address, which builds may never reach): the builds' egress policy allows
+//! that one address (`builds.egress.allow_cidrs`).
+
+use std::io::Read as _;
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+
+use crate::builds::wait_for_end;
+use crate::builds_e2e::{env_with_stack, log_of};
+use crate::security::Env;
+
+const FORGE_ADDR: &str = "127.0.0.2";
+
+/// lighttpd serving bare repositories with `git http-backend` under
+/// `/git/` (anyone may read, and push: `http.receivepack`) and under
+/// `/private/` (HTTP Basic: `maintainer` and [`Forge::PASSWORD`]).
+pub struct Forge {
+    dir: tempfile::TempDir,
+    pub port: u16,
+    child: Child,
+}
+
+impl Forge {
+    pub const PASSWORD: &str = "glpat-Zx81kQvT3mRr0aLw2NcE";
+
+    pub fn start() -> Forge {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        for d in ["repos", "www"] {
+            std::fs::create_dir_all(root.join(d)).unwrap();
+        }
+        std::fs::write(
+            root.join("users"),
+            format!("maintainer:{}\n", Forge::PASSWORD),
+        )
+        .unwrap();
+        let port = std::net::TcpListener::bind((FORGE_ADDR, 0))
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let backend = "/usr/lib/git-core/git-http-backend";
+        assert!(
+            Path::new(backend).exists(),
+            "{backend} is missing (Debian's git package has it)"
+        );
+        std::fs::write(
+            root.join("lighttpd.conf"),
+            format!(
+                r#"server.document-root = "{root}/www"
+server.bind = "{FORGE_ADDR}"
+server.port = {port}
+server.errorlog = "{root}/error.log"
+server.modules = ("mod_alias", "mod_setenv", "mod_auth", "mod_authn_file", "mod_cgi")
+alias.url = ("/git/" => "{backend}/", "/private/" => "{backend}/")
+cgi.assign = ("" => "")
+setenv.add-environment = ("GIT_PROJECT_ROOT" => "{root}/repos", "GIT_HTTP_EXPORT_ALL" => "", "PATH" => "/usr/bin:/bin")
+auth.backend = "plain"
+auth.backend.plain.userfile = "{root}/users"
+auth.require = ("/private/" => ("method" => "basic", "realm" => "forge", "require" => "valid-user"))
+"#,
+                root = root.display()
+            ),
+        )
+        .unwrap();
+        let child = Command::new("lighttpd")
+            .args(["-D", "-f"])
+            .arg(root.join("lighttpd.conf"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!("cannot run lighttpd (conformance/test.sh installs it): {e}")
+            });
+        let mut forge = Forge { dir, port, child };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect((FORGE_ADDR, port)).is_err() {
+            if let Ok(Some(status)) = forge.child.try_wait() {
+                let mut err = String::new();
+                if let Some(mut e) = forge.child.stderr.take() {
+                    let _ = e.read_to_string(&mut err);
+                }
+                panic!("lighttpd exited ({status}): {err}");
+            }
+            assert!(Instant::now() < deadline, "lighttpd did not listen");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        forge
+    }
+
+    /// A new bare repository; `hook`: its post-receive hook.
+    pub fn bare(&self, name: &str, hook: Option<&str>) -> PathBuf {
+        let path = self.dir.path().join("repos").join(format!("{name}.git"));
+        git_ok(
+            self.dir.path(),
+            &["init", "-q", "--bare", "-b", "main", path.to_str().unwrap()],
+        );
+        git_ok(&path, &["config", "http.receivepack", "true"]);
+        if let Some(script) = hook {
+            use std::os::unix::fs::PermissionsExt;
+            let h = path.join("hooks/post-receive");
+            std::fs::write(&h, script).unwrap();
+            std::fs::set_permissions(&h, std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        path
+    }
+
+    pub fn url(&self, name: &str) -> String {
+        format!("http://{FORGE_ADDR}:{}/git/{name}.git", self.port)
+    }
+
+    pub fn private_url(&self, name: &str) -> String {
+        format!("http://{FORGE_ADDR}:{}/private/{name}.git", self.port)
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for Forge {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs git in `dir` as a test author; its output.
+fn git_ok(dir: &Path, args: &[&str]) -> String {
+    let out = Command::new("git")
+        .args(args)
+        .current_dir(dir)
+        .env("GIT_AUTHOR_NAME", "t")
+        .env("GIT_AUTHOR_EMAIL", "t@example.org")
+        .env("GIT_COMMITTER_NAME", "t")
+        .env("GIT_COMMITTER_EMAIL", "t@example.org")
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .env("GIT_CONFIG_GLOBAL", "/dev/null")
+        .env("GIT_TERMINAL_PROMPT", "0")
+        .output()
+        .expect("git runs");
+    assert!(
+        out.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// A maintainer's working tree.
+pub struct Work {
+    pub dir: PathBuf,
+}
+
+impl Work {
+    pub fn new(dir: &Path, files: &[(&str, &str)]) -> Work {
+        std::fs::create_dir_all(dir).unwrap();
+        git_ok(dir, &["init", "-q", "-b", "main"]);
+        let w = Work {
+            dir: dir.to_owned(),
+        };
+        w.commit(files, "first");
+        w
+    }
+
+    /// Writes `files` and commits; the new commit.
+    pub fn commit(&self, files: &[(&str, &str)], message: &str) -> String {
+        for (name, text) in files {
+            let path = self.dir.join(name);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(&path, text).unwrap();
+        }
+        git_ok(&self.dir, &["add", "-A"]);
+        git_ok(&self.dir, &["commit", "-q", "--allow-empty", "-m", message]);
+        self.head()
+    }
+
+    pub fn head(&self) -> String {
+        git_ok(&self.dir, &["rev-parse", "HEAD"])
+    }
+
+    pub fn push(&self, url: &str, refspec: &str) {
+        git_ok(&self.dir, &["push", "-q", url, refspec]);
+    }
+}
+
+/// A fixture with its placeholders filled for the repository at `clone_url`.
+fn fixture(name: &str, clone_url: &str, git_ref: &str, before: &str, after: &str) -> Vec<u8> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/hooks")
+        .join(name);
+    let text = std::fs::read_to_string(&path).unwrap();
+    let html = clone_url.strip_suffix(".git").unwrap_or(clone_url);
+    let host = clone_url
+        .split("://")
+        .nth(1)
+        .and_then(|r| r.split('/').next())
+        .unwrap();
+    let ssh = format!(
+        "git@{}:{}",
+        host.split(':').next().unwrap(),
+        clone_url.splitn(4, '/').nth(3).unwrap()
+    );
+    text.replace("@CLONE_URL@", clone_url)
+        .replace("@HTML_URL@", html)
+        .replace("@SSH_URL@", &ssh)
+        .replace("@HOST@", host)
+        .replace("@REF@", git_ref)
+        .replace("@BEFORE@", before)
+        .replace("@AFTER@", after)
+        .into_bytes()
+}
+
+const ZERO: &str = "0000000000000000000000000000000000000000";
+
+fn hmac_hex(secret: &str, body: &[u8]) -> String {
+    slipway_registry::triggers::sign(secret.as_bytes(), body)
+}
+
+/// The headers `provider` sends with `body` (`event` in its own words).
+fn headers(
+    provider: &str,
+    event: &str,
+    secret: &str,
+    body: &[u8],
+    delivery: &str,
+) -> Vec<(String, String)> {
+    let sig = hmac_hex(secret, body);
+    let h = |k: &str, v: &str| (k.to_owned(), v.to_owned());
+    match provider {
+        "github" => vec![
+            h("user-agent", "GitHub-Hookshot/3f3a1b7"),
+            h("x-github-event", event),
+            h("x-github-delivery", delivery),
+            h("x-github-hook-id", "109948940"),
+            h("x-github-hook-installation-target-type", "repository"),
+            h("x-hub-signature-256", &format!("sha256={sig}")),
+        ],
+        "gitlab" => vec![
+            h("user-agent", "GitLab/17.5.0"),
+            h("x-gitlab-event", event),
+            h("x-gitlab-token", secret),
+            h("x-gitlab-event-uuid", delivery),
+            h(
+                "x-gitlab-webhook-uuid",
+                "5a7f1c2e-0a65-4b6c-9a39-ef0d3e1d6b11",
+            ),
+            h("x-gitlab-instance", "https://gitlab.example.org"),
+        ],
+        // Gitea sends GitHub's and Gogs' headers too, and (since 1.21)
+        // X-Hub-Signature-256 as well.
+        "gitea" => vec![
+            h("user-agent", "Go-http-client/1.1"),
+            h("x-gitea-event", event),
+            h("x-gitea-event-type", event),
+            h("x-gitea-delivery", delivery),
+            h("x-gitea-signature", &sig),
+            h("x-gogs-event", event),
+            h("x-gogs-delivery", delivery),
+            h("x-gogs-signature", &sig),
+            h("x-github-event", event),
+            h("x-github-delivery", delivery),
+            h("x-hub-signature-256", &format!("sha256={sig}")),
+        ],
+        "forgejo" => vec![
+            h("user-agent", "Go-http-client/1.1"),
+            h("x-forgejo-event", event),
+            h("x-forgejo-event-type", event),
+            h("x-forgejo-delivery", delivery),
+            h("x-forgejo-signature", &sig),
+            h("x-gitea-event", event),
+            h("x-gitea-delivery", delivery),
+            h("x-gitea-signature", &sig),
+            h("x-gogs-event", event),
+            h("x-github-event", event),
+            h("x-github-delivery", delivery),
+            h("x-hub-signature-256", &format!("sha256={sig}")),
+        ],
+        other => panic!("no provider {other}"),
+    }
+}
+
+async fn post_hook(
+    env: &Env,
+    id: &str,
+    headers: &[(String, String)],
+    body: Vec<u8>,
+) -> (StatusCode, Value) {
+    let mut req = env
+        .http
+        .post(format!("{}/api/v1/hooks/{id}", env.server.url))
+        .header("content-type", "application/json")
+        .body(body);
+    for (k, v) in headers {
+        req = req.header(k.as_str(), v.as_str());
+    }
+    let started = Instant::now();
+    let resp = req.send().await.unwrap();
+    let status = resp.status();
+    let v = resp.json().await.unwrap_or(Value::Null);
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "the receiver answers at once (the build is queued): {:?}",
+        started.elapsed()
+    );
+    (status, v)
+}
+
+async fn create_trigger(env: &Env, project: &str, body: Value) -> (String, String) {
+    let (s, v) = env
+        .api(
+            Method::POST,
+            &format!("/api/v1/projects/{project}/triggers"),
+            Some(&env.admin()),
+            Some(body),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    let id = v["trigger"]["id"].as_str().unwrap().to_owned();
+    assert!(
+        v["trigger"]["delivery_url"]
+            .as_str()
+            .unwrap()
+            .ends_with(&format!("/api/v1/hooks/{id}")),
+        "{v}"
+    );
+    (id, v["secret"].as_str().unwrap().to_owned())
+}
+
+/// `io.buildpacks.project.metadata` of `<repo>:<reference>`: where the
+/// image was built from.
+async fn source_label(env: &Env, repo: &str, reference: &str) -> String {
+    let (s, _, m) = env
+        .send(
+            Method::GET,
+            &format!("/v2/{repo}/manifests/{reference}"),
+            Some(&env.admin()),
+            Vec::new(),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{repo}:{reference}");
+    let m: Value = serde_json::from_slice(&m).unwrap();
+    let (s, _, c) = env
+        .get(
+            &format!(
+                "/v2/{repo}/blobs/{}",
+                m["config"]["digest"].as_str().unwrap()
+            ),
+            Some(&env.admin()),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    let c: Value = serde_json::from_slice(&c).unwrap();
+    c["config"]["Labels"]["io.buildpacks.project.metadata"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+async fn builds_of(env: &Env, project: &str) -> Vec<Value> {
+    let (s, v) = env
+        .api(
+            Method::GET,
+            &format!("/api/v1/projects/{project}/builds?limit=100"),
+            Some(&env.admin()),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    v.as_array().cloned().unwrap_or_default()
+}
+
+async fn deliveries(env: &Env, trigger: &str) -> Vec<Value> {
+    let (s, v) = env
+        .api(
+            Method::GET,
+            &format!("/api/v1/triggers/{trigger}/deliveries"),
+            Some(&env.admin()),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    v.as_array().cloned().unwrap()
+}
+
+fn forge_egress(c: &mut slipway_registry::Config) {
+    c.builds.egress.allow_cidrs = vec![format!("{FORGE_ADDR}/32")];
+}
+
+/// A push from each forge, in its own format and with its own signature,
+/// builds the pushed commit into the trigger's image; GitHub's ping is
+/// answered; a GitLab tag push builds the tag's commit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_forge_s_push_builds_the_pushed_commit() {
+    let env = env_with_stack("tiny", forge_egress).await;
+    env.server.create_project("tool-hooks", true).await;
+    let forge = Forge::start();
+    forge.bare("app", None);
+    let url = forge.url("app");
+    let tmp = tempfile::tempdir().unwrap();
+    let work = Work::new(&tmp.path().join("app"), &[(".slipway-selftest", "v0\n")]);
+    work.push(&url, "main");
+    let (id, secret) = create_trigger(
+        &env,
+        "tool-hooks",
+        json!({"source_url": url, "ref": "main", "tags": true, "tag_pattern": "v*", "image_name": "web"}),
+    )
+    .await;
+
+    let ping = fixture("github-ping.json", &url, "", "", "");
+    let (s, v) = post_hook(
+        &env,
+        &id,
+        &headers("github", "ping", &secret, &ping, "d-ping"),
+        ping,
+    )
+    .await;
+    assert_eq!(
+        (s, v["result"].as_str()),
+        (StatusCode::OK, Some("pong")),
+        "{v}"
+    );
+
+    for (provider, event) in [
+        ("github", "push"),
+        ("gitlab", "Push Hook"),
+        ("gitea", "push"),
+        ("forgejo", "push"),
+    ] {
+        let before = work.head();
+        let after = work.commit(
+            &[(".slipway-selftest", &format!("from {provider}\n"))],
+            provider,
+        );
+        work.push(&url, "main");
+        let body = fixture(
+            &format!("{provider}-push.json"),
+            &url,
+            "refs/heads/main",
+            &before,
+            &after,
+        );
+        let delivery = format!("{provider}-{after}");
+        let (s, v) = post_hook(
+            &env,
+            &id,
+            &headers(provider, event, &secret, &body, &delivery),
+            body,
+        )
+        .await;
+        assert_eq!(
+            (s, v["result"].as_str()),
+            (StatusCode::ACCEPTED, Some("queued")),
+            "{provider}: {v}"
+        );
+        let build = v["build"].as_str().unwrap().to_owned();
+        let b = wait_for_end(&env, "tool-hooks", &build, &env.admin()).await;
+        let log = log_of(&env, "tool-hooks", &build, &env.admin()).await;
+        assert_eq!(b["state"], "succeeded", "{provider}: {b}\n{log}");
+        assert_eq!(b["commit"], after.as_str(), "{b}");
+        assert_eq!(b["trigger"], id.as_str(), "{b}");
+        assert!(
+            log.contains(&format!("note = \"from {provider}\"")),
+            "{log}"
+        );
+        let label = source_label(&env, "tool-hooks/web", "latest").await;
+        assert!(label.contains(&after), "{provider}: {label}");
+    }
+
+    // A tag push (GitLab's Tag Push Hook) builds the tag's commit.
+    let tagged = work.commit(&[(".slipway-selftest", "release\n")], "release");
+    git_ok(&work.dir, &["tag", "v2.0"]);
+    work.push(&url, "v2.0");
+    let body = fixture(
+        "gitlab-tag-push.json",
+        &url,
+        "refs/tags/v2.0",
+        ZERO,
+        &tagged,
+    );
+    let (s, v) = post_hook(
+        &env,
+        &id,
+        &headers("gitlab", "Tag Push Hook", &secret, &body, "tag-1"),
+        body,
+    )
+    .await;
+    assert_eq!(
+        (s, v["result"].as_str()),
+        (StatusCode::ACCEPTED, Some("queued")),
+        "{v}"
+    );
+    let b = wait_for_end(
+        &env,
+        "tool-hooks",
+        v["build"].as_str().unwrap(),
+        &env.admin(),
+    )
+    .await;
+    assert_eq!(b["state"], "succeeded", "{b}");
+    assert_eq!(b["ref"], "v2.0", "{b}");
+    assert!(
+        source_label(&env, "tool-hooks/web", "latest")
+            .await
+            .contains(&tagged)
+    );
+
+    let d = deliveries(&env, &id).await;
+    let results: Vec<(&str, &str)> = d
+        .iter()
+        .map(|d| {
+            (
+                d["provider"].as_str().unwrap(),
+                d["result"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        results,
+        [
+            ("gitlab", "queued"),
+            ("forgejo", "queued"),
+            ("gitea", "queued"),
+            ("gitlab", "queued"),
+            ("github", "queued"),
+            ("github", "ignored"),
+        ],
+        "{d:?}"
+    );
+}
+
+/// Deliveries that must build nothing, each with its status and sentence,
+/// each recorded; a newer push replaces its trigger's queued build. (No
+/// worker runs here: every build stays queued, and none may appear.)
+#[tokio::test]
+async fn bad_deliveries_build_nothing_and_a_newer_push_replaces_the_queued_build() {
+    let env = Env::with(|c| {
+        c.builds.workers = 0;
+        c.builds.max_hook_bytes = 64 * 1024;
+    })
+    .await;
+    env.server.create_project("platform", true).await;
+    env.push_image("platform/builder", "bookworm", b"a builder")
+        .await;
+    env.approve("platform/builder:bookworm").await;
+    env.server.create_project("tool-q", true).await;
+    let url = "https://gitlab.example.org/toolforge/app.git";
+    let (id, secret) =
+        create_trigger(&env, "tool-q", json!({"source_url": url, "ref": "main"})).await;
+    let (other_id, other_secret) = create_trigger(
+        &env,
+        "tool-q",
+        json!({"source_url": url, "ref": "release/*", "image_name": "other"}),
+    )
+    .await;
+    let c1 = "1111111111111111111111111111111111111111";
+    let c2 = "2222222222222222222222222222222222222222";
+    let main = "refs/heads/main";
+    let push =
+        |r: &str, before: &str, after: &str| fixture("github-push.json", url, r, before, after);
+
+    // Anonymous callers reach none of the trigger and secret routes.
+    for (m, path) in [
+        (Method::GET, format!("/api/v1/projects/tool-q/triggers")),
+        (Method::POST, format!("/api/v1/projects/tool-q/triggers")),
+        (Method::GET, "/api/v1/triggers".to_owned()),
+        (Method::GET, format!("/api/v1/triggers/{id}")),
+        (Method::PATCH, format!("/api/v1/triggers/{id}")),
+        (Method::DELETE, format!("/api/v1/triggers/{id}")),
+        (Method::GET, format!("/api/v1/triggers/{id}/deliveries")),
+        (Method::GET, "/api/v1/projects/tool-q/secrets".to_owned()),
+        (
+            Method::PUT,
+            "/api/v1/projects/tool-q/secrets/TOKEN".to_owned(),
+        ),
+        (
+            Method::DELETE,
+            "/api/v1/projects/tool-q/secrets/TOKEN".to_owned(),
+        ),
+        (Method::GET, "/api/v1/projects/tool-q/images".to_owned()),
+        (Method::DELETE, "/api/v1/projects/tool-q/images".to_owned()),
+    ] {
+        let (s, v) = env.api(m.clone(), &path, None, Some(json!({}))).await;
+        assert_eq!(s, StatusCode::UNAUTHORIZED, "{m} {path}: {v}");
+    }
+
+    let body = push(main, ZERO, c1);
+    let good = headers("github", "push", &secret, &body, "delivery-1");
+    let mut cases: Vec<(&str, Vec<(String, String)>, Vec<u8>, StatusCode, &str)> = Vec::new();
+    // A signature made with another secret; none at all.
+    cases.push((
+        "wrong signature",
+        headers("github", "push", "not-the-secret", &body, "d-wrong"),
+        body.clone(),
+        StatusCode::UNAUTHORIZED,
+        "signature",
+    ));
+    cases.push((
+        "GitLab token of another trigger",
+        headers(
+            "gitlab",
+            "Push Hook",
+            &other_secret,
+            &fixture("gitlab-push.json", url, main, ZERO, c1),
+            "d-gl",
+        ),
+        fixture("gitlab-push.json", url, main, ZERO, c1),
+        StatusCode::UNAUTHORIZED,
+        "token",
+    ));
+    cases.push((
+        "missing signature",
+        vec![
+            ("x-github-event".into(), "push".into()),
+            ("x-github-delivery".into(), "d-none".into()),
+        ],
+        body.clone(),
+        StatusCode::UNAUTHORIZED,
+        "has no signature",
+    ));
+    // The body changed after signing: the signature is over other bytes.
+    let mut tampered = body.clone();
+    tampered.extend_from_slice(b" ");
+    cases.push((
+        "body changed after signing",
+        good.clone(),
+        tampered,
+        StatusCode::UNAUTHORIZED,
+        "signature",
+    ));
+    let elsewhere = fixture(
+        "github-push.json",
+        "https://github.com/someone/else.git",
+        main,
+        ZERO,
+        c1,
+    );
+    cases.push((
+        "another repository",
+        headers("github", "push", &secret, &elsewhere, "d-else"),
+        elsewhere,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "this trigger builds https://gitlab.example.org/toolforge/app.git",
+    ));
+    let malformed = b"{\"ref\": \"refs/heads/main\", ".to_vec();
+    cases.push((
+        "malformed JSON",
+        headers("github", "push", &secret, &malformed, "d-bad"),
+        malformed,
+        StatusCode::BAD_REQUEST,
+        "not JSON",
+    ));
+    let big = vec![b' '; 64 * 1024 + 1];
+    cases.push((
+        "oversized body",
+        headers("github", "push", &secret, &big, "d-big"),
+        big,
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "larger than 65536 bytes",
+    ));
+    for (what, h, b, status, says) in cases {
+        let (s, v) = post_hook(&env, &id, &h, b).await;
+        assert_eq!(s, status, "{what}: {v}");
+        assert!(
+            v["error"].as_str().unwrap_or_default().contains(says),
+            "{what}: {v}"
+        );
+    }
+    let (s, v) = post_hook(&env, "tnosuchtrigger", &good, body.clone()).await;
+    assert_eq!(s, StatusCode::NOT_FOUND, "{v}");
+    assert!(
+        builds_of(&env, "tool-q").await.is_empty(),
+        "nothing was built"
+    );
+
+    // Ignored: a deletion (GitHub's and GitLab's), a branch outside the
+    // pattern, a tag push to a trigger without tags, another event.
+    let mut deleted: Value = serde_json::from_slice(&push(main, c1, ZERO)).unwrap();
+    deleted["deleted"] = json!(true);
+    let deleted = deleted.to_string().into_bytes();
+    let mut gl_deleted: Value =
+        serde_json::from_slice(&fixture("gitlab-push.json", url, main, c1, ZERO)).unwrap();
+    gl_deleted["checkout_sha"] = Value::Null;
+    let gl_deleted = gl_deleted.to_string().into_bytes();
+    let feature = push("refs/heads/feature", ZERO, c1);
+    let tag = fixture("gitlab-tag-push.json", url, "refs/tags/v1.0", ZERO, c1);
+    for (what, h, b, says) in [
+        (
+            "GitHub deletion",
+            headers("github", "push", &secret, &deleted, "d-del"),
+            deleted.clone(),
+            "deleted",
+        ),
+        (
+            "GitLab deletion",
+            headers("gitlab", "Push Hook", &secret, &gl_deleted, "d-gldel"),
+            gl_deleted.clone(),
+            "deleted",
+        ),
+        (
+            "another branch",
+            headers("github", "push", &secret, &feature, "d-feat"),
+            feature.clone(),
+            "the branch feature",
+        ),
+        (
+            "tag push, tags off",
+            headers("gitlab", "Tag Push Hook", &secret, &tag, "d-tag"),
+            tag.clone(),
+            "tag",
+        ),
+        (
+            "another event",
+            headers("github", "issues", &secret, b"{}", "d-issue"),
+            b"{}".to_vec(),
+            "issues",
+        ),
+    ] {
+        let (s, v) = post_hook(&env, &id, &h, b).await;
+        assert_eq!(s, StatusCode::ACCEPTED, "{what}: {v}");
+        assert_eq!(v["result"], "ignored", "{what}: {v}");
+        let message = v["message"].as_str().unwrap();
+        assert!(
+            message.starts_with("ignored: ") && message.contains(says),
+            "{what}: {v}"
+        );
+    }
+    assert!(
+        builds_of(&env, "tool-q").await.is_empty(),
+        "nothing was built"
+    );
+
+    // A valid push queues a build of the pushed commit; its replay does
+    // nothing; a newer push replaces the queued build.
+    let (s, v) = post_hook(&env, &id, &good, body.clone()).await;
+    assert_eq!(
+        (s, v["result"].as_str()),
+        (StatusCode::ACCEPTED, Some("queued")),
+        "{v}"
+    );
+    let first = v["build"].as_str().unwrap().to_owned();
+    let (s, v) = post_hook(&env, &id, &good, body.clone()).await;
+    assert_eq!(
+        (s, v["result"].as_str()),
+        (StatusCode::OK, Some("duplicate")),
+        "{v}"
+    );
+    let body2 = push(main, c1, c2);
+    let (s, v) = post_hook(
+        &env,
+        &id,
+        &headers("github", "push", &secret, &body2, "delivery-2"),
+        body2,
+    )
+    .await;
+    assert_eq!(
+        (s, v["result"].as_str()),
+        (StatusCode::ACCEPTED, Some("queued")),
+        "{v}"
+    );
+    let second = v["build"].as_str().unwrap().to_owned();
+    let builds = builds_of(&env, "tool-q").await;
+    assert_eq!(builds.len(), 2, "{builds:?}");
+    let state_of = |id: &str| {
+        builds
+            .iter()
+            .find(|b| b["id"] == id)
+            .map(|b| {
+                (
+                    b["state"].as_str().unwrap().to_owned(),
+                    b["commit"].as_str().unwrap().to_owned(),
+                )
+            })
+            .unwrap()
+    };
+    assert_eq!(state_of(&first), ("cancelled".to_owned(), c1.to_owned()));
+    assert_eq!(state_of(&second), ("pending".to_owned(), c2.to_owned()));
+    // The other trigger's pushes are its own.
+    let rel = push("refs/heads/release/1", ZERO, c1);
+    let (s, v) = post_hook(
+        &env,
+        &other_id,
+        &headers("github", "push", &other_secret, &rel, "delivery-1"),
+        rel,
+    )
+    .await;
+    assert_eq!(
+        (s, v["result"].as_str()),
+        (StatusCode::ACCEPTED, Some("queued")),
+        "{v}"
+    );
+
+    // Every delivery is on record, refusals with their reason.
+    let d = deliveries(&env, &id).await;
+    let count = |result: &str| d.iter().filter(|d| d["result"] == result).count();
+    assert_eq!(count("refused"), 7, "{d:#?}");
+    assert_eq!(count("ignored"), 5, "{d:#?}");
+    assert_eq!(count("queued"), 2, "{d:#?}");
+    assert!(
+        d.iter().any(
+            |d| d["result"] == "refused" && d["detail"].as_str().unwrap().contains("signature")
+        )
+    );
+    let (_, _, metrics) = env.get("/metrics", Some(&env.admin())).await;
+    let metrics = String::from_utf8(metrics).unwrap();
+    // (One recorder for every server of this test process: at least ours.)
+    let refused: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("slipway_hook_refused_total{reason=\"signature\"} "))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no refused signatures counted:\n{metrics}"));
+    assert!(refused >= 4, "{metrics}");
+    let (_, audit) = env
+        .api(
+            Method::GET,
+            "/api/v1/audit?project=tool-q",
+            Some(&env.admin()),
+            None,
+        )
+        .await;
+    assert!(audit.to_string().contains("hook.refuse"), "{audit}");
+}
+
+/// Waits for the build of `commit` to appear in the project, then for its
+/// end.
+async fn build_of_commit(env: &Env, project: &str, commit: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        if let Some(b) = builds_of(env, project)
+            .await
+            .into_iter()
+            .find(|b| b["commit"] == commit)
+        {
+            return wait_for_end(env, project, b["id"].as_str().unwrap(), &env.admin()).await;
+        }
+        assert!(Instant::now() < deadline, "no build of {commit} appeared");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// A self-hosted forge: a bare repository served by `git http-backend`
+/// behind lighttpd, whose post-receive hook posts GitLab's push event with
+/// curl. A push builds the pushed commit; a push whose tree did not change
+/// is `reused`; asking again for the same commit is reused at once, unless
+/// forced.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_self_hosted_forge_s_post_receive_hook_deploys_each_push() {
+    let env = env_with_stack("tiny", forge_egress).await;
+    env.server.create_project("tool-selfhosted", true).await;
+    let forge = Forge::start();
+    let url = forge.url("app");
+    let (id, secret) = create_trigger(
+        &env,
+        "tool-selfhosted",
+        json!({"source_url": url, "ref": "main", "image_name": "web"}),
+    )
+    .await;
+    let hook_log = forge.path().join("hook.log");
+    let hook = format!(
+        r#"#!/bin/sh
+# GitLab's push event, as a self-hosted forge's post-receive hook sends it.
+while read -r old new ref; do
+  checkout="\"$new\""
+  [ "$new" = {ZERO} ] && checkout=null
+  body=$(printf '{{"object_kind":"push","event_name":"push","before":"%s","after":"%s","ref":"%s","checkout_sha":%s,"project":{{"name":"app","git_http_url":"{url}","web_url":"{html}"}},"repository":{{"name":"app","git_http_url":"{url}","homepage":"{html}"}},"commits":[],"total_commits_count":0}}' "$old" "$new" "$ref" "$checkout")
+  curl -sS -o /dev/null -w '%{{http_code}}\n' -H 'Content-Type: application/json' \
+    -H 'X-Gitlab-Event: Push Hook' -H 'X-Gitlab-Token: {secret}' \
+    -H "X-Gitlab-Event-UUID: $new-$ref" --data-binary "$body" \
+    '{server}/api/v1/hooks/{id}' >> '{log}' 2>&1
+done
+"#,
+        html = url.strip_suffix(".git").unwrap(),
+        server = env.server.url,
+        log = hook_log.display(),
+    );
+    forge.bare("app", Some(&hook));
+    let tmp = tempfile::tempdir().unwrap();
+    let work = Work::new(
+        &tmp.path().join("app"),
+        &[(".slipway-selftest", "first push\n")],
+    );
+    work.push(&url, "main");
+    let first = work.head();
+    let b = build_of_commit(&env, "tool-selfhosted", &first).await;
+    let log = log_of(
+        &env,
+        "tool-selfhosted",
+        b["id"].as_str().unwrap(),
+        &env.admin(),
+    )
+    .await;
+    assert_eq!(b["state"], "succeeded", "{b}\n{log}");
+    assert!(
+        source_label(&env, "tool-selfhosted/web", "latest")
+            .await
+            .contains(&first)
+    );
+    assert_eq!(std::fs::read_to_string(&hook_log).unwrap().trim(), "202");
+
+    // A new commit with the same tree: the worker fetches it, sees the
+    // tree of the image's last build, and builds nothing.
+    let empty = work.commit(&[], "nothing changed");
+    work.push(&url, "main");
+    let r = build_of_commit(&env, "tool-selfhosted", &empty).await;
+    assert_eq!(r["state"], "reused", "{r}");
+    assert_eq!(r["image_digest"], b["image_digest"], "{r}");
+    assert!(r["reason"].as_str().unwrap().contains("same tree"), "{r}");
+    let (s, _) = env
+        .api(
+            Method::HEAD,
+            &format!(
+                "/v2/tool-selfhosted/web/manifests/{}",
+                r["id"].as_str().unwrap()
+            ),
+            Some(&env.admin()),
+            None,
+        )
+        .await;
+    assert_eq!(
+        s,
+        StatusCode::OK,
+        "a reused build tags the image with its id"
+    );
+
+    // The same commit again, by the API (the default trigger): reused at
+    // once; with force, built.
+    let token = env.build_token("tool-selfhosted", "ci").await;
+    let (s, v) = env
+        .api(
+            Method::POST,
+            "/api/v1/projects/tool-selfhosted/builds",
+            Some(&token),
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["state"], "reused", "{v}");
+    assert_eq!(v["commit"], empty.as_str(), "{v}");
+    assert_eq!(v["trigger"], id.as_str(), "{v}");
+    let (s, v) = env
+        .api(
+            Method::POST,
+            "/api/v1/projects/tool-selfhosted/builds",
+            Some(&token),
+            Some(json!({"force": true})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{v}");
+    let f = wait_for_end(&env, "tool-selfhosted", v["id"].as_str().unwrap(), &token).await;
+    assert_eq!(f["state"], "succeeded", "{f}");
+    assert_eq!(
+        std::fs::read_to_string(&hook_log).unwrap().lines().count(),
+        2
+    );
+}
