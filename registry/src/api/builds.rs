@@ -583,7 +583,8 @@ pub(crate) async fn check_secret_names(state: &AppState, ask: &BuildAsk) -> Resu
             .is_none()
         {
             return Err(Error::bad_request(format!(
-                "project {} has no secret {name}; set it first with                  `slipway admin secret set {} {name}`",
+                "project {} has no secret {name}; set it first with \
+                 `slipway admin secret set {} {name}`",
                 ask.project, ask.project
             )));
         }
@@ -933,7 +934,8 @@ pub async fn start(
                     })?,
                 None => state.meta.trigger_default(&project).await?.ok_or_else(|| {
                     Error::bad_request(format!(
-                        "give the repository to build (source_url): project {project:.100}                          has no trigger to build by default"
+                        "give the repository to build (source_url): project {project:.100} \
+                 has no trigger to build by default"
                     ))
                 })?,
             };

@@ -11,10 +11,13 @@ use slipway_registry::api::audit::AuditPage;
 use slipway_registry::api::projects::ProjectView;
 use slipway_registry::api::robots::{RobotSecret, RobotView};
 use slipway_registry::api::storage::UsageView;
+use slipway_registry::api::triggers::{
+    DeliveryView, SecretView, TriggerSecret, TriggerUpdated, TriggerView,
+};
 use slipway_registry::rebase::{FleetReport, report_text};
 use slipway_storage::error::human_bytes;
 
-use super::client::{Client, ServerArgs, admin_password};
+use super::client::{Client, ServerArgs, admin_password, segment};
 use super::output::{print_or, rows_table, say, table};
 use super::stack::{self, StackCommand};
 
@@ -87,6 +90,14 @@ enum AdminCommand {
     /// The platform's own stacks: build and run images and a builder.
     #[command(subcommand)]
     Stack(StackCommand),
+    /// Push to deploy: what builds a project when its repository changes
+    /// (a forge's webhook, or polling).
+    #[command(subcommand)]
+    Trigger(TriggerCommand),
+    /// A project's secrets, given to its builds by name (values are taken,
+    /// never shown).
+    #[command(subcommand)]
+    Secret(SecretCommand),
     /// The audit log, newest first.
     Audit {
         #[arg(long)]
@@ -109,6 +120,153 @@ enum BuildTokenCommand {
     Create {
         project: String,
         #[arg(long, default_value = "default")]
+        name: String,
+    },
+    List {
+        project: String,
+    },
+    Delete {
+        project: String,
+        name: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum TriggerCommand {
+    /// Create a trigger; its webhook secret is printed once.
+    Create {
+        project: String,
+        /// The git repository (https://, http:// or git://).
+        #[arg(long)]
+        source: String,
+        /// Tag pushes build too (those matching --tag-pattern, default all).
+        #[arg(long)]
+        tags: bool,
+        #[command(flatten)]
+        settings: TriggerSettings,
+    },
+    /// The project's triggers (every project's without one).
+    List {
+        project: Option<String>,
+    },
+    Show {
+        id: String,
+    },
+    /// Change a trigger; what is not given stays.
+    Update {
+        id: String,
+        /// The git repository.
+        #[arg(long)]
+        source: Option<String>,
+        /// Tag pushes build too.
+        #[arg(long, conflicts_with = "no_tags")]
+        tags: bool,
+        /// Tag pushes build nothing.
+        #[arg(long, conflicts_with = "tag_pattern")]
+        no_tags: bool,
+        /// Stop polling (webhooks only).
+        #[arg(long, conflicts_with = "poll_interval")]
+        no_poll: bool,
+        /// Remove every build variable.
+        #[arg(long, conflicts_with = "env")]
+        no_env: bool,
+        /// Give builds no secrets.
+        #[arg(long, conflicts_with = "secrets")]
+        no_secrets: bool,
+        /// Replace the webhook secret; the new one is printed once.
+        #[arg(long)]
+        rotate_secret: bool,
+        #[command(flatten)]
+        settings: TriggerSettings,
+    },
+    Delete {
+        id: String,
+    },
+    /// What the forge sent, and what each poll saw, newest first.
+    Deliveries {
+        id: String,
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
+    },
+}
+
+/// A trigger's settings, as `trigger create` and `trigger update` take them.
+#[derive(Args)]
+struct TriggerSettings {
+    /// The branches that build: a name or a glob such as 'release/*'
+    /// (default on create: main).
+    #[arg(long = "ref", value_name = "PATTERN")]
+    ref_pattern: Option<String>,
+    /// The tags that build, a glob such as 'v*' (implies --tags).
+    #[arg(long, value_name = "GLOB")]
+    tag_pattern: Option<String>,
+    /// The image name (default on create: the project's name).
+    #[arg(long)]
+    image: Option<String>,
+    /// The builder (default: the server's; on update, '' goes back to it).
+    #[arg(long)]
+    builder: Option<String>,
+    /// A build-time variable (repeatable; on update, replaces them all).
+    #[arg(long = "env", value_name = "NAME=VALUE")]
+    env: Vec<String>,
+    /// A project secret given to builds as /platform/env/NAME (repeatable;
+    /// on update, replaces them all).
+    #[arg(long = "secret", value_name = "NAME")]
+    secrets: Vec<String>,
+    /// A project secret holding the source's git credentials, user:token
+    /// or a token (on update, '' for none).
+    #[arg(long, value_name = "SECRET_NAME")]
+    git_credentials: Option<String>,
+    /// Poll the branch every this many seconds, for forges that cannot send
+    /// webhooks.
+    #[arg(long, value_name = "SECS")]
+    poll_interval: Option<u64>,
+    /// Make it the project's default trigger (what `slipway build start`
+    /// without --source builds; a project's first trigger is).
+    #[arg(long)]
+    default: bool,
+}
+
+impl TriggerSettings {
+    /// The API's fields for what was given (`NewTrigger`, `TriggerUpdate`).
+    fn to_json(&self) -> anyhow::Result<Map<String, Value>> {
+        let mut out = Map::new();
+        for (k, v) in [
+            ("ref", &self.ref_pattern),
+            ("image_name", &self.image),
+            ("builder", &self.builder),
+            ("git_credentials", &self.git_credentials),
+        ] {
+            if let Some(v) = v {
+                out.insert(k.into(), json!(v));
+            }
+        }
+        if let Some(p) = &self.tag_pattern {
+            out.insert("tag_pattern".into(), json!(p));
+            out.insert("tags".into(), json!(true));
+        }
+        if !self.env.is_empty() {
+            out.insert("env".into(), Value::Object(env_vars(&self.env)?));
+        }
+        if !self.secrets.is_empty() {
+            out.insert("secrets".into(), json!(self.secrets));
+        }
+        if let Some(p) = self.poll_interval {
+            out.insert("poll_interval_secs".into(), json!(p));
+        }
+        if self.default {
+            out.insert("default".into(), json!(true));
+        }
+        Ok(out)
+    }
+}
+
+#[derive(Subcommand)]
+enum SecretCommand {
+    /// Set a secret to what standard input holds (one trailing newline
+    /// dropped), e.g. `printf %s "$TOKEN" | slipway admin secret set P NAME`.
+    Set {
+        project: String,
         name: String,
     },
     List {
@@ -353,6 +511,16 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
         AdminCommand::BuildToken(cmd) => build_token(&cx, cmd).await,
         AdminCommand::Builder(cmd) => builder(&cx, cmd).await,
         AdminCommand::Stack(cmd) => stack::run(cmd, Some(&cx.client), cx.json).await,
+        AdminCommand::Trigger(cmd) => trigger(&cx, cmd).await,
+        AdminCommand::Secret(cmd) => match cmd {
+            SecretCommand::Set { project, name } => {
+                secret_set(&cx.client, cx.json, &project, &name).await
+            }
+            SecretCommand::List { project } => secret_list(&cx.client, cx.json, &project).await,
+            SecretCommand::Delete { project, name } => {
+                secret_delete(&cx.client, cx.json, &project, &name).await
+            }
+        },
         AdminCommand::Audit {
             project,
             principal,
@@ -794,6 +962,337 @@ async fn builder(cx: &Ctx, cmd: BuilderCommand) -> anyhow::Result<()> {
     }
 }
 
+// ----- triggers -----------------------------------------------------------
+
+async fn trigger(cx: &Ctx, cmd: TriggerCommand) -> anyhow::Result<()> {
+    match cmd {
+        TriggerCommand::Create {
+            project,
+            source,
+            tags,
+            settings,
+        } => trigger_create(cx, &project, source, tags, &settings).await,
+        TriggerCommand::List { project } => trigger_list(cx, project).await,
+        TriggerCommand::Show { id } => {
+            let v = cx
+                .call(M::GET, &format!("/api/v1/triggers/{}", segment(&id)), None)
+                .await?;
+            print_or(cx.json, &v, || {
+                Ok(trigger_text(&serde_json::from_value(v.clone())?))
+            })
+        }
+        TriggerCommand::Update {
+            id,
+            source,
+            tags,
+            no_tags,
+            no_poll,
+            no_env,
+            no_secrets,
+            rotate_secret,
+            settings,
+        } => {
+            let mut body = settings.to_json()?;
+            if let Some(s) = source {
+                body.insert("source_url".into(), json!(s));
+            }
+            if tags || no_tags {
+                body.insert("tags".into(), json!(tags));
+            }
+            if no_poll {
+                body.insert("poll_interval_secs".into(), json!(0));
+            }
+            if no_env {
+                body.insert("env".into(), json!({}));
+            }
+            if no_secrets {
+                body.insert("secrets".into(), json!([]));
+            }
+            if rotate_secret {
+                body.insert("rotate_secret".into(), json!(true));
+            }
+            if body.is_empty() {
+                bail!(
+                    "nothing to change: give what to change (see `slipway admin trigger update --help`)"
+                );
+            }
+            trigger_update(cx, &id, body).await
+        }
+        TriggerCommand::Delete { id } => {
+            cx.call(
+                M::DELETE,
+                &format!("/api/v1/triggers/{}", segment(&id)),
+                None,
+            )
+            .await?;
+            say(cx.json, format!("Deleted trigger {id}."));
+            Ok(())
+        }
+        TriggerCommand::Deliveries { id, limit } => trigger_deliveries(cx, &id, limit).await,
+    }
+}
+
+async fn trigger_create(
+    cx: &Ctx,
+    project: &str,
+    source: String,
+    tags: bool,
+    settings: &TriggerSettings,
+) -> anyhow::Result<()> {
+    let mut body = settings.to_json()?;
+    body.insert("source_url".into(), json!(source));
+    if tags {
+        body.insert("tags".into(), json!(true));
+    }
+    let v = cx
+        .call(
+            M::POST,
+            &format!("/api/v1/projects/{project}/triggers"),
+            Some(Value::Object(body)),
+        )
+        .await?;
+    print_or(cx.json, &v, || {
+        let s: TriggerSecret = serde_json::from_value(v.clone())?;
+        Ok(format!(
+            "{}\n\n{}",
+            trigger_text(&s.trigger),
+            hook_secret_text(&s.trigger, &s.secret)
+        ))
+    })
+}
+
+async fn trigger_list(cx: &Ctx, project: Option<String>) -> anyhow::Result<()> {
+    let path = match &project {
+        Some(p) => format!("/api/v1/projects/{p}/triggers"),
+        None => "/api/v1/triggers".to_owned(),
+    };
+    let v = cx.call(M::GET, &path, None).await?;
+    print_or(cx.json, &v, || {
+        let triggers: Vec<TriggerView> = serde_json::from_value(v.clone())?;
+        let mut t = table(&[
+            "trigger", "project", "source", "ref", "image", "poll", "default",
+        ]);
+        for tr in triggers {
+            t.add_row(vec![
+                tr.id.clone(),
+                tr.project.clone(),
+                tr.source_url.clone(),
+                refs_text(&tr),
+                tr.image_name.clone(),
+                tr.poll_interval_secs
+                    .map(|s| format!("{s} s"))
+                    .unwrap_or_else(|| "no".into()),
+                if tr.default { "yes" } else { "" }.to_owned(),
+            ]);
+        }
+        Ok(t.to_string())
+    })
+}
+
+async fn trigger_update(cx: &Ctx, id: &str, body: Map<String, Value>) -> anyhow::Result<()> {
+    let v = cx
+        .call(
+            M::PATCH,
+            &format!("/api/v1/triggers/{}", segment(id)),
+            Some(Value::Object(body)),
+        )
+        .await?;
+    print_or(cx.json, &v, || {
+        let u: TriggerUpdated = serde_json::from_value(v.clone())?;
+        let mut out = trigger_text(&u.trigger);
+        if let Some(secret) = &u.secret {
+            out.push_str("\n\n");
+            out.push_str(&hook_secret_text(&u.trigger, secret));
+        }
+        Ok(out)
+    })
+}
+
+async fn trigger_deliveries(cx: &Ctx, id: &str, limit: u32) -> anyhow::Result<()> {
+    let v = cx
+        .call(
+            M::GET,
+            &format!("/api/v1/triggers/{}/deliveries?limit={limit}", segment(id)),
+            None,
+        )
+        .await?;
+    print_or(cx.json, &v, || {
+        let list: Vec<DeliveryView> = serde_json::from_value(v.clone())?;
+        let mut t = table(&[
+            "time", "provider", "event", "ref", "commit", "result", "build", "detail",
+        ]);
+        for d in list {
+            let commit = d.commit.unwrap_or_default();
+            t.add_row(vec![
+                d.at,
+                d.provider,
+                d.event,
+                d.git_ref.unwrap_or_default(),
+                commit.chars().take(12).collect(),
+                d.result,
+                d.build.unwrap_or_default(),
+                d.detail,
+            ]);
+        }
+        Ok(t.to_string())
+    })
+}
+
+/// The branches (and tags) a trigger builds.
+fn refs_text(t: &TriggerView) -> String {
+    if t.tags {
+        format!(
+            "{}, tags {}",
+            t.ref_pattern,
+            t.tag_pattern.as_deref().unwrap_or("*")
+        )
+    } else {
+        t.ref_pattern.clone()
+    }
+}
+
+fn trigger_text(t: &TriggerView) -> String {
+    let mut out = String::new();
+    let mut line = |k: &str, v: &str| out.push_str(&format!("{k:<12}{v}\n"));
+    line("trigger", &t.id);
+    line("project", &t.project);
+    line("source", &t.source_url);
+    line("builds", &refs_text(t));
+    line("image", &format!("{}/{}", t.project, t.image_name));
+    line(
+        "builder",
+        t.builder.as_deref().unwrap_or("the server's default"),
+    );
+    if !t.env.is_empty() {
+        line("env", &t.env.join(", "));
+    }
+    if !t.secrets.is_empty() {
+        line("secrets", &t.secrets.join(", "));
+    }
+    if let Some(c) = &t.git_credentials {
+        line("git login", &format!("the secret {c}"));
+    }
+    let polls = match (t.poll_interval_secs, &t.polled_commit) {
+        (None, _) => "no (webhooks only)".to_owned(),
+        (Some(s), None) => format!("every {s} s"),
+        (Some(s), Some(c)) => format!(
+            "every {s} s (last saw {})",
+            c.chars().take(12).collect::<String>()
+        ),
+    };
+    line("polls", &polls);
+    line("default", if t.default { "yes" } else { "no" });
+    line("delivery", &t.delivery_url);
+    line("created", &format!("{} by {}", t.created_at, t.created_by));
+    out.trim_end().to_owned()
+}
+
+/// A webhook secret, and where it goes: shown this once.
+fn hook_secret_text(t: &TriggerView, secret: &str) -> String {
+    format!(
+        "Webhook secret: {secret}\n\n\
+         Point the forge's push webhook at {} (content type application/json) with this \
+         secret: GitHub's and Gitea's/Forgejo's \"Secret\", GitLab's \"Secret token\".\n\
+         The secret is shown only this once; store it now.",
+        t.delivery_url
+    )
+}
+
+// ----- secrets (shared with `slipway build secret`) ------------------------
+
+/// Sets a project secret to what standard input holds.
+pub(super) async fn secret_set(
+    client: &Client,
+    json: bool,
+    project: &str,
+    name: &str,
+) -> anyhow::Result<()> {
+    let value = read_secret(name)?;
+    let v = client
+        .call(
+            M::PUT,
+            &format!("/api/v1/projects/{project}/secrets/{}", segment(name)),
+            Some(json!({ "value": value })),
+        )
+        .await?;
+    print_or(json, &v, || {
+        Ok(format!("Secret {name} of project {project} set."))
+    })
+}
+
+pub(super) async fn secret_list(client: &Client, json: bool, project: &str) -> anyhow::Result<()> {
+    let v = client
+        .call(M::GET, &format!("/api/v1/projects/{project}/secrets"), None)
+        .await?;
+    print_or(json, &v, || {
+        let secrets: Vec<SecretView> = serde_json::from_value(v.clone())?;
+        let mut t = table(&["secret", "created", "updated"]);
+        for s in secrets {
+            t.add_row(vec![s.name, s.created_at, s.updated_at]);
+        }
+        Ok(t.to_string())
+    })
+}
+
+pub(super) async fn secret_delete(
+    client: &Client,
+    json: bool,
+    project: &str,
+    name: &str,
+) -> anyhow::Result<()> {
+    client
+        .call(
+            M::DELETE,
+            &format!("/api/v1/projects/{project}/secrets/{}", segment(name)),
+            None,
+        )
+        .await?;
+    say(json, format!("Deleted secret {name} of project {project}."));
+    Ok(())
+}
+
+/// A secret's value from standard input: all of it, or on a terminal one
+/// line (asked for); one trailing newline dropped; never empty.
+fn read_secret(name: &str) -> anyhow::Result<String> {
+    use std::io::{IsTerminal, Read};
+    let stdin = std::io::stdin();
+    let mut raw = String::new();
+    if stdin.is_terminal() {
+        eprint!("Value of {name} (shown as you type; pipe it in to keep it off the screen): ");
+        stdin.read_line(&mut raw)
+    } else {
+        stdin.lock().read_to_string(&mut raw)
+    }
+    .context("cannot read the secret's value from standard input (it must be UTF-8 text)")?;
+    let value = strip_newline(&raw);
+    if value.is_empty() {
+        bail!(
+            "the value of {name} is empty: pipe the value to standard input, for example with \
+             printf %s \"$VALUE\" | …"
+        );
+    }
+    Ok(value.to_owned())
+}
+
+/// `s` without one trailing `\n` (or `\r\n`).
+fn strip_newline(s: &str) -> &str {
+    s.strip_suffix('\n')
+        .map(|s| s.strip_suffix('\r').unwrap_or(s))
+        .unwrap_or(s)
+}
+
+/// `NAME=VALUE` flags → the API's `env` object.
+pub(super) fn env_vars(env: &[String]) -> anyhow::Result<Map<String, Value>> {
+    let mut vars = Map::new();
+    for e in env {
+        let (k, v) = e
+            .split_once('=')
+            .with_context(|| format!("--env takes NAME=VALUE, not {e:?}"))?;
+        vars.insert(k.to_owned(), json!(v));
+    }
+    Ok(vars)
+}
+
 // ----- audit --------------------------------------------------------------
 
 async fn audit(
@@ -1014,7 +1513,23 @@ fn parse_days(s: &str) -> anyhow::Result<u32> {
 
 #[cfg(test)]
 mod tests {
-    use super::parse_size;
+    use super::{parse_size, strip_newline};
+
+    #[test]
+    fn secret_values_lose_one_newline() {
+        let cases = [
+            ("s3cret", "s3cret"),
+            ("s3cret\n", "s3cret"),
+            ("s3cret\r\n", "s3cret"),
+            ("s3cret\n\n", "s3cret\n"),
+            ("two\nlines\n", "two\nlines"),
+            ("\n", ""),
+            ("", ""),
+        ];
+        for (given, want) in cases {
+            assert_eq!(strip_newline(given), want, "{given:?}");
+        }
+    }
 
     #[test]
     fn sizes() {

@@ -1,6 +1,8 @@
-//! `slipway build …`: start builds and follow them, from the command line.
-//! Arguments are parsed by clap; [`run`] finds the credentials and the
-//! project and hands each command to a function of its own.
+//! `slipway build …`: start builds and follow them, see what the project's
+//! images cost and clean them away, and keep the project's secrets — from
+//! the command line. Arguments are parsed by clap; [`run`] finds the
+//! credentials and the project and hands each command to a function of its
+//! own.
 //!
 //! Credentials: a build token (`SLIPWAY_BUILD_TOKEN='build$<project>+<name>:<secret>'`,
 //! as `slipway admin build-token create` prints it) — its project is then
@@ -14,10 +16,13 @@ use clap::{Args, Subcommand};
 use futures::StreamExt;
 use indicatif::{ProgressBar, ProgressStyle};
 use reqwest::Method as M;
-use serde_json::json;
+use serde_json::{Value, json};
 use slipway_registry::api::builds::{BuildView, LogLineView};
+use slipway_registry::api::storage::UsageView;
+use slipway_storage::error::human_bytes;
 
-use super::client::{Client, ServerArgs, admin_password};
+use super::admin::{env_vars, secret_delete, secret_list, secret_set};
+use super::client::{Client, ServerArgs, admin_password, segment};
 use super::output::{print_or, say, table};
 
 #[derive(Args)]
@@ -46,26 +51,7 @@ pub struct BuildArgs {
 #[derive(Subcommand)]
 enum BuildCommand {
     /// Build a git repository into `<project>/<image>:latest`.
-    Start {
-        /// The git repository (https://, http:// or git://).
-        #[arg(long)]
-        source: String,
-        /// A branch, tag or commit (default: the default branch).
-        #[arg(long = "ref")]
-        git_ref: Option<String>,
-        /// The image name (default: the project's name).
-        #[arg(long)]
-        image: Option<String>,
-        /// The builder (default: the server's).
-        #[arg(long)]
-        builder: Option<String>,
-        /// A build-time variable, NAME=VALUE (repeatable).
-        #[arg(long = "env", value_name = "NAME=VALUE")]
-        env: Vec<String>,
-        /// Print the log as the build runs, and wait for its end.
-        #[arg(long, short)]
-        follow: bool,
-    },
+    Start(StartArgs),
     /// The project's builds, newest first.
     List {
         #[arg(long, default_value_t = 20)]
@@ -89,6 +75,74 @@ enum BuildCommand {
     },
     /// Forget a finished build and its log (its image stays).
     Delete { id: String },
+    /// The project's images: what each holds and costs against the quota.
+    Quota,
+    /// Delete the project's images (every manifest; the layers go at the
+    /// next garbage collection).
+    Clean {
+        /// Only this image (default: all of the project's).
+        #[arg(long)]
+        image: Option<String>,
+        /// Do not ask first (needed when standard input is not a terminal).
+        #[arg(long, short)]
+        yes: bool,
+    },
+    /// The project's secrets, given to its builds by name.
+    #[command(subcommand)]
+    Secret(SecretCommand),
+}
+
+#[derive(Args)]
+struct StartArgs {
+    /// The git repository (https://, http:// or git://); without it, the
+    /// project's default trigger's (see `slipway admin trigger`).
+    #[arg(long)]
+    source: Option<String>,
+    /// Build this trigger's repository, with its settings, instead of the
+    /// default trigger's.
+    #[arg(long, conflicts_with = "source")]
+    trigger: Option<String>,
+    /// A branch, tag or commit (default: the default branch, or the
+    /// trigger's branch).
+    #[arg(long = "ref")]
+    git_ref: Option<String>,
+    /// The image name (default: the project's name, or the trigger's).
+    #[arg(long)]
+    image: Option<String>,
+    /// The builder (default: the server's, or the trigger's).
+    #[arg(long)]
+    builder: Option<String>,
+    /// A build-time variable, NAME=VALUE (repeatable).
+    #[arg(long = "env", value_name = "NAME=VALUE")]
+    env: Vec<String>,
+    /// A project secret given to the build as /platform/env/NAME
+    /// (repeatable).
+    #[arg(long = "secret", value_name = "NAME")]
+    secrets: Vec<String>,
+    /// A project secret holding the source's git credentials, user:token
+    /// or a token.
+    #[arg(long, value_name = "SECRET_NAME")]
+    git_credentials: Option<String>,
+    /// Build even when an equal build's image is current (else that image
+    /// is used again and nothing runs).
+    #[arg(long)]
+    force: bool,
+    /// Print the log as the build runs, and wait for its end.
+    #[arg(long, short)]
+    follow: bool,
+}
+
+#[derive(Subcommand)]
+enum SecretCommand {
+    /// Set a secret to what standard input holds (one trailing newline
+    /// dropped), e.g. `printf %s "$TOKEN" | slipway build secret set NAME`.
+    Set {
+        name: String,
+    },
+    List,
+    Delete {
+        name: String,
+    },
 }
 
 /// What every command needs: the API client, the project's builds path
@@ -134,44 +188,40 @@ pub async fn run(args: BuildArgs) -> anyhow::Result<()> {
         json: args.json,
     };
     match args.command {
-        BuildCommand::Start {
-            source,
-            git_ref,
-            image,
-            builder,
-            env,
-            follow,
-        } => start(&cx, source, git_ref, image, builder, env, follow).await,
+        BuildCommand::Start(a) => start(&cx, a).await,
         BuildCommand::List { limit } => list(&cx, limit).await,
         BuildCommand::Show { id } => show(&cx, &id).await,
         BuildCommand::Logs { id, follow } => logs(&cx, &id, follow).await,
         BuildCommand::Cancel { id } => cancel(&cx, &id).await,
         BuildCommand::Retry { id, follow } => retry(&cx, &id, follow).await,
         BuildCommand::Delete { id } => delete(&cx, &id).await,
+        BuildCommand::Quota => quota(&cx).await,
+        BuildCommand::Clean { image, yes } => clean(&cx, image, yes).await,
+        BuildCommand::Secret(cmd) => match cmd {
+            SecretCommand::Set { name } => {
+                secret_set(&cx.client, cx.json, &cx.project, &name).await
+            }
+            SecretCommand::List => secret_list(&cx.client, cx.json, &cx.project).await,
+            SecretCommand::Delete { name } => {
+                secret_delete(&cx.client, cx.json, &cx.project, &name).await
+            }
+        },
     }
 }
 
-async fn start(
-    cx: &Ctx,
-    source: String,
-    git_ref: Option<String>,
-    image: Option<String>,
-    builder: Option<String>,
-    env: Vec<String>,
-    follow: bool,
-) -> anyhow::Result<()> {
-    let mut vars = serde_json::Map::new();
-    for e in env {
-        let (k, v) = e
-            .split_once('=')
-            .with_context(|| format!("--env takes NAME=VALUE, not {e:?}"))?;
-        vars.insert(k.to_owned(), json!(v));
-    }
-    let mut body = json!({"source_url": source, "env": vars});
+async fn start(cx: &Ctx, a: StartArgs) -> anyhow::Result<()> {
+    let mut body = json!({
+        "env": env_vars(&a.env)?,
+        "secrets": a.secrets,
+        "force": a.force,
+    });
     for (k, v) in [
-        ("ref", git_ref),
-        ("image_name", image),
-        ("builder", builder),
+        ("source_url", a.source),
+        ("trigger", a.trigger),
+        ("ref", a.git_ref),
+        ("image_name", a.image),
+        ("builder", a.builder),
+        ("git_credentials", a.git_credentials),
     ] {
         if let Some(v) = v {
             body[k] = json!(v);
@@ -179,7 +229,11 @@ async fn start(
     }
     let v = cx.client.call(M::POST, &cx.base, Some(body)).await?;
     let b: BuildView = serde_json::from_value(v.clone())?;
-    if follow {
+    // Nothing runs: there is no log to follow.
+    if b.state == "reused" {
+        return print_or(cx.json, &v, || Ok(reused_text(&b)));
+    }
+    if a.follow {
         if !cx.json {
             eprintln!(
                 "Build {} of {} at {} ({}) queued.",
@@ -278,6 +332,9 @@ async fn retry(cx: &Ctx, id: &str, follow: bool) -> anyhow::Result<()> {
         .call(M::POST, &format!("{}/{id}/retry", cx.base), None)
         .await?;
     let b: BuildView = serde_json::from_value(v.clone())?;
+    if b.state == "reused" {
+        return print_or(cx.json, &v, || Ok(reused_text(&b)));
+    }
     if follow {
         return follow_build(cx, &b.id).await;
     }
@@ -292,6 +349,158 @@ async fn delete(cx: &Ctx, id: &str) -> anyhow::Result<()> {
         .await?;
     say(cx.json, format!("Deleted build {id}."));
     Ok(())
+}
+
+async fn quota(cx: &Ctx) -> anyhow::Result<()> {
+    let v = images(cx).await?;
+    print_or(cx.json, &v, || {
+        let usage: UsageView = serde_json::from_value(v["usage"].clone())?;
+        let mut out = format!("Project {} uses {}.", cx.project, usage.summary);
+        if let Some(w) = usage.warnings.last() {
+            out.push_str(&format!(" It is past {w} % of its quota."));
+        }
+        let list = v["images"].as_array().cloned().unwrap_or_default();
+        if list.is_empty() {
+            out.push_str("\nIt holds no images.");
+            return Ok(out);
+        }
+        let mut t = table(&["image", "manifests", "tags", "size", "last push"]);
+        for i in &list {
+            t.add_row(vec![
+                i["name"].as_str().unwrap_or_default().to_owned(),
+                i["manifests"].as_u64().unwrap_or(0).to_string(),
+                i["tags"].as_array().map_or(0, Vec::len).to_string(),
+                i["size"].as_str().unwrap_or_default().to_owned(),
+                i["last_push"]
+                    .as_i64()
+                    .map(slipway_registry::api::time)
+                    .unwrap_or_else(|| "never".into()),
+            ]);
+        }
+        out.push('\n');
+        out.push_str(&t.to_string());
+        out.push_str("\nImages share layers: their sizes may add up to more than the usage.");
+        Ok(out)
+    })
+}
+
+/// The project's images and usage (`ImagesView`).
+async fn images(cx: &Ctx) -> anyhow::Result<Value> {
+    cx.client
+        .call(
+            M::GET,
+            &format!("/api/v1/projects/{}/images", cx.project),
+            None,
+        )
+        .await
+}
+
+async fn clean(cx: &Ctx, image: Option<String>, yes: bool) -> anyhow::Result<()> {
+    if !yes && !ask_clean(cx, image.as_deref()).await? {
+        say(cx.json, "Nothing was deleted.");
+        return Ok(());
+    }
+    let mut path = format!("/api/v1/projects/{}/images", cx.project);
+    if let Some(name) = &image {
+        path.push('/');
+        path.push_str(&segment(name));
+    }
+    let v = cx.client.call(M::DELETE, &path, None).await?;
+    print_or(cx.json, &v, || {
+        let usage: UsageView = serde_json::from_value(v["usage"].clone())?;
+        let names: Vec<&str> = v["images"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .collect();
+        let done = match v["deleted_manifests"].as_u64().unwrap_or(0) {
+            0 => format!("Nothing to delete: project {} holds no images.", cx.project),
+            n => format!(
+                "Deleted {n} manifest{} of project {}: {}.",
+                if n == 1 { "" } else { "s" },
+                cx.project,
+                names.join(", ")
+            ),
+        };
+        Ok(format!(
+            "{done}\nProject {} now uses {}.",
+            cx.project, usage.summary
+        ))
+    })
+}
+
+/// Asks before `clean` deletes; refuses when no one can answer. `false`:
+/// the answer was no (or there is nothing to delete).
+async fn ask_clean(cx: &Ctx, image: Option<&str>) -> anyhow::Result<bool> {
+    if !std::io::stdin().is_terminal() {
+        bail!(
+            "not deleting without asking, and standard input is not a terminal: pass --yes to \
+             delete {}",
+            match image {
+                Some(name) => format!("the image {name} of project {}", cx.project),
+                None => format!("every image of project {}", cx.project),
+            }
+        );
+    }
+    let v = images(cx).await?;
+    let usage: UsageView = serde_json::from_value(v["usage"].clone())?;
+    // Names whose manifests are all gone already hold nothing to delete.
+    let list: Vec<Value> = v["images"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|i| i["manifests"].as_u64().unwrap_or(0) > 0)
+        .cloned()
+        .collect();
+    let question = match image {
+        None if list.is_empty() => {
+            eprintln!("Project {} holds no images.", cx.project);
+            return Ok(false);
+        }
+        None if list.len() == 1 => format!(
+            "Delete {}, the only image of project {} ({})?",
+            list[0]["name"].as_str().unwrap_or_default(),
+            cx.project,
+            human_bytes(usage.used_bytes)
+        ),
+        None => format!(
+            "Delete all {} images of project {} ({})?",
+            list.len(),
+            cx.project,
+            human_bytes(usage.used_bytes)
+        ),
+        Some(name) => match list.iter().find(|i| i["name"] == name) {
+            Some(i) => format!(
+                "Delete the image {name} of project {} ({})?",
+                cx.project,
+                i["size"].as_str().unwrap_or_default()
+            ),
+            // Absent or empty: nothing to lose, and the answer says so.
+            None => return Ok(true),
+        },
+    };
+    eprint!("{question} [y/N] ");
+    let mut answer = String::new();
+    std::io::stdin()
+        .read_line(&mut answer)
+        .context("cannot read the answer")?;
+    Ok(matches!(
+        answer.trim().to_ascii_lowercase().as_str(),
+        "y" | "yes"
+    ))
+}
+
+/// A build that did not run: an equal build's image was used again.
+fn reused_text(b: &BuildView) -> String {
+    format!(
+        "Build {} reused {}: {}.\nPass --force to build it again anyway.",
+        b.id,
+        b.image_digest.as_deref().unwrap_or("an image"),
+        b.reason
+            .as_deref()
+            .unwrap_or("an equal build's image is current")
+    )
 }
 
 fn short(commit: &str) -> &str {
@@ -372,7 +581,11 @@ async fn follow_build(cx: &Ctx, id: &str) -> anyhow::Result<()> {
         .call(M::GET, &format!("{}/{id}", cx.base), None)
         .await?;
     let b: BuildView = serde_json::from_value(v)?;
-    progress.finish(b.state == "succeeded");
+    progress.finish(b.state == "succeeded" || b.state == "reused");
+    if b.state == "reused" {
+        say(cx.json, reused_text(&b));
+        return Ok(());
+    }
     if b.state != "succeeded" {
         bail!(
             "build {} {}: {}",

@@ -96,6 +96,17 @@ impl Client {
     }
 }
 
+/// `s` as one path segment: a name with `/` (an image `web/api`) or `%`
+/// stays one segment, and the API reads it back as given.
+pub fn segment(s: &str) -> String {
+    // '.' is escaped too: a `..` segment would be resolved away.
+    const ESCAPED: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+        .remove(b'-')
+        .remove(b'_')
+        .remove(b'~');
+    percent_encoding::utf8_percent_encode(s, ESCAPED).to_string()
+}
+
 fn error_sentence(body: &str, status: reqwest::StatusCode) -> String {
     serde_json::from_str::<Value>(body)
         .ok()

@@ -225,6 +225,16 @@ fn fixture(name: &str, clone_url: &str, git_ref: &str, before: &str, after: &str
         .into_bytes()
 }
 
+/// A delivery: what it is, its headers and body, the status and a piece
+/// of the sentence it is answered with.
+type Case = (
+    &'static str,
+    Vec<(String, String)>,
+    Vec<u8>,
+    StatusCode,
+    &'static str,
+);
+
 const ZERO: &str = "0000000000000000000000000000000000000000";
 
 fn hmac_hex(secret: &str, body: &[u8]) -> String {
@@ -576,8 +586,8 @@ async fn bad_deliveries_build_nothing_and_a_newer_push_replaces_the_queued_build
 
     // Anonymous callers reach none of the trigger and secret routes.
     for (m, path) in [
-        (Method::GET, format!("/api/v1/projects/tool-q/triggers")),
-        (Method::POST, format!("/api/v1/projects/tool-q/triggers")),
+        (Method::GET, "/api/v1/projects/tool-q/triggers".to_owned()),
+        (Method::POST, "/api/v1/projects/tool-q/triggers".to_owned()),
         (Method::GET, "/api/v1/triggers".to_owned()),
         (Method::GET, format!("/api/v1/triggers/{id}")),
         (Method::PATCH, format!("/api/v1/triggers/{id}")),
@@ -601,7 +611,7 @@ async fn bad_deliveries_build_nothing_and_a_newer_push_replaces_the_queued_build
 
     let body = push(main, ZERO, c1);
     let good = headers("github", "push", &secret, &body, "delivery-1");
-    let mut cases: Vec<(&str, Vec<(String, String)>, Vec<u8>, StatusCode, &str)> = Vec::new();
+    let mut cases: Vec<Case> = Vec::new();
     // A signature made with another secret; none at all.
     cases.push((
         "wrong signature",
@@ -967,4 +977,521 @@ done
         std::fs::read_to_string(&hook_log).unwrap().lines().count(),
         2
     );
+}
+
+const API_KEY: &str = "sk-live-7Hq2mZ9pX4vR8tY1wK3nB5";
+
+/// An app whose inline buildpack prints the secret it is given, plainly,
+/// in base64 and URL-encoded, and says whether it is in its environment.
+const LEAKY_PROJECT_TOML: &str = r#"
+[_]
+schema-version = "0.2"
+
+[[io.buildpacks.group]]
+id = "tool/leaky"
+  [io.buildpacks.group.script]
+  api = "0.10"
+  shell = "bash"
+  inline = """
+set -eu
+key=$(cat "$CNB_PLATFORM_DIR/env/API_KEY")
+echo "plain: $key"
+echo "base64: $(printf %s "$key" | base64)"
+echo "url: $(printf %s "$key" | sed 's/-/%2D/g')"
+echo "in the environment: ${API_KEY:-no}"
+mkdir -p "$CNB_LAYERS_DIR/web"
+printf '[types]\\nlaunch = true\\n' > "$CNB_LAYERS_DIR/web.toml"
+echo 'hello' > "$CNB_LAYERS_DIR/web/greeting"
+cat > "$CNB_LAYERS_DIR/launch.toml" <<'TOML'
+[[processes]]
+type = "web"
+command = ["cat", "/layers/tool_leaky/web/greeting"]
+default = true
+TOML
+"""
+"#;
+
+/// Every blob of an image (config and layers, gzip or not), as bytes.
+async fn image_bytes(env: &Env, repo: &str, reference: &str) -> Vec<Vec<u8>> {
+    let (s, _, m) = env
+        .send(
+            Method::GET,
+            &format!("/v2/{repo}/manifests/{reference}"),
+            Some(&env.admin()),
+            Vec::new(),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    let m: Value = serde_json::from_slice(&m).unwrap();
+    let mut digests = vec![m["config"]["digest"].as_str().unwrap().to_owned()];
+    for l in m["layers"].as_array().unwrap() {
+        digests.push(l["digest"].as_str().unwrap().to_owned());
+    }
+    let mut out = vec![serde_json::to_vec(&m).unwrap()];
+    for d in digests {
+        let (s, _, b) = env
+            .get(&format!("/v2/{repo}/blobs/{d}"), Some(&env.admin()))
+            .await;
+        assert_eq!(s, StatusCode::OK);
+        if b.starts_with(&[0x1f, 0x8b]) {
+            let mut plain = Vec::new();
+            flate2::read::GzDecoder::new(&b[..])
+                .read_to_end(&mut plain)
+                .unwrap();
+            out.push(plain);
+        } else {
+            out.push(b);
+        }
+    }
+    out
+}
+
+fn contains(haystack: &[u8], needle: &str) -> bool {
+    haystack
+        .windows(needle.len())
+        .any(|w| w == needle.as_bytes())
+}
+
+/// Every file under `dir`, read whole (the server's data: its database,
+/// its blobs).
+fn files_under(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_owned()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if let Ok(bytes) = std::fs::read(&p) {
+                out.push((p, bytes));
+            }
+        }
+    }
+    out
+}
+
+/// A private repository (HTTP Basic) builds with a project secret as its
+/// git credentials and fails with a sentence without them; a secret given
+/// to the buildpacks reaches them as a file only, is masked in the log in
+/// every form, and is in no API answer, no layer and no file of the
+/// server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_private_repository_builds_with_a_secret_that_goes_nowhere_else() {
+    let env = env_with_stack("tiny", forge_egress).await;
+    env.server.create_project("tool-private", true).await;
+    let forge = Forge::start();
+    forge.bare("app", None);
+    let url = forge.private_url("app");
+    let tmp = tempfile::tempdir().unwrap();
+    let work = Work::new(
+        &tmp.path().join("app"),
+        &[("project.toml", LEAKY_PROJECT_TOML)],
+    );
+    work.push(
+        &url.replace(
+            "http://",
+            &format!("http://maintainer:{}@", Forge::PASSWORD),
+        ),
+        "main",
+    );
+    let token = env.build_token("tool-private", "ci").await;
+    let creds = format!("maintainer:{}", Forge::PASSWORD);
+    for (name, value) in [("GIT_TOKEN", creds.as_str()), ("API_KEY", API_KEY)] {
+        let (s, v) = env
+            .api(
+                Method::PUT,
+                &format!("/api/v1/projects/tool-private/secrets/{name}"),
+                Some(&token),
+                Some(json!({"value": value})),
+            )
+            .await;
+        assert_eq!(s, StatusCode::CREATED, "{v}");
+        assert!(!v.to_string().contains(value), "{v}");
+    }
+
+    // Without credentials: refused with a sentence that says what to do.
+    let (s, v) = env
+        .api(
+            Method::POST,
+            "/api/v1/projects/tool-private/builds",
+            Some(&token),
+            Some(json!({"source_url": url, "ref": "main", "secrets": ["API_KEY"]})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{v}");
+    let e = v["error"].as_str().unwrap();
+    assert!(
+        e.contains("asks for credentials") && e.contains("git_credentials"),
+        "{v}"
+    );
+
+    let (s, v) = env
+        .api(
+            Method::POST,
+            "/api/v1/projects/tool-private/builds",
+            Some(&token),
+            Some(
+                json!({"source_url": url, "ref": "main", "secrets": ["API_KEY"],
+                        "git_credentials": "GIT_TOKEN"}),
+            ),
+        )
+        .await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{v}");
+    let id = v["id"].as_str().unwrap().to_owned();
+    let b = wait_for_end(&env, "tool-private", &id, &token).await;
+    let log = log_of(&env, "tool-private", &id, &token).await;
+    assert_eq!(b["state"], "succeeded", "{b}\n{log}");
+    for want in [
+        "plain: ****",
+        "base64: ****",
+        "url: ****",
+        "in the environment: no",
+        "secrets (as /platform/env files, masked in this log): API_KEY",
+    ] {
+        assert!(log.contains(want), "{want}:\n{log}");
+    }
+    use base64::Engine as _;
+    let forms = [
+        API_KEY.to_owned(),
+        base64::engine::general_purpose::STANDARD.encode(API_KEY),
+        API_KEY.replace('-', "%2D"),
+        Forge::PASSWORD.to_owned(),
+        base64::engine::general_purpose::STANDARD.encode(&creds),
+    ];
+    for f in &forms {
+        assert!(!log.contains(f.as_str()), "{f} in the log:\n{log}");
+    }
+
+    // Not in any answer of the API about the build, the secrets, the
+    // project, or the audit log.
+    let mut answers = String::new();
+    for path in [
+        format!("/api/v1/projects/tool-private/builds/{id}"),
+        "/api/v1/projects/tool-private/builds".to_owned(),
+        "/api/v1/projects/tool-private/secrets".to_owned(),
+        "/api/v1/projects/tool-private".to_owned(),
+        "/api/v1/audit?project=tool-private".to_owned(),
+    ] {
+        let (s, v) = env.api(Method::GET, &path, Some(&env.admin()), None).await;
+        assert_eq!(s, StatusCode::OK, "{path}: {v}");
+        answers.push_str(&v.to_string());
+    }
+    assert!(answers.contains("API_KEY") && answers.contains("GIT_TOKEN"));
+    // Not in the image: no layer, not its config.
+    let blobs = image_bytes(&env, "tool-private/tool-private", "latest").await;
+    assert!(blobs.len() >= 3);
+    // Not in any file of the server (its database holds them sealed).
+    let files = files_under(env.server.data_dir());
+    assert!(files.iter().any(|(p, _)| p.ends_with("slipway.db")));
+    for f in &forms[..4] {
+        assert!(!answers.contains(f.as_str()), "{f} in an API answer");
+        for b in &blobs {
+            assert!(!contains(b, f), "{f} in the image");
+        }
+        for (p, bytes) in &files {
+            assert!(!contains(bytes, f), "{f} in {}", p.display());
+        }
+    }
+}
+
+/// Build records beyond the project's retention go as builds end: after
+/// ten builds of one image, exactly the configured ones remain. `build
+/// clean` then deletes every image: the usage is 0, and a recompute
+/// agrees.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_keeps_the_configured_records_and_clean_frees_the_quota() {
+    let env = env_with_stack("tiny", |_| {}).await;
+    env.server.create_project("tool-keep", true).await;
+    let (s, v) = env
+        .api(
+            Method::PATCH,
+            "/api/v1/projects/tool-keep",
+            Some(&env.admin()),
+            Some(json!({"build_retention": {"keep_succeeded": 3, "keep_failed": 1}})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let token = env.build_token("tool-keep", "ci").await;
+    let tmp = tempfile::tempdir().unwrap();
+    let work = Work::new(&tmp.path().join("app"), &[(".slipway-selftest", "0\n")]);
+    let source = format!("file://{}", work.dir.display());
+    let mut ended = Vec::new();
+    for k in 1..=10 {
+        // Builds 4 and 8 fail: nothing detects an app without the file.
+        if k == 4 || k == 8 {
+            std::fs::remove_file(work.dir.join(".slipway-selftest")).unwrap();
+            work.commit(&[], &format!("build {k}"));
+        } else {
+            work.commit(
+                &[(".slipway-selftest", &format!("{k}\n"))],
+                &format!("build {k}"),
+            );
+        }
+        let (s, v) = env
+            .api(
+                Method::POST,
+                "/api/v1/projects/tool-keep/builds",
+                Some(&token),
+                Some(json!({"source_url": source, "ref": "main", "image_name": "web"})),
+            )
+            .await;
+        assert_eq!(s, StatusCode::ACCEPTED, "{v}");
+        let b = wait_for_end(&env, "tool-keep", v["id"].as_str().unwrap(), &token).await;
+        let want = if k == 4 || k == 8 {
+            "failed"
+        } else {
+            "succeeded"
+        };
+        assert_eq!(b["state"], want, "build {k}: {b}");
+        ended.push(b["id"].as_str().unwrap().to_owned());
+    }
+    let kept: Vec<String> = builds_of(&env, "tool-keep")
+        .await
+        .iter()
+        .map(|b| b["id"].as_str().unwrap().to_owned())
+        .collect();
+    // The newest three that succeeded (10, 9, 7) and the newest failure (8).
+    let want: Vec<String> = [10, 9, 8, 7].iter().map(|k| ended[k - 1].clone()).collect();
+    assert_eq!(kept, want);
+    let (s, _) = env
+        .api(
+            Method::GET,
+            &format!("/api/v1/projects/tool-keep/builds/{}/logs", ended[0]),
+            Some(&token),
+            None,
+        )
+        .await;
+    assert_eq!(
+        s,
+        StatusCode::NOT_FOUND,
+        "a pruned build's log goes with it"
+    );
+
+    // A second image, then the quota and the clean (with the CLI).
+    env.push_image("tool-keep/other", "v1", b"other").await;
+    let slipway = env!("CARGO_BIN_EXE_slipway");
+    let cli = |args: &[&str]| {
+        let out = Command::new(slipway)
+            .args(args)
+            .env("SLIPWAY_URL", &env.server.url)
+            .env("SLIPWAY_BUILD_TOKEN", build_token_value(&token))
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned()
+                + &String::from_utf8_lossy(&out.stderr),
+        )
+    };
+    let (ok, quota) = cli(&["build", "quota"]);
+    assert!(ok, "{quota}");
+    assert!(quota.contains("web") && quota.contains("other"), "{quota}");
+    let (ok, refused) = cli(&["build", "clean"]);
+    assert!(!ok && refused.contains("--yes"), "{refused}");
+    let (ok, cleaned) = cli(&["build", "clean", "--yes"]);
+    assert!(ok, "{cleaned}");
+    let (s, u) = env
+        .api(
+            Method::GET,
+            "/api/v1/projects/tool-keep/usage",
+            Some(&env.admin()),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(u["used_bytes"], 0, "{u}");
+    let (s, r) = env
+        .api(
+            Method::POST,
+            "/api/v1/usage/recompute",
+            Some(&env.admin()),
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{r}");
+    assert!(!r.to_string().contains("tool-keep"), "no drift: {r}");
+    let (s, v) = env
+        .api(
+            Method::GET,
+            "/api/v1/projects/tool-keep/images",
+            Some(&token),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    assert!(
+        v["images"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|i| i["manifests"] == 0),
+        "{v}"
+    );
+}
+
+/// `build$<project>+<name>:<secret>` from a Basic header.
+fn build_token_value(basic: &str) -> String {
+    use base64::Engine as _;
+    let b64 = basic.strip_prefix("Basic ").unwrap();
+    String::from_utf8(
+        base64::engine::general_purpose::STANDARD
+            .decode(b64)
+            .unwrap(),
+    )
+    .unwrap()
+}
+
+/// Polling, for forges that cannot send webhooks: two replicas poll the
+/// same trigger (one at a time, by a lease in PostgreSQL) and each new
+/// commit is built once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_polled_branch_builds_each_new_commit_once_with_two_replicas() {
+    use slipway_builder::stack::{self, Options, Stack};
+    use slipway_registry::testing::Replicas;
+    use slipway_storage::testing::SeaweedFs;
+
+    let builders = crate::builds_e2e::stacks_dir().join("builders");
+    let replicas = Replicas::start(2, SeaweedFs::shared(), None, |c| {
+        c.builds.default_builder = "platform/builder:tiny".into();
+        c.builds.builders_dir = builders.clone();
+        c.builds.min_poll_interval_secs = 1;
+        forge_egress(c);
+    })
+    .await;
+    let admin = crate::security::basic("admin", &replicas.admin_password);
+    let http = reqwest::Client::new();
+    let api = |replica: usize, method: Method, path: &str, body: Option<Value>| {
+        let mut req = http
+            .request(method, format!("{}{path}", replicas.servers[replica].url))
+            .header("authorization", &admin);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        async move {
+            let resp = req.send().await.unwrap();
+            let s = resp.status();
+            (s, resp.json::<Value>().await.unwrap_or(Value::Null))
+        }
+    };
+    replicas.create_project("platform", true).await;
+    stack::make(
+        &slipway_builder::oci::Client::new(
+            &replicas.servers[0].url,
+            "admin",
+            &replicas.admin_password,
+        ),
+        &Stack::load("tiny").unwrap(),
+        &Options {
+            cache_dir: crate::builds_e2e::stacks_dir(),
+            mirror: None,
+            refresh: false,
+            offline: true,
+            log: std::sync::Arc::new(|l: &str| eprintln!("stack: {l}")),
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    let (s, v) = api(
+        0,
+        Method::POST,
+        "/api/v1/builders",
+        Some(json!({"image": "platform/builder:tiny"})),
+    )
+    .await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    replicas.create_project("tool-poll", true).await;
+
+    let forge = Forge::start();
+    forge.bare("app", None);
+    let url = forge.url("app");
+    let tmp = tempfile::tempdir().unwrap();
+    let work = Work::new(&tmp.path().join("app"), &[(".slipway-selftest", "one\n")]);
+    work.push(&url, "main");
+    let (s, v) = api(
+        1,
+        Method::POST,
+        "/api/v1/projects/tool-poll/triggers",
+        Some(
+            json!({"source_url": url, "ref": "main", "poll_interval_secs": 1, "image_name": "web"}),
+        ),
+    )
+    .await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    let trigger = v["trigger"]["id"].as_str().unwrap().to_owned();
+
+    let builds = || async {
+        let (s, v) = api(
+            0,
+            Method::GET,
+            "/api/v1/projects/tool-poll/builds?limit=100",
+            None,
+        )
+        .await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+        v.as_array().cloned().unwrap()
+    };
+    let ended = |commit: String| {
+        let builds = &builds;
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(120);
+            loop {
+                if let Some(b) = builds()
+                    .await
+                    .into_iter()
+                    .find(|b| b["commit"] == commit.as_str())
+                    && !matches!(b["state"].as_str(), Some("pending" | "running"))
+                {
+                    return b;
+                }
+                assert!(Instant::now() < deadline, "no build of {commit} ended");
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+        }
+    };
+    // Several rounds of both pollers after each build: still one build.
+    let rounds = Duration::from_secs(12);
+    let first = work.head();
+    let b = ended(first.clone()).await;
+    assert_eq!(b["state"], "succeeded", "{b}");
+    tokio::time::sleep(rounds).await;
+    assert_eq!(builds().await.len(), 1, "{:#?}", builds().await);
+
+    let second = work.commit(&[(".slipway-selftest", "two\n")], "second");
+    work.push(&url, "main");
+    let b = ended(second.clone()).await;
+    assert_eq!(b["state"], "succeeded", "{b}");
+    tokio::time::sleep(rounds).await;
+    let all = builds().await;
+    assert_eq!(all.len(), 2, "{all:#?}");
+    assert_eq!(
+        all.iter()
+            .filter(|b| b["commit"] == second.as_str())
+            .count(),
+        1,
+        "{all:#?}"
+    );
+
+    let (s, d) = api(
+        1,
+        Method::GET,
+        &format!("/api/v1/triggers/{trigger}/deliveries"),
+        None,
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK);
+    let d = d.as_array().unwrap();
+    assert_eq!(
+        d.iter().filter(|d| d["result"] == "queued").count(),
+        2,
+        "{d:#?}"
+    );
+    assert!(d.iter().all(|d| d["provider"] == "poll"), "{d:#?}");
+    assert!(d.iter().any(|d| d["result"] == "unchanged"), "{d:#?}");
+    drop(forge);
+    replicas.stop().await;
 }
