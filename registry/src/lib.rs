@@ -41,5 +41,15 @@ pub async fn migrate(
     if src_key != dst_key && src_key.exists() && !dst_key.exists() {
         std::fs::copy(&src_key, &dst_key)?;
     }
+    // The secrets key, without which the copied secrets cannot be opened.
+    let (src_key, dst_key) = (from.secrets_key_file(), to.secrets_key_file());
+    if src_key != dst_key && src_key.exists() && !dst_key.exists() {
+        std::fs::copy(&src_key, &dst_key)?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&dst_key, std::fs::Permissions::from_mode(0o600))?;
+        }
+    }
     Ok(report)
 }

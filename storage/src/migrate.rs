@@ -40,6 +40,8 @@ const TABLES: &[(&str, &[(&str, Col)])] = &[
             ("warned_percent", Int),
             ("retention_keep", OptInt),
             ("used_bytes", Int),
+            ("build_limits", OptText),
+            ("build_retention", OptText),
         ],
     ),
     (
@@ -144,6 +146,56 @@ const TABLES: &[(&str, &[(&str, Col)])] = &[
         "project_blobs",
         &[("project", Text), ("digest", Text), ("size", Int)],
     ),
+    // Sealed with the secrets key: `slipway migrate` copies its file too.
+    (
+        "project_secrets",
+        &[
+            ("project", Text),
+            ("name", Text),
+            ("sealed", Text),
+            ("created_at", Int),
+            ("updated_at", Int),
+        ],
+    ),
+    ("secrets_key_check", &[("id", Int), ("sealed", Text)]),
+    (
+        "triggers",
+        &[
+            ("id", Text),
+            ("project", Text),
+            ("source_url", Text),
+            ("ref_pattern", Text),
+            ("tag_pattern", OptText),
+            ("image_name", Text),
+            ("builder", OptText),
+            ("env", Text),
+            ("secret_env", Text),
+            ("git_credentials", OptText),
+            ("hook_secret", Text),
+            ("poll_interval_secs", OptInt),
+            ("poll_commit", OptText),
+            ("poll_next_at", OptInt),
+            ("is_default", Int),
+            ("created_by", Text),
+            ("created_at", Int),
+        ],
+    ),
+    (
+        "trigger_deliveries",
+        &[
+            ("id", Int),
+            ("trigger_id", Text),
+            ("delivery_id", OptText),
+            ("at", Int),
+            ("provider", Text),
+            ("event", Text),
+            ("git_ref", OptText),
+            ("git_commit", OptText),
+            ("result", Text),
+            ("detail", Text),
+            ("build_id", OptText),
+        ],
+    ),
 ];
 
 /// What was copied.
@@ -209,7 +261,7 @@ pub async fn copy_metadata(
     }
     if to.backend() == Backend::Postgres {
         // Ids were copied as they were: move the sequences past them.
-        for table in ["robots", "audit_log", "repositories"] {
+        for table in ["robots", "audit_log", "repositories", "trigger_deliveries"] {
             sqlx::query(sqlx::AssertSqlSafe(format!(
                 "SELECT setval(pg_get_serial_sequence('{table}', 'id'), \
                  COALESCE((SELECT MAX(id) FROM {table}), 0) + 1, false)"

@@ -5,7 +5,7 @@
 //! Every line of every `sh` block is either run (through bash, with the
 //! placeholders a reader fills in filled in: the server's address for
 //! `127.0.0.1:5000`, the secrets and build ids printed by earlier lines for
-//! `SECRET`, `…`, `BUILD` and `b0123456789ab`, a local git repository for
+//! `SECRET`, `…`, `BUILD`, `TRIGGER` and `b0123456789ab`, a local git repository for
 //! the example forge's URL) and must succeed, or is listed in `NOT_RUN`
 //! with the reason it cannot run against a local server. A line that is
 //! neither fails the test: a new command in the README needs a decision
@@ -172,6 +172,8 @@ struct Session {
     to_cancel: Option<String>,
     /// The build the README's `curl … /builds` started.
     curl_build: Option<String>,
+    /// The trigger `slipway admin trigger create` made.
+    trigger: Option<String>,
 }
 
 impl Session {
@@ -202,6 +204,13 @@ impl Session {
                     &self.first_build
                 };
             l = l.replace("b0123456789ab", id.as_deref().expect("a build to name"));
+        }
+        if l.contains(" TRIGGER") {
+            let id = self
+                .trigger
+                .as_deref()
+                .expect("a trigger was created before");
+            l = l.replace(" TRIGGER", &format!(" {id}"));
         }
         if l.contains("/builds/BUILD/") {
             let id = self.curl_build.as_deref().expect("curl started a build");
@@ -261,6 +270,15 @@ impl Session {
                 .and_then(|l| l.strip_suffix('\''))
                 .map(str::to_owned);
             assert!(self.build_token.is_some(), "no token printed:\n{stdout}");
+        }
+        if line.starts_with("slipway admin trigger create") {
+            // `delivery  http://…/api/v1/hooks/<id>`
+            self.trigger = stdout
+                .lines()
+                .find_map(|l| l.trim().strip_prefix("delivery"))
+                .and_then(|l| l.trim().rsplit_once("/api/v1/hooks/"))
+                .map(|(_, id)| id.to_owned());
+            assert!(self.trigger.is_some(), "no delivery URL printed:\n{stdout}");
         }
         if line.starts_with("curl") && line.contains("-d ") {
             let v: Value = serde_json::from_str(stdout)
@@ -326,9 +344,11 @@ async fn every_command_line_of_the_readme_runs() {
 
     // Decide for every line first: a line neither run nor explained fails.
     let runnable = |l: &str| {
-        ["slipway ", "skopeo ", "podman ", "curl ", "export "]
-            .iter()
-            .any(|p| l.starts_with(p))
+        [
+            "slipway ", "skopeo ", "podman ", "curl ", "export ", "printf ",
+        ]
+        .iter()
+        .any(|p| l.starts_with(p))
     };
     let unknown: Vec<&(usize, String)> = lines
         .iter()
@@ -409,6 +429,7 @@ async fn every_command_line_of_the_readme_runs() {
         first_build: None,
         to_cancel: None,
         curl_build: None,
+        trigger: None,
     };
 
     let mut ran = 0;

@@ -783,6 +783,30 @@ async fn a_single_node_migrates_to_postgres_and_s3() {
     let (_, _, manifest_before) = env.get("/v2/tool-a/web/manifests/v1", Some(&robot)).await;
     let usage_before = env.usage("tool-a").await;
     let catalog_before = env.repositories().await;
+    // A sealed secret and a trigger whose webhook secret is sealed too.
+    let (st, v) = env
+        .api(
+            Method::PUT,
+            "/api/v1/projects/tool-a/secrets/TOKEN",
+            Some(&env.admin()),
+            Some(json!({"value": "a-secret-value"})),
+        )
+        .await;
+    assert_eq!(st, StatusCode::CREATED, "{v}");
+    let (st, v) = env
+        .api(
+            Method::POST,
+            "/api/v1/projects/tool-a/triggers",
+            Some(&env.admin()),
+            Some(
+                json!({"source_url": "https://gitlab.example.org/tool-a.git",
+                        "secrets": ["TOKEN"]}),
+            ),
+        )
+        .await;
+    assert_eq!(st, StatusCode::CREATED, "{v}");
+    let trigger = v["trigger"]["id"].as_str().unwrap().to_owned();
+    let hook_secret = v["secret"].as_str().unwrap().to_owned();
     let from = env.server.config.clone();
     let admin_password = env.server.admin_password.clone();
     let kept = env.server.stop().await.expect("a temporary data directory");
@@ -852,6 +876,31 @@ async fn a_single_node_migrates_to_postgres_and_s3() {
             .len(),
         1
     );
+    // The secrets came along, and the key that opens them (the server
+    // refuses to start with a key that does not): the webhook secret still
+    // signs deliveries.
+    let (_, t) = get(format!("/api/v1/triggers/{trigger}"), admin.clone()).await;
+    let t: Value = serde_json::from_slice(&t).unwrap();
+    assert_eq!(t["secrets"], json!(["TOKEN"]), "{t}");
+    let (_, l) = get("/api/v1/projects/tool-a/secrets".into(), admin.clone()).await;
+    assert!(String::from_utf8_lossy(&l).contains("TOKEN"));
+    let ping = br#"{"zen": "Keep it logically awesome.", "hook_id": 1}"#;
+    let r = http
+        .post(format!("{}/api/v1/hooks/{trigger}", server.url))
+        .header("x-github-event", "ping")
+        .header("x-github-delivery", "after-migration")
+        .header(
+            "x-hub-signature-256",
+            format!(
+                "sha256={}",
+                slipway_registry::triggers::sign(hook_secret.as_bytes(), ping)
+            ),
+        )
+        .body(ping.to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK, "{}", r.text().await.unwrap());
     // New rows get new ids after the copied ones.
     let (s, _, b) = env_push_robot(&http, &server.url, &admin).await;
     assert_eq!(s, StatusCode::CREATED, "{b}");
