@@ -977,6 +977,44 @@ done
         std::fs::read_to_string(&hook_log).unwrap().lines().count(),
         2
     );
+
+    // latest moved elsewhere (a push by hand): a reuse moves it back.
+    let elsewhere = env
+        .push_image("tool-selfhosted/web", "latest", b"by hand")
+        .await;
+    let (s, v) = env
+        .api(
+            Method::POST,
+            "/api/v1/projects/tool-selfhosted/builds",
+            Some(&token),
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(
+        (s, v["state"].as_str()),
+        (StatusCode::OK, Some("reused")),
+        "{v}"
+    );
+    assert!(
+        v["reason"]
+            .as_str()
+            .unwrap()
+            .contains("latest points at it again"),
+        "{v}"
+    );
+    let (s, h, _) = env
+        .send(
+            Method::HEAD,
+            "/v2/tool-selfhosted/web/manifests/latest",
+            Some(&env.admin()),
+            Vec::new(),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    let latest = h["docker-content-digest"].to_str().unwrap();
+    assert_ne!(latest, elsewhere);
+    assert_eq!(latest, f["image_digest"].as_str().unwrap());
 }
 
 const API_KEY: &str = "sk-live-7Hq2mZ9pX4vR8tY1wK3nB5";
