@@ -22,8 +22,8 @@ use crate::project::{self, Entry};
 use crate::sandbox::{self, Sandbox, prepare_root};
 
 /// A build to run. `commit` was resolved from `git_ref` when the build was
-/// asked for.
-#[derive(Debug, Clone)]
+/// asked for. (Its `Debug` names the secrets, never their values.)
+#[derive(Clone)]
 pub struct BuildRequest {
     pub build_id: String,
     pub project: String,
@@ -47,6 +47,25 @@ pub struct BuildRequest {
     /// tree is this one, the build stops with [`BuildError::Unchanged`]
     /// (that image can be used again).
     pub unchanged_tree: Option<String>,
+}
+
+impl std::fmt::Debug for BuildRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BuildRequest")
+            .field("build_id", &self.build_id)
+            .field("project", &self.project)
+            .field("image_name", &self.image_name)
+            .field("source_url", &self.source_url)
+            .field("git_ref", &self.git_ref)
+            .field("commit", &self.commit)
+            .field("builder", &self.builder)
+            .field("env", &self.env)
+            .field("secret_env", &self.secret_env.keys().collect::<Vec<_>>())
+            .field("git_credentials", &self.git_credentials.is_some())
+            .field("limits", &self.limits)
+            .field("unchanged_tree", &self.unchanged_tree)
+            .finish()
+    }
 }
 
 /// HTTP credentials for a source repository (a forge's access token), sent
@@ -309,6 +328,12 @@ impl SourceAccess {
                 let (scheme, rest) = url.split_once("://").unwrap_or(("https", url));
                 let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
                 let authority = authority.rsplit('@').next().unwrap_or(authority);
+                if scheme == "http" && !loopback_host(authority) {
+                    return Err(BuildError::Source(format!(
+                        "git credentials are sent only over https:// (or to this machine's \
+                         loopback addresses), not in clear text to {url:.200}"
+                    )));
+                }
                 Some((
                     format!("http.{scheme}://{authority}/.extraHeader"),
                     format!("Authorization: {}", c.header()),
@@ -316,7 +341,7 @@ impl SourceAccess {
             }
             Some(_) => {
                 return Err(BuildError::Source(format!(
-                    "git credentials are sent only to https:// (or http://) sources, not to {url:.200}"
+                    "git credentials are sent only to https:// sources, not to {url:.200}"
                 )));
             }
             None => None,
@@ -402,10 +427,14 @@ impl SourceAccess {
             .env("GIT_CONFIG_GLOBAL", "/dev/null")
             .env("GIT_ASKPASS", "/bin/false")
             .env_remove("SSH_ASKPASS");
+        // The header in the environment (never on the command line, which
+        // /proc shows), and no redirect: git would send it to the new host.
         if let Some((key, value)) = &self.auth_header {
-            cmd.env("GIT_CONFIG_COUNT", "1")
+            cmd.env("GIT_CONFIG_COUNT", "2")
                 .env("GIT_CONFIG_KEY_0", key)
-                .env("GIT_CONFIG_VALUE_0", value);
+                .env("GIT_CONFIG_VALUE_0", value)
+                .env("GIT_CONFIG_KEY_1", "http.followRedirects")
+                .env("GIT_CONFIG_VALUE_1", "false");
         }
         let out = cmd
             .output()
@@ -446,8 +475,20 @@ fn needs_credentials(stderr: &str) -> bool {
     stderr.contains("could not read Username")
         || stderr.contains("Authentication failed")
         || stderr.contains("terminal prompts disabled")
-        || stderr.contains("401")
-        || stderr.contains("403")
+        || stderr.contains("The requested URL returned error: 401")
+        || stderr.contains("The requested URL returned error: 403")
+}
+
+/// Whether a URL's authority (`host[:port]`) names this machine's loopback.
+fn loopback_host(authority: &str) -> bool {
+    let host = match authority.strip_prefix('[') {
+        Some(rest) => rest.split(']').next().unwrap_or(""),
+        None => authority.rsplit_once(':').map_or(authority, |(h, _)| h),
+    };
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|a| a.is_loopback())
 }
 
 /// The host and port of a source URL (`https://`, `http://`, `git://`).

@@ -514,6 +514,8 @@ async fn run_one(state: &AppState, ctx: &Context, build: BuildRecord) {
             log.line(&format!("({dropped} more log lines were dropped)"));
         }
     }
+    // A reason may quote what git or a buildpack printed: masked as well.
+    let reason = reason.map(|r| log.mask.apply(&r));
     // The log first: who follows it stops when the build has ended.
     log.flush(state, &id).await;
     match state

@@ -389,6 +389,8 @@ pub fn decide(trigger: &Trigger, push: &Push) -> Decision {
 
 /// How often a replica looks for triggers due for a poll.
 const POLL_TICK: Duration = Duration::from_secs(5);
+/// The longest poll interval a trigger may have: a week.
+pub const MAX_POLL_INTERVAL_SECS: u64 = 7 * 24 * 3600;
 /// How long a replica holds a trigger it polls.
 const POLL_LEASE: Duration = Duration::from_secs(300);
 
@@ -404,20 +406,30 @@ pub async fn poller(state: AppState) {
     );
     loop {
         tokio::time::sleep(POLL_TICK).await;
-        let due = match state
-            .meta
-            .triggers_poll_claim(&owner, POLL_LEASE.as_millis() as i64, 10)
-            .await
-        {
-            Ok(d) => d,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot look for triggers to poll");
-                continue;
-            }
-        };
-        for t in due {
+        // Due triggers one at a time, each under its own lease (a poll
+        // takes at most 60 s), until none is due.
+        loop {
+            let due = match state
+                .meta
+                .triggers_poll_claim(&owner, POLL_LEASE.as_millis() as i64, 1)
+                .await
+            {
+                Ok(d) => d,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot look for triggers to poll");
+                    break;
+                }
+            };
+            let Some(t) = due.into_iter().next() else {
+                break;
+            };
             let seen = poll_one(&state, &t).await;
-            let next = now_ms() + t.poll_interval_secs.unwrap_or(60).max(1) * 1000;
+            let next = now_ms().saturating_add(
+                t.poll_interval_secs
+                    .unwrap_or(60)
+                    .clamp(1, MAX_POLL_INTERVAL_SECS as i64)
+                    * 1000,
+            );
             if let Err(e) = state
                 .meta
                 .trigger_poll_done(&t.id, &owner, seen.as_deref(), next)

@@ -799,8 +799,15 @@ impl Reusable {
             .await?
             .is_none_or(|l| l.digest != self.digest);
         let m = &self.manifest;
-        let parsed = crate::manifest::parse(Some(&m.media_type), &m.body)
-            .map_err(|e| Error::new(StatusCode::INTERNAL_SERVER_ERROR, format!("{e:?}")))?;
+        let parsed = crate::manifest::parse(Some(&m.media_type), &m.body).map_err(|e| {
+            Error::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!(
+                    "the image {} of build {} cannot be read again ({e:?}); build with force",
+                    self.digest, self.last.id
+                ),
+            )
+        })?;
         let mut tags = vec![b.id.clone()];
         if moved {
             tags.push("latest".into());
@@ -1085,9 +1092,12 @@ pub async fn retry(
         worker: None,
         cancel_requested: false,
         buildpacks: None,
+        git_tree: None,
         // A retry is asked for by someone: it does not replace the
-        // trigger's queued builds.
+        // trigger's queued builds, and it builds (its inputs were those of
+        // the build it repeats, whose secrets may have changed since).
         trigger_id: None,
+        force: true,
         ..old
     };
     let r = queue(&state, &caller.who(), b).await?;

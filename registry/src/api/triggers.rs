@@ -410,6 +410,12 @@ async fn check_trigger(state: &AppState, t: &Trigger) -> Result<()> {
                 "poll_interval_secs is {secs}; a trigger polls at most every {min} seconds"
             )));
         }
+        if secs as u64 > hooks::MAX_POLL_INTERVAL_SECS {
+            return Err(Error::bad_request(format!(
+                "poll_interval_secs is {secs}; a trigger polls at least once a week ({} seconds)",
+                hooks::MAX_POLL_INTERVAL_SECS
+            )));
+        }
         if !is_literal(&t.ref_pattern) {
             return Err(Error::bad_request(format!(
                 "a polling trigger watches one branch: {} is a pattern",
@@ -855,6 +861,32 @@ async fn receive_inner(
         }
         Decision::Build { git_ref, commit } => (git_ref, commit),
     };
+    // A push of a commit this trigger was delivered before for the same
+    // ref: a replay of an old signed body under a new delivery id, or a
+    // delivery that arrived late. It must not move the image back.
+    if let Some(prev) = state
+        .meta
+        .delivery_commit_seen(&t.id, d.git_ref.as_deref().unwrap_or(""), &commit, row)
+        .await?
+    {
+        let sentence = format!(
+            "ignored: commit {commit:.12} of {git_ref} was delivered before ({} delivery at {}{}); \
+             a replayed or late delivery builds nothing (`slipway build start --ref {git_ref}` \
+             builds it on purpose)",
+            prev.provider,
+            time(prev.at),
+            prev.build_id
+                .as_deref()
+                .map(|b| format!(", build {b}"))
+                .unwrap_or_default()
+        );
+        state
+            .meta
+            .delivery_result(row, "ignored", &sentence, None)
+            .await?;
+        done("ignored");
+        return Ok(answer(StatusCode::ACCEPTED, "ignored", sentence, None));
+    }
     let who = Who {
         subject: format!(
             "trigger:{} ({} delivery {})",
@@ -890,6 +922,34 @@ async fn receive_inner(
     }
 }
 
+/// Refused deliveries recorded (a delivery row, an audit entry) per trigger
+/// and minute; more are only counted in `/metrics`.
+const REFUSALS_RECORDED_PER_MINUTE: u32 = 10;
+
+/// Whether one more refusal of `trigger` is recorded this minute.
+fn refusal_recorded(trigger: &str) -> bool {
+    use std::collections::HashMap;
+    use std::sync::{Mutex, OnceLock};
+    use std::time::{Duration, Instant};
+    static RECENT: OnceLock<Mutex<HashMap<String, (Instant, u32)>>> = OnceLock::new();
+    let minute = Duration::from_secs(60);
+    let mut recent = RECENT
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
+    if recent.len() > 10_000 {
+        recent.retain(|_, (since, _)| since.elapsed() < minute);
+    }
+    let (since, n) = recent
+        .entry(trigger.to_owned())
+        .or_insert((Instant::now(), 0));
+    if since.elapsed() >= minute {
+        (*since, *n) = (Instant::now(), 0);
+    }
+    *n += 1;
+    *n <= REFUSALS_RECORDED_PER_MINUTE
+}
+
 /// Records a refused delivery (without its delivery id: a forged one must
 /// not make the real one look like a replay), audits it and counts it.
 async fn refused(
@@ -902,8 +962,14 @@ async fn refused(
     d.result = "refused".into();
     d.detail = sentence.to_owned();
     d.delivery_id = None;
-    state.meta.delivery_record(d).await?;
     metrics::counter!("slipway_hook_refused_total", "reason" => why).increment(1);
+    if !refusal_recorded(&d.trigger_id) {
+        // Anyone may post here: beyond a few a minute, refusals are
+        // counted, not written (no flood of the database or the audit log).
+        tracing::debug!(trigger = %d.trigger_id, reason = why, "a webhook delivery was refused (not recorded: too many)");
+        return Ok(());
+    }
+    state.meta.delivery_record(d).await?;
     let project = state
         .meta
         .trigger_get(&d.trigger_id)

@@ -770,6 +770,27 @@ async fn bad_deliveries_build_nothing_and_a_newer_push_replaces_the_queued_build
         (StatusCode::OK, Some("duplicate")),
         "{v}"
     );
+    // The same signed body under a new delivery id (a replay by whoever
+    // kept it, or a late delivery): builds nothing either.
+    let (s, v) = post_hook(
+        &env,
+        &id,
+        &headers("github", "push", &secret, &body, "delivery-1-again"),
+        body.clone(),
+    )
+    .await;
+    assert_eq!(
+        (s, v["result"].as_str()),
+        (StatusCode::ACCEPTED, Some("ignored")),
+        "{v}"
+    );
+    assert!(
+        v["message"]
+            .as_str()
+            .unwrap()
+            .contains("was delivered before"),
+        "{v}"
+    );
     let body2 = push(main, c1, c2);
     let (s, v) = post_hook(
         &env,
@@ -819,7 +840,7 @@ async fn bad_deliveries_build_nothing_and_a_newer_push_replaces_the_queued_build
     let d = deliveries(&env, &id).await;
     let count = |result: &str| d.iter().filter(|d| d["result"] == result).count();
     assert_eq!(count("refused"), 7, "{d:#?}");
-    assert_eq!(count("ignored"), 5, "{d:#?}");
+    assert_eq!(count("ignored"), 6, "{d:#?}");
     assert_eq!(count("queued"), 2, "{d:#?}");
     assert!(
         d.iter().any(

@@ -143,42 +143,18 @@ pub struct Queued {
 
 impl Metadata {
     /// Queues a build, unless the project already has `per_project` builds
-    /// pending or running. A build of a trigger first cancels the pending
-    /// builds of that trigger (a newer push replaces a queued one; running
-    /// ones go on).
+    /// pending or running. A build a trigger asked for (a delivery or a
+    /// poll: `requested_by` starts with `trigger:`) first cancels the
+    /// pending builds that trigger asked for of the same ref (a newer push
+    /// replaces a queued one; running ones go on).
     pub async fn build_insert(&self, b: &BuildRecord, per_project: u32) -> Result<Queued> {
         let mut tx = self.write.begin().await?;
         // One build queued at a time per project, across replicas: the
         // project's row is the lock.
         self.lock_project(&mut tx, &b.project).await?;
-        let mut queued = Queued::default();
-        if let Some(trigger) = &b.trigger_id {
-            let rows = sqlx::query(
-                "SELECT id FROM builds WHERE project = $1 AND trigger_id = $2 AND state = 'pending' \
-                 ORDER BY created_at",
-            )
-            .bind(&b.project)
-            .bind(trigger)
-            .fetch_all(&mut *tx)
-            .await?;
-            for r in rows {
-                let id: String = r.get(0);
-                sqlx::query(
-                    "UPDATE builds SET state = 'cancelled', reason = $1, finished_at = $2 \
-                     WHERE id = $3 AND state = 'pending'",
-                )
-                .bind(format!(
-                    "replaced by build {} of a newer push ({}) before it started",
-                    b.id,
-                    &b.git_commit[..b.git_commit.len().min(12)]
-                ))
-                .bind(now_ms())
-                .bind(&id)
-                .execute(&mut *tx)
-                .await?;
-                queued.replaced.push(id);
-            }
-        }
+        let queued = Queued {
+            replaced: replace_pending(&mut tx, b).await?,
+        };
         let active: i64 = sqlx::query(
             "SELECT COUNT(*) FROM builds WHERE project = $1 AND state IN ('pending', 'running')",
         )
@@ -202,6 +178,10 @@ impl Metadata {
     /// build's image was current), with its image digest.
     pub async fn build_record_ended(&self, b: &BuildRecord) -> Result<()> {
         let mut tx = self.write.begin().await?;
+        // A trigger's reuse is its newest push too: what it queued before
+        // for the same ref must not run after it.
+        self.lock_project(&mut tx, &b.project).await?;
+        replace_pending(&mut tx, b).await?;
         insert_build(&mut tx, b).await?;
         tx.commit().await?;
         Ok(())
@@ -248,7 +228,7 @@ impl Metadata {
         keep: Retention,
     ) -> Result<Vec<String>> {
         let rows = sqlx::query(
-            "SELECT id, state FROM builds WHERE project = $1 AND image_name = $2 \
+            "SELECT id, state, image_digest FROM builds WHERE project = $1 AND image_name = $2 \
              AND state NOT IN ('pending', 'running') ORDER BY created_at DESC, id DESC",
         )
         .bind(project)
@@ -257,16 +237,27 @@ impl Metadata {
         .await?;
         let (mut ok, mut bad) = (0u32, 0u32);
         let mut doomed = Vec::new();
+        // Images the kept records name (reuses name the build that made
+        // theirs: that build stays, beyond the count, while they do).
+        let mut kept_images = std::collections::HashSet::new();
         for r in rows {
             let id: String = r.get(0);
             let state: String = r.get(1);
+            let digest: Option<String> = r.get(2);
             let (n, limit) = if matches!(state.as_str(), "succeeded" | "reused") {
                 (&mut ok, keep.keep_succeeded)
             } else {
                 (&mut bad, keep.keep_failed)
             };
             *n += 1;
-            if *n > limit {
+            if *n <= limit {
+                if state == "reused" {
+                    kept_images.extend(digest);
+                }
+            } else if state == "succeeded" && digest.as_ref().is_some_and(|d| kept_images.remove(d))
+            {
+                // The build that made a kept reuse's image.
+            } else {
                 doomed.push(id);
             }
         }
@@ -707,6 +698,46 @@ impl Metadata {
             .await?;
         Ok(())
     }
+}
+
+/// Cancels the pending builds that `b`'s trigger asked for of `b`'s ref,
+/// when a trigger asks for `b`; their ids.
+async fn replace_pending(tx: &mut super::Tx<'_>, b: &BuildRecord) -> Result<Vec<String>> {
+    let Some(trigger) = &b.trigger_id else {
+        return Ok(Vec::new());
+    };
+    if !b.requested_by.starts_with("trigger:") {
+        return Ok(Vec::new());
+    }
+    let rows = sqlx::query(
+        "SELECT id FROM builds WHERE project = $1 AND trigger_id = $2 AND git_ref = $3 \
+         AND state = 'pending' AND requested_by LIKE 'trigger:%' ORDER BY created_at",
+    )
+    .bind(&b.project)
+    .bind(trigger)
+    .bind(&b.git_ref)
+    .fetch_all(&mut **tx)
+    .await?;
+    let mut replaced = Vec::new();
+    for r in rows {
+        let id: String = r.get(0);
+        sqlx::query(
+            "UPDATE builds SET state = 'cancelled', reason = $1, finished_at = $2 \
+             WHERE id = $3 AND state = 'pending'",
+        )
+        .bind(format!(
+            "replaced by build {} of a newer push of {} ({}) before it started",
+            b.id,
+            b.git_ref,
+            &b.git_commit[..b.git_commit.len().min(12)]
+        ))
+        .bind(now_ms())
+        .bind(&id)
+        .execute(&mut **tx)
+        .await?;
+        replaced.push(id);
+    }
+    Ok(replaced)
 }
 
 /// Inserts a build row as it is.

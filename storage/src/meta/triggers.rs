@@ -282,7 +282,10 @@ impl Metadata {
 
     /// Records a delivery as `d.result` says; its row id. With a delivery
     /// id, only the first delivery of that id is recorded: `None` when it
-    /// was seen before (a replay or a redelivery), and nothing is written.
+    /// was seen before (a replay or a redelivery), and nothing is written —
+    /// unless that one failed (the quota, a builder not approved) or was
+    /// left `received` for over ten minutes (its process stopped): then the
+    /// forge's redelivery is taken as a new attempt, in the same row.
     pub async fn delivery_record(&self, d: &Delivery) -> Result<Option<i64>> {
         let mut tx = self.write.begin().await?;
         let row = sqlx::query(
@@ -302,18 +305,75 @@ impl Metadata {
         .bind(&d.build_id)
         .fetch_optional(&mut *tx)
         .await?;
-        let Some(row) = row else {
-            return Ok(None);
+        let id: i64 = match row {
+            Some(row) => row.get(0),
+            None => {
+                let again = sqlx::query(
+                    "UPDATE trigger_deliveries SET at = $1, result = $2, detail = $3, \
+                     build_id = NULL, git_ref = $4, git_commit = $5 \
+                     WHERE trigger_id = $6 AND delivery_id = $7 \
+                     AND (result = 'failed' OR (result = 'received' AND at < $8)) RETURNING id",
+                )
+                .bind(d.at)
+                .bind(&d.result)
+                .bind(&d.detail)
+                .bind(&d.git_ref)
+                .bind(&d.git_commit)
+                .bind(&d.trigger_id)
+                .bind(&d.delivery_id)
+                .bind(d.at - 600_000)
+                .fetch_optional(&mut *tx)
+                .await?;
+                match again {
+                    Some(row) => {
+                        tx.commit().await?;
+                        return Ok(Some(row.get(0)));
+                    }
+                    None => return Ok(None),
+                }
+            }
         };
-        let id: i64 = row.get(0);
-        // The oldest go when there are too many.
-        sqlx::query("DELETE FROM trigger_deliveries WHERE trigger_id = $1 AND id <= $2")
-            .bind(&d.trigger_id)
-            .bind(id - DELIVERIES_KEPT)
-            .execute(&mut *tx)
-            .await?;
+        // The oldest of this trigger's go when it has too many.
+        let oldest_kept: Option<i64> = sqlx::query(
+            "SELECT id FROM trigger_deliveries WHERE trigger_id = $1 ORDER BY id DESC \
+             LIMIT 1 OFFSET $2",
+        )
+        .bind(&d.trigger_id)
+        .bind(DELIVERIES_KEPT - 1)
+        .fetch_optional(&mut *tx)
+        .await?
+        .map(|r| r.get(0));
+        if let Some(oldest) = oldest_kept {
+            sqlx::query("DELETE FROM trigger_deliveries WHERE trigger_id = $1 AND id < $2")
+                .bind(&d.trigger_id)
+                .bind(oldest)
+                .execute(&mut *tx)
+                .await?;
+        }
         tx.commit().await?;
         Ok(Some(id))
+    }
+
+    /// Whether this trigger built (or reused) `commit` of `git_ref` for an
+    /// earlier delivery: a replayed or late delivery of an old push.
+    pub async fn delivery_commit_seen(
+        &self,
+        trigger_id: &str,
+        git_ref: &str,
+        commit: &str,
+        except: i64,
+    ) -> Result<Option<Delivery>> {
+        let row = sqlx::query(delivery_select!(
+            "WHERE trigger_id = $1 AND git_ref = $2 AND git_commit = $3 AND id <> $4 \
+             AND provider <> 'poll' AND result IN ('queued', 'reused') ORDER BY id DESC LIMIT 1"
+        ))
+        .bind(trigger_id)
+        .bind(git_ref)
+        .bind(commit)
+        .bind(except)
+        .fetch_optional(&self.read)
+        .await?;
+        Ok(row.map(delivery))
     }
 
     /// Says what became of a recorded delivery.

@@ -1655,10 +1655,37 @@ async fn triggers_deliveries_and_retention(m: &Metadata) {
     m.delivery_result(first, "queued", "build b1", Some("b1"))
         .await
         .unwrap();
+    // A delivery that failed may be delivered again (the forge's redelivery
+    // keeps its id); one that was handled may not.
+    let failed = m
+        .delivery_record(&Delivery {
+            delivery_id: Some("uuid-3".into()),
+            ..d.clone()
+        })
+        .await
+        .unwrap()
+        .unwrap();
+    m.delivery_result(failed, "failed", "no build: over quota", None)
+        .await
+        .unwrap();
+    let again = Delivery {
+        delivery_id: Some("uuid-3".into()),
+        at: 2,
+        ..d.clone()
+    };
+    assert_eq!(m.delivery_record(&again).await.unwrap(), Some(failed));
+    assert_eq!(m.delivery_record(&again).await.unwrap(), None);
+    m.delivery_result(failed, "ignored", "", None)
+        .await
+        .unwrap();
     let listed = m.deliveries("t1", 10).await.unwrap();
-    assert_eq!(listed.len(), 2);
-    assert_eq!(listed[1].result, "queued");
-    assert_eq!(listed[1].build_id.as_deref(), Some("b1"));
+    assert_eq!(listed.len(), 3);
+    assert_eq!(listed[2].result, "queued");
+    assert_eq!(listed[2].build_id.as_deref(), Some("b1"));
+    assert_eq!(
+        m.delivery_commit_seen("t1", "", "c9", 0).await.unwrap(),
+        None
+    );
 
     // A due poll is leased to one owner at a time.
     let a = m
@@ -1703,6 +1730,12 @@ async fn triggers_deliveries_and_retention(m: &Metadata) {
     let mut b1 = build_record("b1", "tool-a");
     b1.trigger_id = Some("t1".into());
     b1.image_name = "queued".into();
+    b1.requested_by = "trigger:t1 (github delivery d1)".into();
+    // A build someone asked for by hand is not replaced.
+    let mut by_hand = build_record("h1", "tool-a");
+    by_hand.trigger_id = Some("t1".into());
+    by_hand.image_name = "queued".into();
+    m.build_insert(&by_hand, 5).await.unwrap();
     m.build_insert(&b1, 5).await.unwrap();
     let b2 = slipway_storage::meta::BuildRecord {
         id: "b2".into(),
@@ -1746,4 +1779,30 @@ async fn triggers_deliveries_and_retention(m: &Metadata) {
     let mut removed = removed;
     removed.sort();
     assert_eq!(removed, ["r00", "r01", "r02", "r03"]);
+
+    // Reuses count as successes, but the build that made their image stays
+    // while they do.
+    let mut maker = build_record("m0", "tool-a");
+    maker.image_name = "reused".into();
+    maker.created_at = 5_000;
+    maker.state = "succeeded".into();
+    maker.image_digest = Some(format!("sha256:{:064}", 7));
+    m.build_record_ended(&maker).await.unwrap();
+    for k in 1..=3 {
+        m.build_record_ended(&slipway_storage::meta::BuildRecord {
+            id: format!("m{k}"),
+            created_at: 5_000 + k,
+            state: "reused".into(),
+            ..maker.clone()
+        })
+        .await
+        .unwrap();
+    }
+    let keep_two = Retention {
+        keep_succeeded: 2,
+        keep_failed: 2,
+    };
+    let mut removed = m.builds_prune("tool-a", "reused", keep_two).await.unwrap();
+    removed.sort();
+    assert_eq!(removed, ["m1"]);
 }
