@@ -439,12 +439,17 @@ async fn every_command_line_of_the_readme_runs() {
             continue;
         }
         if line.starts_with("slipway build cancel") {
-            // A build to cancel: queued now, as a maintainer's would be.
+            // A build to cancel: queued now, as a maintainer's would be
+            // (forced: the same commit was built already, and would be
+            // reused at once).
             let v = session
                 .api(
                     reqwest::Method::POST,
                     "/api/v1/projects/tool-foo/builds",
-                    Some(serde_json::json!({"source_url": session.source, "ref": "main"})),
+                    Some(
+                        serde_json::json!({"source_url": session.source, "ref": "main",
+                                            "force": true}),
+                    ),
                 )
                 .await;
             session.to_cancel = v["id"].as_str().map(str::to_owned);
