@@ -226,7 +226,25 @@ async fn a_python_app_is_built_pulled_run_and_answers_and_its_second_build_uploa
         "{cold_log}"
     );
 
-    let warm = build(&env, "tool-py", &token, request.clone()).await;
+    // The same commit again is not built: its image is reused.
+    let (s, again) = env
+        .api(
+            Method::POST,
+            "/api/v1/projects/tool-py/builds",
+            Some(&token),
+            Some(request.clone()),
+        )
+        .await;
+    assert_eq!(
+        (s, again["state"].as_str()),
+        (StatusCode::OK, Some("reused")),
+        "{again}"
+    );
+    assert_eq!(again["image_digest"], cold["image_digest"]);
+    // Forced, it is built, from the cache.
+    let mut forced = request.clone();
+    forced["force"] = json!(true);
+    let warm = build(&env, "tool-py", &token, forced).await;
     let warm_log = log_of(&env, "tool-py", warm["id"].as_str().unwrap(), &token).await;
     assert_eq!(warm["state"], "succeeded", "{warm}\n{warm_log}");
     // The venv came from the cache, and every layer was in the registry.

@@ -422,6 +422,9 @@ async fn one(env: &Env, app: App, base: &[String]) -> Result<Measured, String> {
             app.name, app.cold_log
         ));
     }
+    // Forced: the same commit again would be reused, not built.
+    let mut request = request;
+    request["force"] = serde_json::json!(true);
     let warm = build(env, &project, &token, request).await;
     let warm_log = log_of(env, &project, warm["id"].as_str().unwrap(), &token).await;
     if warm["state"] != "succeeded" || !warm_log.contains(": 0 layers uploaded (0 bytes)") {

@@ -657,7 +657,7 @@ async fn a_replica_killed_mid_chunk_leaves_an_upload_the_other_finishes() {
             &path,
             format!(
                 "listen = \"127.0.0.1:{port}\"\ndata_dir = \"{data}\"\n\n[database]\nurl = \"{db}\"\n\n\
-                 [auth]\nkey_file = \"{key}\"\n\n[storage]\nbackend = \"s3\"\n\n[storage.s3]\n\
+                 [auth]\nkey_file = \"{key}\"\nsecrets_key_file = \"{secrets}\"\n\n[storage]\nbackend = \"s3\"\n\n[storage.s3]\n\
                  endpoint = \"{endpoint}\"\nbucket = \"slipway-test\"\nprefix = \"{prefix}\"\n\
                  access_key = \"{ACCESS_KEY}\"\nsecret_key = \"{SECRET_KEY}\"\npart_size_mib = 5\n\
                  create_bucket = true\n\n[log]\nfilter = \"warn\"\n",
@@ -665,6 +665,7 @@ async fn a_replica_killed_mid_chunk_leaves_an_upload_the_other_finishes() {
                 data = dir.path().join(name).display(),
                 db = db.url,
                 key = dir.path().join("key.pem").display(),
+                secrets = dir.path().join("secrets-key").display(),
                 endpoint = weed.endpoint,
             ),
         )
@@ -1050,10 +1051,11 @@ async fn the_readme_moves_a_single_node_to_two_replicas() {
          [storage.s3]\nendpoint = \"{}\"\nregion = \"us-east-1\"\nbucket = \"slipway-test\"\n\
          prefix = \"{prefix}\"\npath_style = true\naccess_key = \"{ACCESS_KEY}\"\n\
          part_size_mib = 8\nredirect = false\npresign_ttl_secs = 300\n\n\
-         [auth]\nkey_file = \"{}\"\n",
+         [auth]\nkey_file = \"{}\"\nsecrets_key_file = \"{}\"\n",
         db.url,
         weed.endpoint,
-        key_file.display()
+        key_file.display(),
+        dir.path().join("secrets-key").display()
     );
     assert!(!common.contains(SECRET_KEY));
     // Where each process keeps what is its own (its listen address and
