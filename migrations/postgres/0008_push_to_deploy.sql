@@ -68,6 +68,10 @@ CREATE TABLE trigger_deliveries (
     event         TEXT    NOT NULL,
     git_ref       TEXT,
     git_commit    TEXT,
+    -- The commit the ref was at before the push (`before`), when the
+    -- forge says: a later push whose before is this push's commit makes
+    -- this one stale if it arrives late.
+    git_before    TEXT,
     -- queued, reused, ignored, refused, failed
     result        TEXT    NOT NULL,
     detail        TEXT    NOT NULL,

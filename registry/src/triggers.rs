@@ -169,6 +169,8 @@ pub struct Push {
     pub git_ref: String,
     /// The pushed commit; `None` when the push deleted the ref.
     pub commit: Option<String>,
+    /// The commit the ref was at before (`before`); `None` for a new ref.
+    pub before: Option<String>,
     /// The repository's URLs as the payload gives them (clone, web, ssh).
     pub repo_urls: Vec<String>,
 }
@@ -265,9 +267,13 @@ pub fn parse(signed: &Signed, body: &[u8]) -> Result<Event, String> {
     if repo_urls.is_empty() {
         return Err("the push event names no repository URL".into());
     }
+    let before = str_at(&["before"])
+        .map(|b| b.to_ascii_lowercase())
+        .filter(|b| b != ZERO && is_commit(b));
     Ok(Event::Push(Push {
         git_ref,
         commit: commit.map(|c| c.to_ascii_lowercase()),
+        before,
         repo_urls,
     }))
 }
@@ -685,6 +691,7 @@ mod tests {
         Push {
             git_ref: r.into(),
             commit: commit.map(str::to_owned),
+            before: None,
             repo_urls: vec![],
         }
     }

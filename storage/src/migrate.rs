@@ -194,6 +194,7 @@ const TABLES: &[(&str, &[(&str, Col)])] = &[
             ("result", Text),
             ("detail", Text),
             ("build_id", OptText),
+            ("git_before", OptText),
         ],
     ),
 ];

@@ -795,6 +795,7 @@ async fn receive_inner(
     if let Event::Push(p) = &event {
         d.git_ref = Some(p.git_ref.clone());
         d.git_commit = p.commit.clone();
+        d.git_before = p.before.clone();
         if !hooks::same_repository(&t.source_url, p) {
             let sentence = format!(
                 "the push is to {}, and this trigger builds {}: nothing was built",
@@ -862,15 +863,21 @@ async fn receive_inner(
         Decision::Build { git_ref, commit } => (git_ref, commit),
     };
     // A push of a commit this trigger was delivered before for the same
-    // ref: a replay of an old signed body under a new delivery id, or a
-    // delivery that arrived late. It must not move the image back.
+    // ref (a replay of an old signed body under a new delivery id, or a
+    // delivery that arrived late), or one a later push was made on top of
+    // (its `before`): it must not move the image back.
     if let Some(prev) = state
         .meta
         .delivery_commit_seen(&t.id, d.git_ref.as_deref().unwrap_or(""), &commit, row)
         .await?
     {
+        let what = if prev.git_commit.as_deref() == Some(commit.as_str()) {
+            "was delivered before"
+        } else {
+            "is older than a push delivered before, made on top of it"
+        };
         let sentence = format!(
-            "ignored: commit {commit:.12} of {git_ref} was delivered before ({} delivery at {}{}); \
+            "ignored: commit {commit:.12} of {git_ref} {what} ({} delivery at {}{}); \
              a replayed or late delivery builds nothing (`slipway build start --ref {git_ref}` \
              builds it on purpose)",
             prev.provider,

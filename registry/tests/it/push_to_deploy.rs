@@ -821,6 +821,42 @@ async fn bad_deliveries_build_nothing_and_a_newer_push_replaces_the_queued_build
     };
     assert_eq!(state_of(&first), ("cancelled".to_owned(), c1.to_owned()));
     assert_eq!(state_of(&second), ("pending".to_owned(), c2.to_owned()));
+    // Two pushes delivered out of order: the older, arriving last (its
+    // commit is the newer one's `before`), builds nothing.
+    let (c3, c4) = ("3".repeat(40), "4".repeat(40));
+    let newer = push(main, &c3, &c4);
+    let (s, v) = post_hook(
+        &env,
+        &id,
+        &headers("github", "push", &secret, &newer, "delivery-4"),
+        newer,
+    )
+    .await;
+    assert_eq!(
+        (s, v["result"].as_str()),
+        (StatusCode::ACCEPTED, Some("queued")),
+        "{v}"
+    );
+    let late = push(main, c2, &c3);
+    let (s, v) = post_hook(
+        &env,
+        &id,
+        &headers("github", "push", &secret, &late, "delivery-3"),
+        late,
+    )
+    .await;
+    assert_eq!(
+        (s, v["result"].as_str()),
+        (StatusCode::ACCEPTED, Some("ignored")),
+        "{v}"
+    );
+    assert!(
+        v["message"]
+            .as_str()
+            .unwrap()
+            .contains("is older than a push delivered before"),
+        "{v}"
+    );
     // The other trigger's pushes are its own.
     let rel = push("refs/heads/release/1", ZERO, c1);
     let (s, v) = post_hook(
@@ -840,8 +876,8 @@ async fn bad_deliveries_build_nothing_and_a_newer_push_replaces_the_queued_build
     let d = deliveries(&env, &id).await;
     let count = |result: &str| d.iter().filter(|d| d["result"] == result).count();
     assert_eq!(count("refused"), 7, "{d:#?}");
-    assert_eq!(count("ignored"), 6, "{d:#?}");
-    assert_eq!(count("queued"), 2, "{d:#?}");
+    assert_eq!(count("ignored"), 7, "{d:#?}");
+    assert_eq!(count("queued"), 3, "{d:#?}");
     assert!(
         d.iter().any(
             |d| d["result"] == "refused" && d["detail"].as_str().unwrap().contains("signature")

@@ -54,6 +54,8 @@ pub struct Delivery {
     pub event: String,
     pub git_ref: Option<String>,
     pub git_commit: Option<String>,
+    /// The commit the ref was at before the push, when the forge says.
+    pub git_before: Option<String>,
     /// `received` (being handled), `queued`, `reused`, `ignored`,
     /// `refused`, `failed`.
     pub result: String,
@@ -107,7 +109,7 @@ macro_rules! delivery_select {
     ($rest:literal) => {
         concat!(
             "SELECT id, trigger_id, delivery_id, at, provider, event, git_ref, git_commit, result, ",
-            "detail, build_id FROM trigger_deliveries ",
+            "detail, build_id, git_before FROM trigger_deliveries ",
             $rest
         )
     };
@@ -126,6 +128,7 @@ fn delivery(r: AnyRow) -> Delivery {
         result: r.get(8),
         detail: r.get(9),
         build_id: r.get(10),
+        git_before: r.get(11),
     }
 }
 
@@ -290,8 +293,8 @@ impl Metadata {
         let mut tx = self.write.begin().await?;
         let row = sqlx::query(
             "INSERT INTO trigger_deliveries (trigger_id, delivery_id, at, provider, event, git_ref, \
-             git_commit, result, detail, build_id) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
-             ON CONFLICT (trigger_id, delivery_id) DO NOTHING RETURNING id",
+             git_commit, result, detail, build_id, git_before) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) ON CONFLICT (trigger_id, delivery_id) DO NOTHING RETURNING id",
         )
         .bind(&d.trigger_id)
         .bind(&d.delivery_id)
@@ -303,6 +306,7 @@ impl Metadata {
         .bind(&d.result)
         .bind(&d.detail)
         .bind(&d.build_id)
+        .bind(&d.git_before)
         .fetch_optional(&mut *tx)
         .await?;
         let id: i64 = match row {
@@ -310,7 +314,7 @@ impl Metadata {
             None => {
                 let again = sqlx::query(
                     "UPDATE trigger_deliveries SET at = $1, result = $2, detail = $3, \
-                     build_id = NULL, git_ref = $4, git_commit = $5 \
+                     build_id = NULL, git_ref = $4, git_commit = $5, git_before = $9 \
                      WHERE trigger_id = $6 AND delivery_id = $7 \
                      AND (result = 'failed' OR (result = 'received' AND at < $8)) RETURNING id",
                 )
@@ -322,6 +326,7 @@ impl Metadata {
                 .bind(&d.trigger_id)
                 .bind(&d.delivery_id)
                 .bind(d.at - 600_000)
+                .bind(&d.git_before)
                 .fetch_optional(&mut *tx)
                 .await?;
                 match again {
@@ -355,7 +360,9 @@ impl Metadata {
     }
 
     /// Whether this trigger built (or reused) `commit` of `git_ref` for an
-    /// earlier delivery: a replayed or late delivery of an old push.
+    /// earlier delivery — a replayed or late delivery of an old push — or
+    /// for a later push on top of it (that push's `before` is `commit`): a
+    /// late delivery of an older push. The delivery that says so.
     pub async fn delivery_commit_seen(
         &self,
         trigger_id: &str,
@@ -364,8 +371,9 @@ impl Metadata {
         except: i64,
     ) -> Result<Option<Delivery>> {
         let row = sqlx::query(delivery_select!(
-            "WHERE trigger_id = $1 AND git_ref = $2 AND git_commit = $3 AND id <> $4 \
-             AND provider <> 'poll' AND result IN ('queued', 'reused') ORDER BY id DESC LIMIT 1"
+            "WHERE trigger_id = $1 AND git_ref = $2 AND (git_commit = $3 OR git_before = $3) \
+             AND id <> $4 AND provider <> 'poll' AND result IN ('queued', 'reused') \
+             ORDER BY id DESC LIMIT 1"
         ))
         .bind(trigger_id)
         .bind(git_ref)
