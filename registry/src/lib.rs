@@ -16,6 +16,7 @@ pub mod server;
 pub mod telemetry;
 pub mod testing;
 pub mod triggers;
+pub mod ui;
 pub mod v2;
 pub mod vault;
 

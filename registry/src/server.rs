@@ -170,6 +170,8 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .route("/", get(crate::ui::root))
+        .merge(crate::ui::router())
         .merge(crate::api::router())
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),

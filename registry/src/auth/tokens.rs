@@ -38,6 +38,8 @@ impl AccessEntry {
 pub enum TokenUse {
     Access,
     Refresh,
+    /// The dashboard's session cookie.
+    Session,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

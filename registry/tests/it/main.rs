@@ -20,3 +20,4 @@ mod rebase;
 mod replicas;
 mod reupload;
 mod security;
+mod ui;

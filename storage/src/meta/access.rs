@@ -6,6 +6,19 @@ use sqlx::any::AnyRow;
 use super::{Metadata, now_ms};
 use crate::error::{Result, StorageError};
 
+/// The registry at a glance (the dashboard's overview).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Overview {
+    pub projects: u64,
+    pub repositories: u64,
+    pub manifests: u64,
+    /// Bytes stored once each: blobs and manifest bodies.
+    pub stored_bytes: u64,
+    /// The sum of the projects' usage (what they would store without
+    /// deduplication across projects).
+    pub usage_bytes: u64,
+}
+
 /// One repository of a project, summed up (see [`Metadata::project_images`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ImageSummary {
@@ -241,6 +254,40 @@ impl Metadata {
             .into_iter()
             .map(|r| (r.get::<String, _>(0), r.get::<i64, _>(1) as u64))
             .collect())
+    }
+
+    /// The registry at a glance.
+    pub async fn overview(&self) -> Result<Overview> {
+        // PostgreSQL's SUM of BIGINT is NUMERIC: cast back.
+        let r = sqlx::query(
+            "SELECT (SELECT COUNT(*) FROM projects), (SELECT COUNT(*) FROM repositories), \
+             (SELECT COUNT(*) FROM manifests), \
+             CAST(COALESCE((SELECT SUM(size) FROM blobs), 0) AS BIGINT), \
+             CAST(COALESCE((SELECT SUM(size) FROM manifest_bodies), 0) AS BIGINT), \
+             CAST(COALESCE((SELECT SUM(used_bytes) FROM projects), 0) AS BIGINT)",
+        )
+        .fetch_one(&self.read)
+        .await?;
+        let n = |i: usize| r.get::<i64, _>(i).max(0) as u64;
+        Ok(Overview {
+            projects: n(0),
+            repositories: n(1),
+            manifests: n(2),
+            stored_bytes: n(3) + n(4),
+            usage_bytes: n(5),
+        })
+    }
+
+    /// How many repositories each project has.
+    pub async fn repository_counts(&self) -> Result<std::collections::HashMap<String, u64>> {
+        Ok(
+            sqlx::query("SELECT project, COUNT(*) FROM repositories GROUP BY project")
+                .fetch_all(&self.read)
+                .await?
+                .into_iter()
+                .map(|r| (r.get::<String, _>(0), r.get::<i64, _>(1) as u64))
+                .collect(),
+        )
     }
 
     /// A project's repositories with what they hold: manifests, tags, the

@@ -279,6 +279,15 @@ impl Metadata {
         Ok(doomed)
     }
 
+    /// The newest builds of every project.
+    pub async fn builds_recent(&self, limit: u32) -> Result<Vec<BuildRecord>> {
+        let rows = sqlx::query(build_select!("ORDER BY created_at DESC, id DESC LIMIT $1"))
+            .bind(limit.clamp(1, 1000) as i64)
+            .fetch_all(&self.read)
+            .await?;
+        Ok(rows.into_iter().map(build).collect())
+    }
+
     /// The image names a project has build records of.
     pub async fn build_image_names(&self, project: &str) -> Result<Vec<String>> {
         Ok(sqlx::query(

@@ -57,7 +57,7 @@ mod quota;
 mod rebase;
 mod triggers;
 
-pub use access::{ImageSummary, Project, Robot, RobotUpdate};
+pub use access::{ImageSummary, Overview, Project, Robot, RobotUpdate};
 pub use audit::{AuditEntry, AuditQuery, NewAuditEntry};
 pub use blobs::UploadRecord;
 pub use builds::{BuildRecord, BuildToken, LogLine, Queued, Retention};

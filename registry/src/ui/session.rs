@@ -1,0 +1,371 @@
+//! Who is looking at the dashboard: signed in with the admin password, a
+//! build token (a project's maintainer) or a robot (read-only, its
+//! project), or nobody (public projects only).
+//!
+//! The session is a cookie holding a token signed like `/auth/token`'s
+//! (`use: session`, audience and issuer checked, twelve hours), `HttpOnly`,
+//! `SameSite=Lax`, `Secure` when the request came over TLS. Each request
+//! checks that the account is still what signed in (the admin's password
+//! unchanged, the robot enabled at the same version, the build token not
+//! deleted). Forms carry a CSRF token derived from the session; the sign-in
+//! form, before any session, a random one also set as a cookie.
+
+use std::net::{IpAddr, SocketAddr};
+
+use axum::Form;
+use axum::extract::{ConnectInfo, FromRequestParts, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Redirect, Response};
+use maud::html;
+use serde::Deserialize;
+use sha2::Digest as _;
+use slipway_storage::meta::{NewAuditEntry, now_ms};
+
+use crate::auth::tokens::{Claims, TokenUse};
+use crate::auth::{Actions, Principal, account_version, parse_build_token_name};
+use crate::server::AppState;
+
+pub const SESSION_COOKIE: &str = "slipway_session";
+const LOGIN_COOKIE: &str = "slipway_login";
+const SESSION_SECS: i64 = 12 * 3600;
+
+/// Who is asking.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Viewer {
+    Anonymous,
+    Admin,
+    /// A robot: read-only, in its project (if it may pull).
+    Robot {
+        project: String,
+        name: String,
+        pull: bool,
+    },
+    /// A project's build token: the maintainer's view of that project.
+    Maintainer {
+        project: String,
+        name: String,
+    },
+}
+
+impl Viewer {
+    pub fn is_admin(&self) -> bool {
+        matches!(self, Viewer::Admin)
+    }
+
+    /// Whether pages about `project` (public or not) may be shown.
+    pub fn may_see(&self, project: &str, public: bool) -> bool {
+        public
+            || match self {
+                Viewer::Anonymous => false,
+                Viewer::Admin => true,
+                Viewer::Robot {
+                    project: p, pull, ..
+                } => p == project && *pull,
+                Viewer::Maintainer { project: p, .. } => p == project,
+            }
+    }
+
+    /// Whether its builds may be cancelled and retried from the pages.
+    pub fn may_build(&self, project: &str) -> bool {
+        match self {
+            Viewer::Admin => true,
+            Viewer::Maintainer { project: p, .. } => p == project,
+            _ => false,
+        }
+    }
+
+    pub fn name(&self) -> String {
+        match self {
+            Viewer::Anonymous => "anonymous".into(),
+            Viewer::Admin => crate::auth::ADMIN.into(),
+            Viewer::Robot { project, name, .. } => format!("robot${project}+{name}"),
+            Viewer::Maintainer { project, name } => format!("build${project}+{name}"),
+        }
+    }
+}
+
+/// The viewer, and the CSRF token its forms carry.
+#[derive(Debug, Clone)]
+pub struct Session {
+    pub viewer: Viewer,
+    pub csrf: String,
+    pub remote: Option<IpAddr>,
+}
+
+impl FromRequestParts<AppState> for Session {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let remote = parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|c| c.0.ip());
+        let Some(token) = cookie(&parts.headers, SESSION_COOKIE) else {
+            return Ok(Session {
+                viewer: Viewer::Anonymous,
+                csrf: String::new(),
+                remote,
+            });
+        };
+        let viewer = match viewer_of(state, &token).await {
+            Some(v) => v,
+            None => Viewer::Anonymous,
+        };
+        let csrf = if viewer == Viewer::Anonymous {
+            String::new()
+        } else {
+            csrf_of(&token)
+        };
+        Ok(Session {
+            viewer,
+            csrf,
+            remote,
+        })
+    }
+}
+
+/// A cookie's value.
+pub fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|kv| kv.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v.to_owned())
+}
+
+/// The CSRF token of a session: a digest of the session's own token (which
+/// a page on another site cannot read).
+fn csrf_of(session_token: &str) -> String {
+    hex::encode(&sha2::Sha256::digest(format!("slipway-csrf:{session_token}").as_bytes())[..16])
+}
+
+/// Whether a form's CSRF token is the session's (compared in constant time).
+pub fn csrf_ok(session: &Session, given: &str) -> bool {
+    use subtle::ConstantTimeEq as _;
+    !session.csrf.is_empty() && bool::from(session.csrf.as_bytes().ct_eq(given.as_bytes()))
+}
+
+async fn viewer_of(state: &AppState, token: &str) -> Option<Viewer> {
+    let claims = state.auth.keys.verify(token, TokenUse::Session).ok()?;
+    if claims.aud != state.config.auth.service || claims.iss != state.config.auth.issuer {
+        return None;
+    }
+    if let Some((project, name)) = parse_build_token_name(&claims.sub) {
+        let t = state.meta.build_token(project, name).await.ok()??;
+        return (Some(t.id) == claims.ver).then(|| Viewer::Maintainer {
+            project: project.to_owned(),
+            name: name.to_owned(),
+        });
+    }
+    if claims.sub == crate::auth::ADMIN {
+        let hash = state.meta.account_hash(crate::auth::ADMIN).await.ok()??;
+        return (Some(account_version(&hash)) == claims.ver).then_some(Viewer::Admin);
+    }
+    match state.token_principal(&claims).await.ok()?? {
+        Principal::Robot {
+            project,
+            name,
+            permissions,
+            ..
+        } => Some(Viewer::Robot {
+            project,
+            name,
+            pull: permissions.contains(Actions::PULL),
+        }),
+        _ => None,
+    }
+}
+
+fn over_tls(headers: &HeaderMap) -> bool {
+    headers
+        .get("x-forwarded-proto")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|p| p == "https")
+}
+
+fn set_cookie(name: &str, value: &str, max_age: i64, secure: bool) -> HeaderValue {
+    let mut c = format!("{name}={value}; Path=/ui; HttpOnly; SameSite=Lax; Max-Age={max_age}");
+    if secure {
+        c.push_str("; Secure");
+    }
+    HeaderValue::from_str(&c).expect("cookie values are ASCII")
+}
+
+pub async fn login_form(headers: HeaderMap) -> Response {
+    let nonce = crate::auth::secrets::generate();
+    let page = login_page(&nonce, None);
+    let mut r = page.into_response();
+    r.headers_mut().append(
+        header::SET_COOKIE,
+        set_cookie(LOGIN_COOKIE, &nonce, 3600, over_tls(&headers)),
+    );
+    r
+}
+
+fn login_page(nonce: &str, error: Option<&str>) -> maud::Markup {
+    super::layout(
+        "Sign in",
+        &Session {
+            viewer: Viewer::Anonymous,
+            csrf: String::new(),
+            remote: None,
+        },
+        html! {
+            h1 { "Sign in" }
+            @if let Some(e) = error {
+                p.error role="alert" { (e) }
+            }
+            form.signin method="post" action="/ui/login" {
+                input type="hidden" name="csrf" value=(nonce);
+                label for="user" { "User" }
+                input #user name="user" autocomplete="username" required
+                    placeholder="admin, build$<project>+<name> or robot$<project>+<name>";
+                label for="password" { "Password or secret" }
+                input #password type="password" name="password" autocomplete="current-password" required;
+                button type="submit" { "Sign in" }
+            }
+            p.hint { "Public projects are readable without signing in." }
+        },
+    )
+}
+
+#[derive(Deserialize)]
+pub struct LoginForm {
+    user: String,
+    password: String,
+    #[serde(default)]
+    csrf: String,
+}
+
+pub async fn login(
+    State(state): State<AppState>,
+    session: Session,
+    headers: HeaderMap,
+    Form(form): Form<LoginForm>,
+) -> Response {
+    use subtle::ConstantTimeEq as _;
+    let nonce = cookie(&headers, LOGIN_COOKIE).unwrap_or_default();
+    let fresh = crate::auth::secrets::generate();
+    let again = |status: StatusCode, error: &str| {
+        let mut r = (status, login_page(&fresh, Some(error))).into_response();
+        r.headers_mut().append(
+            header::SET_COOKIE,
+            set_cookie(LOGIN_COOKIE, &fresh, 3600, over_tls(&headers)),
+        );
+        r
+    };
+    if nonce.is_empty() || !bool::from(nonce.as_bytes().ct_eq(form.csrf.as_bytes())) {
+        return again(
+            StatusCode::FORBIDDEN,
+            "The form had expired or came from another page; sign in again.",
+        );
+    }
+    if let Some(wait) = state.auth.limiter.blocked(session.remote) {
+        return again(
+            StatusCode::TOO_MANY_REQUESTS,
+            &format!(
+                "Too many failed sign-ins from this address; try again in {} seconds.",
+                wait.as_secs().max(1)
+            ),
+        );
+    }
+    let user = form.user.trim();
+    let (sub, ver) = match authenticate(&state, user, &form.password).await {
+        Some(found) => found,
+        None => {
+            state.auth.limiter.failed(session.remote);
+            tracing::info!(user, remote = ?session.remote, "a dashboard sign-in had wrong credentials");
+            return again(
+                StatusCode::UNAUTHORIZED,
+                "The user name or password is wrong.",
+            );
+        }
+    };
+    let now = now_ms() / 1000;
+    let claims = Claims {
+        iss: state.config.auth.issuer.clone(),
+        sub: sub.clone(),
+        aud: state.config.auth.service.clone(),
+        exp: now + SESSION_SECS,
+        nbf: now,
+        iat: now,
+        jti: uuid::Uuid::new_v4().simple().to_string(),
+        access: Vec::new(),
+        token_use: TokenUse::Session,
+        ver,
+    };
+    let Ok(token) = state.auth.keys.sign(&claims) else {
+        return again(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "Cannot sign a session now.",
+        );
+    };
+    let project = sub
+        .split_once('$')
+        .and_then(|(_, r)| r.rsplit_once('+'))
+        .map(|(p, _)| p.to_owned());
+    if let Err(e) = state
+        .meta
+        .audit(&NewAuditEntry {
+            principal: sub,
+            action: "ui.login".into(),
+            project,
+            target: None,
+            detail: None,
+            remote_addr: session.remote.map(|r| r.to_string()),
+        })
+        .await
+    {
+        tracing::warn!(error = %e, "cannot audit a sign-in");
+    }
+    let mut r = Redirect::to("/ui/").into_response();
+    let secure = over_tls(&headers);
+    r.headers_mut().append(
+        header::SET_COOKIE,
+        set_cookie(SESSION_COOKIE, &token, SESSION_SECS, secure),
+    );
+    r.headers_mut()
+        .append(header::SET_COOKIE, set_cookie(LOGIN_COOKIE, "", 0, secure));
+    r
+}
+
+/// The session's subject and version for a user name and secret.
+async fn authenticate(state: &AppState, user: &str, secret: &str) -> Option<(String, Option<i64>)> {
+    if parse_build_token_name(user).is_some() {
+        let t = state.build_token_login(user, secret).await.ok()??;
+        return Some((user.to_owned(), Some(t.id)));
+    }
+    match state.login(user, secret).await.ok()?? {
+        (Principal::Builder, _) => None,
+        (p, ver) => Some((p.subject(), ver)),
+    }
+}
+
+#[derive(Deserialize)]
+pub struct CsrfForm {
+    #[serde(default)]
+    csrf: String,
+}
+
+pub async fn logout(session: Session, headers: HeaderMap, Form(form): Form<CsrfForm>) -> Response {
+    if !csrf_ok(&session, &form.csrf) {
+        return super::refused(
+            &session,
+            StatusCode::FORBIDDEN,
+            "This form did not come from this dashboard (its CSRF token is missing or wrong).",
+        );
+    }
+    let mut r = Redirect::to("/ui/").into_response();
+    r.headers_mut().append(
+        header::SET_COOKIE,
+        set_cookie(SESSION_COOKIE, "", 0, over_tls(&headers)),
+    );
+    r
+}

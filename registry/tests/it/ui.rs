@@ -1,0 +1,295 @@
+//! The dashboard through the real router over HTTP: who sees which pages
+//! (anonymous, a robot, a build token, the admin), sign-in with its CSRF
+//! nonce and rate limit, sign-out's CSRF check, sessions that end when the
+//! credential goes, escaping of hostile text, the security headers.
+
+use reqwest::{Method, StatusCode};
+use serde_json::json;
+
+use crate::security::Env;
+
+/// A browser of the dashboard: no redirects followed, its cookies kept.
+struct Browser {
+    http: reqwest::Client,
+    base: String,
+    cookies: Vec<(String, String)>,
+}
+
+struct Page {
+    status: StatusCode,
+    headers: reqwest::header::HeaderMap,
+    body: String,
+}
+
+impl Browser {
+    fn new(env: &Env) -> Browser {
+        Browser {
+            http: reqwest::Client::builder()
+                .redirect(reqwest::redirect::Policy::none())
+                .build()
+                .unwrap(),
+            base: env.server.url.clone(),
+            cookies: Vec::new(),
+        }
+    }
+
+    async fn request(&mut self, method: Method, path: &str, form: Option<&[(&str, &str)]>) -> Page {
+        let mut req = self
+            .http
+            .request(method, format!("{}{path}", self.base))
+            .header("accept", "text/html");
+        if !self.cookies.is_empty() {
+            let c: Vec<String> = self
+                .cookies
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect();
+            req = req.header("cookie", c.join("; "));
+        }
+        if let Some(f) = form {
+            let enc = |v: &str| {
+                percent_encoding::utf8_percent_encode(v, percent_encoding::NON_ALPHANUMERIC)
+                    .to_string()
+            };
+            let body: Vec<String> = f
+                .iter()
+                .map(|(k, v)| format!("{}={}", enc(k), enc(v)))
+                .collect();
+            req = req
+                .header("content-type", "application/x-www-form-urlencoded")
+                .body(body.join("&"));
+        }
+        let r = req.send().await.unwrap();
+        for c in r.headers().get_all("set-cookie") {
+            let c = c.to_str().unwrap();
+            let (kv, _) = c.split_once(';').unwrap_or((c, ""));
+            let (k, v) = kv.split_once('=').unwrap();
+            self.cookies.retain(|(n, _)| n != k);
+            if !v.is_empty() && !c.contains("Max-Age=0") {
+                self.cookies.push((k.to_owned(), v.to_owned()));
+            }
+        }
+        Page {
+            status: r.status(),
+            headers: r.headers().clone(),
+            body: r.text().await.unwrap(),
+        }
+    }
+
+    async fn get(&mut self, path: &str) -> Page {
+        self.request(Method::GET, path, None).await
+    }
+
+    /// The value of a form's hidden `csrf` field on `page`.
+    fn csrf(page: &Page) -> String {
+        let at = page
+            .body
+            .find("name=\"csrf\" value=\"")
+            .expect("a csrf field")
+            + 19;
+        page.body[at..].split('"').next().unwrap().to_owned()
+    }
+
+    async fn sign_in(&mut self, user: &str, password: &str) -> Page {
+        let form = self.get("/ui/login").await;
+        assert_eq!(form.status, StatusCode::OK);
+        let csrf = Browser::csrf(&form);
+        self.request(
+            Method::POST,
+            "/ui/login",
+            Some(&[("user", user), ("password", password), ("csrf", &csrf)]),
+        )
+        .await
+    }
+}
+
+#[tokio::test]
+async fn each_viewer_sees_what_it_may_and_private_names_never_leak() {
+    let env = Env::new().await;
+    // Hostile text where users may write it: a robot's description.
+    let (s, v) = env
+        .api(
+            Method::POST,
+            "/api/v1/projects/tool-a/robots",
+            Some(&env.admin()),
+            Some(
+                json!({"name": "puller", "description": "<script>alert(\"owned\")</script>",
+                        "permissions": ["pull"]}),
+            ),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    let robot_secret = v["secret"].as_str().unwrap().to_owned();
+    let token = env.build_token("tool-b", "ci").await;
+    let token_user = {
+        use base64::Engine as _;
+        let raw = base64::engine::general_purpose::STANDARD
+            .decode(token.strip_prefix("Basic ").unwrap())
+            .unwrap();
+        String::from_utf8(raw).unwrap()
+    };
+    let (token_name, token_secret) = token_user.split_once(':').unwrap();
+
+    // Anonymous: the public project only; a private one is as absent as
+    // one that does not exist.
+    let mut anon = Browser::new(&env);
+    let root = anon.get("/").await;
+    assert_eq!(root.status, StatusCode::SEE_OTHER);
+    assert_eq!(root.headers["location"], "/ui/");
+    let (s, _, _) = env.get("/", None).await;
+    assert_eq!(s, StatusCode::NOT_FOUND, "clients that are not browsers");
+    for path in ["/ui/", "/ui/projects"] {
+        let p = anon.get(path).await;
+        assert_eq!(p.status, StatusCode::OK, "{path}");
+        assert!(p.body.contains("tool-pub"), "{path}: {}", p.body);
+        assert!(
+            !p.body.contains("tool-a") && !p.body.contains("tool-b"),
+            "{path}"
+        );
+        let csp = p.headers["content-security-policy"].to_str().unwrap();
+        assert!(
+            csp.contains("script-src 'self'") && !csp.contains("unsafe-inline"),
+            "{csp}"
+        );
+        assert_eq!(p.headers["cache-control"], "no-store");
+        assert_eq!(p.headers["x-frame-options"], "DENY");
+    }
+    let private = anon.get("/ui/projects/tool-a").await;
+    let missing = anon.get("/ui/projects/tool-nope").await;
+    assert_eq!(private.status, StatusCode::NOT_FOUND);
+    assert_eq!(missing.status, StatusCode::NOT_FOUND);
+    assert_eq!(private.body, missing.body);
+    let public = anon.get("/ui/projects/tool-pub").await;
+    assert_eq!(public.status, StatusCode::OK);
+    assert!(public.body.contains("<code>web</code>"), "{}", public.body);
+    assert!(!public.body.contains("Robot accounts"));
+    let css = anon.get("/ui/assets/style.css").await;
+    assert_eq!(css.headers["content-type"], "text/css; charset=utf-8");
+
+    // The admin: everything, the registry's figures, robots, events; the
+    // robot's description escaped.
+    let mut admin = Browser::new(&env);
+    let signed = admin.sign_in("admin", &env.server.admin_password).await;
+    assert_eq!(signed.status, StatusCode::SEE_OTHER, "{}", signed.body);
+    let cookie = signed
+        .headers
+        .get_all("set-cookie")
+        .iter()
+        .map(|c| c.to_str().unwrap())
+        .find(|c| c.starts_with("slipway_session="))
+        .unwrap()
+        .to_owned();
+    assert!(
+        cookie.contains("HttpOnly") && cookie.contains("SameSite=Lax"),
+        "{cookie}"
+    );
+    let home = admin.get("/ui/").await;
+    assert!(
+        home.body.contains("Saved by deduplication"),
+        "{}",
+        home.body
+    );
+    assert!(home.body.contains("tool-a") && home.body.contains("tool-b"));
+    assert!(home.body.contains("admin"), "who is signed in");
+    let a = admin.get("/ui/projects/tool-a").await;
+    assert_eq!(a.status, StatusCode::OK);
+    assert!(a.body.contains("robot$tool-a+puller"), "{}", a.body);
+    assert!(
+        a.body
+            .contains("&lt;script&gt;alert(&quot;owned&quot;)&lt;/script&gt;"),
+        "{}",
+        a.body
+    );
+    assert!(!a.body.contains("<script>alert"), "escaped");
+
+    // A robot: its own project, read-only (no robots, no events).
+    let mut robot = Browser::new(&env);
+    let s = robot.sign_in("robot$tool-a+puller", &robot_secret).await;
+    assert_eq!(s.status, StatusCode::SEE_OTHER, "{}", s.body);
+    let list = robot.get("/ui/projects").await;
+    assert!(list.body.contains("tool-a") && list.body.contains("tool-pub"));
+    assert!(!list.body.contains("tool-b"));
+    let a = robot.get("/ui/projects/tool-a").await;
+    assert_eq!(a.status, StatusCode::OK);
+    assert!(!a.body.contains("Robot accounts") && !a.body.contains("Events"));
+    assert_eq!(
+        robot.get("/ui/projects/tool-b").await.status,
+        StatusCode::NOT_FOUND
+    );
+
+    // A build token: its project, with its triggers.
+    let mut maintainer = Browser::new(&env);
+    let s = maintainer.sign_in(token_name, token_secret).await;
+    assert_eq!(s.status, StatusCode::SEE_OTHER, "{}", s.body);
+    let b = maintainer.get("/ui/projects/tool-b").await;
+    assert_eq!(b.status, StatusCode::OK);
+    assert!(b.body.contains("Triggers"), "{}", b.body);
+    assert_eq!(
+        maintainer.get("/ui/projects/tool-a").await.status,
+        StatusCode::NOT_FOUND
+    );
+    // The token deleted: its session ends with it.
+    let (s, _) = env
+        .api(
+            Method::DELETE,
+            "/api/v1/projects/tool-b/build-tokens/ci",
+            Some(&env.admin()),
+            None,
+        )
+        .await;
+    assert!(s.is_success(), "{s}");
+    assert_eq!(
+        maintainer.get("/ui/projects/tool-b").await.status,
+        StatusCode::NOT_FOUND
+    );
+    assert!(maintainer.get("/ui/").await.body.contains("Sign in"));
+
+    // Sign-out needs the session's CSRF token.
+    let home = admin.get("/ui/").await;
+    let csrf = Browser::csrf(&home);
+    let forged = admin
+        .request(Method::POST, "/ui/logout", Some(&[("csrf", "forged")]))
+        .await;
+    assert_eq!(forged.status, StatusCode::FORBIDDEN);
+    assert!(
+        admin
+            .get("/ui/")
+            .await
+            .body
+            .contains("Saved by deduplication"),
+        "still signed in"
+    );
+    let out = admin
+        .request(Method::POST, "/ui/logout", Some(&[("csrf", &csrf)]))
+        .await;
+    assert_eq!(out.status, StatusCode::SEE_OTHER);
+    assert!(admin.get("/ui/").await.body.contains("Sign in"));
+}
+
+#[tokio::test]
+async fn sign_in_checks_its_nonce_and_is_rate_limited() {
+    let env = Env::new().await;
+    let mut b = Browser::new(&env);
+    // Without the nonce the sign-in form set (a form posted from elsewhere).
+    let p = b
+        .request(
+            Method::POST,
+            "/ui/login",
+            Some(&[("user", "admin"), ("password", &env.server.admin_password)]),
+        )
+        .await;
+    assert_eq!(p.status, StatusCode::FORBIDDEN, "{}", p.body);
+    assert!(p.body.contains("sign in again"), "{}", p.body);
+    let wrong = b.sign_in("admin", "not-the-password").await;
+    assert_eq!(wrong.status, StatusCode::UNAUTHORIZED);
+    assert!(wrong.body.contains("The user name or password is wrong."));
+    let mut last = wrong.status;
+    for _ in 0..12 {
+        last = b.sign_in("admin", "not-the-password").await.status;
+    }
+    assert_eq!(last, StatusCode::TOO_MANY_REQUESTS);
+    // Even the right password waits now.
+    let right = b.sign_in("admin", &env.server.admin_password).await;
+    assert_eq!(right.status, StatusCode::TOO_MANY_REQUESTS);
+    assert!(right.body.contains("Too many failed sign-ins"));
+}
