@@ -35,6 +35,7 @@ pub fn router() -> Router<AppState> {
         .route("/ui/", get(pages::overview))
         .route("/ui/projects", get(pages::projects))
         .route("/ui/projects/{project}", get(pages::project))
+        .route("/ui/r/{*repository}", get(pages::repository))
         .route("/ui/login", get(session::login_form).post(session::login))
         .route("/ui/logout", post(session::logout))
         .route("/ui/assets/style.css", get(style))

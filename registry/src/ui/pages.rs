@@ -429,7 +429,7 @@ async fn project_page(
                             tbody {
                                 @for i in &images {
                                     tr {
-                                        td { code { (i.repository.strip_prefix(&prefix).unwrap_or(&i.repository)) } }
+                                        td { a href={"/ui/r/" (i.repository)} { code { (i.repository.strip_prefix(&prefix).unwrap_or(&i.repository)) } } }
                                         td.num { (i.manifests) }
                                         td.num { (i.tags.len()) }
                                         td { (human_bytes(i.bytes)) }
@@ -499,6 +499,180 @@ async fn project_page(
                 section {
                     h2 { "Events" }
                     (audit_table(&audit))
+                }
+            }
+        },
+    )))
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct TagQuery {
+    #[serde(default)]
+    sort: String,
+    #[serde(default)]
+    desc: bool,
+    #[serde(default)]
+    page: usize,
+}
+
+/// Tags listed per page.
+const TAG_PAGE: usize = 50;
+
+/// What a manifest body says of its image: its size (config and layers,
+/// or the sum over an index's manifests) and its platforms (an index's).
+fn manifest_facts(body: &[u8]) -> (u64, Vec<String>) {
+    let Ok(v) = serde_json::from_slice::<serde_json::Value>(body) else {
+        return (0, Vec::new());
+    };
+    let size = |d: &serde_json::Value| d["size"].as_u64().unwrap_or(0);
+    if let Some(ms) = v["manifests"].as_array() {
+        let platforms = ms
+            .iter()
+            .filter_map(|m| {
+                let p = &m["platform"];
+                let os = p["os"].as_str()?;
+                let arch = p["architecture"].as_str()?;
+                Some(match p["variant"].as_str() {
+                    Some(var) => format!("{os}/{arch}/{var}"),
+                    None => format!("{os}/{arch}"),
+                })
+            })
+            .collect();
+        return (ms.iter().map(size).sum(), platforms);
+    }
+    let layers: u64 = v["layers"]
+        .as_array()
+        .map(|l| l.iter().map(size).sum())
+        .unwrap_or(0);
+    (size(&v["config"]) + layers, Vec::new())
+}
+
+pub async fn repository(
+    State(state): State<AppState>,
+    session: Session,
+    headers: axum::http::HeaderMap,
+    Path(name): Path<String>,
+    Query(query): Query<TagQuery>,
+) -> Response {
+    match repository_page(&state, &session, &headers, &name, query).await {
+        Ok(Some(m)) => m.into_response(),
+        Ok(None) => refused(
+            &session,
+            StatusCode::NOT_FOUND,
+            "There is no such repository, or it is private and you are not signed in as \
+             someone who may see it.",
+        ),
+        Err(e) => internal(&session, e),
+    }
+}
+
+async fn repository_page(
+    state: &AppState,
+    session: &Session,
+    headers: &axum::http::HeaderMap,
+    name: &str,
+    query: TagQuery,
+) -> slipway_storage::Result<Option<Markup>> {
+    let Ok(repo) = slipway_storage::RepoName::parse(name) else {
+        return Ok(None);
+    };
+    let Some(p) = state.meta.project_get(repo.project()).await? else {
+        return Ok(None);
+    };
+    if !session.viewer.may_see(&p.name, p.public) {
+        return Ok(None);
+    }
+    let Some(mut tags) = state.meta.tags_detailed(&repo).await? else {
+        return Ok(None);
+    };
+    let by_date = query.sort == "date";
+    if by_date {
+        tags.sort_by(|a, b| {
+            a.updated_at
+                .cmp(&b.updated_at)
+                .then_with(|| a.name.cmp(&b.name))
+        });
+    }
+    if query.desc {
+        tags.reverse();
+    }
+    let total = tags.len();
+    let pages = total.div_ceil(TAG_PAGE).max(1);
+    let page = query.page.min(pages - 1);
+    let shown = &tags[(page * TAG_PAGE).min(total)..((page + 1) * TAG_PAGE).min(total)];
+    // The address clients pull from: the one this page was asked at.
+    let host = headers
+        .get(axum::http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("localhost");
+    let sort = if by_date { "date" } else { "name" };
+    let link = |sort: &str, desc: bool, page: usize| {
+        let mut s = format!("/ui/r/{}?sort={sort}&page={page}", repo.as_str());
+        if desc {
+            s.push_str("&desc=true");
+        }
+        s
+    };
+    let header = |key: &str, label: &str| {
+        let desc = sort == key && !query.desc;
+        let mark = match (sort == key, query.desc) {
+            (false, _) => "",
+            (true, false) => " ↑",
+            (true, true) => " ↓",
+        };
+        html! { th { a href=(link(key, desc, 0)) { (label) (mark) } } }
+    };
+    Ok(Some(layout(
+        repo.as_str(),
+        session,
+        html! {
+            p.crumbs { a href={"/ui/projects/" (p.name)} { (p.name) } " / " }
+            h1 { (repo.as_str()) }
+            p.count { (total) " tags" @if pages > 1 { ", page " (page + 1) " of " (pages) } }
+            @if tags.is_empty() {
+                p.empty { "No tags." }
+            } @else {
+                div.scroll {
+                    table.tags {
+                        thead {
+                            tr {
+                                (header("name", "Tag"))
+                                th { "Digest" }
+                                th { "Platform" }
+                                th { "Size" }
+                                (header("date", "Pushed"))
+                                th { "Pull" }
+                            }
+                        }
+                        tbody {
+                            @for t in shown {
+                                @let (size, platforms) = manifest_facts(&t.body);
+                                @let pull = format!("podman pull {host}/{}:{}", repo.as_str(), t.name);
+                                tr {
+                                    td { code { (t.name) } }
+                                    td {
+                                        code title=(t.digest) { (t.digest.chars().take(19).collect::<String>()) "…" }
+                                        " "
+                                        button.copy type="button" data-copy=(t.digest) aria-label="Copy the digest" { "Copy" }
+                                    }
+                                    td { (if platforms.is_empty() { "image".to_owned() } else { platforms.join(", ") }) }
+                                    td { (human_bytes(size)) }
+                                    td { (when(t.updated_at)) }
+                                    td {
+                                        code { (pull) }
+                                        " "
+                                        button.copy type="button" data-copy=(pull) aria-label="Copy the pull command" { "Copy" }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+                @if pages > 1 {
+                    nav.pages {
+                        @if page > 0 { a rel="prev" href=(link(sort, query.desc, page - 1)) { "← Previous" } }
+                        @if page + 1 < pages { a rel="next" href=(link(sort, query.desc, page + 1)) { "Next →" } }
+                    }
                 }
             }
         },

@@ -293,3 +293,78 @@ async fn sign_in_checks_its_nonce_and_is_rate_limited() {
     assert_eq!(right.status, StatusCode::TOO_MANY_REQUESTS);
     assert!(right.body.contains("Too many failed sign-ins"));
 }
+
+#[tokio::test]
+async fn a_repository_s_tags_sort_across_pages_with_their_pull_lines() {
+    let env = Env::new().await;
+    // tool-pub/web has v1 (from Env); more tags after it, the last "a-…".
+    for k in 0..55 {
+        env.push_image(
+            "tool-pub/web",
+            &format!("t{k:02}"),
+            format!("seed {k}").as_bytes(),
+        )
+        .await;
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    env.push_image("tool-pub/web", "a-latest", b"the newest")
+        .await;
+    let mut anon = Browser::new(&env);
+    let first = anon.get("/ui/r/tool-pub/web").await;
+    assert_eq!(first.status, StatusCode::OK, "{}", first.body);
+    assert!(
+        first.body.contains("57 tags, page 1 of 2"),
+        "{}",
+        first.body
+    );
+    let pull = format!("podman pull {}/tool-pub/web:a-latest", env.server.addr);
+    assert!(first.body.contains(&pull), "{}", first.body);
+    assert!(first.body.contains(&format!("data-copy=\"{pull}\"")));
+    // By name: a-latest first, v1 last (on page 2).
+    let order = |body: &str, tags: &[&str]| {
+        let at: Vec<usize> = tags
+            .iter()
+            .map(|t| {
+                body.find(&format!("<code>{t}</code>"))
+                    .unwrap_or(usize::MAX)
+            })
+            .collect();
+        at.windows(2).all(|w| w[0] < w[1]) && at.iter().all(|a| *a != usize::MAX)
+    };
+    assert!(
+        order(&first.body, &["a-latest", "t00", "t48"]),
+        "{}",
+        first.body
+    );
+    let second = anon.get("/ui/r/tool-pub/web?sort=name&page=1").await;
+    assert!(second.body.contains("<code>v1</code>"), "{}", second.body);
+    // By date, newest first: a-latest, then the t… in reverse, v1 last.
+    let newest = anon.get("/ui/r/tool-pub/web?sort=date&desc=true").await;
+    assert!(
+        order(&newest.body, &["a-latest", "t54", "t53"]),
+        "{}",
+        newest.body
+    );
+    let oldest = anon.get("/ui/r/tool-pub/web?sort=date").await;
+    assert!(
+        order(&oldest.body, &["v1", "t00", "t01"]),
+        "{}",
+        oldest.body
+    );
+    // A private repository is not there for anonymous viewers.
+    assert_eq!(
+        anon.get("/ui/r/tool-a/web").await.status,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        anon.get("/ui/r/tool-pub/nothing").await.status,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        anon.get("/ui/no-such-page").await.status,
+        StatusCode::NOT_FOUND
+    );
+    // The project page links the repository.
+    let p = anon.get("/ui/projects/tool-pub").await;
+    assert!(p.body.contains("href=\"/ui/r/tool-pub/web\""), "{}", p.body);
+}

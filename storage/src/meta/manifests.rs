@@ -20,6 +20,17 @@ pub struct QuotaAfter {
     pub warned_percent: u32,
 }
 
+/// A tag and the manifest it points at.
+#[derive(Debug, Clone)]
+pub struct TagDetail {
+    pub name: String,
+    pub digest: String,
+    /// When the tag was last set (epoch milliseconds).
+    pub updated_at: i64,
+    pub media_type: String,
+    pub body: Vec<u8>,
+}
+
 impl Metadata {
     pub async fn manifest_by_tag(
         &self,
@@ -360,6 +371,32 @@ impl Metadata {
         mark_if_untagged(&mut tx, repo_id, &digest, now_ms()).await?;
         tx.commit().await?;
         Ok(true)
+    }
+
+    /// Every tag of a repository with its manifest (the dashboard sorts and
+    /// pages them); `None` when the repository is unknown.
+    pub async fn tags_detailed(&self, repo: &RepoName) -> Result<Option<Vec<TagDetail>>> {
+        let Some(repo_id) = self.repo_id(repo).await? else {
+            return Ok(None);
+        };
+        let rows = sqlx::query(
+            "SELECT t.name, t.digest, t.updated_at, mb.media_type, mb.body FROM tags t \
+             JOIN manifest_bodies mb ON mb.digest = t.digest WHERE t.repo_id = $1 ORDER BY t.name",
+        )
+        .bind(repo_id)
+        .fetch_all(&self.read)
+        .await?;
+        Ok(Some(
+            rows.into_iter()
+                .map(|r| TagDetail {
+                    name: r.get(0),
+                    digest: r.get(1),
+                    updated_at: r.get(2),
+                    media_type: r.get(3),
+                    body: r.get(4),
+                })
+                .collect(),
+        ))
     }
 
     /// Tags after `last`, in lexical order; `None` when the repository is unknown.
