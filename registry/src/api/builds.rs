@@ -1047,17 +1047,27 @@ pub async fn cancel(
     Path((project, id)): Path<(String, String)>,
 ) -> Result<Response> {
     caller.may_build(&project)?;
-    found(&state, &project, &id).await?;
-    if !state.meta.build_cancel(&id).await? {
-        let b = found(&state, &project, &id).await?;
+    let b = cancel_build(&state, &caller.who(), &project, &id).await?;
+    Ok((StatusCode::ACCEPTED, Json(view(&b))).into_response())
+}
+
+/// Cancels a build of `project` (the caller may build there); the build.
+pub(crate) async fn cancel_build(
+    state: &AppState,
+    who: &Who,
+    project: &str,
+    id: &str,
+) -> Result<BuildRecord> {
+    found(state, project, id).await?;
+    if !state.meta.build_cancel(id).await? {
+        let b = found(state, project, id).await?;
         return Err(Error::new(
             StatusCode::CONFLICT,
             format!("build {id} has ended already ({})", b.state),
         ));
     }
-    record(&state, &caller, "build.cancel", &project, &id, json!({})).await?;
-    let b = found(&state, &project, &id).await?;
-    Ok((StatusCode::ACCEPTED, Json(view(&b))).into_response())
+    record_as(state, who, "build.cancel", project, id, json!({})).await?;
+    found(state, project, id).await
 }
 
 #[utoipa::path(post, path = "/api/v1/projects/{project}/builds/{id}/retry", tag = "builds",
@@ -1069,7 +1079,19 @@ pub async fn retry(
     Path((project, id)): Path<(String, String)>,
 ) -> Result<Response> {
     caller.may_build(&project)?;
-    let old = found(&state, &project, &id).await?;
+    let b = retry_build(&state, &caller.who(), &project, &id).await?;
+    Ok((StatusCode::ACCEPTED, Json(view(&b))).into_response())
+}
+
+/// Queues a build of the same commit as an ended build of `project` (the
+/// caller may build there); the new build.
+pub(crate) async fn retry_build(
+    state: &AppState,
+    who: &Who,
+    project: &str,
+    id: &str,
+) -> Result<BuildRecord> {
+    let old = found(state, project, id).await?;
     if !old.finished() {
         return Err(Error::new(
             StatusCode::CONFLICT,
@@ -1079,13 +1101,13 @@ pub async fn retry(
             ),
         ));
     }
-    check_builder(&state, &old.builder).await?;
+    check_builder(state, &old.builder).await?;
     let b = BuildRecord {
         id: new_id(),
         state: "pending".into(),
         reason: None,
         image_digest: None,
-        requested_by: caller.subject(),
+        requested_by: who.subject.clone(),
         created_at: now_ms(),
         started_at: None,
         finished_at: None,
@@ -1100,8 +1122,8 @@ pub async fn retry(
         force: true,
         ..old
     };
-    let r = queue(&state, &caller.who(), b).await?;
-    Ok((StatusCode::ACCEPTED, Json(view(r.build()))).into_response())
+    let r = queue(state, who, b).await?;
+    Ok(r.build().clone())
 }
 
 #[utoipa::path(delete, path = "/api/v1/projects/{project}/builds/{id}", tag = "builds",

@@ -219,6 +219,10 @@ pub struct Error {
 }
 
 impl Error {
+    pub fn status(&self) -> StatusCode {
+        self.status
+    }
+
     pub fn new(status: StatusCode, message: impl Into<String>) -> Error {
         Error {
             status,

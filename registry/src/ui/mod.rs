@@ -9,6 +9,7 @@
 //! pages answer 404, as a project that does not exist does, to whoever may
 //! not pull there — its name is never shown to them.
 
+pub mod builds;
 pub mod pages;
 pub mod session;
 
@@ -36,6 +37,23 @@ pub fn router() -> Router<AppState> {
         .route("/ui/projects", get(pages::projects))
         .route("/ui/projects/{project}", get(pages::project))
         .route("/ui/r/{*repository}", get(pages::repository))
+        .route("/ui/projects/{project}/builds/{id}", get(builds::page))
+        .route(
+            "/ui/projects/{project}/builds/{id}/log.txt",
+            get(builds::raw_log),
+        )
+        .route(
+            "/ui/projects/{project}/builds/{id}/events",
+            get(builds::events),
+        )
+        .route(
+            "/ui/projects/{project}/builds/{id}/cancel",
+            post(builds::cancel),
+        )
+        .route(
+            "/ui/projects/{project}/builds/{id}/retry",
+            post(builds::retry),
+        )
         .route("/ui/login", get(session::login_form).post(session::login))
         .route("/ui/logout", post(session::logout))
         .route("/ui/assets/style.css", get(style))

@@ -17,7 +17,7 @@ use crate::server::AppState;
 /// Projects listed per page.
 const PAGE: usize = 50;
 
-fn internal(session: &Session, e: impl std::fmt::Display) -> Response {
+pub(crate) fn internal(session: &Session, e: impl std::fmt::Display) -> Response {
     tracing::warn!(error = %e, "a dashboard page failed");
     refused(
         session,
@@ -63,7 +63,7 @@ fn build_row(b: &BuildRecord) -> Markup {
     html! {
         tr {
             td { a href={"/ui/projects/" (b.project)} { (b.project) } }
-            td { code { (b.id) } }
+            td { a href={"/ui/projects/" (b.project) "/builds/" (b.id)} { code { (b.id) } } }
             td { span class={"state " (b.state)} { (b.state) } }
             td { (b.image_name) }
             td { code title=(b.git_commit) { (b.git_commit.chars().take(12).collect::<String>()) } }

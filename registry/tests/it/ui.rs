@@ -368,3 +368,175 @@ async fn a_repository_s_tags_sort_across_pages_with_their_pull_lines() {
     let p = anon.get("/ui/projects/tool-pub").await;
     assert!(p.body.contains("href=\"/ui/r/tool-pub/web\""), "{}", p.body);
 }
+
+#[tokio::test]
+async fn a_build_s_page_streams_its_log_to_its_end_and_offers_cancel_and_retry() {
+    let env = Env::with(|c| {
+        c.builds.workers = 0;
+        c.builds.allow_local_sources = true;
+    })
+    .await;
+    env.server.create_project("platform", true).await;
+    env.push_image("platform/builder", "bookworm", b"a builder")
+        .await;
+    env.approve("platform/builder:bookworm").await;
+    let token = env.build_token("tool-pub", "ci").await;
+    let dir = tempfile::tempdir().unwrap();
+    crate::builds::git_repo(&dir.path().join("app"), &[("index.html", "hi\n")]);
+    let (s, v) = env
+        .api(
+            Method::POST,
+            "/api/v1/projects/tool-pub/builds",
+            Some(&token),
+            Some(json!({"source_url": format!("file://{}", dir.path().join("app").display())})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{v}");
+    let id = v["id"].as_str().unwrap().to_owned();
+    let meta = &env.server.state.meta;
+    let lines: Vec<(String, String)> = ["one", "two <b>bold</b>", "three"]
+        .iter()
+        .map(|l| ("build".to_owned(), l.to_string()))
+        .collect();
+    meta.build_log_append(&id, 1, &lines).await.unwrap();
+    let page = format!("/ui/projects/tool-pub/builds/{id}");
+
+    // Anonymous: the build of a public project, not its log.
+    let mut anon = Browser::new(&env);
+    let p = anon.get(&page).await;
+    assert_eq!(p.status, StatusCode::OK, "{}", p.body);
+    assert!(p.body.contains(&id) && p.body.contains("Sign in as someone of this project"));
+    assert!(!p.body.contains("two"));
+    assert_eq!(
+        anon.get(&format!("{page}/events")).await.status,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(
+        anon.get(&format!("{page}/log.txt")).await.status,
+        StatusCode::FORBIDDEN
+    );
+    let list = anon.get("/ui/projects/tool-pub").await;
+    assert!(
+        list.body.contains(&format!("href=\"{page}\"")),
+        "{}",
+        list.body
+    );
+
+    // The maintainer: the log (escaped), live from line 2 on, to its end.
+    let mut m = Browser::new(&env);
+    let (user, secret) = {
+        use base64::Engine as _;
+        let raw = base64::engine::general_purpose::STANDARD
+            .decode(token.strip_prefix("Basic ").unwrap())
+            .unwrap();
+        let s = String::from_utf8(raw).unwrap();
+        let (u, p) = s.split_once(':').unwrap();
+        (u.to_owned(), p.to_owned())
+    };
+    assert_eq!(
+        m.sign_in(&user, &secret).await.status,
+        StatusCode::SEE_OTHER
+    );
+    let p = m.get(&page).await;
+    assert!(p.body.contains("two &lt;b&gt;bold&lt;/b&gt;"), "{}", p.body);
+    assert!(p.body.contains("data-running=\"true\""), "{}", p.body);
+    let csrf = Browser::csrf(&p);
+    let raw = m.get(&format!("{page}/log.txt")).await;
+    assert_eq!(raw.body, "one\ntwo <b>bold</b>\nthree\n");
+    assert!(
+        raw.headers["content-disposition"]
+            .to_str()
+            .unwrap()
+            .contains("attachment")
+    );
+
+    let cookie: Vec<String> = m.cookies.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    let mut events = m
+        .http
+        .get(format!("{}{page}/events", m.base))
+        .header("cookie", cookie.join("; "))
+        .header("last-event-id", "1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(events.status(), StatusCode::OK);
+    assert!(
+        events.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/event-stream")
+    );
+    // A line written while the page follows, then the build cancelled.
+    meta.build_log_append(&id, 4, &[("build".to_owned(), "four".to_owned())])
+        .await
+        .unwrap();
+    let forged = m
+        .request(
+            Method::POST,
+            &format!("{page}/cancel"),
+            Some(&[("csrf", "x")]),
+        )
+        .await;
+    assert_eq!(forged.status, StatusCode::FORBIDDEN);
+    let cancelled = m
+        .request(
+            Method::POST,
+            &format!("{page}/cancel"),
+            Some(&[("csrf", &csrf)]),
+        )
+        .await;
+    assert_eq!(
+        cancelled.status,
+        StatusCode::SEE_OTHER,
+        "{}",
+        cancelled.body
+    );
+    let mut text = String::new();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !text.contains("event: end") {
+        assert!(std::time::Instant::now() < deadline, "no end event: {text}");
+        match tokio::time::timeout(std::time::Duration::from_secs(5), events.chunk()).await {
+            Ok(Ok(Some(c))) => text.push_str(&String::from_utf8_lossy(&c)),
+            other => panic!("the stream stopped ({other:?}): {text}"),
+        }
+    }
+    assert!(!text.contains("data: one"), "resumed after line 1: {text}");
+    let two = text.find("data: two <b>bold</b>").expect(&text);
+    let four = text.find("data: four").expect(&text);
+    let end = text.find("event: end\ndata: cancelled").expect(&text);
+    assert!(two < four && four < end, "{text}");
+    assert!(text.contains("id: 4"), "{text}");
+
+    // Retry: a new build of the same commit, its page.
+    let retried = m
+        .request(
+            Method::POST,
+            &format!("{page}/retry"),
+            Some(&[("csrf", &csrf)]),
+        )
+        .await;
+    assert_eq!(retried.status, StatusCode::SEE_OTHER, "{}", retried.body);
+    let to = retried.headers["location"].to_str().unwrap().to_owned();
+    assert!(
+        to.starts_with("/ui/projects/tool-pub/builds/b") && !to.ends_with(&id),
+        "{to}"
+    );
+    assert!(m.get(&to).await.body.contains("pending"));
+    // A robot of another project may not act here even with a session.
+    let secret = env.robot("tool-a", "viewer", &["pull"]).await;
+    let mut r = Browser::new(&env);
+    assert_eq!(
+        r.sign_in("robot$tool-a+viewer", &secret).await.status,
+        StatusCode::SEE_OTHER
+    );
+    let home = r.get("/ui/").await;
+    let rc = Browser::csrf(&home);
+    let denied = r
+        .request(
+            Method::POST,
+            &format!("{page}/retry"),
+            Some(&[("csrf", &rc)]),
+        )
+        .await;
+    assert_eq!(denied.status, StatusCode::FORBIDDEN, "{}", denied.body);
+}

@@ -10,3 +10,25 @@ document.addEventListener("click", (e) => {
     setTimeout(() => { b.textContent = was; }, 1200);
   });
 });
+
+// A running build's log: server-sent events append its lines (as text,
+// never HTML) until the build ends; the browser's reconnects resume after
+// the last line it got (Last-Event-ID).
+const log = document.getElementById("log");
+if (log && log.dataset.running === "true" && window.EventSource) {
+  const url = log.dataset.events + "?after=" + encodeURIComponent(log.dataset.after);
+  const source = new EventSource(url);
+  const follow = () => window.scrollTo(0, document.body.scrollHeight);
+  source.addEventListener("line", (e) => {
+    log.appendChild(document.createTextNode(e.data + "\n"));
+    follow();
+  });
+  source.addEventListener("end", (e) => {
+    source.close();
+    const state = document.getElementById("state");
+    if (state) {
+      state.textContent = e.data;
+      state.className = "state " + e.data;
+    }
+  });
+}
