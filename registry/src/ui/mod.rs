@@ -10,6 +10,7 @@
 //! not pull there — its name is never shown to them.
 
 pub mod builds;
+pub mod image;
 pub mod pages;
 pub mod session;
 
@@ -37,6 +38,7 @@ pub fn router() -> Router<AppState> {
         .route("/ui/projects", get(pages::projects))
         .route("/ui/projects/{project}", get(pages::project))
         .route("/ui/r/{*repository}", get(pages::repository))
+        .route("/ui/i/{*image}", get(image::page))
         .route("/ui/projects/{project}/builds/{id}", get(builds::page))
         .route(
             "/ui/projects/{project}/builds/{id}/log.txt",

@@ -651,7 +651,9 @@ async fn repository_page(
                                 tr {
                                     td { code { (t.name) } }
                                     td {
-                                        code title=(t.digest) { (t.digest.chars().take(19).collect::<String>()) "…" }
+                                        a href={"/ui/i/" (repo.as_str()) "@" (t.digest)} {
+                                            code title=(t.digest) { (t.digest.chars().take(19).collect::<String>()) "…" }
+                                        }
                                         " "
                                         button.copy type="button" data-copy=(t.digest) aria-label="Copy the digest" { "Copy" }
                                     }

@@ -540,3 +540,132 @@ async fn a_build_s_page_streams_its_log_to_its_end_and_offers_cancel_and_retry()
         .await;
     assert_eq!(denied.status, StatusCode::FORBIDDEN, "{}", denied.body);
 }
+
+/// Pushes an image of `layers` and `config` as the admin; its digest.
+async fn push(
+    env: &Env,
+    repo: &str,
+    tag: &str,
+    layers: &[&[u8]],
+    config: serde_json::Value,
+) -> String {
+    use crate::security::digest;
+    let config = config.to_string().into_bytes();
+    for blob in layers.iter().copied().chain([config.as_slice()]) {
+        let (s, _, b) = env
+            .send(
+                Method::POST,
+                &format!("/v2/{repo}/blobs/uploads/?digest={}", digest(blob)),
+                Some(&env.admin()),
+                blob.to_vec(),
+                None,
+            )
+            .await;
+        assert_eq!(s, StatusCode::CREATED, "{}", String::from_utf8_lossy(&b));
+    }
+    let manifest = json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": digest(&config), "size": config.len()},
+        "layers": layers.iter().map(|l| json!({"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": digest(l), "size": l.len()})).collect::<Vec<_>>(),
+    })
+    .to_string()
+    .into_bytes();
+    let (s, h, b) = env
+        .send(
+            Method::PUT,
+            &format!("/v2/{repo}/manifests/{tag}"),
+            Some(&env.admin()),
+            manifest,
+            Some("application/vnd.oci.image.manifest.v1+json"),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{}", String::from_utf8_lossy(&b));
+    h["docker-content-digest"].to_str().unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn an_image_s_page_says_which_layers_cost_and_whether_its_run_image_is_current() {
+    let env = Env::new().await;
+    env.server.create_project("platform", true).await;
+    let base: &[u8] = b"the run image's layer";
+    let run_config = json!({"os": "linux", "architecture": "amd64",
+        "history": [{"created_by": "debootstrap bookworm"}]});
+    let run_v1 = push(
+        &env,
+        "platform/run",
+        "bookworm",
+        &[base],
+        run_config.clone(),
+    )
+    .await;
+    let meta = json!({"runImage": {"image": "platform/run:bookworm", "reference": run_v1,
+                                   "topLayer": "sha256:00"}})
+    .to_string();
+    let app: &[u8] = b"the app's own layer <script>";
+    let app_digest = push(
+        &env,
+        "tool-pub/app",
+        "latest",
+        &[base, app],
+        json!({"os": "linux", "architecture": "amd64",
+               "config": {"Labels": {"io.buildpacks.lifecycle.metadata": meta}},
+               "history": [{"created_by": "debootstrap bookworm"},
+                           {"created_by": "buildpack <b>tool/web</b>"}]}),
+    )
+    .await;
+    let mut anon = Browser::new(&env);
+    let page = format!("/ui/i/tool-pub/app@{app_digest}");
+    let p = anon.get(&page).await;
+    assert_eq!(p.status, StatusCode::OK, "{}", p.body);
+    assert!(p.body.contains("platform/run:bookworm"), "{}", p.body);
+    assert!(p.body.contains(">current<"), "{}", p.body);
+    assert!(
+        p.body.contains("no: the run image&#39;s") || p.body.contains("no: the run image's"),
+        "{}",
+        p.body
+    );
+    assert!(
+        p.body.contains("buildpack &lt;b&gt;tool/web&lt;/b&gt;"),
+        "{}",
+        p.body
+    );
+    let repo = anon.get("/ui/r/tool-pub/app").await;
+    assert!(
+        repo.body.contains(&format!("href=\"{page}\"")),
+        "{}",
+        repo.body
+    );
+
+    // The platform patches its run image: the app is outdated.
+    push(
+        &env,
+        "platform/run",
+        "bookworm",
+        &[b"a patched layer"],
+        run_config,
+    )
+    .await;
+    let p = anon.get(&page).await;
+    assert!(p.body.contains("outdated: rebase available"), "{}", p.body);
+    // A private project's image is not there for anonymous viewers.
+    let (s, h, _) = env
+        .send(
+            Method::HEAD,
+            "/v2/tool-a/web/manifests/v1",
+            Some(&env.admin()),
+            Vec::new(),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    let private = format!(
+        "/ui/i/tool-a/web@{}",
+        h["docker-content-digest"].to_str().unwrap()
+    );
+    assert_eq!(anon.get(&private).await.status, StatusCode::NOT_FOUND);
+    assert_eq!(
+        anon.get("/ui/i/tool-pub/app@sha256:nothing").await.status,
+        StatusCode::NOT_FOUND
+    );
+}

@@ -278,6 +278,19 @@ impl Metadata {
         })
     }
 
+    /// Whether a base project (`platform`) holds a blob: it costs the other
+    /// projects nothing.
+    pub async fn held_by_base(&self, digest: &str) -> Result<bool> {
+        Ok(sqlx::query(
+            "SELECT 1 FROM project_blobs pb JOIN projects p ON p.name = pb.project \
+             WHERE pb.digest = $1 AND p.is_base = 1 LIMIT 1",
+        )
+        .bind(digest)
+        .fetch_optional(&self.read)
+        .await?
+        .is_some())
+    }
+
     /// How many repositories each project has.
     pub async fn repository_counts(&self) -> Result<std::collections::HashMap<String, u64>> {
         Ok(

@@ -279,6 +279,20 @@ impl Metadata {
         Ok(doomed)
     }
 
+    /// The (first) build that made `digest` in a project, if its record is
+    /// kept.
+    pub async fn build_of_image(&self, project: &str, digest: &str) -> Result<Option<BuildRecord>> {
+        let row = sqlx::query(build_select!(
+            "WHERE project = $1 AND image_digest = $2 AND state = 'succeeded' \
+             ORDER BY created_at, id LIMIT 1"
+        ))
+        .bind(project)
+        .bind(digest)
+        .fetch_optional(&self.read)
+        .await?;
+        Ok(row.map(build))
+    }
+
     /// The newest builds of every project.
     pub async fn builds_recent(&self, limit: u32) -> Result<Vec<BuildRecord>> {
         let rows = sqlx::query(build_select!("ORDER BY created_at DESC, id DESC LIMIT $1"))
