@@ -316,12 +316,29 @@ async fn janitor(state: AppState) {
             let opts =
                 crate::api::storage::gc_options(&state, false, None, state.config.gc.retention);
             match slipway_storage::gc::collect(&state.meta, &state.blobs, &opts).await {
-                Ok(r) => tracing::info!(
-                    manifests = r.manifests.len(),
-                    blobs = r.blobs.len(),
-                    size_bytes = r.bytes_freed,
-                    "periodic garbage collection done"
-                ),
+                Ok(r) => {
+                    tracing::info!(
+                        manifests = r.manifests.len(),
+                        blobs = r.blobs.len(),
+                        size_bytes = r.bytes_freed,
+                        "periodic garbage collection done"
+                    );
+                    let entry = slipway_storage::meta::NewAuditEntry {
+                        principal: "janitor".into(),
+                        action: "gc.run".into(),
+                        project: None,
+                        target: Some("registry".into()),
+                        detail: Some(
+                            serde_json::json!({"dry_run": false, "manifests": r.manifests.len(),
+                                "blobs": r.blobs.len(), "bytes_freed": r.bytes_freed})
+                            .to_string(),
+                        ),
+                        remote_addr: None,
+                    };
+                    if let Err(e) = state.meta.audit(&entry).await {
+                        tracing::warn!(error = %e, "cannot audit a garbage collection");
+                    }
+                }
                 Err(e) => tracing::warn!(error = %e, "periodic garbage collection failed"),
             }
         }

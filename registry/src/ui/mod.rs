@@ -10,6 +10,7 @@
 //! not pull there — its name is never shown to them.
 
 pub mod builds;
+pub mod fleet;
 pub mod image;
 pub mod pages;
 pub mod session;
@@ -39,6 +40,7 @@ pub fn router() -> Router<AppState> {
         .route("/ui/projects/{project}", get(pages::project))
         .route("/ui/r/{*repository}", get(pages::repository))
         .route("/ui/i/{*image}", get(image::page))
+        .route("/ui/fleet", get(fleet::page).post(fleet::act))
         .route("/ui/projects/{project}/builds/{id}", get(builds::page))
         .route(
             "/ui/projects/{project}/builds/{id}/log.txt",
@@ -148,6 +150,9 @@ pub fn layout(title: &str, session: &Session, body: Markup) -> Markup {
                     nav {
                         a href="/ui/" { "Overview" }
                         a href="/ui/projects" { "Projects" }
+                        @if session.viewer.is_admin() {
+                            a href="/ui/fleet" { "Fleet" }
+                        }
                     }
                     div.who {
                         @match &session.viewer {

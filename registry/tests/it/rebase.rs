@@ -911,3 +911,108 @@ async fn an_image_index_on_the_run_image_is_reported_not_rebased() {
         "the index is left as it was"
     );
 }
+
+/// The dashboard's Fleet page: a dry run counts the images on the run
+/// image's current digest and on older ones, per project; "Rebase now"
+/// rebases them; the image's page then says current; the history lists
+/// the rebase. Only the admin sees the page, and its forms need the CSRF
+/// token.
+#[tokio::test]
+async fn the_fleet_page_finds_outdated_images_and_rebases_them() {
+    use crate::ui::Browser;
+    let env = platform_env(|_| {}).await;
+    let v1 = env
+        .push_run("bookworm", &["debian-12.1", "ca-certs-1"], "amd64", "12")
+        .await;
+    let web = env
+        .push_app("tool-a/web", &["latest"], &v1, "web", |_| {})
+        .await;
+    env.push_app("tool-b/api", &["latest"], &v1, "api", |_| {})
+        .await;
+    let page = format!("/ui/i/tool-a/web@{}", web.digest);
+
+    let mut admin = Browser::new(&env);
+    admin.sign_in("admin", &env.server.admin_password).await;
+    let fleet = admin.get("/ui/fleet").await;
+    assert_eq!(fleet.status, StatusCode::OK, "{}", fleet.body);
+    assert!(
+        fleet
+            .body
+            .contains("<option value=\"platform/run:bookworm\""),
+        "{}",
+        fleet.body
+    );
+    let csrf = Browser::csrf(&fleet);
+    assert!(admin.get(&page).await.body.contains(">current<"));
+
+    env.push_run("bookworm", &["debian-12.2", "ca-certs-1"], "amd64", "12")
+        .await;
+    assert!(
+        admin
+            .get(&page)
+            .await
+            .body
+            .contains("outdated: rebase available")
+    );
+    let forged = admin
+        .request(
+            Method::POST,
+            "/ui/fleet",
+            Some(&[("csrf", "x"), ("action", "dry-run"), ("run_image", RUN)]),
+        )
+        .await;
+    assert_eq!(forged.status, StatusCode::FORBIDDEN);
+    let dry = admin
+        .request(
+            Method::POST,
+            "/ui/fleet",
+            Some(&[("csrf", &csrf), ("action", "dry-run"), ("run_image", RUN)]),
+        )
+        .await;
+    assert_eq!(dry.status, StatusCode::OK, "{}", dry.body);
+    assert!(
+        dry.body
+            .contains("<strong id=\"outdated-count\">2</strong>"),
+        "{}",
+        dry.body
+    );
+    assert!(
+        dry.body.contains("<strong id=\"current-count\">0</strong>"),
+        "{}",
+        dry.body
+    );
+    assert!(dry.body.contains("id=\"rebase-now\""), "{}", dry.body);
+    assert_eq!(
+        env.tag_digest("tool-a/web", "latest").await,
+        web.digest,
+        "a dry run writes nothing"
+    );
+
+    let done = admin
+        .request(
+            Method::POST,
+            "/ui/fleet",
+            Some(&[("csrf", &csrf), ("action", "rebase"), ("run_image", RUN)]),
+        )
+        .await;
+    assert_eq!(done.status, StatusCode::OK, "{}", done.body);
+    assert!(done.body.contains("Rebased: "), "{}", done.body);
+    let new = env.tag_digest("tool-a/web", "latest").await;
+    assert_ne!(new, web.digest);
+    let now = admin.get(&format!("/ui/i/tool-a/web@{new}")).await;
+    assert!(now.body.contains(">current<"), "{}", now.body);
+    let again = admin.get("/ui/fleet").await;
+    assert!(
+        again.body.contains("platform/run:bookworm@"),
+        "the history: {}",
+        again.body
+    );
+
+    // Nobody else sees the page.
+    let mut anon = Browser::new(&env);
+    assert_eq!(anon.get("/ui/fleet").await.status, StatusCode::NOT_FOUND);
+    let secret = env.robot("tool-a", "viewer", &["pull"]).await;
+    let mut robot = Browser::new(&env);
+    robot.sign_in("robot$tool-a+viewer", &secret).await;
+    assert_eq!(robot.get("/ui/fleet").await.status, StatusCode::NOT_FOUND);
+}

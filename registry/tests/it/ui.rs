@@ -9,20 +9,20 @@ use serde_json::json;
 use crate::security::Env;
 
 /// A browser of the dashboard: no redirects followed, its cookies kept.
-struct Browser {
-    http: reqwest::Client,
-    base: String,
-    cookies: Vec<(String, String)>,
+pub struct Browser {
+    pub http: reqwest::Client,
+    pub base: String,
+    pub cookies: Vec<(String, String)>,
 }
 
-struct Page {
-    status: StatusCode,
-    headers: reqwest::header::HeaderMap,
-    body: String,
+pub struct Page {
+    pub status: StatusCode,
+    pub headers: reqwest::header::HeaderMap,
+    pub body: String,
 }
 
 impl Browser {
-    fn new(env: &Env) -> Browser {
+    pub fn new(env: &Env) -> Browser {
         Browser {
             http: reqwest::Client::builder()
                 .redirect(reqwest::redirect::Policy::none())
@@ -33,7 +33,12 @@ impl Browser {
         }
     }
 
-    async fn request(&mut self, method: Method, path: &str, form: Option<&[(&str, &str)]>) -> Page {
+    pub async fn request(
+        &mut self,
+        method: Method,
+        path: &str,
+        form: Option<&[(&str, &str)]>,
+    ) -> Page {
         let mut req = self
             .http
             .request(method, format!("{}{path}", self.base))
@@ -76,12 +81,12 @@ impl Browser {
         }
     }
 
-    async fn get(&mut self, path: &str) -> Page {
+    pub async fn get(&mut self, path: &str) -> Page {
         self.request(Method::GET, path, None).await
     }
 
     /// The value of a form's hidden `csrf` field on `page`.
-    fn csrf(page: &Page) -> String {
+    pub fn csrf(page: &Page) -> String {
         let at = page
             .body
             .find("name=\"csrf\" value=\"")
@@ -90,7 +95,7 @@ impl Browser {
         page.body[at..].split('"').next().unwrap().to_owned()
     }
 
-    async fn sign_in(&mut self, user: &str, password: &str) -> Page {
+    pub async fn sign_in(&mut self, user: &str, password: &str) -> Page {
         let form = self.get("/ui/login").await;
         assert_eq!(form.status, StatusCode::OK);
         let csrf = Browser::csrf(&form);
