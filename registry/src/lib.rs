@@ -13,6 +13,7 @@ pub mod error;
 pub mod manifest;
 pub mod rebase;
 pub mod server;
+pub mod sizes;
 pub mod telemetry;
 pub mod testing;
 pub mod triggers;

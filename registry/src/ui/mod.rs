@@ -11,6 +11,7 @@
 
 pub mod builds;
 pub mod fleet;
+pub mod forms;
 pub mod image;
 pub mod pages;
 pub mod session;
@@ -36,8 +37,13 @@ pub fn router() -> Router<AppState> {
     Router::new()
         .route("/ui", get(|| async { Redirect::permanent("/ui/") }))
         .route("/ui/", get(pages::overview))
-        .route("/ui/projects", get(pages::projects))
+        .route(
+            "/ui/projects",
+            get(pages::projects).post(forms::create_project),
+        )
         .route("/ui/projects/{project}", get(pages::project))
+        .route("/ui/projects/{project}/quota", post(forms::set_quota))
+        .route("/ui/projects/{project}/builds", post(forms::start_build))
         .route("/ui/r/{*repository}", get(pages::repository))
         .route("/ui/i/{*image}", get(image::page))
         .route("/ui/fleet", get(fleet::page).post(fleet::act))

@@ -308,6 +308,20 @@ async fn projects_page(
         session,
         html! {
             h1 { "Projects" }
+            @if session.viewer.is_admin() {
+                details.new {
+                    summary { "New project" }
+                    form.signin method="post" action="/ui/projects" {
+                        input type="hidden" name="csrf" value=(session.csrf);
+                        label for="new-name" { "Name" }
+                        input #new-name name="name" required placeholder="tool-example";
+                        label { input type="checkbox" name="public" value="yes" checked; " Public (anyone may pull)" }
+                        label for="new-quota" { "Quota" }
+                        input #new-quota name="quota" placeholder="2GiB, or empty for unlimited";
+                        button #create-project type="submit" { "Create" }
+                    }
+                }
+            }
             form.filter method="get" action="/ui/projects" {
                 label for="q" { "Filter" }
                 input #q name="q" value=(query.q) placeholder="part of a name";
@@ -418,6 +432,29 @@ async fn project_page(
         html! {
             h1 { (p.name) " " span.badge { (if p.public { "public" } else { "private" }) } }
             p { "Usage: " (usage_bar(used, p.quota_bytes, warn)) }
+            @if admin {
+                form.filter method="post" action={"/ui/projects/" (p.name) "/quota"} {
+                    input type="hidden" name="csrf" value=(session.csrf);
+                    label for="quota" { "Quota" }
+                    input #quota name="quota" value=(p.quota_bytes.map(human_bytes).unwrap_or_default()) placeholder="2GiB, or empty for unlimited";
+                    button type="submit" { "Set" }
+                }
+            }
+            @if maintainer {
+                details.new {
+                    summary { "Start a build" }
+                    form.signin method="post" action={"/ui/projects/" (p.name) "/builds"} {
+                        input type="hidden" name="csrf" value=(session.csrf);
+                        label for="source" { "Git repository" }
+                        input #source name="source_url" required placeholder="https://gitlab.example.org/tool.git";
+                        label for="ref" { "Branch, tag or commit" }
+                        input #ref name="ref" value="main";
+                        label for="image" { "Image name" }
+                        input #image name="image_name" value=(p.name);
+                        button #start-build type="submit" { "Build" }
+                    }
+                }
+            }
             section {
                 h2 { "Repositories" }
                 @if images.is_empty() {

@@ -674,3 +674,115 @@ async fn an_image_s_page_says_which_layers_cost_and_whether_its_run_image_is_cur
         StatusCode::NOT_FOUND
     );
 }
+
+#[tokio::test]
+async fn the_admin_creates_a_project_sets_its_quota_and_starts_a_build_from_forms() {
+    let env = Env::with(|c| {
+        c.builds.workers = 0;
+        c.builds.allow_local_sources = true;
+    })
+    .await;
+    env.server.create_project("platform", true).await;
+    env.push_image("platform/builder", "bookworm", b"a builder")
+        .await;
+    env.approve("platform/builder:bookworm").await;
+    let mut admin = Browser::new(&env);
+    admin.sign_in("admin", &env.server.admin_password).await;
+    let list = admin.get("/ui/projects").await;
+    let csrf = Browser::csrf(&list);
+    let made = admin
+        .request(
+            Method::POST,
+            "/ui/projects",
+            Some(&[
+                ("csrf", &csrf),
+                ("name", "tool-new"),
+                ("public", "yes"),
+                ("quota", "2GiB"),
+            ]),
+        )
+        .await;
+    assert_eq!(made.status, StatusCode::SEE_OTHER, "{}", made.body);
+    assert_eq!(made.headers["location"], "/ui/projects/tool-new");
+    let p = admin.get("/ui/projects/tool-new").await;
+    assert!(p.body.contains("0 B of 2 GiB"), "{}", p.body);
+    let (_, v) = env
+        .api(
+            Method::GET,
+            "/api/v1/projects/tool-new",
+            Some(&env.admin()),
+            None,
+        )
+        .await;
+    assert_eq!(v["quota_bytes"], 2u64 << 30, "{v}");
+    for (form, status, says) in [
+        (
+            vec![("csrf", csrf.as_str()), ("name", "Bad/Name")],
+            StatusCode::BAD_REQUEST,
+            "not a valid project name",
+        ),
+        (
+            vec![("csrf", csrf.as_str()), ("name", "tool-new")],
+            StatusCode::CONFLICT,
+            "exists",
+        ),
+        (
+            vec![
+                ("csrf", csrf.as_str()),
+                ("name", "tool-q"),
+                ("quota", "lots"),
+            ],
+            StatusCode::BAD_REQUEST,
+            "not a size",
+        ),
+        (vec![("name", "tool-x")], StatusCode::FORBIDDEN, "CSRF"),
+    ] {
+        let r = admin
+            .request(Method::POST, "/ui/projects", Some(&form))
+            .await;
+        assert_eq!(r.status, status, "{form:?}: {}", r.body);
+        assert!(r.body.contains(says), "{form:?}: {}", r.body);
+    }
+    let q = admin
+        .request(
+            Method::POST,
+            "/ui/projects/tool-new/quota",
+            Some(&[("csrf", &csrf), ("quota", "500MiB")]),
+        )
+        .await;
+    assert_eq!(q.status, StatusCode::SEE_OTHER, "{}", q.body);
+    assert!(
+        admin
+            .get("/ui/projects/tool-new")
+            .await
+            .body
+            .contains("of 500 MiB")
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    crate::builds::git_repo(&dir.path().join("app"), &[("index.html", "hi\n")]);
+    let source = format!("file://{}", dir.path().join("app").display());
+    let started = admin
+        .request(
+            Method::POST,
+            "/ui/projects/tool-new/builds",
+            Some(&[
+                ("csrf", &csrf),
+                ("source_url", &source),
+                ("ref", "main"),
+                ("image_name", "web"),
+            ]),
+        )
+        .await;
+    assert_eq!(started.status, StatusCode::SEE_OTHER, "{}", started.body);
+    let to = started.headers["location"].to_str().unwrap().to_owned();
+    assert!(to.starts_with("/ui/projects/tool-new/builds/b"), "{to}");
+    assert!(admin.get(&to).await.body.contains("pending"));
+
+    // Nobody else may use these forms.
+    let mut anon = Browser::new(&env);
+    let r = anon
+        .request(Method::POST, "/ui/projects", Some(&[("name", "tool-y")]))
+        .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+}

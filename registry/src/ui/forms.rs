@@ -1,0 +1,221 @@
+//! The dashboard's forms that change things: a new project and a
+//! project's quota (the admin), a build (the admin or the project's build
+//! token). Each checks the CSRF token, then does what the admin API or
+//! the build API does, with the same checks and audit entries.
+
+use axum::Form;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Redirect, Response};
+use serde::Deserialize;
+use serde_json::json;
+use slipway_storage::meta::NewAuditEntry;
+
+use super::refused;
+use super::session::{Session, csrf_ok};
+use crate::api::builds::{BuildAsk, Who, request_build};
+use crate::server::AppState;
+
+fn forged(session: &Session) -> Response {
+    refused(
+        session,
+        StatusCode::FORBIDDEN,
+        "This form did not come from this dashboard (its CSRF token is missing or wrong).",
+    )
+}
+
+async fn audit(
+    state: &AppState,
+    session: &Session,
+    action: &str,
+    project: &str,
+    detail: serde_json::Value,
+) {
+    let e = NewAuditEntry {
+        principal: session.viewer.name(),
+        action: action.to_owned(),
+        project: Some(project.to_owned()),
+        target: Some(project.to_owned()),
+        detail: Some(detail.to_string()),
+        remote_addr: session.remote.map(|r| r.to_string()),
+    };
+    if let Err(e) = state.meta.audit(&e).await {
+        tracing::warn!(error = %e, "cannot audit a dashboard form");
+    }
+}
+
+#[derive(Deserialize)]
+pub struct NewProjectForm {
+    #[serde(default)]
+    csrf: String,
+    name: String,
+    /// A checkbox: present when checked.
+    #[serde(default)]
+    public: Option<String>,
+    #[serde(default)]
+    quota: String,
+}
+
+pub async fn create_project(
+    State(state): State<AppState>,
+    session: Session,
+    Form(form): Form<NewProjectForm>,
+) -> Response {
+    if !session.viewer.is_admin() {
+        return refused(
+            &session,
+            StatusCode::FORBIDDEN,
+            "Only the admin creates projects.",
+        );
+    }
+    if !csrf_ok(&session, &form.csrf) {
+        return forged(&session);
+    }
+    let name = form.name.trim();
+    if name.is_empty() || name.contains('/') || slipway_storage::RepoName::parse(name).is_err() {
+        return refused(
+            &session,
+            StatusCode::BAD_REQUEST,
+            &format!(
+                "{name:.100} is not a valid project name: use lowercase letters and digits, \
+                 separated by '.', '_' or '-'."
+            ),
+        );
+    }
+    let quota = if form.quota.trim().is_empty() {
+        None
+    } else {
+        match crate::sizes::parse_size(&form.quota) {
+            Ok(q) => q,
+            Err(e) => return refused(&session, StatusCode::BAD_REQUEST, &e),
+        }
+    };
+    let public = form.public.is_some();
+    let is_base = state.config.quota.base_projects.iter().any(|b| b == name);
+    match state
+        .meta
+        .project_create(name, public, quota, is_base)
+        .await
+    {
+        Ok(p) => {
+            state.auth.forget_project(&p.name);
+            audit(
+                &state,
+                &session,
+                "project.create",
+                &p.name,
+                json!({"public": p.public, "quota_bytes": p.quota_bytes}),
+            )
+            .await;
+            Redirect::to(&format!("/ui/projects/{}", p.name)).into_response()
+        }
+        Err(e) => {
+            let e = crate::api::Error::from(e);
+            refused(&session, e.status(), &e.message)
+        }
+    }
+}
+
+#[derive(Deserialize)]
+pub struct QuotaForm {
+    #[serde(default)]
+    csrf: String,
+    #[serde(default)]
+    quota: String,
+}
+
+pub async fn set_quota(
+    State(state): State<AppState>,
+    session: Session,
+    Path(project): Path<String>,
+    Form(form): Form<QuotaForm>,
+) -> Response {
+    if !session.viewer.is_admin() {
+        return refused(
+            &session,
+            StatusCode::FORBIDDEN,
+            "Only the admin sets quotas.",
+        );
+    }
+    if !csrf_ok(&session, &form.csrf) {
+        return forged(&session);
+    }
+    let quota = match crate::sizes::parse_size(if form.quota.trim().is_empty() {
+        "none"
+    } else {
+        &form.quota
+    }) {
+        Ok(q) => q,
+        Err(e) => return refused(&session, StatusCode::BAD_REQUEST, &e),
+    };
+    match state.meta.set_quota(&project, quota).await {
+        Ok(true) => {
+            state.auth.forget_project(&project);
+            audit(
+                &state,
+                &session,
+                "quota.set",
+                &project,
+                json!({"quota_bytes": quota}),
+            )
+            .await;
+            Redirect::to(&format!("/ui/projects/{project}")).into_response()
+        }
+        Ok(false) => refused(&session, StatusCode::NOT_FOUND, "There is no such project."),
+        Err(e) => {
+            let e = crate::api::Error::from(e);
+            refused(&session, e.status(), &e.message)
+        }
+    }
+}
+
+#[derive(Deserialize)]
+pub struct BuildForm {
+    #[serde(default)]
+    csrf: String,
+    #[serde(default)]
+    source_url: String,
+    #[serde(default, rename = "ref")]
+    git_ref: String,
+    #[serde(default)]
+    image_name: String,
+}
+
+pub async fn start_build(
+    State(state): State<AppState>,
+    session: Session,
+    Path(project): Path<String>,
+    Form(form): Form<BuildForm>,
+) -> Response {
+    if !session.viewer.may_build(&project) {
+        return refused(
+            &session,
+            StatusCode::FORBIDDEN,
+            "Only the admin and the project's build tokens start its builds.",
+        );
+    }
+    if !csrf_ok(&session, &form.csrf) {
+        return forged(&session);
+    }
+    let who = Who {
+        subject: session.viewer.name(),
+        remote: session.remote,
+    };
+    let ask = BuildAsk {
+        project: project.clone(),
+        source_url: form.source_url.trim().to_owned(),
+        git_ref: if form.git_ref.trim().is_empty() {
+            "HEAD".into()
+        } else {
+            form.git_ref.trim().to_owned()
+        },
+        image_name: Some(form.image_name.trim().to_owned()).filter(|n| !n.is_empty()),
+        ..Default::default()
+    };
+    match request_build(&state, &who, ask).await {
+        Ok(r) => {
+            Redirect::to(&format!("/ui/projects/{project}/builds/{}", r.build().id)).into_response()
+        }
+        Err(e) => refused(&session, e.status(), &e.message),
+    }
+}
