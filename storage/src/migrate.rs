@@ -146,6 +146,18 @@ const TABLES: &[(&str, &[(&str, Col)])] = &[
         "project_blobs",
         &[("project", Text), ("digest", Text), ("size", Int)],
     ),
+    (
+        "tag_history",
+        &[
+            ("id", Int),
+            ("repo_id", Int),
+            ("tag", Text),
+            ("at", Int),
+            ("old_digest", OptText),
+            ("new_digest", OptText),
+            ("cause", Text),
+        ],
+    ),
     // Sealed with the secrets key: `slipway migrate` copies its file too.
     (
         "project_secrets",
@@ -262,7 +274,13 @@ pub async fn copy_metadata(
     }
     if to.backend() == Backend::Postgres {
         // Ids were copied as they were: move the sequences past them.
-        for table in ["robots", "audit_log", "repositories", "trigger_deliveries"] {
+        for table in [
+            "robots",
+            "audit_log",
+            "repositories",
+            "trigger_deliveries",
+            "tag_history",
+        ] {
             sqlx::query(sqlx::AssertSqlSafe(format!(
                 "SELECT setval(pg_get_serial_sequence('{table}', 'id'), \
                  COALESCE((SELECT MAX(id) FROM {table}), 0) + 1, false)"

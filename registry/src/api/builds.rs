@@ -815,7 +815,7 @@ impl Reusable {
         for tag in &tags {
             state
                 .meta
-                .manifest_put(
+                .manifest_put_by(
                     &self.repo,
                     self.repo_id,
                     &slipway_storage::meta::NewManifest {
@@ -828,6 +828,7 @@ impl Reusable {
                         refs: parsed.refs.clone(),
                         tag: Some(tag.clone()),
                     },
+                    "reuse",
                 )
                 .await?;
         }

@@ -622,6 +622,7 @@ async fn repository_page(
     let Some(mut tags) = state.meta.tags_detailed(&repo).await? else {
         return Ok(None);
     };
+    let history = state.meta.tag_history(&repo, 50).await?;
     let by_date = query.sort == "date";
     if by_date {
         tags.sort_by(|a, b| {
@@ -714,6 +715,44 @@ async fn repository_page(
                     }
                 }
             }
+            section {
+                h2 { "Tag history" }
+                @if history.is_empty() {
+                    p.empty { "Nothing recorded yet." }
+                } @else {
+                    div.scroll {
+                        table.history {
+                            thead { tr { th { "When" } th { "Tag" } th { "What" } th { "By" } } }
+                            tbody {
+                                @for h in &history {
+                                    tr {
+                                        td { (when(h.at)) }
+                                        td { code { (h.tag) } }
+                                        td {
+                                            @match (&h.old_digest, &h.new_digest) {
+                                                (None, Some(n)) => { "created at " (short_link(&repo, n)) }
+                                                (Some(o), Some(n)) => { "moved from " (short_link(&repo, o)) " to " (short_link(&repo, n)) }
+                                                (Some(o), None) => { "deleted (was " (short_link(&repo, o)) ")" }
+                                                (None, None) => {}
+                                            }
+                                        }
+                                        td { span class={"cause " (h.cause)} { (h.cause) } }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
         },
     )))
+}
+
+/// A digest, shortened, linking its image page.
+fn short_link(repo: &slipway_storage::RepoName, digest: &str) -> Markup {
+    html! {
+        a href={"/ui/i/" (repo.as_str()) "@" (digest)} {
+            code title=(digest) { (digest.chars().take(19).collect::<String>()) "…" }
+        }
+    }
 }

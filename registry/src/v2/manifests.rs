@@ -174,7 +174,7 @@ pub async fn put(
     let detail = json!({"tag": tag, "media_type": parsed.media_type, "size": body.len()});
     let after = state
         .meta
-        .manifest_put(
+        .manifest_put_by(
             &repo,
             repo_id,
             &NewManifest {
@@ -186,6 +186,12 @@ pub async fn put(
                 annotations: parsed.annotations,
                 refs: parsed.refs,
                 tag,
+            },
+            // What moved the tag, for its history.
+            if matches!(caller.principal, crate::auth::Principal::Builder) {
+                "build"
+            } else {
+                "push"
             },
         )
         .await?;

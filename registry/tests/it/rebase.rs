@@ -1001,6 +1001,14 @@ async fn the_fleet_page_finds_outdated_images_and_rebases_them() {
     assert_ne!(new, web.digest);
     let now = admin.get(&format!("/ui/i/tool-a/web@{new}")).await;
     assert!(now.body.contains(">current<"), "{}", now.body);
+    let history = admin.get("/ui/r/tool-a/web").await.body;
+    assert!(
+        history.contains(&format!(
+            "moved from <a href=\"/ui/i/tool-a/web@{}\">",
+            web.digest
+        )) && history.contains("class=\"cause rebase\""),
+        "{history}"
+    );
     let again = admin.get("/ui/fleet").await;
     assert!(
         again.body.contains("platform/run:bookworm@"),

@@ -369,6 +369,35 @@ async fn a_repository_s_tags_sort_across_pages_with_their_pull_lines() {
         anon.get("/ui/no-such-page").await.status,
         StatusCode::NOT_FOUND
     );
+    // The tag history: created, moved by a push, deleted.
+    let first = env.push_image("tool-pub/web", "moving", b"first").await;
+    let second = env.push_image("tool-pub/web", "moving", b"second").await;
+    let (s, _) = env
+        .api(
+            Method::DELETE,
+            "/v2/tool-pub/web/manifests/moving",
+            Some(&env.admin()),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::ACCEPTED);
+    let h = anon.get("/ui/r/tool-pub/web").await.body;
+    let history = &h[h.find("Tag history").expect(&h)..];
+    let short = |d: &str| d.chars().take(19).collect::<String>();
+    let deleted = history
+        .find(&format!(
+            "deleted (was <a href=\"/ui/i/tool-pub/web@{second}\">"
+        ))
+        .expect(history);
+    let moved = history
+        .find(&format!("moved from <a href=\"/ui/i/tool-pub/web@{first}\"><code title=\"{first}\">{}…</code></a> to", short(&first)))
+        .expect(history);
+    let created = history.find("created at").expect(history);
+    assert!(
+        deleted < moved && moved < created,
+        "newest first: {history}"
+    );
+    assert!(history.contains("class=\"cause push\"") && history.contains("class=\"cause delete\""));
     // The project page links the repository.
     let p = anon.get("/ui/projects/tool-pub").await;
     assert!(p.body.contains("href=\"/ui/r/tool-pub/web\""), "{}", p.body);

@@ -20,6 +20,19 @@ pub struct QuotaAfter {
     pub warned_percent: u32,
 }
 
+/// One entry of a tag's history.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TagMove {
+    pub tag: String,
+    pub at: i64,
+    /// `None`: the tag was created.
+    pub old_digest: Option<String>,
+    /// `None`: the tag was deleted.
+    pub new_digest: Option<String>,
+    /// `push`, `build`, `reuse`, `rebase` or `delete`.
+    pub cause: String,
+}
+
 /// A tag and the manifest it points at.
 #[derive(Debug, Clone)]
 pub struct TagDetail {
@@ -79,6 +92,18 @@ impl Metadata {
         repo: &RepoName,
         repo_id: i64,
         m: &NewManifest,
+    ) -> Result<QuotaAfter> {
+        self.manifest_put_by(repo, repo_id, m, "push").await
+    }
+
+    /// [`Metadata::manifest_put`], saying in the tag's history what moved
+    /// it (`push`, `build`, `reuse`).
+    pub async fn manifest_put_by(
+        &self,
+        repo: &RepoName,
+        repo_id: i64,
+        m: &NewManifest,
+        cause: &str,
     ) -> Result<QuotaAfter> {
         let now = now_ms();
         let project = repo.project();
@@ -224,6 +249,18 @@ impl Metadata {
             .bind(m.digest.as_str())
             .execute(&mut *tx)
             .await?;
+            if previous.as_deref() != Some(m.digest.as_str()) {
+                tag_moved(
+                    &mut tx,
+                    repo_id,
+                    tag,
+                    now,
+                    previous.as_deref(),
+                    Some(m.digest.as_str()),
+                    cause,
+                )
+                .await?;
+            }
             if let Some(prev) = previous.filter(|p| p != m.digest.as_str()) {
                 mark_if_untagged(&mut tx, repo_id, &prev, now).await?;
             }
@@ -272,6 +309,27 @@ impl Metadata {
         .into_iter()
         .map(|r| r.get(0))
         .collect();
+        let tags: Vec<String> =
+            sqlx::query("SELECT name FROM tags WHERE repo_id = $1 AND digest = $2")
+                .bind(repo_id)
+                .bind(digest.as_str())
+                .fetch_all(&mut *tx)
+                .await?
+                .into_iter()
+                .map(|r| r.get(0))
+                .collect();
+        for t in &tags {
+            tag_moved(
+                &mut tx,
+                repo_id,
+                t,
+                now,
+                Some(digest.as_str()),
+                None,
+                "delete",
+            )
+            .await?;
+        }
         sqlx::query("DELETE FROM tags WHERE repo_id = $1 AND digest = $2")
             .bind(repo_id)
             .bind(digest.as_str())
@@ -368,6 +426,16 @@ impl Metadata {
             .bind(tag)
             .execute(&mut *tx)
             .await?;
+        tag_moved(
+            &mut tx,
+            repo_id,
+            tag,
+            now_ms(),
+            Some(&digest),
+            None,
+            "delete",
+        )
+        .await?;
         mark_if_untagged(&mut tx, repo_id, &digest, now_ms()).await?;
         tx.commit().await?;
         Ok(true)
@@ -397,6 +465,28 @@ impl Metadata {
                 })
                 .collect(),
         ))
+    }
+
+    /// A repository's tag history, newest first.
+    pub async fn tag_history(&self, repo: &RepoName, limit: u32) -> Result<Vec<TagMove>> {
+        let rows = sqlx::query(
+            "SELECT h.tag, h.at, h.old_digest, h.new_digest, h.cause FROM tag_history h \
+             JOIN repositories r ON r.id = h.repo_id WHERE r.name = $1 ORDER BY h.id DESC LIMIT $2",
+        )
+        .bind(repo.as_str())
+        .bind(limit.clamp(1, 1000) as i64)
+        .fetch_all(&self.read)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| TagMove {
+                tag: r.get(0),
+                at: r.get(1),
+                old_digest: r.get(2),
+                new_digest: r.get(3),
+                cause: r.get(4),
+            })
+            .collect())
     }
 
     /// Tags after `last`, in lexical order; `None` when the repository is unknown.
@@ -485,6 +575,31 @@ pub(super) async fn mark_if_untagged(
     .bind(now)
     .bind(repo_id)
     .bind(digest)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// Records a tag's move in its history.
+pub(crate) async fn tag_moved(
+    tx: &mut super::Tx<'_>,
+    repo_id: i64,
+    tag: &str,
+    at: i64,
+    old: Option<&str>,
+    new: Option<&str>,
+    cause: &str,
+) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO tag_history (repo_id, tag, at, old_digest, new_digest, cause) \
+         VALUES ($1, $2, $3, $4, $5, $6)",
+    )
+    .bind(repo_id)
+    .bind(tag)
+    .bind(at)
+    .bind(old)
+    .bind(new)
+    .bind(cause)
     .execute(&mut **tx)
     .await?;
     Ok(())

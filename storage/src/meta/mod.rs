@@ -62,7 +62,7 @@ pub use audit::{AuditEntry, AuditQuery, NewAuditEntry};
 pub use blobs::UploadRecord;
 pub use builds::{BuildRecord, BuildToken, LogLine, Queued, Retention};
 pub use gc::{GcCandidate, PrunableManifest};
-pub use manifests::{QuotaAfter, TagDetail};
+pub use manifests::{QuotaAfter, TagDetail, TagMove};
 pub use quota::{BlobBudget, Drift, Usage};
 pub use rebase::{BuildSource, RebaseCommitted, RebaseWrite, TaggedImage, TaggedPage};
 pub use triggers::{Delivery, SecretInfo, Trigger};

@@ -1127,6 +1127,18 @@ async fn move_tags(
     let mut out = Vec::with_capacity(writes.len());
     for (w, mut moved) in writes {
         let m = &w.manifest;
+        for tag in &moved {
+            super::manifests::tag_moved(
+                tx,
+                w.repo_id,
+                tag,
+                now,
+                Some(w.old_digest.as_str()),
+                Some(m.digest.as_str()),
+                "rebase",
+            )
+            .await?;
+        }
         if let Some(tag) = m.tag.as_ref().filter(|t| !moved.contains(t)) {
             let added = sqlx::query(
                 "INSERT INTO tags (repo_id, name, digest, updated_at) VALUES ($1, $2, $3, $4) \
@@ -1139,6 +1151,16 @@ async fn move_tags(
             .execute(&mut **tx)
             .await?;
             if added.rows_affected() == 1 {
+                super::manifests::tag_moved(
+                    tx,
+                    w.repo_id,
+                    tag,
+                    now,
+                    None,
+                    Some(m.digest.as_str()),
+                    "rebase",
+                )
+                .await?;
                 moved.push(tag.clone());
             }
         }
