@@ -11,7 +11,7 @@ use serde_json::json;
 use slipway_storage::meta::{Robot, RobotUpdate, now_ms};
 
 use super::{Admin, Error, ErrorBody, Result, audit, time};
-use crate::auth::{Actions, secrets};
+use crate::auth::{Actions, Caller, secrets};
 use crate::server::AppState;
 
 #[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
@@ -168,10 +168,29 @@ pub async fn create(
     Path(project): Path<String>,
     Json(body): Json<NewRobot>,
 ) -> Result<Response> {
+    let (robot, secret) = create_robot(&state, &caller, &project, &body).await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(RobotSecret {
+            robot: view(&state, &robot),
+            secret,
+        }),
+    )
+        .into_response())
+}
+
+/// Creates a robot account (the caller is the admin); the robot and its
+/// secret (shown once).
+pub(crate) async fn create_robot(
+    state: &AppState,
+    caller: &Caller,
+    project: &str,
+    body: &NewRobot,
+) -> Result<(Robot, String)> {
     check_name(&body.name)?;
-    project_exists(&state, &project).await?;
+    project_exists(state, project).await?;
     let actions = permissions(
-        &state,
+        state,
         body.permissions.as_deref().unwrap_or(&["pull".to_owned()]),
     )?;
     let secret = secrets::generate();
@@ -182,7 +201,7 @@ pub async fn create(
     let robot = state
         .meta
         .robot_create(
-            &project,
+            project,
             &body.name,
             &body.description,
             &hash,
@@ -191,22 +210,15 @@ pub async fn create(
         )
         .await?;
     audit(
-        &state,
-        &caller,
+        state,
+        caller,
         "robot.create",
-        Some(&project),
+        Some(project),
         &robot.full_name(),
         json!({"permissions": actions.names(), "expires_at": expires_at}),
     )
     .await?;
-    Ok((
-        StatusCode::CREATED,
-        Json(RobotSecret {
-            robot: view(&state, &robot),
-            secret,
-        }),
-    )
-        .into_response())
+    Ok((robot, secret))
 }
 
 #[utoipa::path(get, path = "/api/v1/projects/{project}/robots/{robot}", tag = "robots",

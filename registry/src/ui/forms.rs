@@ -219,3 +219,173 @@ pub async fn start_build(
         Err(e) => refused(&session, e.status(), &e.message),
     }
 }
+
+#[derive(Deserialize)]
+pub struct RobotForm {
+    #[serde(default)]
+    csrf: String,
+    #[serde(default)]
+    name: String,
+    #[serde(default)]
+    description: String,
+    /// Checkboxes: present when checked.
+    #[serde(default)]
+    push: Option<String>,
+    #[serde(default)]
+    delete: Option<String>,
+    #[serde(default)]
+    expires_in_days: String,
+}
+
+fn admin_caller(session: &Session) -> crate::auth::Caller {
+    crate::auth::Caller {
+        principal: crate::auth::Principal::Admin,
+        remote: session.remote,
+    }
+}
+
+/// A new robot account; the page that shows its secret, once.
+pub async fn create_robot(
+    State(state): State<AppState>,
+    session: Session,
+    Path(project): Path<String>,
+    Form(form): Form<RobotForm>,
+) -> Response {
+    if !session.viewer.is_admin() {
+        return refused(
+            &session,
+            StatusCode::FORBIDDEN,
+            "Only the admin manages robot accounts.",
+        );
+    }
+    if !csrf_ok(&session, &form.csrf) {
+        return forged(&session);
+    }
+    let mut permissions = vec!["pull".to_owned()];
+    if form.push.is_some() {
+        permissions.push("push".into());
+    }
+    if form.delete.is_some() {
+        permissions.push("delete".into());
+    }
+    let days = match form.expires_in_days.trim() {
+        "" => None,
+        d => match d.parse::<u32>() {
+            Ok(d) => Some(d),
+            Err(_) => {
+                return refused(
+                    &session,
+                    StatusCode::BAD_REQUEST,
+                    "The expiry is a number of days (or empty: never).",
+                );
+            }
+        },
+    };
+    let body = crate::api::robots::NewRobot {
+        name: form.name.trim().to_owned(),
+        description: form.description.clone(),
+        permissions: Some(permissions),
+        expires_in_days: days,
+    };
+    match crate::api::robots::create_robot(&state, &admin_caller(&session), &project, &body).await {
+        Ok((robot, secret)) => {
+            let user = robot.full_name();
+            super::layout(
+                "Robot account created",
+                &session,
+                maud::html! {
+                    h1 { "Robot account created" }
+                    dl.facts {
+                        dt { "User name" } dd { code #robot-user { (user) } " " button.copy type="button" data-copy=(user) { "Copy" } }
+                        dt { "Secret" } dd { code #robot-secret { (secret) } " " button.copy type="button" data-copy=(secret) { "Copy" } }
+                        dt { "Permissions" } dd { (robot.permissions) }
+                    }
+                    p.error { "The secret is shown only this once: store it now." }
+                    p { a href={"/ui/projects/" (project)} { "Back to " (project) } }
+                },
+            )
+            .into_response()
+        }
+        Err(e) => refused(&session, e.status(), &e.message),
+    }
+}
+
+#[derive(Deserialize)]
+pub struct RobotAction {
+    #[serde(default)]
+    csrf: String,
+    /// `disable`, `enable` or `delete`.
+    #[serde(default)]
+    action: String,
+}
+
+pub async fn robot_action(
+    State(state): State<AppState>,
+    session: Session,
+    Path((project, name)): Path<(String, String)>,
+    Form(form): Form<RobotAction>,
+) -> Response {
+    if !session.viewer.is_admin() {
+        return refused(
+            &session,
+            StatusCode::FORBIDDEN,
+            "Only the admin manages robot accounts.",
+        );
+    }
+    if !csrf_ok(&session, &form.csrf) {
+        return forged(&session);
+    }
+    let full = format!("robot${project}+{name}");
+    let done = match form.action.as_str() {
+        "disable" | "enable" => {
+            let update = slipway_storage::meta::RobotUpdate {
+                enabled: Some(form.action == "enable"),
+                ..Default::default()
+            };
+            state
+                .meta
+                .robot_update(&project, &name, &update)
+                .await
+                .map(|r| r.is_some())
+        }
+        "delete" => state.meta.robot_delete(&project, &name).await,
+        _ => {
+            return refused(
+                &session,
+                StatusCode::BAD_REQUEST,
+                "Disable, enable or delete.",
+            );
+        }
+    };
+    match done {
+        Ok(true) => {
+            state.auth.forget_project(&project);
+            let e = NewAuditEntry {
+                principal: session.viewer.name(),
+                action: if form.action == "delete" {
+                    "robot.delete"
+                } else {
+                    "robot.update"
+                }
+                .into(),
+                project: Some(project.clone()),
+                target: Some(full),
+                detail: Some(json!({"via": "dashboard", "action": form.action}).to_string()),
+                remote_addr: session.remote.map(|r| r.to_string()),
+            };
+            if let Err(e) = state.meta.audit(&e).await {
+                tracing::warn!(error = %e, "cannot audit a dashboard form");
+            }
+            Redirect::to(&format!("/ui/projects/{project}")).into_response()
+        }
+        Ok(false) => refused(
+            &session,
+            StatusCode::NOT_FOUND,
+            "There is no such robot account.",
+        ),
+        Err(e) => {
+            let e = crate::api::Error::from(e);
+            refused(&session, e.status(), &e.message)
+        }
+    }
+}

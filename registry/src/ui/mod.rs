@@ -43,6 +43,11 @@ pub fn router() -> Router<AppState> {
         )
         .route("/ui/projects/{project}", get(pages::project))
         .route("/ui/projects/{project}/quota", post(forms::set_quota))
+        .route("/ui/projects/{project}/robots", post(forms::create_robot))
+        .route(
+            "/ui/projects/{project}/robots/{robot}",
+            post(forms::robot_action),
+        )
         .route("/ui/projects/{project}/builds", post(forms::start_build))
         .route("/ui/r/{*repository}", get(pages::repository))
         .route("/ui/i/{*image}", get(image::page))

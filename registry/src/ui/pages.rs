@@ -33,7 +33,7 @@ async fn visible(
 ) -> slipway_storage::Result<Vec<(Project, Option<Usage>)>> {
     let mut usages: HashMap<String, Usage> = state
         .meta
-        .usages()
+        .usages_running()
         .await?
         .into_iter()
         .map(|u| (u.project.clone(), u))
@@ -511,12 +511,30 @@ async fn project_page(
             @if admin {
                 section {
                     h2 { "Robot accounts" }
+                    details.new {
+                        summary { "New robot account" }
+                        form.signin method="post" action={"/ui/projects/" (p.name) "/robots"} {
+                            input type="hidden" name="csrf" value=(session.csrf);
+                            label for="robot-name" { "Name" }
+                            input #robot-name name="name" required placeholder="ci-pull";
+                            label for="robot-description" { "Description" }
+                            input #robot-description name="description";
+                            label { input type="checkbox" checked disabled; " pull" }
+                            @if state.config.auth.robots_may_write {
+                                label { input type="checkbox" name="push" value="yes"; " push" }
+                                label { input type="checkbox" name="delete" value="yes"; " delete" }
+                            }
+                            label for="robot-expiry" { "Expires after (days)" }
+                            input #robot-expiry name="expires_in_days" placeholder="empty: never";
+                            button #create-robot type="submit" { "Create" }
+                        }
+                    }
                     @if robots.is_empty() {
                         p.empty { "No robot accounts." }
                     } @else {
                         div.scroll {
                             table {
-                                thead { tr { th { "Name" } th { "Permissions" } th { "State" } th { "Expires" } th { "Last used" } th { "Description" } } }
+                                thead { tr { th { "Name" } th { "Permissions" } th { "State" } th { "Expires" } th { "Last used" } th { "Description" } th {} } }
                                 tbody {
                                     @for r in &robots {
                                         tr {
@@ -526,6 +544,19 @@ async fn project_page(
                                             td { @if let Some(e) = r.expires_at { (when(e)) } @else { "never" } }
                                             td { @if let Some(u) = r.last_used_at { (when(u)) } @else { "never" } }
                                             td { (r.description) }
+                                            td {
+                                                form.inline method="post" action={"/ui/projects/" (p.name) "/robots/" (r.name)} {
+                                                    input type="hidden" name="csrf" value=(session.csrf);
+                                                    input type="hidden" name="action" value=(if r.enabled { "disable" } else { "enable" });
+                                                    button type="submit" { (if r.enabled { "Disable" } else { "Enable" }) }
+                                                }
+                                                " "
+                                                form.inline method="post" action={"/ui/projects/" (p.name) "/robots/" (r.name)} {
+                                                    input type="hidden" name="csrf" value=(session.csrf);
+                                                    input type="hidden" name="action" value="delete";
+                                                    button type="submit" { "Delete" }
+                                                }
+                                            }
                                         }
                                     }
                                 }

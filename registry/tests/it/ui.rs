@@ -815,3 +815,96 @@ async fn the_admin_creates_a_project_sets_its_quota_and_starts_a_build_from_form
         .await;
     assert_eq!(r.status, StatusCode::FORBIDDEN);
 }
+
+#[tokio::test]
+async fn the_admin_manages_robot_accounts_with_the_secret_shown_once() {
+    let env = Env::new().await;
+    let mut admin = Browser::new(&env);
+    admin.sign_in("admin", &env.server.admin_password).await;
+    let page = admin.get("/ui/projects/tool-a").await;
+    let csrf = Browser::csrf(&page);
+    let made = admin
+        .request(
+            Method::POST,
+            "/ui/projects/tool-a/robots",
+            Some(&[
+                ("csrf", &csrf),
+                ("name", "deployer"),
+                ("description", "CD"),
+                ("expires_in_days", "30"),
+            ]),
+        )
+        .await;
+    assert_eq!(made.status, StatusCode::OK, "{}", made.body);
+    assert!(made.body.contains("robot$tool-a+deployer"));
+    assert!(made.body.contains("shown only this once"));
+    let at = made.body.find("id=\"robot-secret\">").unwrap() + 18;
+    let secret = made.body[at..].split('<').next().unwrap().to_owned();
+    // The secret works (a token for the robot), and is not shown again.
+    let (s, _, _) = env
+        .get(
+            "/auth/token?service=slipway&scope=repository:tool-a/web:pull",
+            Some(&crate::security::basic("robot$tool-a+deployer", &secret)),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    let page = admin.get("/ui/projects/tool-a").await;
+    assert!(page.body.contains("robot$tool-a+deployer") && !page.body.contains(&secret));
+    assert!(page.body.contains("<td>pull</td>"), "{}", page.body);
+    // Disabled: its secret stops working; deleted: gone.
+    let r = admin
+        .request(
+            Method::POST,
+            "/ui/projects/tool-a/robots/deployer",
+            Some(&[("csrf", &csrf), ("action", "disable")]),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER, "{}", r.body);
+    let (s, _, _) = env
+        .get(
+            "/auth/token?service=slipway&scope=repository:tool-a/web:pull",
+            Some(&crate::security::basic("robot$tool-a+deployer", &secret)),
+        )
+        .await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    assert!(
+        admin
+            .get("/ui/projects/tool-a")
+            .await
+            .body
+            .contains(">disabled<")
+    );
+    let forged = admin
+        .request(
+            Method::POST,
+            "/ui/projects/tool-a/robots/deployer",
+            Some(&[("action", "delete")]),
+        )
+        .await;
+    assert_eq!(forged.status, StatusCode::FORBIDDEN);
+    let r = admin
+        .request(
+            Method::POST,
+            "/ui/projects/tool-a/robots/deployer",
+            Some(&[("csrf", &csrf), ("action", "delete")]),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER);
+    let after = admin.get("/ui/projects/tool-a").await.body;
+    let robots = &after[after.find("Robot accounts").unwrap()..after.find("<h2>Events").unwrap()];
+    assert!(!robots.contains("robot$tool-a+deployer"), "{robots}");
+    let (_, audit) = env
+        .api(
+            Method::GET,
+            "/api/v1/audit?project=tool-a",
+            Some(&env.admin()),
+            None,
+        )
+        .await;
+    let audit = audit.to_string();
+    assert!(
+        audit.contains("robot.create") && audit.contains("robot.delete"),
+        "{audit}"
+    );
+    assert!(!audit.contains(&secret));
+}

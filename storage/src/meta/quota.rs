@@ -394,6 +394,30 @@ impl Metadata {
         }))
     }
 
+    /// Every project's running usage, quota and warning level in one query
+    /// (what the dashboard's lists show: reservations, uploads in flight
+    /// and blob counts are left at 0).
+    pub async fn usages_running(&self) -> Result<Vec<Usage>> {
+        let rows = sqlx::query(
+            "SELECT name, used_bytes, quota_bytes, is_base, warned_percent FROM projects ORDER BY name",
+        )
+        .fetch_all(&self.read)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| Usage {
+                project: r.get(0),
+                used_bytes: r.get::<i64, _>(1).max(0) as u64,
+                reserved_bytes: 0,
+                uploading_bytes: 0,
+                blob_count: 0,
+                quota_bytes: r.get::<Option<i64>, _>(2).map(|q| q.max(0) as u64),
+                is_base: r.get::<i64, _>(3) != 0,
+                warned_percent: r.get::<i64, _>(4).max(0) as u32,
+            })
+            .collect())
+    }
+
     /// Every project's usage, by name.
     pub async fn usages(&self) -> Result<Vec<Usage>> {
         let mut out = Vec::new();
