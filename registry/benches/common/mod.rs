@@ -1,3 +1,6 @@
+// Each benchmark uses part of this module.
+#![allow(dead_code)]
+
 //! What the benchmarks share.
 
 use sha2::{Digest as _, Sha256};
