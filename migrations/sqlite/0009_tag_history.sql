@@ -11,3 +11,7 @@ CREATE TABLE tag_history (
     cause       TEXT    NOT NULL
 );
 CREATE INDEX tag_history_repo ON tag_history (repo_id, id);
+
+-- When a manifest was last pulled (GET), at most every few minutes per
+-- manifest and process: the dashboard's "last pulled".
+ALTER TABLE manifests ADD COLUMN last_pulled_at BIGINT;

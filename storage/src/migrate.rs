@@ -122,6 +122,7 @@ const TABLES: &[(&str, &[(&str, Col)])] = &[
             ("annotations", OptText),
             ("created_at", Int),
             ("untagged_at", OptInt),
+            ("last_pulled_at", OptInt),
         ],
     ),
     (

@@ -462,7 +462,7 @@ async fn project_page(
                 } @else {
                     div.scroll {
                         table {
-                            thead { tr { th { "Name" } th { "Images" } th { "Tags" } th { "Size (counted)" } th { "Last push" } } }
+                            thead { tr { th { "Name" } th { "Images" } th { "Tags" } th { "Size (counted)" } th { "Last push" } th { "Last pull" } } }
                             tbody {
                                 @for i in &images {
                                     tr {
@@ -471,6 +471,7 @@ async fn project_page(
                                         td.num { (i.tags.len()) }
                                         td { (human_bytes(i.bytes)) }
                                         td { @if let Some(t) = i.last_push { (when(t)) } }
+                                        td { @if let Some(t) = i.last_pull { (when(t)) } @else { "never" } }
                                     }
                                 }
                             }
@@ -710,6 +711,7 @@ async fn repository_page(
                                 th { "Platform" }
                                 th { "Size" }
                                 (header("date", "Pushed"))
+                                th { "Last pulled" }
                                 th { "Pull" }
                             }
                         }
@@ -729,6 +731,7 @@ async fn repository_page(
                                     td { (if platforms.is_empty() { "image".to_owned() } else { platforms.join(", ") }) }
                                     td { (human_bytes(size)) }
                                     td { (when(t.updated_at)) }
+                                    td.pulled { @if let Some(p) = t.last_pulled { (when(p)) } @else { "never" } }
                                     td {
                                         code { (pull) }
                                         " "

@@ -71,7 +71,46 @@ pub async fn get(
             ),
         ));
     }
+    if !head {
+        pulled(state, &repo, record.digest.as_str());
+    }
     Ok(manifest_response(record, head))
+}
+
+/// Records a pull for the dashboard's "last pulled": in the background, at
+/// most every five minutes per manifest in this process (kubelets pull
+/// often; the pull answers without waiting for the write).
+fn pulled(state: &AppState, repo: &RepoName, digest: &str) {
+    use std::collections::HashMap;
+    use std::sync::{Mutex, OnceLock};
+    use std::time::{Duration, Instant};
+    static RECENT: OnceLock<Mutex<HashMap<(String, String), Instant>>> = OnceLock::new();
+    const EVERY: Duration = Duration::from_secs(300);
+    let key = (repo.as_str().to_owned(), digest.to_owned());
+    {
+        let mut recent = RECENT
+            .get_or_init(Default::default)
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if recent.get(&key).is_some_and(|at| at.elapsed() < EVERY) {
+            return;
+        }
+        if recent.len() > 100_000 {
+            recent.retain(|_, at| at.elapsed() < EVERY);
+        }
+        recent.insert(key, Instant::now());
+    }
+    let meta = state.meta.clone();
+    let repo = repo.clone();
+    let digest = digest.to_owned();
+    tokio::spawn(async move {
+        if let Err(e) = meta
+            .manifest_pulled(&repo, &digest, slipway_storage::meta::now_ms())
+            .await
+        {
+            tracing::debug!(error = %e, "cannot record a pull");
+        }
+    });
 }
 
 async fn unknown(state: &AppState, repo: &RepoName, reference: &str) -> ApiError {

@@ -369,6 +369,33 @@ async fn a_repository_s_tags_sort_across_pages_with_their_pull_lines() {
         anon.get("/ui/no-such-page").await.status,
         StatusCode::NOT_FOUND
     );
+    // A pull shows as the tag's (and the repository's) last pull.
+    let never = |body: &str| body.matches("<td class=\"pulled\">never</td>").count();
+    assert_eq!(never(&first.body), 50, "{}", first.body);
+    let (s, _, _) = env
+        .send(
+            Method::GET,
+            "/v2/tool-pub/web/manifests/a-latest",
+            None,
+            Vec::new(),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let page = anon.get("/ui/r/tool-pub/web").await.body;
+        if never(&page) == 49 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the pull was not recorded: {page}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let project = anon.get("/ui/projects/tool-pub").await.body;
+    assert!(!project.contains(">never</td>"), "{project}");
     // The tag history: created, moved by a push, deleted.
     let first = env.push_image("tool-pub/web", "moving", b"first").await;
     let second = env.push_image("tool-pub/web", "moving", b"second").await;

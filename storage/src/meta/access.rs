@@ -27,6 +27,7 @@ pub struct ImageSummary {
     pub tags: Vec<String>,
     pub bytes: u64,
     pub last_push: Option<i64>,
+    pub last_pull: Option<i64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -319,13 +320,16 @@ impl Metadata {
         for r in repos {
             let repo_id: i64 = r.get(0);
             let is_base = r.get::<i64, _>(2) != 0;
-            let row =
-                sqlx::query("SELECT COUNT(*), MAX(created_at) FROM manifests WHERE repo_id = $1")
-                    .bind(repo_id)
-                    .fetch_one(&self.read)
-                    .await?;
+            let row = sqlx::query(
+                "SELECT COUNT(*), MAX(created_at), MAX(last_pulled_at) FROM manifests \
+                 WHERE repo_id = $1",
+            )
+            .bind(repo_id)
+            .fetch_one(&self.read)
+            .await?;
             let manifests = row.get::<i64, _>(0) as u64;
             let last_push: Option<i64> = row.get(1);
+            let last_pull: Option<i64> = row.get(2);
             // PostgreSQL's SUM of BIGINT is NUMERIC: cast back.
             let bytes: i64 = sqlx::query(
                 "SELECT CAST(COALESCE(SUM(x.size), 0) AS BIGINT) FROM ( \
@@ -355,6 +359,7 @@ impl Metadata {
                 tags,
                 bytes: bytes as u64,
                 last_push,
+                last_pull,
             });
         }
         Ok(out)

@@ -42,6 +42,8 @@ pub struct TagDetail {
     pub updated_at: i64,
     pub media_type: String,
     pub body: Vec<u8>,
+    /// When its manifest was last pulled (epoch milliseconds).
+    pub last_pulled: Option<i64>,
 }
 
 impl Metadata {
@@ -448,8 +450,10 @@ impl Metadata {
             return Ok(None);
         };
         let rows = sqlx::query(
-            "SELECT t.name, t.digest, t.updated_at, mb.media_type, mb.body FROM tags t \
-             JOIN manifest_bodies mb ON mb.digest = t.digest WHERE t.repo_id = $1 ORDER BY t.name",
+            "SELECT t.name, t.digest, t.updated_at, mb.media_type, mb.body, m.last_pulled_at \
+             FROM tags t JOIN manifest_bodies mb ON mb.digest = t.digest \
+             LEFT JOIN manifests m ON m.repo_id = t.repo_id AND m.digest = t.digest \
+             WHERE t.repo_id = $1 ORDER BY t.name",
         )
         .bind(repo_id)
         .fetch_all(&self.read)
@@ -462,9 +466,24 @@ impl Metadata {
                     updated_at: r.get(2),
                     media_type: r.get(3),
                     body: r.get(4),
+                    last_pulled: r.get(5),
                 })
                 .collect(),
         ))
+    }
+
+    /// Records that a manifest was pulled at `at`.
+    pub async fn manifest_pulled(&self, repo: &RepoName, digest: &str, at: i64) -> Result<()> {
+        sqlx::query(
+            "UPDATE manifests SET last_pulled_at = $1 WHERE digest = $2 \
+             AND repo_id = (SELECT id FROM repositories WHERE name = $3)",
+        )
+        .bind(at)
+        .bind(digest)
+        .bind(repo.as_str())
+        .execute(&self.write)
+        .await?;
+        Ok(())
     }
 
     /// A repository's tag history, newest first.
