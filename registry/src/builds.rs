@@ -358,8 +358,21 @@ impl DbLog {
             b.next_seq += lines.len() as i64;
             (first, lines)
         };
-        if let Err(e) = state.meta.build_log_append(id, first, &lines).await {
-            tracing::warn!(build = %id, error = %e, "cannot write build log lines");
+        // A busy database (a loaded machine, a replica's failover) is
+        // waited for a little: lines are not dropped at the first error.
+        let mut wait = Duration::from_millis(100);
+        for attempt in 1..=5 {
+            match state.meta.build_log_append(id, first, &lines).await {
+                Ok(()) => return,
+                Err(e) if attempt == 5 => {
+                    tracing::warn!(build = %id, error = %e, lines = lines.len(), "cannot write build log lines");
+                }
+                Err(e) => {
+                    tracing::info!(build = %id, error = %e, attempt, "writing build log lines failed; trying again");
+                    tokio::time::sleep(wait).await;
+                    wait *= 2;
+                }
+            }
         }
     }
 }
