@@ -49,6 +49,7 @@ pub fn router() -> Router<AppState> {
             post(forms::robot_action),
         )
         .route("/ui/projects/{project}/builds", post(forms::start_build))
+        .route("/ui/builds", get(pages::builds))
         .route("/ui/r/{*repository}", get(pages::repository))
         .route("/ui/i/{*image}", get(image::page))
         .route("/ui/fleet", get(fleet::page).post(fleet::act))
@@ -161,6 +162,7 @@ pub fn layout(title: &str, session: &Session, body: Markup) -> Markup {
                     nav {
                         a href="/ui/" { "Overview" }
                         a href="/ui/projects" { "Projects" }
+                        a href="/ui/builds" { "Builds" }
                         @if session.viewer.is_admin() {
                             a href="/ui/fleet" { "Fleet" }
                         }

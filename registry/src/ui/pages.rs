@@ -790,3 +790,55 @@ fn short_link(repo: &slipway_storage::RepoName, digest: &str) -> Markup {
         }
     }
 }
+
+#[derive(Debug, Default, Deserialize)]
+pub struct BuildsQuery {
+    #[serde(default)]
+    state: String,
+}
+
+/// Every build the viewer may see, newest first (the newest 500 looked
+/// at), optionally of one state.
+pub async fn builds(
+    State(state): State<AppState>,
+    session: Session,
+    Query(query): Query<BuildsQuery>,
+) -> Response {
+    let page = async {
+        let projects = visible(&state, &session).await?;
+        let visible: std::collections::HashSet<&str> =
+            projects.iter().map(|(p, _)| p.name.as_str()).collect();
+        let builds: Vec<BuildRecord> = state
+            .meta
+            .builds_recent(500)
+            .await?
+            .into_iter()
+            .filter(|b| visible.contains(b.project.as_str()))
+            .filter(|b| query.state.is_empty() || b.state == query.state)
+            .take(100)
+            .collect();
+        Ok::<_, slipway_storage::StorageError>(layout(
+            "Builds",
+            &session,
+            html! {
+                h1 { "Builds" }
+                nav.pages {
+                    @for s in ["", "running", "pending", "succeeded", "reused", "failed", "cancelled"] {
+                        @if s == query.state {
+                            strong { (if s.is_empty() { "all" } else { s }) }
+                        } @else {
+                            a href={"/ui/builds" (if s.is_empty() { String::new() } else { format!("?state={s}") })} {
+                                (if s.is_empty() { "all" } else { s })
+                            }
+                        }
+                    }
+                }
+                (builds_table(&builds))
+            },
+        ))
+    };
+    match page.await {
+        Ok(m) => m.into_response(),
+        Err(e) => internal(&session, e),
+    }
+}

@@ -482,6 +482,24 @@ async fn a_build_s_page_streams_its_log_to_its_end_and_offers_cancel_and_retry()
         "{}",
         list.body
     );
+    let all = anon.get("/ui/builds").await;
+    assert!(
+        all.body.contains(&format!("href=\"{page}\"")),
+        "{}",
+        all.body
+    );
+    let pending = anon.get("/ui/builds?state=pending").await;
+    assert!(
+        pending.body.contains(&format!("href=\"{page}\"")),
+        "{}",
+        pending.body
+    );
+    let failed = anon.get("/ui/builds?state=failed").await;
+    assert!(
+        !failed.body.contains(&format!("href=\"{page}\"")),
+        "{}",
+        failed.body
+    );
 
     // The maintainer: the log (escaped), live from line 2 on, to its end.
     let mut m = Browser::new(&env);
