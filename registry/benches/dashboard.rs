@@ -11,9 +11,8 @@
 
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use slipway_registry::testing::TestServer;
-use slipway_storage::meta::{ManifestRef, NewManifest};
+use slipway_storage::meta::ManifestRef;
 use slipway_storage::{Digest, Metadata, RepoName};
 
 mod common;
@@ -48,29 +47,15 @@ async fn populate(dir: &std::path::Path, projects: usize, images: usize) {
             is_manifest: false,
         })
         .collect();
-        for r in &refs {
-            meta.blob_claim(&r.digest, r.size).await.unwrap();
-            meta.blob_complete(None, id, &project, &r.digest, r.size, false)
-                .await
-                .unwrap();
-        }
-        let body = Bytes::from(format!("manifest {m}"));
-        meta.manifest_put(
+        common::put_image(
+            &meta,
             &repo,
             id,
-            &NewManifest {
-                digest: Digest::sha256_of(&body),
-                media_type: "application/vnd.oci.image.manifest.v1+json".into(),
-                body,
-                artifact_type: None,
-                subject: None,
-                annotations: None,
-                refs,
-                tag: Some(format!("v{m}")),
-            },
+            refs,
+            &format!("manifest {m}"),
+            format!("v{m}"),
         )
-        .await
-        .unwrap();
+        .await;
         if m % 20_000 == 19_999 {
             eprintln!("  {} images in {:.0?}", m + 1, t.elapsed());
         }

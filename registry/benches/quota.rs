@@ -12,10 +12,9 @@
 
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use serde_json::json;
 use slipway_registry::testing::TestServer;
-use slipway_storage::meta::{ManifestRef, NewManifest};
+use slipway_storage::meta::ManifestRef;
 use slipway_storage::{Digest, Metadata, RepoName};
 
 mod common;
@@ -147,29 +146,15 @@ async fn recompute_and_gc(
                 }
             })
             .collect();
-        for r in &refs {
-            meta.blob_claim(&r.digest, r.size).await.unwrap();
-            meta.blob_complete(None, id, &project, &r.digest, r.size, false)
-                .await
-                .unwrap();
-        }
-        let body = Bytes::from(format!("manifest {m}"));
-        meta.manifest_put(
+        common::put_image(
+            &meta,
             &repo,
             id,
-            &NewManifest {
-                digest: Digest::sha256_of(&body),
-                media_type: "application/vnd.oci.image.manifest.v1+json".into(),
-                body,
-                artifact_type: None,
-                subject: None,
-                annotations: None,
-                refs,
-                tag: Some(format!("v{m}")),
-            },
+            refs,
+            &format!("manifest {m}"),
+            format!("v{m}"),
         )
-        .await
-        .unwrap();
+        .await;
     }
     // The blobs no manifest reached: uploaded, never referenced.
     let leftover_repo = RepoName::parse("tool-0/leftovers").unwrap();

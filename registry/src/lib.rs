@@ -16,6 +16,7 @@ pub mod server;
 pub mod sizes;
 pub mod telemetry;
 pub mod testing;
+pub mod throttle;
 pub mod triggers;
 pub mod ui;
 pub mod v2;

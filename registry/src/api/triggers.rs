@@ -933,29 +933,11 @@ async fn receive_inner(
 /// and minute; more are only counted in `/metrics`.
 const REFUSALS_RECORDED_PER_MINUTE: u32 = 10;
 
-/// Whether one more refusal of `trigger` is recorded this minute.
-fn refusal_recorded(trigger: &str) -> bool {
-    use std::collections::HashMap;
-    use std::sync::{Mutex, OnceLock};
-    use std::time::{Duration, Instant};
-    static RECENT: OnceLock<Mutex<HashMap<String, (Instant, u32)>>> = OnceLock::new();
-    let minute = Duration::from_secs(60);
-    let mut recent = RECENT
-        .get_or_init(Default::default)
-        .lock()
-        .unwrap_or_else(|p| p.into_inner());
-    if recent.len() > 10_000 {
-        recent.retain(|_, (since, _)| since.elapsed() < minute);
-    }
-    let (since, n) = recent
-        .entry(trigger.to_owned())
-        .or_insert((Instant::now(), 0));
-    if since.elapsed() >= minute {
-        (*since, *n) = (Instant::now(), 0);
-    }
-    *n += 1;
-    *n <= REFUSALS_RECORDED_PER_MINUTE
-}
+/// Refusals recorded per trigger, this minute.
+static REFUSALS: crate::throttle::Throttle = crate::throttle::Throttle::new(
+    REFUSALS_RECORDED_PER_MINUTE,
+    std::time::Duration::from_secs(60),
+);
 
 /// Records a refused delivery (without its delivery id: a forged one must
 /// not make the real one look like a replay), audits it and counts it.
@@ -970,7 +952,7 @@ async fn refused(
     d.detail = sentence.to_owned();
     d.delivery_id = None;
     metrics::counter!("slipway_hook_refused_total", "reason" => why).increment(1);
-    if !refusal_recorded(&d.trigger_id) {
+    if !REFUSALS.allow(&d.trigger_id) {
         // Anyone may post here: beyond a few a minute, refusals are
         // counted, not written (no flood of the database or the audit log).
         tracing::debug!(trigger = %d.trigger_id, reason = why, "a webhook delivery was refused (not recorded: too many)");

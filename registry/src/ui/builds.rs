@@ -20,7 +20,7 @@ use serde::Deserialize;
 use slipway_storage::meta::BuildRecord;
 
 use super::session::{Session, Viewer, csrf_ok};
-use super::{layout, refused, when};
+use super::{CsrfForm, layout, refused, short_digest, when};
 use crate::api::builds::Who;
 use crate::server::AppState;
 
@@ -96,7 +96,7 @@ pub async fn page(
             p.crumbs { a href={"/ui/projects/" (project)} { (project) } " / builds /" }
             h1 { "Build " code { (b.id) } " " span class={"state " (b.state)} #state { (b.state) } }
             dl.facts {
-                dt { "Image" } dd { code { (b.project) "/" (b.image_name) } @if let Some(d) = &b.image_digest { " " code title=(d) { (d.chars().take(19).collect::<String>()) "…" } } }
+                dt { "Image" } dd { code { (b.project) "/" (b.image_name) } @if let Some(d) = &b.image_digest { " " (short_digest(d)) } }
                 dt { "Source" } dd { (b.source_url) " at " code { (b.git_ref) } }
                 dt { "Commit" } dd { code { (b.git_commit) } }
                 dt { "Builder" } dd { code { (b.builder) } }
@@ -274,12 +274,6 @@ pub struct AfterQuery {
     after: Option<i64>,
 }
 
-#[derive(Deserialize)]
-pub struct CsrfForm {
-    #[serde(default)]
-    csrf: String,
-}
-
 async fn act(
     state: &AppState,
     session: &Session,
@@ -292,11 +286,7 @@ async fn act(
         return r;
     }
     if !csrf_ok(session, &form.csrf) {
-        return refused(
-            session,
-            StatusCode::FORBIDDEN,
-            "This form did not come from this dashboard (its CSRF token is missing or wrong).",
-        );
+        return super::forged(session);
     }
     if !session.viewer.may_build(project) {
         return refused(

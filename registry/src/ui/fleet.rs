@@ -150,7 +150,7 @@ fn report_view(session: &Session, r: &FleetReport) -> Markup {
         section.report #report {
             h2 {
                 @if r.dry_run { "Dry run: " } @else { "Rebased: " }
-                code { (r.run_image) } " at " code title=(r.run_image_digest) { (r.run_image_digest.chars().take(19).collect::<String>()) "…" }
+                code { (r.run_image) } " at " (super::short_digest(&r.run_image_digest))
             }
             p {
                 (r.scanned) " tool images looked at: "
@@ -209,11 +209,7 @@ pub async fn act(
         return r;
     }
     if !csrf_ok(&session, &form.csrf) {
-        return refused(
-            &session,
-            StatusCode::FORBIDDEN,
-            "This form did not come from this dashboard (its CSRF token is missing or wrong).",
-        );
+        return super::forged(&session);
     }
     let req = FleetRequest {
         run_image: form.run_image.trim().to_owned(),

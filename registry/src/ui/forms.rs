@@ -11,18 +11,10 @@ use serde::Deserialize;
 use serde_json::json;
 use slipway_storage::meta::NewAuditEntry;
 
-use super::refused;
 use super::session::{Session, csrf_ok};
+use super::{forged, refused};
 use crate::api::builds::{BuildAsk, Who, request_build};
 use crate::server::AppState;
-
-fn forged(session: &Session) -> Response {
-    refused(
-        session,
-        StatusCode::FORBIDDEN,
-        "This form did not come from this dashboard (its CSRF token is missing or wrong).",
-    )
-}
 
 async fn audit(
     state: &AppState,

@@ -14,7 +14,7 @@ use slipway_storage::error::human_bytes;
 use slipway_storage::{Digest, RepoName};
 
 use super::session::Session;
-use super::{layout, refused, when};
+use super::{layout, refused, short_commit, short_digest, when};
 use crate::server::AppState;
 
 pub async fn page(
@@ -114,18 +114,21 @@ async fn image_page(
                     .collect()
             })
             .unwrap_or_default();
+        let descriptors = manifest["layers"].as_array().cloned().unwrap_or_default();
+        let digests: Vec<String> = descriptors
+            .iter()
+            .map(|l| l["digest"].as_str().unwrap_or("").to_owned())
+            .collect();
+        let base_held = if p.is_base {
+            Default::default()
+        } else {
+            state.meta.held_by_base(&digests).await?
+        };
         let mut layers = Vec::new();
         let mut own = 0u64;
-        for (i, l) in manifest["layers"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default()
-            .iter()
-            .enumerate()
-        {
-            let d = l["digest"].as_str().unwrap_or("").to_owned();
+        for (i, (l, d)) in descriptors.iter().zip(digests).enumerate() {
             let size = l["size"].as_u64().unwrap_or(0);
-            let base = !p.is_base && state.meta.held_by_base(&d).await?;
+            let base = base_held.contains(&d);
             if !base {
                 own += size;
             }
@@ -156,7 +159,7 @@ async fn image_page(
                 @if let Some((name, built_on, current)) = &run {
                     dt { "Run image" }
                     dd {
-                        code { (name) } " " code title=(built_on) { (built_on.chars().take(19).collect::<String>()) "…" }
+                        code { (name) } " " (short_digest(built_on))
                         " "
                         @match current {
                             Some(c) if c == built_on => { span.state.succeeded #freshness { "current" } }
@@ -177,7 +180,7 @@ async fn image_page(
                                 td.detail { (by) }
                                 td { (human_bytes(*size)) }
                                 td { (if *base { "no: the run image's" } else { "yes" }) }
-                                td { code title=(d) { (d.chars().take(19).collect::<String>()) "…" } }
+                                td { (short_digest(d)) }
                             }
                         }
                     }
@@ -200,7 +203,7 @@ async fn image_page(
                 h2 { "Built by" }
                 p {
                     a href={"/ui/projects/" (b.project) "/builds/" (b.id)} { "Build " code { (b.id) } }
-                    " of " (b.source_url) " at " code { (b.git_commit.chars().take(12).collect::<String>()) }
+                    " of " (b.source_url) " at " code { (short_commit(&b.git_commit)) }
                     ", " (when(b.created_at))
                 }
             }

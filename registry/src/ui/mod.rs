@@ -206,6 +206,32 @@ pub fn refused(session: &Session, status: StatusCode, sentence: &str) -> Respons
         .into_response()
 }
 
+/// The answer to a form whose CSRF token is not the session's.
+pub fn forged(session: &Session) -> Response {
+    refused(
+        session,
+        StatusCode::FORBIDDEN,
+        "This form did not come from this dashboard (its CSRF token is missing or wrong).",
+    )
+}
+
+/// A form that carries only its CSRF token.
+#[derive(serde::Deserialize)]
+pub struct CsrfForm {
+    #[serde(default)]
+    pub csrf: String,
+}
+
+/// A digest shortened for a table (the whole one in its title).
+pub fn short_digest(digest: &str) -> Markup {
+    html! { code title=(digest) { (digest.chars().take(19).collect::<String>()) "…" } }
+}
+
+/// A commit's first twelve characters.
+pub fn short_commit(commit: &str) -> String {
+    commit.chars().take(12).collect()
+}
+
 /// A usage bar: "X of Y (p %)" or "X (unlimited)", amber and red at the
 /// `[quota] warn_percent` thresholds.
 pub fn usage_bar(used: u64, quota: Option<u64>, warn: &[u32]) -> Markup {

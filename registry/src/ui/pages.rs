@@ -66,7 +66,7 @@ fn build_row(b: &BuildRecord) -> Markup {
             td { a href={"/ui/projects/" (b.project) "/builds/" (b.id)} { code { (b.id) } } }
             td { span class={"state " (b.state)} { (b.state) } }
             td { (b.image_name) }
-            td { code title=(b.git_commit) { (b.git_commit.chars().take(12).collect::<String>()) } }
+            td { code title=(b.git_commit) { (super::short_commit(&b.git_commit)) } }
             td { (b.trigger_id.as_deref().map(|_| "trigger").unwrap_or("by hand")) }
             td { (duration) }
             td { (when(b.created_at)) }
@@ -723,7 +723,7 @@ async fn repository_page(
                                     td { code { (t.name) } }
                                     td {
                                         a href={"/ui/i/" (repo.as_str()) "@" (t.digest)} {
-                                            code title=(t.digest) { (t.digest.chars().take(19).collect::<String>()) "…" }
+                                            (super::short_digest(&t.digest))
                                         }
                                         " "
                                         button.copy type="button" data-copy=(t.digest) aria-label="Copy the digest" { "Copy" }
@@ -786,7 +786,7 @@ async fn repository_page(
 fn short_link(repo: &slipway_storage::RepoName, digest: &str) -> Markup {
     html! {
         a href={"/ui/i/" (repo.as_str()) "@" (digest)} {
-            code title=(digest) { (digest.chars().take(19).collect::<String>()) "…" }
+            (super::short_digest(digest))
         }
     }
 }

@@ -348,19 +348,13 @@ async fn authenticate(state: &AppState, user: &str, secret: &str) -> Option<(Str
     }
 }
 
-#[derive(Deserialize)]
-pub struct CsrfForm {
-    #[serde(default)]
-    csrf: String,
-}
-
-pub async fn logout(session: Session, headers: HeaderMap, Form(form): Form<CsrfForm>) -> Response {
+pub async fn logout(
+    session: Session,
+    headers: HeaderMap,
+    Form(form): Form<super::CsrfForm>,
+) -> Response {
     if !csrf_ok(&session, &form.csrf) {
-        return super::refused(
-            &session,
-            StatusCode::FORBIDDEN,
-            "This form did not come from this dashboard (its CSRF token is missing or wrong).",
-        );
+        return super::forged(&session);
     }
     let mut r = Redirect::to("/ui/").into_response();
     r.headers_mut().append(

@@ -81,24 +81,10 @@ pub async fn get(
 /// most every five minutes per manifest in this process (kubelets pull
 /// often; the pull answers without waiting for the write).
 fn pulled(state: &AppState, repo: &RepoName, digest: &str) {
-    use std::collections::HashMap;
-    use std::sync::{Mutex, OnceLock};
-    use std::time::{Duration, Instant};
-    static RECENT: OnceLock<Mutex<HashMap<(String, String), Instant>>> = OnceLock::new();
-    const EVERY: Duration = Duration::from_secs(300);
-    let key = (repo.as_str().to_owned(), digest.to_owned());
-    {
-        let mut recent = RECENT
-            .get_or_init(Default::default)
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        if recent.get(&key).is_some_and(|at| at.elapsed() < EVERY) {
-            return;
-        }
-        if recent.len() > 100_000 {
-            recent.retain(|_, at| at.elapsed() < EVERY);
-        }
-        recent.insert(key, Instant::now());
+    static PULLS: crate::throttle::Throttle =
+        crate::throttle::Throttle::new(1, std::time::Duration::from_secs(300));
+    if !PULLS.allow(&format!("{repo}@{digest}")) {
+        return;
     }
     let meta = state.meta.clone();
     let repo = repo.clone();

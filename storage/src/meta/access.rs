@@ -279,17 +279,32 @@ impl Metadata {
         })
     }
 
-    /// Whether a base project (`platform`) holds a blob: it costs the other
-    /// projects nothing.
-    pub async fn held_by_base(&self, digest: &str) -> Result<bool> {
-        Ok(sqlx::query(
-            "SELECT 1 FROM project_blobs pb JOIN projects p ON p.name = pb.project \
-             WHERE pb.digest = $1 AND p.is_base = 1 LIMIT 1",
-        )
-        .bind(digest)
-        .fetch_optional(&self.read)
-        .await?
-        .is_some())
+    /// Which of `digests` a base project (`platform`) holds: they cost the
+    /// other projects nothing. One query.
+    pub async fn held_by_base(
+        &self,
+        digests: &[String],
+    ) -> Result<std::collections::HashSet<String>> {
+        if digests.is_empty() {
+            return Ok(Default::default());
+        }
+        let list = (1..=digests.len())
+            .map(|i| format!("${i}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let sql = format!(
+            "SELECT DISTINCT pb.digest FROM project_blobs pb JOIN projects p ON p.name = pb.project \
+             WHERE p.is_base = 1 AND pb.digest IN ({list})"
+        );
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for d in digests {
+            q = q.bind(d);
+        }
+        Ok(q.fetch_all(&self.read)
+            .await?
+            .into_iter()
+            .map(|r| r.get(0))
+            .collect())
     }
 
     /// How many repositories each project has.
