@@ -6,8 +6,9 @@ against a server it started, with the tiny stack).
 As the admin: sign in, create a project with a quota, see a pushed image's
 tags and pull line, start a build and watch its log arrive live to its end,
 see the built image marked outdated once the run image changes, run a fleet
-rebase from the Fleet page (a dry run first) and see the image current.
-A screenshot of each page goes to --artifacts.
+rebase from the Fleet page (a dry run first) and see the image current;
+reach a page with the keyboard alone; on a phone's screen, no page is wider
+than the screen. A screenshot of each page goes to --artifacts.
 
 Exits 0 when every step held; otherwise prints the step and why, and exits 1.
 """
@@ -24,7 +25,9 @@ import urllib.request
 from selenium import webdriver
 from selenium.common.exceptions import TimeoutException
 from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.action_chains import ActionChains
 from selenium.webdriver.common.by import By
+from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.support import expected_conditions as ec
 from selenium.webdriver.support.ui import Select, WebDriverWait
 
@@ -140,6 +143,37 @@ def main():
         link.click()
         wait.until(ec.presence_of_element_located((By.ID, "freshness")))
         assert driver.find_element(By.ID, "freshness").text == "current", text()
+        image_page = driver.current_url[len(args.url):]
+
+        step = "the keyboard alone"
+        go("/ui/")
+        body_el = driver.find_element(By.TAG_NAME, "body")
+        body_el.send_keys(Keys.TAB)
+        focused = driver.switch_to.active_element
+        assert focused.text == "Skip to the content", focused.text
+        for _ in range(10):
+            ActionChains(driver).send_keys(Keys.TAB).perform()
+            if driver.switch_to.active_element.text == "Projects":
+                break
+        else:
+            raise AssertionError("Tab never reached the Projects link")
+        ActionChains(driver).send_keys(Keys.ENTER).perform()
+        wait.until(ec.url_contains("/ui/projects"))
+
+        step = "on a phone"
+        driver.set_window_size(390, 844)
+        for name, path in (("overview", "/ui/"), ("projects", "/ui/projects"),
+                           ("project", "/ui/projects/tool-browser"),
+                           ("repository", "/ui/r/tool-browser/web"),
+                           ("image", image_page), ("builds", "/ui/builds"),
+                           ("fleet", "/ui/fleet")):
+            go(path)
+            # Wide tables scroll inside their box; the page itself never
+            # scrolls sideways.
+            over = driver.execute_script(
+                "return document.documentElement.scrollWidth - window.innerWidth")
+            assert over <= 0, f"{path} is {over}px wider than a phone's screen"
+            shot(f"phone-{name}")
     except (AssertionError, TimeoutException) as e:
         shot("failed")
         print(f"dashboard.py: step '{step}' failed: {e!r}\nthe page:\n{driver.page_source[:4000]}",

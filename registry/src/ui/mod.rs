@@ -157,6 +157,7 @@ pub fn layout(title: &str, session: &Session, body: Markup) -> Markup {
                 script src="/ui/assets/app.js" defer {}
             }
             body {
+                a.skip href="#main" { "Skip to the content" }
                 header.top {
                     a.brand href="/ui/" { "Slipway" }
                     nav {
@@ -182,7 +183,7 @@ pub fn layout(title: &str, session: &Session, body: Markup) -> Markup {
                         }
                     }
                 }
-                main { (body) }
+                main #main tabindex="-1" { (body) }
             }
         }
     }

@@ -5,8 +5,10 @@ use std::collections::HashMap;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
+use futures::StreamExt;
 use maud::{Markup, html};
 use serde::Deserialize;
+use slipway_storage::Digest;
 use slipway_storage::error::human_bytes;
 use slipway_storage::meta::{AuditQuery, BuildRecord, Project, Usage};
 
@@ -616,6 +618,31 @@ fn manifest_facts(body: &[u8]) -> (u64, Vec<String>) {
     (size(&v["config"]) + layers, Vec::new())
 }
 
+/// The platform of a single image (`os/arch[/variant]`), read from its
+/// config blob; `None` for an index, an artifact or an unreadable config.
+async fn image_platform(state: &AppState, body: &[u8]) -> Option<String> {
+    let v: serde_json::Value = serde_json::from_slice(body).ok()?;
+    let config = &v["config"];
+    // Only image configs: artifacts (and the empty descriptor) carry none.
+    let media = config["mediaType"].as_str()?;
+    if !matches!(
+        media,
+        "application/vnd.oci.image.config.v1+json"
+            | "application/vnd.docker.container.image.v1+json"
+    ) || config["size"].as_u64()? > 1 << 20
+    {
+        return None;
+    }
+    let digest: Digest = config["digest"].as_str()?.parse().ok()?;
+    let bytes = state.blobs.read_all(&digest).await.ok()?;
+    let c: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
+    let (os, arch) = (c["os"].as_str()?, c["architecture"].as_str()?);
+    Some(match c["variant"].as_str() {
+        Some(var) => format!("{os}/{arch}/{var}"),
+        None => format!("{os}/{arch}"),
+    })
+}
+
 pub async fn repository(
     State(state): State<AppState>,
     session: Session,
@@ -670,6 +697,13 @@ async fn repository_page(
     let pages = total.div_ceil(TAG_PAGE).max(1);
     let page = query.page.min(pages - 1);
     let shown = &tags[(page * TAG_PAGE).min(total)..((page + 1) * TAG_PAGE).min(total)];
+    // A single image's platform is in its config: read those of the page's
+    // tags (at most TAG_PAGE small blobs, eight at a time).
+    let reads: Vec<_> = shown
+        .iter()
+        .map(|t| image_platform(state, &t.body))
+        .collect();
+    let single: Vec<Option<String>> = futures::stream::iter(reads).buffered(8).collect().await;
     // The address clients pull from: the one this page was asked at.
     let host = headers
         .get(axum::http::header::HOST)
@@ -716,7 +750,7 @@ async fn repository_page(
                             }
                         }
                         tbody {
-                            @for t in shown {
+                            @for (t, single) in shown.iter().zip(&single) {
                                 @let (size, platforms) = manifest_facts(&t.body);
                                 @let pull = format!("podman pull {host}/{}:{}", repo.as_str(), t.name);
                                 tr {
@@ -728,7 +762,11 @@ async fn repository_page(
                                         " "
                                         button.copy type="button" data-copy=(t.digest) aria-label="Copy the digest" { "Copy" }
                                     }
-                                    td { (if platforms.is_empty() { "image".to_owned() } else { platforms.join(", ") }) }
+                                    td {
+                                        @if let Some(p) = single { (p) }
+                                        @else if platforms.is_empty() { "artifact" }
+                                        @else { (platforms.join(", ")) }
+                                    }
                                     td { (human_bytes(size)) }
                                     td { (when(t.updated_at)) }
                                     td.pulled { @if let Some(p) = t.last_pulled { (when(p)) } @else { "never" } }

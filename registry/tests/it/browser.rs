@@ -73,6 +73,9 @@ async fn the_dashboard_works_in_chromium() {
         "image",
         "fleet-dry-run",
         "fleet",
+        "phone-overview",
+        "phone-repository",
+        "phone-image",
     ] {
         assert!(
             artifacts.join(format!("{page}.png")).exists(),

@@ -1072,6 +1072,26 @@ done
     let latest = h["docker-content-digest"].to_str().unwrap();
     assert_ne!(latest, elsewhere);
     assert_eq!(latest, f["image_digest"].as_str().unwrap());
+
+    // The dashboard's repository page (a public project: anonymous) says
+    // what moved `latest` each time, and the built image's platform.
+    let page = reqwest::Client::new()
+        .get(format!("{}/ui/r/tool-selfhosted/web", env.server.url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let history = &page[page.find("Tag history").expect(&page)..];
+    for cause in ["build", "reuse", "push"] {
+        assert!(
+            history.contains(&format!("class=\"cause {cause}\"")),
+            "no {cause} in the tag history: {history}"
+        );
+    }
+    let tags = &page[..page.find("Tag history").unwrap()];
+    assert!(tags.contains("<td>linux/amd64</td>"), "{tags}");
 }
 
 const API_KEY: &str = "sk-live-7Hq2mZ9pX4vR8tY1wK3nB5";
