@@ -26,6 +26,76 @@ pub struct Config {
     pub builds: BuildsConfig,
     pub rebase: RebaseConfig,
     pub log: LogConfig,
+    pub server: ServerConfig,
+    pub tls: TlsConfig,
+}
+
+/// How the server sees its clients.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Addresses (`10.0.0.5`) or networks (`10.0.0.0/8`) of load balancers
+    /// whose `X-Forwarded-Proto` / `Forwarded: proto=` headers say the
+    /// scheme a client used; from anyone else those headers are ignored.
+    pub trusted_proxies: Vec<String>,
+}
+
+impl ServerConfig {
+    pub fn proxies(&self) -> Result<Vec<ipnet::IpNet>, ConfigError> {
+        self.trusted_proxies
+            .iter()
+            .map(|p| {
+                p.parse::<ipnet::IpNet>()
+                    .or_else(|_| p.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                    .map_err(|_| {
+                        ConfigError(format!(
+                            "server.trusted_proxies: {p:.100} is neither an address (10.0.0.5) \
+                             nor a network (10.0.0.0/8)"
+                        ))
+                    })
+            })
+            .collect()
+    }
+}
+
+/// HTTPS. With `cert_file` and `key_file` set the listener speaks TLS only
+/// (HTTP/1.1 and HTTP/2); both files are read again when they change or on
+/// SIGHUP.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    /// PEM: the server's certificate, then any intermediates; empty:
+    /// plain HTTP.
+    pub cert_file: PathBuf,
+    /// PEM: its private key (PKCS#8, PKCS#1 RSA or SEC1 EC).
+    pub key_file: PathBuf,
+    /// PEM: the authorities whose client certificates the admin API
+    /// demands (mutual TLS); other routes do not ask for one. Empty: none.
+    pub client_ca_file: PathBuf,
+    /// How often the files are checked for a change.
+    pub reload_check_secs: u64,
+}
+
+impl Default for TlsConfig {
+    fn default() -> Self {
+        TlsConfig {
+            cert_file: PathBuf::new(),
+            key_file: PathBuf::new(),
+            client_ca_file: PathBuf::new(),
+            reload_check_secs: 5,
+        }
+    }
+}
+
+impl TlsConfig {
+    pub fn enabled(&self) -> bool {
+        !self.cert_file.as_os_str().is_empty()
+    }
+
+    /// Whether the admin API demands client certificates.
+    pub fn mutual(&self) -> bool {
+        !self.client_ca_file.as_os_str().is_empty()
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -536,6 +606,8 @@ impl Default for Config {
             builds: BuildsConfig::default(),
             rebase: RebaseConfig::default(),
             log: LogConfig::default(),
+            server: ServerConfig::default(),
+            tls: TlsConfig::default(),
         }
     }
 }
@@ -590,7 +662,7 @@ pub struct Overrides {
 /// else are not configuration.
 const TOP_LEVEL_KEYS: &[&str] = &[
     "listen", "data_dir", "database", "storage", "limits", "auth", "quota", "gc", "builds",
-    "rebase", "log",
+    "rebase", "log", "server", "tls",
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -688,6 +760,22 @@ impl Config {
                      platform/run:bookworm (a repository of this registry and a tag)"
                 )));
             }
+        }
+        self.server.proxies()?;
+        if self.tls.enabled() == self.tls.key_file.as_os_str().is_empty() {
+            return Err(ConfigError(
+                "tls.cert_file and tls.key_file go together: set both for HTTPS, or neither".into(),
+            ));
+        }
+        if self.tls.mutual() && !self.tls.enabled() {
+            return Err(ConfigError(
+                "tls.client_ca_file needs tls.cert_file and tls.key_file: client certificates \
+                 are asked for only over HTTPS"
+                    .into(),
+            ));
+        }
+        if self.tls.reload_check_secs == 0 {
+            return Err(ConfigError("tls.reload_check_secs must be above 0".into()));
         }
         if self.rebase.concurrency == 0 {
             return Err(ConfigError("rebase.concurrency must be above 0".into()));

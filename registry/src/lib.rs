@@ -17,6 +17,7 @@ pub mod sizes;
 pub mod telemetry;
 pub mod testing;
 pub mod throttle;
+pub mod tls;
 pub mod triggers;
 pub mod ui;
 pub mod v2;

@@ -177,6 +177,10 @@ pub fn router(state: AppState) -> Router {
             state.clone(),
             telemetry::track,
         ))
+        .layer(axum::middleware::from_fn_with_state(
+            crate::tls::Proxies(Arc::new(state.config.server.proxies().unwrap_or_default())),
+            crate::tls::scheme,
+        ))
         // Blob bodies stream; manifests are bounded where they are read.
         .layer(DefaultBodyLimit::disable())
         .with_state(state)
@@ -213,17 +217,35 @@ async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
 pub struct Server {
     listener: TcpListener,
     state: AppState,
+    /// With `[tls]`: the certificate in use, and a plain-HTTP listener on
+    /// loopback for this server's own build workers (they push to it; the
+    /// certificate names the public host, not 127.0.0.1).
+    tls: Option<(Arc<crate::tls::Tls>, TcpListener)>,
 }
 
 impl Server {
     /// Opens storage and binds the listening socket.
     pub async fn bind(config: Config) -> anyhow::Result<Server> {
         let listen = config.listen;
+        let tls = if config.tls.enabled() {
+            let tls = crate::tls::Tls::load(&config.tls)
+                .map_err(|e| anyhow::anyhow!("cannot serve HTTPS: {e}"))?;
+            let internal = TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, 0))
+                .await
+                .map_err(|e| anyhow::anyhow!("cannot listen on 127.0.0.1 for the builds: {e}"))?;
+            Some((Arc::new(tls), internal))
+        } else {
+            None
+        };
         let state = AppState::open(config).await?;
         let listener = TcpListener::bind(listen)
             .await
             .map_err(|e| anyhow::anyhow!("cannot listen on {listen}: {e}"))?;
-        Ok(Server { listener, state })
+        Ok(Server {
+            listener,
+            state,
+            tls,
+        })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -249,7 +271,11 @@ impl Server {
         let poller = tokio::spawn(crate::triggers::poller(state.clone()));
         let auto_rebase = (!state.config.rebase.auto_run_images.is_empty())
             .then(|| tokio::spawn(crate::rebase::auto_worker(state.clone())));
-        let registry_url = if state.config.builds.registry_url.is_empty() {
+        let registry_url = if let (true, Some((_, internal))) =
+            (state.config.builds.registry_url.is_empty(), &self.tls)
+        {
+            format!("http://{}", internal.local_addr()?)
+        } else if state.config.builds.registry_url.is_empty() {
             let mut addr = self.local_addr();
             if addr.ip().is_unspecified() {
                 addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
@@ -262,18 +288,51 @@ impl Server {
         let grace = Duration::from_secs(state.config.limits.shutdown_grace_secs);
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let app = router(state.clone());
-        // No Nagle delay: streamed bodies are written after their headers.
-        let listener = self.listener.tap_io(|tcp| {
-            if let Err(e) = tcp.set_nodelay(true) {
-                tracing::debug!(error = %e, "cannot set TCP_NODELAY");
-            }
-        });
-        let app = app.into_make_service_with_connect_info::<SocketAddr>();
-        let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
+        let stopped = async move {
             shutdown.await;
             let _ = stop_tx.send(true);
-        });
-        let mut serve = std::pin::pin!(serve.into_future());
+        };
+        let mut extra = Vec::new();
+        let serve: std::pin::Pin<Box<dyn Future<Output = std::io::Result<()>> + Send>> =
+            match self.tls {
+                Some((tls, internal)) => {
+                    extra.push(tokio::spawn(tls.clone().watch()));
+                    let mut stop = stop_rx.clone();
+                    let plain = axum::serve(
+                        internal,
+                        app.clone()
+                            .into_make_service_with_connect_info::<SocketAddr>(),
+                    )
+                    .with_graceful_shutdown(async move {
+                        let _ = stop.wait_for(|s| *s).await;
+                    });
+                    extra.push(tokio::spawn(async move {
+                        if let Err(e) = plain.await {
+                            tracing::error!(error = %e, "the builds' loopback listener failed");
+                        }
+                    }));
+                    Box::pin(async move {
+                        crate::tls::serve(self.listener, app, tls, stopped).await;
+                        Ok(())
+                    })
+                }
+                None => {
+                    // No Nagle delay: streamed bodies are written after
+                    // their headers.
+                    let listener = self.listener.tap_io(|tcp| {
+                        if let Err(e) = tcp.set_nodelay(true) {
+                            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+                        }
+                    });
+                    let app = app.into_make_service_with_connect_info::<SocketAddr>();
+                    Box::pin(
+                        axum::serve(listener, app)
+                            .with_graceful_shutdown(stopped)
+                            .into_future(),
+                    )
+                }
+            };
+        let mut serve = serve;
         let mut stop_rx = stop_rx;
         let result = tokio::select! {
             r = &mut serve => r,
@@ -287,6 +346,9 @@ impl Server {
         };
         janitor.abort();
         poller.abort();
+        for task in extra {
+            task.abort();
+        }
         if let Some(task) = auto_rebase {
             // A fleet stopped mid-way loses only its open transaction.
             task.abort();

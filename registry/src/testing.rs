@@ -14,7 +14,8 @@ use crate::config::{Config, Secret, StorageBackend};
 use crate::server::{AppState, Server};
 
 pub struct TestServer {
-    /// `http://127.0.0.1:<port>`, without a trailing slash.
+    /// `http://127.0.0.1:<port>` (`https://localhost:<port>` with `[tls]`),
+    /// without a trailing slash.
     pub url: String,
     pub addr: SocketAddr,
     pub config: Config,
@@ -61,7 +62,12 @@ impl TestServer {
             let _ = rx.await;
         }));
         TestServer {
-            url: format!("http://{addr}"),
+            url: if config.tls.enabled() {
+                // The certificate names localhost, not the address.
+                format!("https://localhost:{}", addr.port())
+            } else {
+                format!("http://{addr}")
+            },
             addr,
             config,
             admin_password,

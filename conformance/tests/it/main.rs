@@ -8,6 +8,7 @@
 //! - `crash`: SIGKILL during concurrent pushes, then consistency checks.
 //! - `replicas`: skopeo and containerd against two replicas.
 //! - `fuzz`: random methods, paths and bodies never yield a 5xx or a panic.
+//! - `tls`: curl, skopeo, podman and ctr over HTTPS, a renewal in flight.
 
 mod crash;
 mod deployment;
@@ -16,3 +17,4 @@ mod interop;
 mod peer;
 mod replicas;
 mod suite;
+mod tls;

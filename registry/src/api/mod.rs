@@ -284,6 +284,20 @@ impl FromRequestParts<AppState> for Admin {
     type Rejection = Error;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Admin> {
+        // Mutual TLS: without the client certificate, the admin's password
+        // is not even looked at.
+        if state.config.tls.mutual()
+            && parts
+                .extensions
+                .get::<crate::tls::ClientCertificate>()
+                .is_none()
+        {
+            return Err(Error::new(
+                StatusCode::FORBIDDEN,
+                "the admin API needs a client certificate signed by an authority in \
+                 tls.client_ca_file, over HTTPS",
+            ));
+        }
         let remote = parts
             .extensions
             .get::<ConnectInfo<SocketAddr>>()

@@ -527,7 +527,13 @@ impl AppState {
             })
             .map(str::to_owned)
             .unwrap_or_else(|| self.config.listen.to_string());
-        format!("http://{host}/auth/token")
+        // Settled by `tls::scheme` for every request: this server's TLS, or
+        // a trusted proxy's word.
+        let scheme = match headers.get("x-forwarded-proto").map(|v| v.as_bytes()) {
+            Some(b"https") => "https",
+            _ => "http",
+        };
+        format!("{scheme}://{host}/auth/token")
     }
 }
 

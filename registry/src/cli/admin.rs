@@ -475,13 +475,14 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
         };
         return stack::run(cmd, None, args.json).await;
     }
+    let http = args.server.http()?;
     let password = admin_password(
         args.server.password,
         &args.server.data_dir,
         "no password: pass --password, set SLIPWAY_PASSWORD, or run where",
     )?;
     let cx = Ctx {
-        client: Client::new(args.server.url, args.user, password),
+        client: Client::new(http, args.server.url, args.user, password),
         json: args.json,
     };
     match args.command {

@@ -156,6 +156,7 @@ struct Ctx {
 }
 
 pub async fn run(args: BuildArgs) -> anyhow::Result<()> {
+    let http = args.server.http()?;
     let (user, password, token_project) = match &args.token {
         Some(t) => {
             let (user, secret) = t.split_once(':').context(
@@ -182,7 +183,7 @@ pub async fn run(args: BuildArgs) -> anyhow::Result<()> {
         .or(token_project)
         .context("which project? pass --project (a build token names its own project)")?;
     let cx = Ctx {
-        client: Client::new(args.server.url, user, password),
+        client: Client::new(http, args.server.url, user, password),
         base: format!("/api/v1/projects/{project}/builds"),
         project,
         json: args.json,

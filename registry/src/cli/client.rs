@@ -24,6 +24,42 @@ pub struct ServerArgs {
     /// Where a local server keeps its data (for its admin-password file).
     #[arg(long, default_value = "slipway-data", global = true)]
     pub data_dir: PathBuf,
+    /// A PEM file of authorities to trust for an HTTPS server, besides the
+    /// system's.
+    #[arg(long, env = "SLIPWAY_CACERT", global = true)]
+    pub cacert: Option<PathBuf>,
+    /// A PEM file holding a client certificate and its key, for a server
+    /// whose admin API demands one (`tls.client_ca_file`).
+    #[arg(long, env = "SLIPWAY_CLIENT_CERT", global = true)]
+    pub client_cert: Option<PathBuf>,
+}
+
+impl ServerArgs {
+    /// The HTTP client these settings ask for.
+    pub fn http(&self) -> anyhow::Result<reqwest::Client> {
+        let mut b = reqwest::Client::builder();
+        if let Some(path) = &self.cacert {
+            let pem = std::fs::read(path)
+                .with_context(|| format!("cannot read --cacert {}", path.display()))?;
+            for cert in reqwest::Certificate::from_pem_bundle(&pem)
+                .with_context(|| format!("--cacert {} is not a PEM bundle", path.display()))?
+            {
+                b = b.add_root_certificate(cert);
+            }
+        }
+        if let Some(path) = &self.client_cert {
+            let pem = std::fs::read(path)
+                .with_context(|| format!("cannot read --client-cert {}", path.display()))?;
+            let id = reqwest::Identity::from_pem(&pem).with_context(|| {
+                format!(
+                    "--client-cert {} must hold a certificate and its private key, in PEM",
+                    path.display()
+                )
+            })?;
+            b = b.identity(id);
+        }
+        b.build().context("cannot set up the HTTP client")
+    }
 }
 
 pub struct Client {
@@ -34,9 +70,9 @@ pub struct Client {
 }
 
 impl Client {
-    pub fn new(url: String, user: String, password: String) -> Client {
+    pub fn new(http: reqwest::Client, url: String, user: String, password: String) -> Client {
         Client {
-            http: reqwest::Client::new(),
+            http,
             url,
             user,
             password,

@@ -1057,3 +1057,148 @@ async fn secrets_are_hashed_at_rest() {
         );
     }
 }
+
+/// The token realm and the dashboard's `Secure` cookies follow the scheme
+/// the client used: a TLS-terminating proxy's `X-Forwarded-Proto` or
+/// `Forwarded: proto=` counts only from `[server] trusted_proxies`.
+#[tokio::test]
+async fn only_a_trusted_proxy_says_the_client_used_https() {
+    let untrusted = TestServer::start().await;
+    let trusted = TestServer::start_with(|c| {
+        c.server.trusted_proxies = vec!["10.0.0.0/8".into(), "127.0.0.1".into()];
+    })
+    .await;
+    let http = reqwest::Client::new();
+    let realm = |h: &reqwest::header::HeaderMap| {
+        let v = h["www-authenticate"].to_str().unwrap().to_owned();
+        v.split('"').nth(1).unwrap().to_owned()
+    };
+    let ask = |base: &str, header: Option<(&'static str, &'static str)>| {
+        let mut r = http.get(format!("{base}/v2/"));
+        if let Some((k, v)) = header {
+            r = r.header(k, v);
+        }
+        r.send()
+    };
+    for (server, header, scheme) in [
+        (&untrusted, Some(("x-forwarded-proto", "https")), "http"),
+        (
+            &untrusted,
+            Some(("forwarded", "for=1.2.3.4;proto=https")),
+            "http",
+        ),
+        (&trusted, None, "http"),
+        (&trusted, Some(("x-forwarded-proto", "https")), "https"),
+        (
+            &trusted,
+            Some(("forwarded", "for=1.2.3.4;proto=https")),
+            "https",
+        ),
+        (&trusted, Some(("x-forwarded-proto", "http")), "http"),
+    ] {
+        let r = ask(&server.url, header).await.unwrap();
+        assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+        let host = server.url.trim_start_matches("http://");
+        assert_eq!(
+            realm(r.headers()),
+            format!("{scheme}://{host}/auth/token"),
+            "{header:?}"
+        );
+    }
+    for (server, secure) in [(&untrusted, false), (&trusted, true)] {
+        let r = http
+            .get(format!("{}/ui/login", server.url))
+            .header("x-forwarded-proto", "https")
+            .send()
+            .await
+            .unwrap();
+        let cookie = r.headers()["set-cookie"].to_str().unwrap();
+        assert_eq!(cookie.contains("; Secure"), secure, "{cookie}");
+    }
+    // A proxy list that is not addresses is a configuration error.
+    let toml = "[server]\ntrusted_proxies = [\"lb.example\"]\n";
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("c.toml"), toml).unwrap();
+    let e = slipway_registry::Config::load(
+        Some(&dir.path().join("c.toml")),
+        Vec::new(),
+        &Default::default(),
+    )
+    .unwrap_err();
+    assert!(
+        e.to_string().contains("lb.example is neither an address"),
+        "{e}"
+    );
+}
+
+/// `slipway admin` over HTTPS to a server whose admin API demands client
+/// certificates: `--cacert` trusts a private authority, `--client-cert`
+/// presents the admin's certificate; without it the server's sentence is
+/// what the command prints.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_reaches_an_admin_api_behind_mutual_tls() {
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+    let dir = tempfile::tempdir().unwrap();
+    let path = |n: &str| dir.path().join(n);
+    let authority = |name: &str| {
+        let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        p.distinguished_name
+            .push(rcgen::DnType::CommonName, name.to_owned());
+        CertifiedIssuer::self_signed(p, KeyPair::generate().unwrap()).unwrap()
+    };
+    let (servers, admins) = (authority("servers"), authority("admins"));
+    let leaf = |ca: &CertifiedIssuer<'_, KeyPair>, name: &str| {
+        let key = KeyPair::generate().unwrap();
+        let cert = CertificateParams::new(vec![name.to_owned()])
+            .unwrap()
+            .signed_by(&key, ca)
+            .unwrap();
+        (cert.pem(), key.serialize_pem())
+    };
+    let (cert, key) = leaf(&servers, "localhost");
+    std::fs::write(path("server.crt"), cert).unwrap();
+    std::fs::write(path("server.key"), key).unwrap();
+    std::fs::write(path("servers.pem"), servers.pem()).unwrap();
+    std::fs::write(path("admins.pem"), admins.pem()).unwrap();
+    let (cert, key) = leaf(&admins, "admin");
+    std::fs::write(path("admin.pem"), format!("{cert}{key}")).unwrap();
+    let p = dir.path().to_path_buf();
+    let server = TestServer::start_with(move |c| {
+        c.tls.cert_file = p.join("server.crt");
+        c.tls.key_file = p.join("server.key");
+        c.tls.client_ca_file = p.join("admins.pem");
+    })
+    .await;
+    server.create_project("tool-mtls", true).await;
+    let admin = |extra: &[&std::path::Path]| {
+        let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_slipway"));
+        c.args(["admin", "project", "list", "--url", &server.url])
+            .env("SLIPWAY_PASSWORD", &server.admin_password)
+            .arg("--cacert")
+            .arg(path("servers.pem"));
+        for e in extra {
+            c.arg("--client-cert").arg(e);
+        }
+        c.output().unwrap()
+    };
+    let out = admin(&[]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("needs a client certificate"),
+        "{err}"
+    );
+    let out = admin(&[&path("admin.pem")]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("tool-mtls"));
+    let out = admin(&[&path("servers.pem")]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("must hold a certificate and its private key"),
+        "{err}"
+    );
+}
