@@ -239,7 +239,9 @@ pub async fn spawn_workers(state: AppState, registry_url: String) -> anyhow::Res
             worker,
         )));
     }
-    workers.handles.push(tokio::spawn(reaper(state)));
+    workers
+        .handles
+        .push(tokio::spawn(reaper(state, workers.ids.clone())));
     Ok(workers)
 }
 
@@ -260,8 +262,11 @@ async fn worker_loop(state: AppState, ctx: Context, worker: String) {
     }
 }
 
-/// Fails running builds whose process stopped sending heartbeats.
-async fn reaper(state: AppState) {
+/// Fails running builds whose process stopped sending heartbeats — other
+/// processes' builds only: this process's own are alive while it runs
+/// (their heartbeats may lag when the machine is loaded; each has its own
+/// timeout), and are failed when it restarts.
+async fn reaper(state: AppState, own: Vec<String>) {
     let mut tick = tokio::time::interval(Duration::from_secs(15));
     loop {
         tick.tick().await;
@@ -270,6 +275,7 @@ async fn reaper(state: AppState) {
             .meta
             .builds_fail_stale(
                 before,
+                &own,
                 "the build's worker stopped answering (its process died?); retry it",
             )
             .await

@@ -13,6 +13,7 @@
 pub mod blob;
 pub mod digest;
 pub mod error;
+pub mod fsck;
 pub mod gc;
 pub mod meta;
 pub mod migrate;

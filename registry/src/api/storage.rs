@@ -257,3 +257,103 @@ pub async fn gc(
     .await?;
     Ok(Json(view))
 }
+
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FsckRequest {
+    /// Quarantine damaged blobs (deleting the manifests that use them),
+    /// remove stored bytes recorded nowhere, correct usage.
+    #[serde(default)]
+    pub repair: bool,
+    /// Check sizes only, without re-hashing (default false).
+    #[serde(default)]
+    pub sizes_only: bool,
+    /// Hashing reads at most this many bytes a second (0 or absent: no
+    /// limit).
+    #[serde(default)]
+    pub rate_bytes_per_sec: u64,
+}
+
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct QuarantinedView {
+    pub digest: String,
+    /// `repository@digest` of each manifest deleted with it.
+    pub manifests: Vec<String>,
+}
+
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct FsckReportView {
+    pub blobs_checked: u64,
+    pub bytes_hashed: u64,
+    pub stored_blobs: u64,
+    /// What is wrong, a sentence each (empty: nothing).
+    pub problems: Vec<String>,
+    pub repaired: bool,
+    pub quarantined: Vec<QuarantinedView>,
+    pub orphans_removed: Vec<String>,
+    pub usage_fixed: Vec<String>,
+}
+
+#[utoipa::path(post, path = "/api/v1/fsck", tag = "quotas", request_body = FsckRequest,
+    responses((status = 200, body = FsckReportView)))]
+pub async fn fsck(
+    State(state): State<AppState>,
+    Admin(caller): Admin,
+    Json(body): Json<FsckRequest>,
+) -> Result<Json<FsckReportView>> {
+    let opts = slipway_storage::fsck::FsckOptions {
+        verify_digests: !body.sizes_only,
+        rate_bytes_per_sec: body.rate_bytes_per_sec,
+        repair: body.repair,
+        orphan_grace: std::time::Duration::from_secs(state.config.gc.blob_grace_secs),
+    };
+    let r = slipway_storage::fsck::check(&state.meta, &state.blobs, &opts).await?;
+    let problems: Vec<String> = r.findings.iter().map(|f| f.sentence()).collect();
+    for p in &problems {
+        tracing::warn!("fsck: {p}");
+    }
+    for q in &r.quarantined {
+        tracing::error!(digest = %q.digest, manifests = ?q.manifests, "fsck quarantined a damaged blob");
+        audit(
+            &state,
+            &caller,
+            "fsck.quarantine",
+            None,
+            &q.digest,
+            json!({
+                "manifests_deleted": q.manifests,
+            }),
+        )
+        .await?;
+    }
+    audit(
+        &state,
+        &caller,
+        "fsck.run",
+        None,
+        "registry",
+        json!({
+            "repair": body.repair, "blobs_checked": r.blobs_checked, "bytes_hashed": r.bytes_hashed,
+            "problems": problems.len(), "quarantined": r.quarantined.len(),
+            "orphans_removed": r.orphans_removed.len(),
+        }),
+    )
+    .await?;
+    Ok(Json(FsckReportView {
+        blobs_checked: r.blobs_checked,
+        bytes_hashed: r.bytes_hashed,
+        stored_blobs: r.stored_blobs,
+        problems,
+        repaired: body.repair,
+        quarantined: r
+            .quarantined
+            .into_iter()
+            .map(|q| QuarantinedView {
+                digest: q.digest,
+                manifests: q.manifests,
+            })
+            .collect(),
+        orphans_removed: r.orphans_removed,
+        usage_fixed: r.usage_fixed,
+    }))
+}

@@ -65,6 +65,24 @@ enum AdminCommand {
         #[arg(long)]
         no_retention: bool,
     },
+    /// Integrity check: every recorded blob in the store with its size and
+    /// digest, every stored blob recorded, every manifest's references
+    /// resolved, usage equal to a recount. Exits 1 when something is wrong
+    /// (and was not repaired).
+    Fsck {
+        /// Quarantine damaged blobs (the manifests using them are deleted
+        /// and answer 404), remove stored blobs recorded nowhere, correct
+        /// usage.
+        #[arg(long)]
+        repair: bool,
+        /// Compare sizes only; do not re-hash.
+        #[arg(long)]
+        sizes_only: bool,
+        /// Read at most this much a second while hashing, such as 50MiB
+        /// (default: no limit).
+        #[arg(long)]
+        rate: Option<String>,
+    },
     /// Stack rebase: move every image built on a run image onto its
     /// current digest (no rebuild, no layer copied), and print a report.
     Rebase {
@@ -509,6 +527,11 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
             dry_run,
             force,
         } => rebase(&cx, &run_image, dry_run, force).await,
+        AdminCommand::Fsck {
+            repair,
+            sizes_only,
+            rate,
+        } => fsck(&cx, repair, sizes_only, rate.as_deref()).await,
         AdminCommand::BuildToken(cmd) => build_token(&cx, cmd).await,
         AdminCommand::Builder(cmd) => builder(&cx, cmd).await,
         AdminCommand::Stack(cmd) => stack::run(cmd, Some(&cx.client), cx.json).await,
@@ -847,6 +870,67 @@ async fn gc(
         )
         .await?;
     print_or(cx.json, &v, || gc_text(&v, dry_run))
+}
+
+async fn fsck(cx: &Ctx, repair: bool, sizes_only: bool, rate: Option<&str>) -> anyhow::Result<()> {
+    let rate = match rate {
+        None => 0,
+        Some(r) => parse_size(r)?.unwrap_or(0),
+    };
+    let v = cx
+        .call(
+            M::POST,
+            "/api/v1/fsck",
+            Some(json!({"repair": repair, "sizes_only": sizes_only, "rate_bytes_per_sec": rate})),
+        )
+        .await?;
+    let problems = v["problems"].as_array().map(Vec::len).unwrap_or(0);
+    print_or(cx.json, &v, || {
+        let mut out = format!(
+            "checked {} blobs ({} hashed), {} stored",
+            v["blobs_checked"],
+            slipway_storage::error::human_bytes(v["bytes_hashed"].as_u64().unwrap_or(0)),
+            v["stored_blobs"]
+        );
+        for p in v["problems"].as_array().into_iter().flatten() {
+            out.push_str(&format!("\n{}", p.as_str().unwrap_or_default()));
+        }
+        for q in v["quarantined"].as_array().into_iter().flatten() {
+            out.push_str(&format!(
+                "\nquarantined {}; deleted the manifests {}",
+                q["digest"].as_str().unwrap_or_default(),
+                q["manifests"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|m| m.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+        }
+        for o in v["orphans_removed"].as_array().into_iter().flatten() {
+            out.push_str(&format!(
+                "\nremoved {}, recorded nowhere",
+                o.as_str().unwrap_or_default()
+            ));
+        }
+        for p in v["usage_fixed"].as_array().into_iter().flatten() {
+            out.push_str(&format!(
+                "\ncorrected the usage of {}",
+                p.as_str().unwrap_or_default()
+            ));
+        }
+        if problems == 0 {
+            out.push_str("\nno problems found");
+        }
+        Ok(out)
+    })?;
+    if problems > 0 && !repair {
+        anyhow::bail!(
+            "fsck found {problems} problem(s); `slipway admin fsck --repair` repairs what it can"
+        );
+    }
+    Ok(())
 }
 
 async fn rebase(cx: &Ctx, run_image: &str, dry_run: bool, force: bool) -> anyhow::Result<()> {

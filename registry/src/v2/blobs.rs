@@ -114,6 +114,18 @@ pub async fn get(
             ))),
             e => e.into(),
         })?;
+    // A whole blob is hashed as it is served: damaged bytes end the
+    // response with an error instead of completing it.
+    let stream = match range {
+        Some(_) => stream,
+        None => {
+            let repo = repo.to_string();
+            slipway_storage::blob::verified(stream, digest.clone(), size, move |sentence| {
+                metrics::counter!("slipway_blob_damaged_reads_total").increment(1);
+                tracing::error!(repository = %repo, "{sentence}; run `slipway admin fsck --repair`");
+            })
+        }
+    };
     let mut resp = empty(status, headers);
     *resp.body_mut() = Body::from_stream(stream);
     Ok(resp)

@@ -429,8 +429,8 @@ async fn one(env: &Env, app: App, base: &[String]) -> Result<Measured, String> {
     let warm_log = log_of(env, &project, warm["id"].as_str().unwrap(), &token).await;
     if warm["state"] != "succeeded" || !warm_log.contains(": 0 layers uploaded (0 bytes)") {
         return Err(format!(
-            "{}: the warm build should upload no layer bytes ({}):\n{warm_log}",
-            app.name, warm["state"]
+            "{}: the warm build should upload no layer bytes ({}: {}):\n{warm_log}",
+            app.name, warm["state"], warm["reason"]
         ));
     }
     let image = format!("{}/{project}/web:latest", env.server.addr);

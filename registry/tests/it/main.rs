@@ -10,6 +10,7 @@ mod builds;
 mod builds_e2e;
 mod debian;
 mod descriptor;
+mod fsck;
 mod gc_stress;
 mod isolation;
 mod languages;

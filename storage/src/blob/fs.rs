@@ -152,6 +152,49 @@ impl FsBlobStore {
         }
     }
 
+    /// Every published blob and when it was written (for fsck).
+    pub async fn blobs_stored(&self) -> Result<Vec<(Digest, SystemTime)>> {
+        let dir = self.root.join("blobs");
+        tokio::task::spawn_blocking(move || -> Result<Vec<(Digest, SystemTime)>> {
+            let mut out = Vec::new();
+            for alg in fs::read_dir(&dir)? {
+                let alg = alg?;
+                let alg_name = alg.file_name().to_string_lossy().into_owned();
+                for fan in fs::read_dir(alg.path())? {
+                    for blob in fs::read_dir(fan?.path())? {
+                        let blob = blob?;
+                        let name = format!("{alg_name}:{}", blob.file_name().to_string_lossy());
+                        // Anything else there is no blob of ours: skipped.
+                        if let Ok(d) = name.parse::<Digest>() {
+                            out.push((d, blob.metadata()?.modified()?));
+                        }
+                    }
+                }
+            }
+            Ok(out)
+        })
+        .await
+        .map_err(join_error)?
+    }
+
+    /// Moves a damaged blob's bytes out of the way, to
+    /// `quarantine/<algorithm>/<hex>` under the root, for inspection.
+    pub async fn quarantine(&self, d: &Digest) -> Result<()> {
+        let from = self.blob_path(d);
+        let dir = self.root.join("quarantine").join(d.algorithm().as_str());
+        let to = dir.join(d.hex());
+        tokio::task::spawn_blocking(move || -> Result<()> {
+            fs::create_dir_all(&dir)?;
+            match fs::rename(&from, &to) {
+                Ok(()) => Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+                Err(e) => Err(e.into()),
+            }
+        })
+        .await
+        .map_err(join_error)?
+    }
+
     pub async fn upload_create(&self, id: &str) -> Result<()> {
         let path = self.upload_path(id);
         tokio::task::spawn_blocking(move || File::create(path).map(drop))

@@ -105,6 +105,23 @@ impl BlobStore {
     }
 
     /// Starts upload `id`; returns its initial state.
+    /// Every published blob and when it was written.
+    pub async fn blobs_stored(&self) -> Result<Vec<(Digest, std::time::SystemTime)>> {
+        match self {
+            BlobStore::Fs(s) => s.blobs_stored().await,
+            BlobStore::S3(s) => s.blobs_stored().await,
+        }
+    }
+
+    /// Moves a damaged blob's bytes out of the published space (a no-op
+    /// when they are already gone).
+    pub async fn quarantine(&self, d: &Digest) -> Result<()> {
+        match self {
+            BlobStore::Fs(s) => s.quarantine(d).await,
+            BlobStore::S3(s) => s.quarantine(d).await,
+        }
+    }
+
     pub async fn upload_create(&self, id: &str) -> Result<UploadState> {
         match self {
             BlobStore::Fs(s) => s.upload_create(id).await.map(|()| Vec::new()),
@@ -176,5 +193,115 @@ impl BlobStore {
             BlobStore::Fs(s) => s.upload_files().await,
             BlobStore::S3(s) => s.upload_files().await,
         }
+    }
+}
+
+/// `stream` (a whole blob's bytes, as read from a store) hashed as it
+/// goes, for serving: the last chunk is held back until every byte has
+/// been hashed, and given out only if the bytes are `digest` and `size`
+/// long; otherwise the stream ends with an error instead, so a client never
+/// receives a complete response of damaged bytes. `on_damage` is called
+/// once with a sentence when that happens.
+pub fn verified(
+    stream: BlobStream,
+    digest: Digest,
+    size: u64,
+    on_damage: impl FnOnce(String) + Send + 'static,
+) -> BlobStream {
+    struct State {
+        inner: BlobStream,
+        hasher: Option<Hasher>,
+        held: Option<Bytes>,
+        seen: u64,
+        digest: Digest,
+        size: u64,
+        on_damage: Option<Box<dyn FnOnce(String) + Send>>,
+    }
+    let state = State {
+        hasher: Some(Hasher::new(digest.algorithm())),
+        inner: stream,
+        held: None,
+        seen: 0,
+        digest,
+        size,
+        on_damage: Some(Box::new(on_damage)),
+    };
+    futures::stream::unfold(state, |mut s| async move {
+        loop {
+            match s.inner.next().await {
+                Some(Ok(chunk)) => {
+                    s.seen += chunk.len() as u64;
+                    if let Some(h) = s.hasher.as_mut() {
+                        h.update(&chunk);
+                    }
+                    if let Some(prev) = s.held.replace(chunk) {
+                        return Some((Ok(prev), s));
+                    }
+                }
+                Some(Err(e)) => {
+                    s.held = None;
+                    s.hasher = None;
+                    return Some((Err(e), s));
+                }
+                None => {
+                    let hasher = s.hasher.take()?;
+                    let actual = hasher.finish();
+                    if actual == s.digest && s.seen == s.size {
+                        return s.held.take().map(|last| (Ok(last), s));
+                    }
+                    let sentence = format!(
+                        "blob {} is damaged in the store: its {} bytes hash to {actual} \
+                         ({} bytes recorded)",
+                        s.digest, s.seen, s.size
+                    );
+                    if let Some(f) = s.on_damage.take() {
+                        f(sentence.clone());
+                    }
+                    s.held = None;
+                    return Some((Err(std::io::Error::other(sentence)), s));
+                }
+            }
+        }
+    })
+    .boxed()
+}
+
+#[cfg(test)]
+mod verified_tests {
+    use super::*;
+
+    fn chunks(parts: &[&'static [u8]]) -> BlobStream {
+        futures::stream::iter(
+            parts
+                .iter()
+                .map(|p| Ok(Bytes::from_static(p)))
+                .collect::<Vec<_>>(),
+        )
+        .boxed()
+    }
+
+    #[tokio::test]
+    async fn good_bytes_pass_whole_and_damaged_ones_never_complete() {
+        let d = Digest::sha256_of(b"hello world");
+        let out: Vec<_> = verified(chunks(&[b"hello ", b"world"]), d.clone(), 11, |_| {
+            panic!("not damaged")
+        })
+        .collect()
+        .await;
+        let bytes: Vec<u8> = out.into_iter().flat_map(|c| c.unwrap().to_vec()).collect();
+        assert_eq!(bytes, b"hello world");
+
+        let (tx, rx) = std::sync::mpsc::channel();
+        let out: Vec<_> = verified(chunks(&[b"hello ", b"w0rld"]), d, 11, move |s| {
+            tx.send(s).unwrap()
+        })
+        .collect()
+        .await;
+        // The first chunk went out; the last was held back and replaced by
+        // an error.
+        assert_eq!(out.len(), 2);
+        assert_eq!(out[0].as_ref().unwrap().as_ref(), b"hello ");
+        assert!(out[1].is_err());
+        assert!(rx.recv().unwrap().contains("is damaged in the store"));
     }
 }

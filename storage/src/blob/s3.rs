@@ -359,6 +359,46 @@ impl S3BlobStore {
         self.delete_key(&self.blob_key(d)).await
     }
 
+    /// Every published blob and when it was written (for fsck).
+    pub async fn blobs_stored(&self) -> Result<Vec<(Digest, SystemTime)>> {
+        let base = format!("{}blobs/", self.prefix);
+        Ok(self
+            .list(&base)
+            .await?
+            .into_iter()
+            .filter_map(|(key, modified)| {
+                let (alg, hex) = key[base.len()..].split_once('/')?;
+                Some((format!("{alg}:{hex}").parse().ok()?, modified))
+            })
+            .collect())
+    }
+
+    /// Moves a damaged blob's bytes out of the way, to
+    /// `<prefix>quarantine/<algorithm>/<hex>`, for inspection.
+    pub async fn quarantine(&self, d: &Digest) -> Result<()> {
+        let from = self.blob_key(d);
+        let to = format!(
+            "{}quarantine/{}/{}",
+            self.prefix,
+            d.algorithm().as_str(),
+            d.hex()
+        );
+        match self
+            .client
+            .copy_object()
+            .bucket(&self.bucket)
+            .copy_source(format!("{}/{from}", self.bucket))
+            .key(&to)
+            .send()
+            .await
+        {
+            Ok(_) => {}
+            Err(e) if not_found(&e) => return Ok(()),
+            Err(e) => return Err(failed("CopyObject", e)),
+        }
+        self.delete_key(&from).await
+    }
+
     async fn delete_key(&self, key: &str) -> Result<()> {
         match self
             .client

@@ -450,15 +450,25 @@ impl Metadata {
     }
 
     /// Fails running builds whose heartbeat stopped before `before_ms`.
-    pub async fn builds_fail_stale(&self, before_ms: i64, reason: &str) -> Result<Vec<String>> {
-        let rows =
-            sqlx::query("SELECT id FROM builds WHERE state = 'running' AND heartbeat_at < $1")
-                .bind(before_ms)
-                .fetch_all(&self.write)
-                .await?;
+    pub async fn builds_fail_stale(
+        &self,
+        before_ms: i64,
+        except_workers: &[String],
+        reason: &str,
+    ) -> Result<Vec<String>> {
+        let rows = sqlx::query(
+            "SELECT id, worker FROM builds WHERE state = 'running' AND heartbeat_at < $1",
+        )
+        .bind(before_ms)
+        .fetch_all(&self.write)
+        .await?;
         let mut failed = Vec::new();
         for r in rows {
             let id: String = r.get(0);
+            let worker: Option<String> = r.get(1);
+            if worker.is_some_and(|w| except_workers.contains(&w)) {
+                continue;
+            }
             if self.build_finish(&id, "failed", Some(reason), None).await? {
                 failed.push(id);
             }

@@ -1093,11 +1093,28 @@ async fn the_build_queue(m: &Metadata) {
         "a finished build stays as it ended"
     );
     assert!(!m.build_cancel("a1").await.unwrap());
-    // A worker that stops beating: its build fails with a reason.
+    // A worker that stops beating: its build fails with a reason — unless
+    // the worker is the caller's own (alive while the caller runs).
+    let b1_worker = m.build_get("tool-b", "b1").await.unwrap().unwrap().worker;
+    let own = vec![b1_worker.clone().unwrap()];
     assert_eq!(
-        m.builds_fail_stale(slipway_storage::meta::now_ms() + 1, "the worker stopped")
-            .await
-            .unwrap(),
+        m.builds_fail_stale(
+            slipway_storage::meta::now_ms() + 1,
+            &own,
+            "the worker stopped"
+        )
+        .await
+        .unwrap(),
+        Vec::<String>::new()
+    );
+    assert_eq!(
+        m.builds_fail_stale(
+            slipway_storage::meta::now_ms() + 1,
+            &[],
+            "the worker stopped"
+        )
+        .await
+        .unwrap(),
         vec!["b1".to_string()]
     );
     let b1 = m.build_get("tool-b", "b1").await.unwrap().unwrap();

@@ -1,0 +1,183 @@
+//! What the integrity check (`crate::fsck`) asks of the metadata, and its
+//! repairs: forgetting a damaged blob once no manifest uses it, and
+//! removing stored bytes no row names — each in a transaction that a push
+//! of the same digest waits for, as GC's removals are.
+
+use std::collections::HashSet;
+use std::future::Future;
+
+use sqlx::Row;
+
+use super::{Metadata, now_ms};
+use crate::error::{Result, StorageError};
+
+/// A blob the metadata records.
+#[derive(Debug, Clone)]
+pub struct BlobRow {
+    pub digest: String,
+    pub size: u64,
+    /// Claimed by a push still under way (its bytes may not be there yet).
+    pub in_flight: bool,
+}
+
+/// A manifest reference that does not resolve in its repository.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DanglingRef {
+    pub repository: String,
+    pub manifest: String,
+    pub reference: String,
+    pub is_manifest: bool,
+}
+
+impl Metadata {
+    /// Every blob row, in digest order.
+    pub async fn fsck_blob_rows(&self) -> Result<Vec<BlobRow>> {
+        let now = now_ms();
+        let rows = sqlx::query("SELECT digest, size, last_ref_change FROM blobs ORDER BY digest")
+            .fetch_all(&self.read)
+            .await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| BlobRow {
+                digest: r.get(0),
+                size: r.get::<i64, _>(1) as u64,
+                in_flight: r.get::<i64, _>(2) > now,
+            })
+            .collect())
+    }
+
+    /// Manifest references that name no blob linked to the manifest's
+    /// repository, or no manifest there.
+    pub async fn fsck_dangling_refs(&self) -> Result<Vec<DanglingRef>> {
+        let rows = sqlx::query(concat!(
+            "SELECT r.name, mr.manifest_digest, mr.ref_digest, mr.is_manifest ",
+            "FROM manifest_refs mr JOIN repositories r ON r.id = mr.repo_id WHERE ",
+            "(mr.is_manifest = 0 AND NOT EXISTS (SELECT 1 FROM repo_blobs rb JOIN blobs b ",
+            "  ON b.digest = rb.digest WHERE rb.repo_id = mr.repo_id AND rb.digest = mr.ref_digest)) ",
+            "OR (mr.is_manifest = 1 AND NOT EXISTS (SELECT 1 FROM manifests m ",
+            "  WHERE m.repo_id = mr.repo_id AND m.digest = mr.ref_digest)) ",
+            "ORDER BY r.name, mr.manifest_digest, mr.ref_digest"
+        ))
+        .fetch_all(&self.read)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| DanglingRef {
+                repository: r.get(0),
+                manifest: r.get(1),
+                reference: r.get(2),
+                is_manifest: r.get::<i64, _>(3) != 0,
+            })
+            .collect())
+    }
+
+    /// The manifests (repository, digest) that reference blob `digest`,
+    /// and every index above them, indexes first: the order they can be
+    /// deleted in.
+    pub async fn manifests_using_blob(&self, digest: &str) -> Result<Vec<(String, String)>> {
+        let direct = sqlx::query(
+            "SELECT r.name, mr.manifest_digest, mr.repo_id FROM manifest_refs mr \
+             JOIN repositories r ON r.id = mr.repo_id \
+             WHERE mr.ref_digest = $1 AND mr.is_manifest = 0",
+        )
+        .bind(digest)
+        .fetch_all(&self.read)
+        .await?;
+        let mut order: Vec<(String, String, i64)> = direct
+            .into_iter()
+            .map(|r| (r.get(0), r.get(1), r.get(2)))
+            .collect();
+        let mut seen: HashSet<(i64, String)> =
+            order.iter().map(|(_, d, id)| (*id, d.clone())).collect();
+        let mut at = 0;
+        while at < order.len() {
+            let (_, child, repo_id) = order[at].clone();
+            let parents = sqlx::query(
+                "SELECT r.name, mr.manifest_digest FROM manifest_refs mr \
+                 JOIN repositories r ON r.id = mr.repo_id \
+                 WHERE mr.repo_id = $1 AND mr.ref_digest = $2 AND mr.is_manifest = 1",
+            )
+            .bind(repo_id)
+            .bind(&child)
+            .fetch_all(&self.read)
+            .await?;
+            for p in parents {
+                let (name, d): (String, String) = (p.get(0), p.get(1));
+                if seen.insert((repo_id, d.clone())) {
+                    order.push((name, d, repo_id));
+                }
+            }
+            at += 1;
+        }
+        order.reverse();
+        Ok(order.into_iter().map(|(n, d, _)| (n, d)).collect())
+    }
+
+    /// Forgets a damaged blob no manifest references any more: its links,
+    /// reservations and row, and — in the same transaction, so a push of
+    /// the same digest waits and then uploads it again — its bytes, through
+    /// `remove`.
+    pub async fn blob_forget<F, Fut>(&self, digest: &str, remove: F) -> Result<()>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<()>>,
+    {
+        let mut tx = self.write.begin().await?;
+        let used = sqlx::query(
+            "SELECT r.name, mr.manifest_digest FROM manifest_refs mr \
+             JOIN repositories r ON r.id = mr.repo_id WHERE mr.ref_digest = $1 LIMIT 1",
+        )
+        .bind(digest)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if let Some(row) = used {
+            return Err(StorageError::Conflict(format!(
+                "blob {digest} is still referenced by {}@{}",
+                row.get::<String, _>(0),
+                row.get::<String, _>(1)
+            )));
+        }
+        for sql in [
+            "DELETE FROM repo_blobs WHERE digest = $1",
+            "DELETE FROM reservations WHERE digest = $1",
+            "DELETE FROM blobs WHERE digest = $1",
+        ] {
+            sqlx::query(sql).bind(digest).execute(&mut *tx).await?;
+        }
+        remove().await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Removes stored bytes that no row names, unless a push claims the
+    /// digest meanwhile: a placeholder row is written first (a concurrent
+    /// claim waits for this transaction), the bytes removed, the
+    /// placeholder dropped. Returns whether the bytes went.
+    pub async fn orphan_delete<F, Fut>(&self, digest: &str, remove: F) -> Result<bool>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<()>>,
+    {
+        let mut tx = self.write.begin().await?;
+        let now = now_ms();
+        let placed = sqlx::query(
+            "INSERT INTO blobs (digest, size, created_at, last_ref_change) VALUES ($1, 0, $2, $2) \
+             ON CONFLICT (digest) DO NOTHING",
+        )
+        .bind(digest)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if placed == 0 {
+            return Ok(false);
+        }
+        remove().await?;
+        sqlx::query("DELETE FROM blobs WHERE digest = $1")
+            .bind(digest)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+}
