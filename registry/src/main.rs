@@ -40,6 +40,15 @@ enum Command {
     Admin(cli::admin::AdminArgs),
     /// Build a git repository into an image, and follow builds.
     Build(cli::build::BuildArgs),
+    /// Make a data directory of a backup (`slipway admin backup`); then
+    /// `slipway serve --data-dir DATA_DIR` serves what it held.
+    Restore {
+        /// The backup directory.
+        backup: PathBuf,
+        /// The new data directory (absent or empty).
+        #[arg(long)]
+        data_dir: PathBuf,
+    },
     /// Copy a stopped registry's metadata and blobs to other stores, e.g.
     /// from the single-node SQLite + filesystem to PostgreSQL + S3. Stop
     /// every server first; the target must be empty.
@@ -67,6 +76,10 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
+        Command::Restore { backup, data_dir } => {
+            println!("{}", slipway_registry::backup::restore(&backup, &data_dir)?);
+            Ok(())
+        }
         Command::Serve {
             listen,
             data_dir,

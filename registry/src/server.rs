@@ -38,6 +38,8 @@ pub struct Inner {
     pub isolation: Arc<slipway_builder::job::Isolation>,
     /// Seals and opens secrets (projects' and triggers').
     pub vault: crate::vault::Vault,
+    /// Held by GC and by a backup: no blob goes while a backup copies.
+    pub maintenance: tokio::sync::Mutex<()>,
 }
 
 impl std::ops::Deref for AppState {
@@ -119,6 +121,7 @@ impl AppState {
             rebase: crate::rebase::Rebaser::default(),
             isolation,
             vault,
+            maintenance: tokio::sync::Mutex::new(()),
         })))
     }
 }
@@ -377,7 +380,10 @@ async fn janitor(state: AppState) {
             last_gc = std::time::Instant::now();
             let opts =
                 crate::api::storage::gc_options(&state, false, None, state.config.gc.retention);
-            match slipway_storage::gc::collect(&state.meta, &state.blobs, &opts).await {
+            let quiet = state.maintenance.lock().await;
+            let collected = slipway_storage::gc::collect(&state.meta, &state.blobs, &opts).await;
+            drop(quiet);
+            match collected {
                 Ok(r) => {
                     tracing::info!(
                         manifests = r.manifests.len(),

@@ -42,7 +42,7 @@ use crate::server::AppState;
         projects::list, projects::create, projects::get, projects::update, projects::delete,
         robots::list, robots::create, robots::get, robots::update, robots::rotate, robots::delete,
         audit::list,
-        storage::project_usage, storage::all_usage, storage::recompute, storage::gc, storage::fsck,
+        storage::project_usage, storage::all_usage, storage::recompute, storage::gc, storage::fsck, storage::backup,
         builds::start, builds::list, builds::latest, builds::get, builds::cancel, builds::retry,
         builds::delete, builds::logs, builds::tokens, builds::token_create, builds::token_delete,
         builds::builders, builds::builder_approve, builds::builder_revoke,
@@ -60,7 +60,8 @@ use crate::server::AppState;
         audit::AuditPage, audit::AuditView,
         storage::UsageView, storage::RecomputeReport, storage::DriftView, storage::GcRequest,
         storage::GcReportView, storage::GcManifestView, storage::FsckRequest,
-        storage::FsckReportView, storage::QuarantinedView,
+        storage::FsckReportView, storage::QuarantinedView, storage::BackupRequest,
+        crate::backup::BackupReport,
         builds::BuildView, builds::NewBuild, builds::LogLineView, builds::BuildTokenView,
         builds::BuildTokenSecret, builds::NewBuildToken, builds::BuilderView, builds::BuilderBody,
         rebase::RebaseRequest, crate::rebase::FleetReport, crate::rebase::ImageReport,
@@ -123,6 +124,7 @@ pub fn router() -> Router<AppState> {
         .route("/api/v1/usage/recompute", post(storage::recompute))
         .route("/api/v1/gc", post(storage::gc))
         .route("/api/v1/fsck", post(storage::fsck))
+        .route("/api/v1/backup", post(storage::backup))
         .route(
             "/api/v1/projects/{project}/builds",
             get(builds::list).post(builds::start),

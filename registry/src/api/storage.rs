@@ -2,6 +2,7 @@
 
 use axum::Json;
 use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use slipway_storage::error::human_bytes;
@@ -249,7 +250,9 @@ pub async fn gc(
         body.project.clone(),
         body.retention.unwrap_or(true),
     );
+    let quiet = state.maintenance.lock().await;
     let report = slipway_storage::gc::collect(&state.meta, &state.blobs, &opts).await?;
+    drop(quiet);
     let view = gc_view(report);
     audit(&state, &caller, "gc.run", body.project.as_deref(), "registry", json!({
         "dry_run": view.dry_run, "manifests": view.manifests.len(), "blobs": view.blobs, "bytes_freed": view.bytes_freed,
@@ -307,7 +310,14 @@ pub async fn fsck(
         repair: body.repair,
         orphan_grace: std::time::Duration::from_secs(state.config.gc.blob_grace_secs),
     };
+    // A repair removes blobs: not while a backup copies them.
+    let quiet = if body.repair {
+        Some(state.maintenance.lock().await)
+    } else {
+        None
+    };
     let r = slipway_storage::fsck::check(&state.meta, &state.blobs, &opts).await?;
+    drop(quiet);
     let problems: Vec<String> = r.findings.iter().map(|f| f.sentence()).collect();
     for p in &problems {
         tracing::warn!("fsck: {p}");
@@ -356,4 +366,36 @@ pub async fn fsck(
         orphans_removed: r.orphans_removed,
         usage_fixed: r.usage_fixed,
     }))
+}
+
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BackupRequest {
+    /// An absolute path on the server's machine, absent or empty.
+    pub dir: String,
+}
+
+#[utoipa::path(post, path = "/api/v1/backup", tag = "quotas", request_body = BackupRequest,
+    responses((status = 200, body = crate::backup::BackupReport)))]
+pub async fn backup(
+    State(state): State<AppState>,
+    Admin(caller): Admin,
+    Json(body): Json<BackupRequest>,
+) -> Result<Json<crate::backup::BackupReport>> {
+    let report = crate::backup::backup(&state, std::path::Path::new(&body.dir))
+        .await
+        .map_err(|e| Error::new(StatusCode::UNPROCESSABLE_ENTITY, format!("{e:#}")))?;
+    audit(
+        &state,
+        &caller,
+        "backup.run",
+        None,
+        "registry",
+        json!({
+            "dir": report.dir, "manifests": report.manifests, "blobs": report.blobs,
+            "bytes": report.bytes, "linked": report.linked, "copied": report.copied,
+        }),
+    )
+    .await?;
+    Ok(Json(report))
 }

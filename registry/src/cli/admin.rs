@@ -65,6 +65,12 @@ enum AdminCommand {
         #[arg(long)]
         no_retention: bool,
     },
+    /// Back the running server up into DIR (on the server's machine; absent
+    /// or empty): a consistent copy of the database, then the blobs it
+    /// records (hard links on the same file system) and the keys. Pushes go
+    /// on meanwhile. `slipway restore DIR --data-dir NEW` makes a data
+    /// directory of it.
+    Backup { dir: std::path::PathBuf },
     /// Integrity check: every recorded blob in the store with its size and
     /// digest, every stored blob recorded, every manifest's references
     /// resolved, usage equal to a recount. Exits 1 when something is wrong
@@ -527,6 +533,32 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
             dry_run,
             force,
         } => rebase(&cx, &run_image, dry_run, force).await,
+        AdminCommand::Backup { dir } => {
+            let dir = std::path::absolute(&dir)
+                .map_err(|e| anyhow::anyhow!("cannot make {} absolute: {e}", dir.display()))?;
+            let v = cx
+                .call(M::POST, "/api/v1/backup", Some(json!({"dir": dir})))
+                .await?;
+            print_or(cx.json, &v, || {
+                Ok(format!(
+                    "backed up {} manifests and {} blobs ({}; {} hard-linked, {} copied) and the \
+                     keys {} into {}",
+                    v["manifests"],
+                    v["blobs"],
+                    slipway_storage::error::human_bytes(v["bytes"].as_u64().unwrap_or(0)),
+                    v["linked"],
+                    v["copied"],
+                    v["keys"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .filter_map(|k| k.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    v["dir"].as_str().unwrap_or_default()
+                ))
+            })
+        }
         AdminCommand::Fsck {
             repair,
             sizes_only,

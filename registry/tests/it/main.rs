@@ -5,6 +5,7 @@
 
 mod api;
 mod architecture;
+mod backup;
 mod browser;
 mod builds;
 mod builds_e2e;

@@ -47,6 +47,20 @@ const NOT_RUN: &[(&str, &str)] = &[
         "a release build; debian.rs runs the same script on this build's binary",
     ),
     (
+        "slipway restore ",
+        "needs a backup directory of the server; backup.rs backs up a live server, restores it \
+         with the slipway binary and serves the result",
+    ),
+    (
+        "slipway admin backup /srv",
+        "writes outside the test's directory; backup.rs runs `slipway admin backup` against a \
+         live server",
+    ),
+    (
+        "slipway serve --data-dir",
+        "backup.rs serves a restored data directory",
+    ),
+    (
         "sudo dpkg -i ",
         "installs on the machine; debian.rs installs the package it made with dpkg -i",
     ),

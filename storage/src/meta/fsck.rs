@@ -30,6 +30,30 @@ pub struct DanglingRef {
 }
 
 impl Metadata {
+    /// A consistent copy of a SQLite database in the file `path` (SQLite's
+    /// `VACUUM INTO`: one read transaction, writers go on).
+    pub async fn sqlite_snapshot(&self, path: &std::path::Path) -> Result<()> {
+        if self.backend() != super::Backend::Sqlite {
+            return Err(StorageError::Conflict(
+                "a snapshot is SQLite's; back PostgreSQL up with pg_dump".into(),
+            ));
+        }
+        sqlx::query("VACUUM INTO $1")
+            .bind(path.display().to_string())
+            .execute(&self.read)
+            .await?;
+        Ok(())
+    }
+
+    /// Manifests in all repositories.
+    pub async fn manifest_count(&self) -> Result<u64> {
+        let n: i64 = sqlx::query("SELECT COUNT(*) FROM manifests")
+            .fetch_one(&self.read)
+            .await?
+            .get(0);
+        Ok(n as u64)
+    }
+
     /// Every blob row, in digest order.
     pub async fn fsck_blob_rows(&self) -> Result<Vec<BlobRow>> {
         let now = now_ms();
