@@ -196,6 +196,9 @@ impl From<StorageError> for ApiError {
             StorageError::TooLarge(_) => (S::PAYLOAD_TOO_LARGE, C::SizeInvalid, None),
             StorageError::BodyIncomplete(_) => (S::BAD_REQUEST, C::BlobUploadInvalid, None),
             StorageError::Unavailable(_) => (S::SERVICE_UNAVAILABLE, C::Unavailable, None),
+            // 507: the server cannot store what it was asked to, now; the
+            // request may succeed once space is freed (RFC 4918 11.5).
+            StorageError::Full(_) => (S::INSUFFICIENT_STORAGE, C::Unknown, None),
             StorageError::Corrupt(_)
             | StorageError::Io(_)
             | StorageError::Database(_)
@@ -209,6 +212,9 @@ impl From<StorageError> for ApiError {
             err.detail = Some(json!({"cause": e.to_string()}));
             err.message = match status {
                 S::SERVICE_UNAVAILABLE => "storage is unavailable right now; retry later".into(),
+                S::INSUFFICIENT_STORAGE => "the registry's storage is full: nothing of this \
+                     request was kept; retry once an operator has freed space"
+                    .into(),
                 _ => "the server failed to handle the request".into(),
             };
         }

@@ -188,6 +188,7 @@ fn status_label(status: u16) -> &'static str {
         (429, "429"),
         (500, "500"),
         (503, "503"),
+        (507, "507"),
     ];
     KNOWN
         .iter()

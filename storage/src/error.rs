@@ -71,16 +71,44 @@ pub enum StorageError {
     Unavailable(String),
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
+    #[error("the storage is full: {0}")]
+    Full(String),
     #[error("I/O error: {0}")]
-    Io(#[from] std::io::Error),
+    Io(std::io::Error),
     #[error("database error: {0}")]
     Database(sqlx::Error),
     #[error("database migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
 }
 
+impl From<std::io::Error> for StorageError {
+    fn from(e: std::io::Error) -> Self {
+        if e.kind() == std::io::ErrorKind::StorageFull {
+            StorageError::Full(e.to_string())
+        } else {
+            StorageError::Io(e)
+        }
+    }
+}
+
+/// Whether the database says its disk is full: SQLite's SQLITE_FULL (13),
+/// PostgreSQL's disk_full (53100).
+fn database_full(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Database(d) => {
+            matches!(d.code().as_deref(), Some("13") | Some("53100"))
+                || d.message().contains("database or disk is full")
+        }
+        sqlx::Error::Io(io) => io.kind() == std::io::ErrorKind::StorageFull,
+        _ => false,
+    }
+}
+
 impl From<sqlx::Error> for StorageError {
     fn from(e: sqlx::Error) -> Self {
+        if database_full(&e) {
+            return StorageError::Full(e.to_string());
+        }
         match e {
             sqlx::Error::Io(_)
             | sqlx::Error::PoolTimedOut
@@ -98,6 +126,7 @@ impl StorageError {
         matches!(
             self,
             StorageError::Unavailable(_)
+                | StorageError::Full(_)
                 | StorageError::Corrupt(_)
                 | StorageError::Io(_)
                 | StorageError::Database(_)

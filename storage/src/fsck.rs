@@ -4,7 +4,8 @@
 //! It checks that every blob the metadata records is in the store with its
 //! size and (re-hashed, at a chosen rate) its digest; that every stored blob
 //! has a row; that every manifest's references resolve in its repository;
-//! and that each project's usage equals a recount. Blobs a push has claimed
+//! and that each project's usage equals a recount; on SQLite, that the
+//! database file passes SQLite's own integrity check. Blobs a push has claimed
 //! but not finished are skipped, as are stored bytes younger than the grace
 //! period (a push publishes its bytes just before its row).
 //!
@@ -62,6 +63,8 @@ pub enum Finding {
         recorded: u64,
         recounted: u64,
     },
+    /// SQLite's integrity check found damage in the database file.
+    Database(String),
 }
 
 impl Finding {
@@ -101,6 +104,9 @@ impl Finding {
                 "project {project} is recorded as using {recorded} bytes, but its manifests \
                  reference {recounted}"
             ),
+            Finding::Database(what) => {
+                format!("the SQLite database is damaged ({what}); restore it from a backup")
+            }
         }
     }
 
@@ -136,6 +142,9 @@ pub struct FsckReport {
 
 pub async fn check(meta: &Metadata, blobs: &BlobStore, opts: &FsckOptions) -> Result<FsckReport> {
     let mut report = FsckReport::default();
+    if let Some(damage) = meta.sqlite_integrity().await? {
+        report.findings.push(Finding::Database(damage));
+    }
     let rows = meta.fsck_blob_rows().await?;
     let started = Instant::now();
     for row in &rows {

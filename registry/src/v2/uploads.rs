@@ -231,6 +231,33 @@ pub async fn status(state: &AppState, name: &str, id: &str) -> ApiResult<Respons
 }
 
 pub async fn patch(state: &AppState, name: &str, id: &str, req: Request) -> ApiResult<Response> {
+    let r = patch_chunk(state, name, id, req).await;
+    discard_if_full(state, id, r).await
+}
+
+/// An upload that ran out of space is removed whole (its bytes and its
+/// record): a full disk must not keep partial uploads; the client starts
+/// again once space is freed.
+async fn discard_if_full(
+    state: &AppState,
+    id: &str,
+    r: ApiResult<Response>,
+) -> ApiResult<Response> {
+    if let Err(e) = &r
+        && e.status == StatusCode::INSUFFICIENT_STORAGE
+    {
+        let _guard = state.upload_locks.lock(id).await;
+        if let Ok(Some(u)) = state.meta.upload_get(id).await {
+            // The bytes first: that frees the space the record needs.
+            let _ = state.blobs.upload_abort(id, &u.backend_state).await;
+            let _ = state.meta.upload_delete(id).await;
+            tracing::warn!(upload = id, "removed an upload that ran out of space");
+        }
+    }
+    r
+}
+
+async fn patch_chunk(state: &AppState, name: &str, id: &str, req: Request) -> ApiResult<Response> {
     let repo = repo_name(name)?;
     let _guard = state.upload_locks.lock(id).await;
     let upload = load(state, &repo, id).await?;
@@ -248,6 +275,16 @@ pub async fn patch(state: &AppState, name: &str, id: &str, req: Request) -> ApiR
 /// a new one must fit, or the upload is refused and removed, and nothing
 /// of it is counted.
 pub async fn finish(state: &AppState, name: &str, id: &str, req: Request) -> ApiResult<Response> {
+    let r = finish_upload(state, name, id, req).await;
+    discard_if_full(state, id, r).await
+}
+
+async fn finish_upload(
+    state: &AppState,
+    name: &str,
+    id: &str,
+    req: Request,
+) -> ApiResult<Response> {
     let repo = repo_name(name)?;
     let project = repo.project();
     let pairs = query_pairs(req.uri());

@@ -12,6 +12,7 @@ mod builds_e2e;
 mod debian;
 mod descriptor;
 mod fsck;
+mod full_disk;
 mod gc_stress;
 mod isolation;
 mod languages;

@@ -45,6 +45,20 @@ impl Metadata {
         Ok(())
     }
 
+    /// SQLite's own check of its file (`PRAGMA integrity_check`): `None`
+    /// when it says ok (and on PostgreSQL, which checks itself), else what
+    /// it found.
+    pub async fn sqlite_integrity(&self) -> Result<Option<String>> {
+        if self.backend() != super::Backend::Sqlite {
+            return Ok(None);
+        }
+        let rows = sqlx::query("PRAGMA integrity_check")
+            .fetch_all(&self.read)
+            .await?;
+        let lines: Vec<String> = rows.into_iter().map(|r| r.get(0)).collect();
+        Ok((lines != ["ok"]).then(|| lines.join("; ")))
+    }
+
     /// Manifests in all repositories.
     pub async fn manifest_count(&self) -> Result<u64> {
         let n: i64 = sqlx::query("SELECT COUNT(*) FROM manifests")
