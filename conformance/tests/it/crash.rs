@@ -10,7 +10,7 @@
 //! timer. A last restart checks what the last kill left. The checks are in
 //! `verify`.
 
-mod process;
+pub(crate) mod process;
 mod push;
 mod verify;
 

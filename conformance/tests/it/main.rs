@@ -9,6 +9,8 @@
 //! - `replicas`: skopeo and containerd against two replicas.
 //! - `fuzz`: random methods, paths and bodies never yield a 5xx or a panic.
 //! - `tls`: curl, skopeo, podman and ctr over HTTPS, a renewal in flight.
+//! - `soak`: pushers, pullers, a deleter and GC while the server is
+//!   SIGKILLed and restarted; nothing acknowledged is lost.
 
 mod crash;
 mod deployment;
@@ -16,5 +18,6 @@ mod fuzz;
 mod interop;
 mod peer;
 mod replicas;
+mod soak;
 mod suite;
 mod tls;

@@ -51,8 +51,13 @@ impl Slipway {
     /// until it answers `/healthz`. A port taken between choosing and
     /// binding it means another try on another port.
     pub async fn start(data_dir: &Path, log: PathBuf) -> Slipway {
+        Slipway::start_with(data_dir, log, &[]).await
+    }
+
+    /// `start`, with settings given as `SLIPWAY_…` variables.
+    pub async fn start_with(data_dir: &Path, log: PathBuf, env: &[(&str, &str)]) -> Slipway {
         for _ in 0..3 {
-            match Slipway::try_start(data_dir, log.clone()).await {
+            match Slipway::try_start(data_dir, log.clone(), env).await {
                 Ok(server) => return server,
                 Err(log_text) if log_text.contains("cannot listen") => continue,
                 Err(log_text) => {
@@ -67,7 +72,11 @@ impl Slipway {
     }
 
     /// Starts the server; `Err` with its log when it exits before it is ready.
-    async fn try_start(data_dir: &Path, log: PathBuf) -> Result<Slipway, String> {
+    async fn try_start(
+        data_dir: &Path,
+        log: PathBuf,
+        env: &[(&str, &str)],
+    ) -> Result<Slipway, String> {
         let port = free_port();
         let url = format!("http://127.0.0.1:{port}");
         let log_file = std::fs::File::create(&log).expect("create the server log");
@@ -89,6 +98,9 @@ impl Slipway {
             }
         }
         cmd.env("SLIPWAY_ADMIN_PASSWORD", ADMIN_PASSWORD);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
         let child = cmd.spawn().expect("start the slipway binary");
         let mut server = Slipway { child, url, log };
         server.wait_ready().await?;

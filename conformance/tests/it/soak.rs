@@ -1,0 +1,576 @@
+//! A soak under faults, single node: for `SLIPWAY_SOAK_SECS` (45 in CI; run
+//! it for longer by hand, see the README) 32 pullers, 8 pushers of new and
+//! shared layers into projects near their quota, a deleter and a GC every
+//! 30 s run against the real `slipway` binary, while it is SIGKILLed and
+//! restarted at random moments.
+//!
+//! Invariants, checked after each restart and at the end:
+//! - every manifest whose push was acknowledged is pullable with its bytes
+//!   (and its blobs with theirs) until it is deleted;
+//! - the integrity check finds nothing: no blob a manifest references is
+//!   missing or damaged, no stray bytes, usage equals a recount, SQLite's
+//!   integrity check passes;
+//! - no project is over its quota.
+//!
+//! It prints the counts (operations, restarts, violations — which must be
+//! 0) and the throughput.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use sha2::{Digest as _, Sha256};
+use tokio::sync::RwLock;
+
+use crate::crash::process::{Slipway, admin_client};
+
+const PULLERS: usize = 32;
+const PUSHERS: usize = 8;
+const PROJECTS: usize = 4;
+/// Each project's quota: a few dozen images fit, then pushes are refused
+/// until the deleter makes room.
+const QUOTA: u64 = 12 << 20;
+
+fn sha256(b: &[u8]) -> String {
+    format!("sha256:{}", hex::encode(Sha256::digest(b)))
+}
+
+/// An image whose push was acknowledged.
+#[derive(Clone)]
+struct Pushed {
+    repo: String,
+    digest: String,
+    manifest: Vec<u8>,
+    /// (digest, bytes) of its config and layers.
+    blobs: Vec<(String, Arc<Vec<u8>>)>,
+}
+
+#[derive(Default)]
+struct Ledger {
+    live: Vec<Pushed>,
+    /// Digests whose DELETE was sent (acknowledged or not): no longer
+    /// promised.
+    deleting: std::collections::HashSet<String>,
+}
+
+#[derive(Default)]
+struct Counts {
+    pushes: AtomicU64,
+    refused: AtomicU64,
+    pulls: AtomicU64,
+    blob_pulls: AtomicU64,
+    deletes: AtomicU64,
+    gcs: AtomicU64,
+    /// Requests that met a server being killed or restarted.
+    unreachable: AtomicU64,
+}
+
+struct Soak {
+    url: RwLock<String>,
+    http: reqwest::Client,
+    ledger: std::sync::Mutex<Ledger>,
+    counts: Counts,
+    violations: std::sync::Mutex<Vec<String>>,
+    stop: AtomicBool,
+    shared: Vec<Arc<Vec<u8>>>,
+    /// The last transport error, for messages.
+    last_error: std::sync::Mutex<String>,
+}
+
+impl Soak {
+    fn violation(&self, what: String) {
+        eprintln!("soak: VIOLATION: {what}");
+        self.violations.lock().unwrap().push(what);
+    }
+
+    async fn url(&self) -> String {
+        self.url.read().await.clone()
+    }
+}
+
+fn random(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+async fn push_one(s: &Soak, worker: usize, n: u64) -> Result<(), ()> {
+    let project = format!("tool-soak{}", (worker + n as usize) % PROJECTS);
+    let repo = format!("{project}/app{}", worker % 3);
+    let own = Arc::new(random(
+        (worker as u64) << 32 | n,
+        (64 << 10) + (n as usize % 4) * (32 << 10),
+    ));
+    let shared = s.shared[(worker + n as usize) % s.shared.len()].clone();
+    let config = Arc::new(
+        json!({"architecture": "amd64", "os": "linux", "rootfs": {"type": "layers", "diff_ids": []}, "n": format!("{worker}-{n}")})
+            .to_string()
+            .into_bytes(),
+    );
+    let url = s.url().await;
+    let blobs = vec![
+        (sha256(&config), config.clone()),
+        (sha256(&shared), shared.clone()),
+        (sha256(&own), own.clone()),
+    ];
+    for (d, b) in &blobs {
+        let r = s
+            .http
+            .post(format!("{url}/v2/{repo}/blobs/uploads/?digest={d}"))
+            .body(b.as_ref().clone())
+            .send()
+            .await;
+        match r {
+            Ok(r) if r.status() == StatusCode::CREATED => {}
+            Ok(r) if r.status() == StatusCode::FORBIDDEN => {
+                s.counts.refused.fetch_add(1, Ordering::Relaxed);
+                return Err(());
+            }
+            Ok(r) => {
+                s.violation(format!("blob upload to {repo} answered {}", r.status()));
+                return Err(());
+            }
+            Err(_) => {
+                s.counts.unreachable.fetch_add(1, Ordering::Relaxed);
+                return Err(());
+            }
+        }
+    }
+    let desc = |d: &str, b: &[u8], mt: &str| json!({"mediaType": mt, "digest": d, "size": b.len()});
+    let manifest = json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": desc(&blobs[0].0, &blobs[0].1, "application/vnd.oci.image.config.v1+json"),
+        "layers": [desc(&blobs[1].0, &blobs[1].1, "application/vnd.oci.image.layer.v1.tar"),
+                   desc(&blobs[2].0, &blobs[2].1, "application/vnd.oci.image.layer.v1.tar")],
+    })
+    .to_string()
+    .into_bytes();
+    let digest = sha256(&manifest);
+    let r = s
+        .http
+        .put(format!("{url}/v2/{repo}/manifests/{digest}"))
+        .header("content-type", "application/vnd.oci.image.manifest.v1+json")
+        .body(manifest.clone())
+        .send()
+        .await;
+    match r {
+        Ok(r) if r.status() == StatusCode::CREATED => {
+            s.counts.pushes.fetch_add(1, Ordering::Relaxed);
+            s.ledger.lock().unwrap().live.push(Pushed {
+                repo,
+                digest,
+                manifest,
+                blobs,
+            });
+            Ok(())
+        }
+        Ok(r) if r.status() == StatusCode::FORBIDDEN => {
+            s.counts.refused.fetch_add(1, Ordering::Relaxed);
+            Err(())
+        }
+        Ok(r) => {
+            let status = r.status();
+            let body = r.text().await.unwrap_or_default();
+            s.violation(format!("manifest PUT to {repo} answered {status}: {body}"));
+            Err(())
+        }
+        Err(_) => {
+            s.counts.unreachable.fetch_add(1, Ordering::Relaxed);
+            Err(())
+        }
+    }
+}
+
+/// Pulls `p` (its manifest, and one blob or all), checking the bytes.
+/// `false` when the server could not be reached.
+async fn pull(s: &Soak, p: &Pushed, all_blobs: bool, pick: usize) -> bool {
+    let url = s.url().await;
+    let r = s
+        .http
+        .get(format!("{url}/v2/{}/manifests/{}", p.repo, p.digest))
+        .header("accept", "application/vnd.oci.image.manifest.v1+json")
+        .send()
+        .await;
+    let r = match r {
+        Ok(r) => r,
+        Err(e) => {
+            *s.last_error.lock().unwrap() = format!("GET manifest: {e:?}");
+            s.counts.unreachable.fetch_add(1, Ordering::Relaxed);
+            return false;
+        }
+    };
+    let status = r.status();
+    let body = match r.bytes().await {
+        Ok(b) => b,
+        Err(e) => {
+            *s.last_error.lock().unwrap() = format!("manifest body: {e:?}");
+            s.counts.unreachable.fetch_add(1, Ordering::Relaxed);
+            return false;
+        }
+    };
+    let deleting = || s.ledger.lock().unwrap().deleting.contains(&p.digest);
+    if status != StatusCode::OK || body.as_ref() != p.manifest.as_slice() {
+        if !deleting() {
+            s.violation(format!(
+                "acknowledged manifest {}@{} answered {status} ({} bytes)",
+                p.repo,
+                p.digest,
+                body.len()
+            ));
+        }
+        return true;
+    }
+    s.counts.pulls.fetch_add(1, Ordering::Relaxed);
+    let which: Vec<&(String, Arc<Vec<u8>>)> = if all_blobs {
+        p.blobs.iter().collect()
+    } else {
+        vec![&p.blobs[pick % p.blobs.len()]]
+    };
+    for (d, bytes) in which {
+        let r = s
+            .http
+            .get(format!("{url}/v2/{}/blobs/{d}", p.repo))
+            .send()
+            .await;
+        let r = match r {
+            Ok(r) => r,
+            Err(e) => {
+                *s.last_error.lock().unwrap() = format!("GET blob: {e:?}");
+                s.counts.unreachable.fetch_add(1, Ordering::Relaxed);
+                return false;
+            }
+        };
+        let status = r.status();
+        match r.bytes().await {
+            Ok(b) if status == StatusCode::OK && b.as_ref() == bytes.as_slice() => {
+                s.counts.blob_pulls.fetch_add(1, Ordering::Relaxed);
+            }
+            Ok(b) => {
+                if !deleting() {
+                    s.violation(format!(
+                        "blob {d} of acknowledged {}@{} answered {status} ({} bytes)",
+                        p.repo,
+                        p.digest,
+                        b.len()
+                    ));
+                }
+            }
+            Err(e) => {
+                *s.last_error.lock().unwrap() = format!("blob body: {e:?}");
+                s.counts.unreachable.fetch_add(1, Ordering::Relaxed);
+                return false;
+            }
+        }
+    }
+    true
+}
+
+fn sample(s: &Soak, at: usize) -> Option<Pushed> {
+    let l = s.ledger.lock().unwrap();
+    (!l.live.is_empty()).then(|| l.live[at % l.live.len()].clone())
+}
+
+/// Every acknowledged image, whole; then fsck and the quotas.
+async fn check_all(s: &Soak, when: &str) {
+    use futures::StreamExt;
+    let live: Vec<Pushed> = s.ledger.lock().unwrap().live.clone();
+    // Sixteen at a time; a transport error (a keep-alive connection closed
+    // as it was reused) is tried again before it counts.
+    let unanswered = futures::stream::iter(live.iter())
+        .map(|p| async move {
+            for _ in 0..3 {
+                if pull(s, p, true, 0).await {
+                    return false;
+                }
+            }
+            true
+        })
+        .buffer_unordered(16)
+        .filter(|failed| std::future::ready(*failed))
+        .count()
+        .await;
+    if unanswered > 0 {
+        s.violation(format!(
+            "{when}: the server did not answer the sweep for {unanswered} images: {}",
+            s.last_error.lock().unwrap()
+        ));
+        return;
+    }
+    let url = s.url().await;
+    let r: Value = s
+        .http
+        .post(format!("{url}/api/v1/fsck"))
+        .json(&json!({}))
+        .send()
+        .await
+        .expect("fsck answered")
+        .json()
+        .await
+        .expect("fsck's report");
+    for p in r["problems"].as_array().into_iter().flatten() {
+        s.violation(format!("{when}: fsck: {}", p.as_str().unwrap_or_default()));
+    }
+    let usage: Value = s
+        .http
+        .get(format!("{url}/api/v1/usage"))
+        .send()
+        .await
+        .expect("usage answered")
+        .json()
+        .await
+        .expect("usage JSON");
+    for u in usage.as_array().into_iter().flatten() {
+        if let (Some(used), Some(quota)) = (u["used_bytes"].as_u64(), u["quota_bytes"].as_u64())
+            && used > quota
+        {
+            s.violation(format!(
+                "{when}: {} uses {used} bytes of {quota}",
+                u["project"]
+            ));
+        }
+    }
+    eprintln!(
+        "soak: {when}: {} acknowledged images pulled whole; fsck {}",
+        live.len(),
+        r["problems"]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_soak_under_sigkills_loses_nothing_acknowledged() {
+    let secs: u64 = std::env::var("SLIPWAY_SOAK_SECS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(45);
+    let work = tempfile::tempdir().expect("temporary directory");
+    let data = work.path().join("data");
+    // Short graces so GC collects during the soak; no retention (it would
+    // delete acknowledged images on purpose).
+    let env = [
+        ("SLIPWAY_GC__BLOB_GRACE_SECS", "5"),
+        ("SLIPWAY_GC__INTERVAL_SECS", "0"),
+        ("SLIPWAY_LOG__FILTER", "warn"),
+    ];
+    let mut restarts = 0u32;
+    let mut server = Slipway::start_with(&data, work.path().join("serve-0.log"), &env).await;
+    let http = admin_client();
+    for i in 0..PROJECTS {
+        let r = http
+            .post(format!("{}/api/v1/projects", server.url))
+            .json(&json!({"name": format!("tool-soak{i}"), "public": true, "quota_bytes": QUOTA}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::CREATED);
+    }
+    let soak = Arc::new(Soak {
+        url: RwLock::new(server.url.clone()),
+        http,
+        ledger: Default::default(),
+        counts: Counts::default(),
+        violations: Default::default(),
+        stop: AtomicBool::new(false),
+        shared: (0..4)
+            .map(|i| Arc::new(random(1000 + i, 256 << 10)))
+            .collect(),
+        last_error: Default::default(),
+    });
+
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for w in 0..PUSHERS {
+        let s = soak.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut n = 0;
+            while !s.stop.load(Ordering::Relaxed) {
+                if push_one(&s, w, n).await.is_err() {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                n += 1;
+            }
+        }));
+    }
+    for w in 0..PULLERS {
+        let s = soak.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut i = w * 7919;
+            while !s.stop.load(Ordering::Relaxed) {
+                i += 1;
+                match sample(&s, i) {
+                    Some(p) => {
+                        if !pull(&s, &p, false, i).await {
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                        }
+                    }
+                    None => tokio::time::sleep(Duration::from_millis(20)).await,
+                }
+            }
+        }));
+    }
+    {
+        // The deleter: keeps the projects below their quota.
+        let s = soak.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut i = 0usize;
+            while !s.stop.load(Ordering::Relaxed) {
+                tokio::time::sleep(Duration::from_millis(150)).await;
+                i += 1;
+                let victim = {
+                    let mut l = s.ledger.lock().unwrap();
+                    if l.live.len() < 12 {
+                        continue;
+                    }
+                    let at = (i * 31) % l.live.len();
+                    let p = l.live.remove(at);
+                    l.deleting.insert(p.digest.clone());
+                    p
+                };
+                let url = s.url().await;
+                match s
+                    .http
+                    .delete(format!(
+                        "{url}/v2/{}/manifests/{}",
+                        victim.repo, victim.digest
+                    ))
+                    .send()
+                    .await
+                {
+                    Ok(r) if r.status() == StatusCode::ACCEPTED => {
+                        s.counts.deletes.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Ok(r) => s.violation(format!(
+                        "DELETE {}@{} answered {}",
+                        victim.repo,
+                        victim.digest,
+                        r.status()
+                    )),
+                    Err(_) => {
+                        s.counts.unreachable.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+        }));
+    }
+    {
+        // GC every 30 s (and once early).
+        let s = soak.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut first = true;
+            while !s.stop.load(Ordering::Relaxed) {
+                let wait = if first { 8 } else { 30 };
+                first = false;
+                for _ in 0..wait * 10 {
+                    if s.stop.load(Ordering::Relaxed) {
+                        return;
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                let url = s.url().await;
+                match s
+                    .http
+                    .post(format!("{url}/api/v1/gc"))
+                    .json(&json!({"retention": false}))
+                    .send()
+                    .await
+                {
+                    Ok(r) if r.status() == StatusCode::OK => {
+                        s.counts.gcs.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Ok(r) => s.violation(format!("GC answered {}", r.status())),
+                    Err(_) => {
+                        s.counts.unreachable.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+        }));
+    }
+
+    // The faults: SIGKILL at random moments, a restart, the checks.
+    let mut rng = 0x2545_F491_4F6C_DD1Du64;
+    while started.elapsed() < Duration::from_secs(secs) {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        let wait = Duration::from_millis(3000 + rng % 7000);
+        tokio::time::sleep(wait.min(Duration::from_secs(secs).saturating_sub(started.elapsed())))
+            .await;
+        if started.elapsed() >= Duration::from_secs(secs) {
+            break;
+        }
+        server.kill().await;
+        restarts += 1;
+        server = Slipway::start_with(
+            &data,
+            work.path().join(format!("serve-{restarts}.log")),
+            &env,
+        )
+        .await;
+        *soak.url.write().await = server.url.clone();
+        check_all(&soak, &format!("after restart {restarts}")).await;
+    }
+    soak.stop.store(true, Ordering::SeqCst);
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let elapsed = started.elapsed();
+    check_all(&soak, "at the end").await;
+
+    let c = &soak.counts;
+    let ops = c.pushes.load(Ordering::Relaxed)
+        + c.refused.load(Ordering::Relaxed)
+        + c.pulls.load(Ordering::Relaxed)
+        + c.blob_pulls.load(Ordering::Relaxed)
+        + c.deletes.load(Ordering::Relaxed)
+        + c.gcs.load(Ordering::Relaxed);
+    let violations = soak.violations.lock().unwrap().clone();
+    let by_project: HashMap<String, usize> =
+        soak.ledger
+            .lock()
+            .unwrap()
+            .live
+            .iter()
+            .fold(HashMap::new(), |mut m, p| {
+                *m.entry(p.repo.split('/').next().unwrap().to_owned())
+                    .or_default() += 1;
+                m
+            });
+    eprintln!(
+        "soak: {:.0} s, {restarts} SIGKILLs and restarts; {} pushes acknowledged, {} refused for \
+         quota, {} manifest pulls and {} blob pulls verified, {} deletes, {} GC runs, {} requests \
+         met a server being restarted; {} images live {by_project:?}; {ops} operations, {:.0} per \
+         second; violations: {}",
+        elapsed.as_secs_f64(),
+        c.pushes.load(Ordering::Relaxed),
+        c.refused.load(Ordering::Relaxed),
+        c.pulls.load(Ordering::Relaxed),
+        c.blob_pulls.load(Ordering::Relaxed),
+        c.deletes.load(Ordering::Relaxed),
+        c.gcs.load(Ordering::Relaxed),
+        c.unreachable.load(Ordering::Relaxed),
+        by_project.values().sum::<usize>(),
+        ops as f64 / elapsed.as_secs_f64(),
+        violations.len()
+    );
+    assert!(
+        restarts >= 2,
+        "the soak killed the server only {restarts} times"
+    );
+    assert!(c.pushes.load(Ordering::Relaxed) > 0 && c.pulls.load(Ordering::Relaxed) > 0);
+    assert!(
+        violations.is_empty(),
+        "{} violations:\n{}",
+        violations.len(),
+        violations.join("\n")
+    );
+    server.kill().await;
+}
