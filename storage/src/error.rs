@@ -104,10 +104,25 @@ fn database_full(e: &sqlx::Error) -> bool {
     }
 }
 
+/// Whether the database is going away or not there yet: PostgreSQL's
+/// connection exceptions (08…), shutdowns (57P01–57P03, e.g. "terminating
+/// connection due to administrator command") and SQLite's busy database.
+fn database_unavailable(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Database(d) => d.code().is_some_and(|c| {
+            c.starts_with("08") || matches!(c.as_ref(), "57P01" | "57P02" | "57P03")
+        }),
+        _ => false,
+    }
+}
+
 impl From<sqlx::Error> for StorageError {
     fn from(e: sqlx::Error) -> Self {
         if database_full(&e) {
             return StorageError::Full(e.to_string());
+        }
+        if database_unavailable(&e) {
+            return StorageError::Unavailable(e.to_string());
         }
         match e {
             sqlx::Error::Io(_)

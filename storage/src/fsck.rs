@@ -155,27 +155,45 @@ pub async fn check(meta: &Metadata, blobs: &BlobStore, opts: &FsckOptions) -> Re
         let Ok(digest) = row.digest.parse::<Digest>() else {
             continue;
         };
+        // GC may remove a blob while this runs: what looks wrong counts
+        // only if the row is still there.
+        let gone = || async { Ok::<_, StorageError>(meta.blob_size(&digest).await?.is_none()) };
         let stored = match blobs.stat(&digest).await? {
             None => {
-                report.findings.push(Finding::Missing {
-                    digest: row.digest.clone(),
-                    size: row.size,
-                });
+                if !gone().await? {
+                    report.findings.push(Finding::Missing {
+                        digest: row.digest.clone(),
+                        size: row.size,
+                    });
+                }
                 continue;
             }
             Some(n) => n,
         };
         if stored != row.size {
-            report.findings.push(Finding::WrongSize {
-                digest: row.digest.clone(),
-                recorded: row.size,
-                stored,
-            });
+            if !gone().await? {
+                report.findings.push(Finding::WrongSize {
+                    digest: row.digest.clone(),
+                    recorded: row.size,
+                    stored,
+                });
+            }
             continue;
         }
         if opts.verify_digests {
-            let actual = hash(blobs, &digest, opts, started, &mut report.bytes_hashed).await?;
-            if actual != digest {
+            let actual = match hash(blobs, &digest, opts, started, &mut report.bytes_hashed).await {
+                Ok(a) => a,
+                Err(_) if gone().await? => continue,
+                Err(StorageError::BlobUnknown(_)) => {
+                    report.findings.push(Finding::Missing {
+                        digest: row.digest.clone(),
+                        size: row.size,
+                    });
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            if actual != digest && !gone().await? {
                 report.findings.push(Finding::WrongDigest {
                     digest: row.digest.clone(),
                     actual: actual.to_string(),

@@ -69,7 +69,9 @@ struct Counts {
 }
 
 struct Soak {
-    url: RwLock<String>,
+    /// The servers (one, or the replicas), asked in turn.
+    urls: RwLock<Vec<String>>,
+    next: std::sync::atomic::AtomicUsize,
     http: reqwest::Client,
     ledger: std::sync::Mutex<Ledger>,
     counts: Counts,
@@ -87,7 +89,14 @@ impl Soak {
     }
 
     async fn url(&self) -> String {
-        self.url.read().await.clone()
+        let urls = self.urls.read().await;
+        urls[self.next.fetch_add(1, Ordering::Relaxed) % urls.len()].clone()
+    }
+
+    /// A request that met a server being restarted, or a database or store
+    /// that is down (503): not a violation, nothing promised.
+    fn unreachable(&self) {
+        self.counts.unreachable.fetch_add(1, Ordering::Relaxed);
     }
 }
 
@@ -135,6 +144,10 @@ async fn push_one(s: &Soak, worker: usize, n: u64) -> Result<(), ()> {
                 s.counts.refused.fetch_add(1, Ordering::Relaxed);
                 return Err(());
             }
+            Ok(r) if r.status() == StatusCode::SERVICE_UNAVAILABLE => {
+                s.unreachable();
+                return Err(());
+            }
             Ok(r) => {
                 s.violation(format!("blob upload to {repo} answered {}", r.status()));
                 return Err(());
@@ -178,6 +191,10 @@ async fn push_one(s: &Soak, worker: usize, n: u64) -> Result<(), ()> {
             s.counts.refused.fetch_add(1, Ordering::Relaxed);
             Err(())
         }
+        Ok(r) if r.status() == StatusCode::SERVICE_UNAVAILABLE => {
+            s.unreachable();
+            Err(())
+        }
         Ok(r) => {
             let status = r.status();
             let body = r.text().await.unwrap_or_default();
@@ -219,6 +236,11 @@ async fn pull(s: &Soak, p: &Pushed, all_blobs: bool, pick: usize) -> bool {
         }
     };
     let deleting = || s.ledger.lock().unwrap().deleting.contains(&p.digest);
+    if status == StatusCode::SERVICE_UNAVAILABLE {
+        *s.last_error.lock().unwrap() = "503 for a manifest".into();
+        s.unreachable();
+        return false;
+    }
     if status != StatusCode::OK || body.as_ref() != p.manifest.as_slice() {
         if !deleting() {
             s.violation(format!(
@@ -255,6 +277,11 @@ async fn pull(s: &Soak, p: &Pushed, all_blobs: bool, pick: usize) -> bool {
             Ok(b) if status == StatusCode::OK && b.as_ref() == bytes.as_slice() => {
                 s.counts.blob_pulls.fetch_add(1, Ordering::Relaxed);
             }
+            Ok(_) if status == StatusCode::SERVICE_UNAVAILABLE => {
+                *s.last_error.lock().unwrap() = format!("503 for blob {d}");
+                s.unreachable();
+                return false;
+            }
             Ok(b) => {
                 if !deleting() {
                     s.violation(format!(
@@ -285,13 +312,16 @@ async fn check_all(s: &Soak, when: &str) {
     use futures::StreamExt;
     let live: Vec<Pushed> = s.ledger.lock().unwrap().live.clone();
     // Sixteen at a time; a transport error (a keep-alive connection closed
-    // as it was reused) is tried again before it counts.
+    // as it was reused) or a 503 is tried again (for up to 10 s) before it
+    // counts.
     let unanswered = futures::stream::iter(live.iter())
         .map(|p| async move {
-            for _ in 0..3 {
+            // A store just restarted may answer 503 for a few seconds.
+            for _ in 0..40 {
                 if pull(s, p, true, 0).await {
                     return false;
                 }
+                tokio::time::sleep(Duration::from_millis(250)).await;
             }
             true
         })
@@ -306,20 +336,30 @@ async fn check_all(s: &Soak, when: &str) {
         ));
         return;
     }
-    let url = s.url().await;
-    let r: Value = s
-        .http
-        .post(format!("{url}/api/v1/fsck"))
-        .json(&json!({}))
-        .send()
-        .await
-        .expect("fsck answered")
-        .json()
-        .await
-        .expect("fsck's report");
+    // The integrity check, once the stores answer (503 until then).
+    let mut r = Value::Null;
+    for _ in 0..40 {
+        let url = s.url().await;
+        if let Ok(resp) = s
+            .http
+            .post(format!("{url}/api/v1/fsck"))
+            .json(&json!({}))
+            .send()
+            .await
+            && resp.status() == StatusCode::OK
+        {
+            r = resp.json().await.expect("fsck's report");
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    if !r["problems"].is_array() {
+        s.violation(format!("{when}: fsck did not answer within 10 s"));
+    }
     for p in r["problems"].as_array().into_iter().flatten() {
         s.violation(format!("{when}: fsck: {}", p.as_str().unwrap_or_default()));
     }
+    let url = s.url().await;
     let usage: Value = s
         .http
         .get(format!("{url}/api/v1/usage"))
@@ -346,36 +386,18 @@ async fn check_all(s: &Soak, when: &str) {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_soak_under_sigkills_loses_nothing_acknowledged() {
-    let secs: u64 = std::env::var("SLIPWAY_SOAK_SECS")
+fn secs() -> u64 {
+    std::env::var("SLIPWAY_SOAK_SECS")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(45);
-    let work = tempfile::tempdir().expect("temporary directory");
-    let data = work.path().join("data");
-    // Short graces so GC collects during the soak; no retention (it would
-    // delete acknowledged images on purpose).
-    let env = [
-        ("SLIPWAY_GC__BLOB_GRACE_SECS", "5"),
-        ("SLIPWAY_GC__INTERVAL_SECS", "0"),
-        ("SLIPWAY_LOG__FILTER", "warn"),
-    ];
-    let mut restarts = 0u32;
-    let mut server = Slipway::start_with(&data, work.path().join("serve-0.log"), &env).await;
-    let http = admin_client();
-    for i in 0..PROJECTS {
-        let r = http
-            .post(format!("{}/api/v1/projects", server.url))
-            .json(&json!({"name": format!("tool-soak{i}"), "public": true, "quota_bytes": QUOTA}))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), StatusCode::CREATED);
-    }
-    let soak = Arc::new(Soak {
-        url: RwLock::new(server.url.clone()),
-        http,
+        .unwrap_or(45)
+}
+
+fn new_soak(urls: Vec<String>) -> Arc<Soak> {
+    Arc::new(Soak {
+        urls: RwLock::new(urls),
+        next: Default::default(),
+        http: admin_client(),
         ledger: Default::default(),
         counts: Counts::default(),
         violations: Default::default(),
@@ -384,9 +406,25 @@ async fn a_soak_under_sigkills_loses_nothing_acknowledged() {
             .map(|i| Arc::new(random(1000 + i, 256 << 10)))
             .collect(),
         last_error: Default::default(),
-    });
+    })
+}
 
-    let started = Instant::now();
+async fn create_projects(soak: &Soak) {
+    let url = soak.url().await;
+    for i in 0..PROJECTS {
+        let r = soak
+            .http
+            .post(format!("{url}/api/v1/projects"))
+            .json(&json!({"name": format!("tool-soak{i}"), "public": true, "quota_bytes": QUOTA}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::CREATED);
+    }
+}
+
+/// The pushers, pullers, deleter and GC.
+fn spawn_workers(soak: &Arc<Soak>) -> Vec<tokio::task::JoinHandle<()>> {
     let mut tasks = Vec::new();
     for w in 0..PUSHERS {
         let s = soak.clone();
@@ -448,6 +486,7 @@ async fn a_soak_under_sigkills_loses_nothing_acknowledged() {
                     Ok(r) if r.status() == StatusCode::ACCEPTED => {
                         s.counts.deletes.fetch_add(1, Ordering::Relaxed);
                     }
+                    Ok(r) if r.status() == StatusCode::SERVICE_UNAVAILABLE => s.unreachable(),
                     Ok(r) => s.violation(format!(
                         "DELETE {}@{} answered {}",
                         victim.repo,
@@ -486,6 +525,7 @@ async fn a_soak_under_sigkills_loses_nothing_acknowledged() {
                     Ok(r) if r.status() == StatusCode::OK => {
                         s.counts.gcs.fetch_add(1, Ordering::Relaxed);
                     }
+                    Ok(r) if r.status() == StatusCode::SERVICE_UNAVAILABLE => s.unreachable(),
                     Ok(r) => s.violation(format!("GC answered {}", r.status())),
                     Err(_) => {
                         s.counts.unreachable.fetch_add(1, Ordering::Relaxed);
@@ -495,29 +535,29 @@ async fn a_soak_under_sigkills_loses_nothing_acknowledged() {
         }));
     }
 
-    // The faults: SIGKILL at random moments, a restart, the checks.
-    let mut rng = 0x2545_F491_4F6C_DD1Du64;
-    while started.elapsed() < Duration::from_secs(secs) {
-        rng ^= rng << 13;
-        rng ^= rng >> 7;
-        rng ^= rng << 17;
-        let wait = Duration::from_millis(3000 + rng % 7000);
-        tokio::time::sleep(wait.min(Duration::from_secs(secs).saturating_sub(started.elapsed())))
-            .await;
-        if started.elapsed() >= Duration::from_secs(secs) {
-            break;
-        }
-        server.kill().await;
-        restarts += 1;
-        server = Slipway::start_with(
-            &data,
-            work.path().join(format!("serve-{restarts}.log")),
-            &env,
-        )
-        .await;
-        *soak.url.write().await = server.url.clone();
-        check_all(&soak, &format!("after restart {restarts}")).await;
-    }
+    tasks
+}
+
+/// A pause of 3 to 10 s, from a generator of the test's own (no sleep
+/// past the soak's end).
+async fn pause(rng: &mut u64, started: Instant, secs: u64) -> bool {
+    *rng ^= *rng << 13;
+    *rng ^= *rng >> 7;
+    *rng ^= *rng << 17;
+    let left = Duration::from_secs(secs).saturating_sub(started.elapsed());
+    tokio::time::sleep(Duration::from_millis(3000 + *rng % 7000).min(left)).await;
+    started.elapsed() < Duration::from_secs(secs)
+}
+
+/// Stops the workers, checks everything a last time, prints the counts,
+/// and fails on any violation.
+async fn finish(
+    soak: Arc<Soak>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    started: Instant,
+    faults: u32,
+    what: &str,
+) {
     soak.stop.store(true, Ordering::SeqCst);
     for t in tasks {
         t.await.unwrap();
@@ -545,7 +585,7 @@ async fn a_soak_under_sigkills_loses_nothing_acknowledged() {
                 m
             });
     eprintln!(
-        "soak: {:.0} s, {restarts} SIGKILLs and restarts; {} pushes acknowledged, {} refused for \
+        "soak: {:.0} s, {faults} {what}; {} pushes acknowledged, {} refused for \
          quota, {} manifest pulls and {} blob pulls verified, {} deletes, {} GC runs, {} requests \
          met a server being restarted; {} images live {by_project:?}; {ops} operations, {:.0} per \
          second; violations: {}",
@@ -561,10 +601,7 @@ async fn a_soak_under_sigkills_loses_nothing_acknowledged() {
         ops as f64 / elapsed.as_secs_f64(),
         violations.len()
     );
-    assert!(
-        restarts >= 2,
-        "the soak killed the server only {restarts} times"
-    );
+    assert!(faults >= 2, "the soak made only {faults} faults ({what})");
     assert!(c.pushes.load(Ordering::Relaxed) > 0 && c.pulls.load(Ordering::Relaxed) > 0);
     assert!(
         violations.is_empty(),
@@ -572,5 +609,108 @@ async fn a_soak_under_sigkills_loses_nothing_acknowledged() {
         violations.len(),
         violations.join("\n")
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_soak_under_sigkills_loses_nothing_acknowledged() {
+    let secs = secs();
+    let work = tempfile::tempdir().expect("temporary directory");
+    let data = work.path().join("data");
+    // Short graces so GC collects during the soak; no retention (it would
+    // delete acknowledged images on purpose).
+    let env = [
+        ("SLIPWAY_GC__BLOB_GRACE_SECS", "5"),
+        ("SLIPWAY_GC__INTERVAL_SECS", "0"),
+        ("SLIPWAY_LOG__FILTER", "warn"),
+    ];
+    let mut restarts = 0u32;
+    let mut server = Slipway::start_with(&data, work.path().join("serve-0.log"), &env).await;
+    let soak = new_soak(vec![server.url.clone()]);
+    create_projects(&soak).await;
+    let started = Instant::now();
+    let tasks = spawn_workers(&soak);
+    // The faults: SIGKILL at random moments, a restart, the checks.
+    let mut rng = 0x2545_F491_4F6C_DD1Du64;
+    while pause(&mut rng, started, secs).await {
+        server.kill().await;
+        restarts += 1;
+        server = Slipway::start_with(
+            &data,
+            work.path().join(format!("serve-{restarts}.log")),
+            &env,
+        )
+        .await;
+        *soak.urls.write().await = vec![server.url.clone()];
+        check_all(&soak, &format!("after restart {restarts}")).await;
+    }
+    finish(soak, tasks, started, restarts, "SIGKILLs and restarts").await;
     server.kill().await;
+}
+
+/// Two replicas over a PostgreSQL and a SeaweedFS of the test's own, which
+/// it stops and starts again in turn while the same workload runs against
+/// both replicas: requests meanwhile may be refused (503), nothing
+/// acknowledged may be lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_soak_under_database_and_store_outages_loses_nothing_acknowledged() {
+    use slipway_storage::testing::{PrivatePostgres, SeaweedFs};
+    let secs = secs();
+    let pg = PrivatePostgres::start();
+    let mut weed = SeaweedFs::start();
+    let replicas = slipway_registry::testing::Replicas::start(2, &weed, Some(&pg.url), |c| {
+        c.gc.blob_grace_secs = 5;
+        c.gc.interval_secs = 0;
+        c.auth.admin_password = Some(slipway_registry::config::Secret::new(
+            crate::crash::process::ADMIN_PASSWORD,
+        ));
+    })
+    .await;
+    let soak = new_soak(replicas.servers.iter().map(|s| s.url.clone()).collect());
+    create_projects(&soak).await;
+    let started = Instant::now();
+    let tasks = spawn_workers(&soak);
+    let mut rng = 0x9E37_79B9_7F4A_7C15u64;
+    let mut outages = 0u32;
+    while pause(&mut rng, started, secs).await {
+        outages += 1;
+        let what = if outages % 2 == 1 {
+            pg.stop();
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            pg.resume();
+            "PostgreSQL"
+        } else {
+            weed.stop();
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            weed.resume();
+            "SeaweedFS"
+        };
+        // Back: both replicas answer their readiness check again.
+        for url in soak.urls.read().await.iter() {
+            let deadline = Instant::now() + Duration::from_secs(60);
+            loop {
+                if let Ok(r) = soak.http.get(format!("{url}/readyz")).send().await
+                    && r.status() == StatusCode::OK
+                {
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "{url} did not recover from the {what} outage"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+        check_all(&soak, &format!("after {what} outage {outages}")).await;
+    }
+    finish(
+        soak,
+        tasks,
+        started,
+        outages,
+        "PostgreSQL and SeaweedFS outages",
+    )
+    .await;
+    replicas.stop().await;
+    pg.stop();
+    weed.stop();
 }

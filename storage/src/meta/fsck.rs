@@ -152,9 +152,9 @@ impl Metadata {
     }
 
     /// Forgets a damaged blob no manifest references any more: its links,
-    /// reservations and row, and — in the same transaction, so a push of
-    /// the same digest waits and then uploads it again — its bytes, through
-    /// `remove`.
+    /// reservations and row, then its bytes through `remove` (as GC's
+    /// removals: never before the rows are gone, and a push of the same
+    /// digest waits, then uploads it again).
     pub async fn blob_forget<F, Fut>(&self, digest: &str, remove: F) -> Result<()>
     where
         F: FnOnce() -> Fut,
@@ -182,8 +182,9 @@ impl Metadata {
         ] {
             sqlx::query(sql).bind(digest).execute(&mut *tx).await?;
         }
-        remove().await?;
         tx.commit().await?;
+        // The bytes only once no row names them (see `gc_delete`).
+        self.orphan_delete(digest, remove).await?;
         Ok(())
     }
 

@@ -5,9 +5,10 @@
 //! reservation holds it, and no reference to it appeared or went for the
 //! grace period (`last_ref_change`, bumped by uploads, mounts, manifest
 //! commits and deletes — not the blob's age). The row is re-checked and
-//! removed in one transaction that also removes the bytes, so a push that
-//! claims the blob meanwhile either waits for GC to finish (and uploads the
-//! bytes again) or makes GC skip it.
+//! removed in one transaction; the bytes go after it commits, in a second
+//! one holding a placeholder row, so a push that claims the blob meanwhile
+//! either waits for GC to finish (and uploads the bytes again) or makes GC
+//! leave the bytes. No failure in between leaves a row without its bytes.
 
 use std::collections::{BTreeMap, HashSet};
 
@@ -54,9 +55,10 @@ impl Metadata {
             .collect())
     }
 
-    /// Removes a candidate if it still qualifies: its links and row, and —
-    /// inside the same transaction, so no push can claim the digest in
-    /// between — its bytes, through `remove`. Returns whether it went.
+    /// Removes a candidate if it still qualifies: its links and row, then
+    /// its bytes through `remove`, in a second transaction that a push
+    /// claiming the digest waits for (and that leaves the bytes alone if one
+    /// claimed it in between). Returns whether the rows went.
     pub async fn gc_delete<F, Fut>(&self, digest: &str, cutoff_ms: i64, remove: F) -> Result<bool>
     where
         F: FnOnce() -> Fut,
@@ -92,8 +94,13 @@ impl Metadata {
         ] {
             sqlx::query(sql).bind(digest).execute(&mut *tx).await?;
         }
-        remove().await?;
         tx.commit().await?;
+        // The bytes after the rows are gone — never before a commit that
+        // could fail (the database stopping) and leave a row without
+        // bytes — and only if no push claimed the digest meanwhile.
+        // Stopped in between, the bytes stay, recorded nowhere, for
+        // `fsck --repair`.
+        self.orphan_delete(digest, remove).await?;
         Ok(true)
     }
 
