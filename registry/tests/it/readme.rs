@@ -43,6 +43,10 @@ const NOT_RUN: &[(&str, &str)] = &[
     ),
     ("./conformance/test.sh", "the command that runs this test"),
     (
+        "SLIPWAY_SOAK_SECS=",
+        "a nested cargo test of half an hour; the suite runs the same soak for 45 s",
+    ),
+    (
         "registry/debian/build-deb.sh",
         "a release build; debian.rs runs the same script on this build's binary",
     ),
