@@ -228,6 +228,9 @@ pub fn verified(
     };
     futures::stream::unfold(state, |mut s| async move {
         loop {
+            // Ended (verified, damaged or failed): the inner stream is
+            // never polled again after it ended.
+            s.hasher.as_ref()?;
             match s.inner.next().await {
                 Some(Ok(chunk)) => {
                     s.seen += chunk.len() as u64;
@@ -263,6 +266,8 @@ pub fn verified(
             }
         }
     })
+    // Polled after its end (HTTP/2 bodies are), it keeps saying so.
+    .fuse()
     .boxed()
 }
 
@@ -278,6 +283,36 @@ mod verified_tests {
                 .collect::<Vec<_>>(),
         )
         .boxed()
+    }
+
+    /// A stream that panics when polled after its end, as `unfold` does
+    /// (the filesystem store's reads, hyper polling an HTTP/2 body to its
+    /// end).
+    fn strict(parts: &[&'static [u8]]) -> BlobStream {
+        let parts: Vec<Bytes> = parts.iter().map(|p| Bytes::from_static(p)).collect();
+        futures::stream::unfold(parts.into_iter(), |mut it| async move {
+            it.next().map(|b| (Ok(b), it))
+        })
+        .boxed()
+    }
+
+    #[tokio::test]
+    async fn the_inner_stream_is_never_polled_after_its_end() {
+        let d = Digest::sha256_of(b"hello world");
+        for parts in [&[b"hello world" as &[u8]][..], &[b"hello ", b"world"]] {
+            let mut v = verified(strict(parts), d.clone(), 11, |_| panic!("not damaged"));
+            let mut got = Vec::new();
+            while let Some(c) = v.next().await {
+                got.extend_from_slice(&c.unwrap());
+            }
+            assert_eq!(got, b"hello world");
+            // Polled again after its end, as HTTP/2 bodies are.
+            assert!(v.next().await.is_none());
+            assert!(v.next().await.is_none());
+        }
+        let mut bad = verified(strict(&[b"hello ", b"w0rld"]), d, 11, |_| {});
+        while bad.next().await.is_some() {}
+        assert!(bad.next().await.is_none());
     }
 
     #[tokio::test]
