@@ -64,6 +64,17 @@ pub async fn backup(state: &AppState, dir: &Path) -> anyhow::Result<BackupReport
     empty_or_absent(dir)?;
     std::fs::create_dir_all(dir.join("blobs"))
         .with_context(|| format!("cannot create {}", dir.display()))?;
+    let made = copy_into(state, dir).await;
+    if made.is_err() {
+        // No half-written backup is left to be mistaken for one.
+        let _ = std::fs::remove_dir_all(dir);
+    }
+    made
+}
+
+/// The copy itself, into the empty directory `dir`.
+async fn copy_into(state: &AppState, dir: &Path) -> anyhow::Result<BackupReport> {
+    let config = &state.config;
     // GC waits: every blob the snapshot records stays until it is linked.
     let _quiet = state.maintenance.lock().await;
     let taken_at_ms = slipway_storage::meta::now_ms();
@@ -152,6 +163,15 @@ pub fn restore(from: &Path, data_dir: &Path) -> anyhow::Result<String> {
         .with_context(|| format!("{} is damaged", marker.display()))?;
     empty_or_absent(data_dir)?;
     std::fs::create_dir_all(data_dir)?;
+    let made = lay_out(from, data_dir, &report);
+    if made.is_err() {
+        let _ = std::fs::remove_dir_all(data_dir);
+    }
+    made
+}
+
+/// Copies the backup `from` into the empty data directory `data_dir`.
+fn lay_out(from: &Path, data_dir: &Path, report: &BackupReport) -> anyhow::Result<String> {
     std::fs::copy(from.join(DB), data_dir.join(DB))
         .with_context(|| format!("cannot copy {}", from.join(DB).display()))?;
     for name in KEYS {

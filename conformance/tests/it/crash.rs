@@ -11,7 +11,7 @@
 //! `verify`.
 
 pub(crate) mod process;
-mod push;
+pub(crate) mod push;
 mod verify;
 
 use std::sync::atomic::Ordering;

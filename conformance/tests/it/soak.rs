@@ -22,10 +22,10 @@ use std::time::{Duration, Instant};
 
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use sha2::{Digest as _, Sha256};
 use tokio::sync::RwLock;
 
 use crate::crash::process::{Slipway, admin_client};
+use crate::crash::push::sha256;
 
 const PULLERS: usize = 32;
 const PUSHERS: usize = 8;
@@ -33,10 +33,6 @@ const PROJECTS: usize = 4;
 /// Each project's quota: a few dozen images fit, then pushes are refused
 /// until the deleter makes room.
 const QUOTA: u64 = 12 << 20;
-
-fn sha256(b: &[u8]) -> String {
-    format!("sha256:{}", hex::encode(Sha256::digest(b)))
-}
 
 /// An image whose push was acknowledged.
 #[derive(Clone)]
@@ -102,18 +98,17 @@ impl Soak {
     fn unreachable(&self) {
         self.counts.unreachable.fetch_add(1, Ordering::Relaxed);
     }
+
+    /// `unreachable`, remembering why (for the sweep's message).
+    fn unreachable_because(&self, why: String) {
+        *self.last_error.lock().unwrap() = why;
+        self.unreachable();
+    }
 }
 
+/// `len` pseudo-random bytes from `seed` (the crash test's generator).
 fn random(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
+    crate::crash::push::Blob::random(seed, len).bytes.to_vec()
 }
 
 async fn push_one(s: &Soak, worker: usize, n: u64) -> Result<(), ()> {
@@ -225,8 +220,7 @@ async fn pull(s: &Soak, p: &Pushed, all_blobs: bool, pick: usize) -> bool {
     let r = match r {
         Ok(r) => r,
         Err(e) => {
-            *s.last_error.lock().unwrap() = format!("GET manifest: {e:?}");
-            s.counts.unreachable.fetch_add(1, Ordering::Relaxed);
+            s.unreachable_because(format!("GET manifest: {e:?}"));
             return false;
         }
     };
@@ -234,15 +228,13 @@ async fn pull(s: &Soak, p: &Pushed, all_blobs: bool, pick: usize) -> bool {
     let body = match r.bytes().await {
         Ok(b) => b,
         Err(e) => {
-            *s.last_error.lock().unwrap() = format!("manifest body: {e:?}");
-            s.counts.unreachable.fetch_add(1, Ordering::Relaxed);
+            s.unreachable_because(format!("manifest body: {e:?}"));
             return false;
         }
     };
     let deleting = || s.ledger.lock().unwrap().deleting.contains(&p.digest);
     if status == StatusCode::SERVICE_UNAVAILABLE {
-        *s.last_error.lock().unwrap() = "503 for a manifest".into();
-        s.unreachable();
+        s.unreachable_because("503 for a manifest".into());
         return false;
     }
     if status != StatusCode::OK || body.as_ref() != p.manifest.as_slice() {
@@ -271,8 +263,7 @@ async fn pull(s: &Soak, p: &Pushed, all_blobs: bool, pick: usize) -> bool {
         let r = match r {
             Ok(r) => r,
             Err(e) => {
-                *s.last_error.lock().unwrap() = format!("GET blob: {e:?}");
-                s.counts.unreachable.fetch_add(1, Ordering::Relaxed);
+                s.unreachable_because(format!("GET blob: {e:?}"));
                 return false;
             }
         };
@@ -282,8 +273,7 @@ async fn pull(s: &Soak, p: &Pushed, all_blobs: bool, pick: usize) -> bool {
                 s.counts.blob_pulls.fetch_add(1, Ordering::Relaxed);
             }
             Ok(_) if status == StatusCode::SERVICE_UNAVAILABLE => {
-                *s.last_error.lock().unwrap() = format!("503 for blob {d}");
-                s.unreachable();
+                s.unreachable_because(format!("503 for blob {d}"));
                 return false;
             }
             Ok(b) => {
@@ -297,8 +287,7 @@ async fn pull(s: &Soak, p: &Pushed, all_blobs: bool, pick: usize) -> bool {
                 }
             }
             Err(e) => {
-                *s.last_error.lock().unwrap() = format!("blob body: {e:?}");
-                s.counts.unreachable.fetch_add(1, Ordering::Relaxed);
+                s.unreachable_because(format!("blob body: {e:?}"));
                 return false;
             }
         }

@@ -17,6 +17,7 @@ use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use slipway_registry::testing::TestServer;
 
+use crate::replicas::data as bytes_of;
 use crate::security::{basic, digest};
 
 struct Mount(PathBuf);
@@ -176,19 +177,6 @@ impl Client {
     }
 }
 
-fn random(n: usize, seed: u8) -> Vec<u8> {
-    // Not compressible, not shared: a cheap generator is enough.
-    let mut x: u64 = 0x9E37_79B9_7F4A_7C15 ^ seed as u64;
-    (0..n)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
-
 fn assert_full(s: StatusCode, v: &Value) {
     assert_eq!(s, StatusCode::INSUFFICIENT_STORAGE, "{v}");
     let e = &v["errors"][0];
@@ -225,7 +213,7 @@ async fn a_full_disk_refuses_pushes_cleanly_and_recovers_when_space_returns() {
         url: server.url.clone(),
         auth: basic("admin", &server.admin_password),
     };
-    let small = random(1 << 20, 1);
+    let small = bytes_of(1 << 20, 1);
     let (s, v) = c.push("tool-full/app", "v1", &small, false).await;
     assert_eq!(s, StatusCode::CREATED, "{v}");
 
@@ -233,7 +221,7 @@ async fn a_full_disk_refuses_pushes_cleanly_and_recovers_when_space_returns() {
     let filler = work.path().join("data/filler");
     fill(&filler, &data, 6 << 20);
     let before = free_bytes(&data);
-    let big = random(12 << 20, 2);
+    let big = bytes_of(12 << 20, 2);
     for chunked in [false, true] {
         let (s, v) = c.push("tool-full/app", "v2", &big, chunked).await;
         assert_full(s, &v);

@@ -92,7 +92,7 @@ impl Deployment {
     }
 }
 
-fn data(n: usize, seed: u8) -> Vec<u8> {
+pub fn data(n: usize, seed: u8) -> Vec<u8> {
     (0..n as u32)
         .map(|i| ((i.wrapping_mul(2654435761) >> 11) as u8) ^ seed)
         .collect()

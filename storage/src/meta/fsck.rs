@@ -175,13 +175,7 @@ impl Metadata {
                 row.get::<String, _>(1)
             )));
         }
-        for sql in [
-            "DELETE FROM repo_blobs WHERE digest = $1",
-            "DELETE FROM reservations WHERE digest = $1",
-            "DELETE FROM blobs WHERE digest = $1",
-        ] {
-            sqlx::query(sql).bind(digest).execute(&mut *tx).await?;
-        }
+        super::gc::forget_rows(&mut tx, digest).await?;
         tx.commit().await?;
         // The bytes only once no row names them (see `gc_delete`).
         self.orphan_delete(digest, remove).await?;

@@ -87,13 +87,7 @@ impl Metadata {
         if still.is_none() {
             return Ok(false);
         }
-        for sql in [
-            "DELETE FROM repo_blobs WHERE digest = $1",
-            "DELETE FROM reservations WHERE digest = $1",
-            "DELETE FROM blobs WHERE digest = $1",
-        ] {
-            sqlx::query(sql).bind(digest).execute(&mut *tx).await?;
-        }
+        forget_rows(&mut tx, digest).await?;
         tx.commit().await?;
         // The bytes after the rows are gone — never before a commit that
         // could fail (the database stopping) and leave a row without
@@ -242,4 +236,17 @@ impl Metadata {
                 .rows_affected();
         Ok(n == 1)
     }
+}
+
+/// Deletes a blob's links, reservations and row (its bytes are the
+/// caller's, after the commit).
+pub(super) async fn forget_rows(tx: &mut super::Tx<'_>, digest: &str) -> Result<()> {
+    for sql in [
+        "DELETE FROM repo_blobs WHERE digest = $1",
+        "DELETE FROM reservations WHERE digest = $1",
+        "DELETE FROM blobs WHERE digest = $1",
+    ] {
+        sqlx::query(sql).bind(digest).execute(&mut **tx).await?;
+    }
+    Ok(())
 }
