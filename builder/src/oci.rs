@@ -7,6 +7,7 @@
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Mutex;
+use std::time::Duration;
 
 use bytes::Bytes;
 use futures::TryStreamExt;
@@ -51,6 +52,24 @@ impl From<reqwest::Error> for OciError {
 }
 
 pub type Result<T> = std::result::Result<T, OciError>;
+
+/// How long [`Client`] keeps asking a registry that answers 503 or cannot
+/// be reached, and its first wait.
+const RETRY_FOR: Duration = Duration::from_secs(30);
+const RETRY_FIRST_DELAY: Duration = Duration::from_millis(250);
+
+/// A `Retry-After` in seconds, capped at 8.
+fn retry_after(resp: &Response) -> Option<Duration> {
+    let secs: u64 = resp
+        .headers()
+        .get(header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    Some(Duration::from_secs(secs.clamp(1, 8)))
+}
 
 /// `registry/name:tag` or `registry/name@digest`, split.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -148,12 +167,50 @@ impl Client {
 
     /// Sends a request for `repo` needing `actions`; on a Bearer challenge,
     /// fetches a token for the scope and sends it again (`make` rebuilds the
-    /// request, bodies included).
+    /// request, bodies included). A registry that answers 503 (its database
+    /// or store is briefly unavailable, e.g. a busy SQLite writer or a
+    /// PostgreSQL failover) or cannot be reached is asked again, with
+    /// backoff, for about half a minute: every request this client makes is
+    /// idempotent (blob uploads name their digest, manifests their tag).
     async fn send(
         &self,
         repo: &str,
         actions: &str,
         make: impl Fn() -> RequestBuilder,
+    ) -> Result<Response> {
+        let mut delay = RETRY_FIRST_DELAY;
+        let mut waited = Duration::ZERO;
+        loop {
+            let answer = self.send_once(repo, actions, &make).await;
+            let again = match &answer {
+                Ok(r) => r.status() == StatusCode::SERVICE_UNAVAILABLE,
+                Err(OciError::Transport(_)) => true,
+                Err(_) => false,
+            };
+            if !again || waited >= RETRY_FOR {
+                return answer;
+            }
+            let wait = match &answer {
+                Ok(r) => retry_after(r).unwrap_or(delay),
+                Err(_) => delay,
+            }
+            .min(RETRY_FOR.saturating_sub(waited).max(RETRY_FIRST_DELAY));
+            tracing::debug!(
+                repo,
+                wait_ms = wait.as_millis() as u64,
+                "registry unavailable; retrying"
+            );
+            tokio::time::sleep(wait).await;
+            waited += wait;
+            delay = (delay * 2).min(Duration::from_secs(8));
+        }
+    }
+
+    async fn send_once(
+        &self,
+        repo: &str,
+        actions: &str,
+        make: &impl Fn() -> RequestBuilder,
     ) -> Result<Response> {
         let scope = format!("repository:{repo}:{actions}");
         let token = self
@@ -487,6 +544,79 @@ fn parse_challenge(value: &str) -> HashMap<String, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A registry that answers 503 twice, then accepts: the manifest is put
+    /// once the registry is back, sent again whole each time.
+    #[tokio::test]
+    async fn a_503_is_asked_again_until_the_registry_is_back() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            let mut bodies = Vec::new();
+            for answer in [503, 503, 201] {
+                let (mut conn, _) = listener.accept().await.unwrap();
+                let mut req = Vec::new();
+                let mut buf = [0u8; 4096];
+                // Headers, then the 2-byte body the test sends.
+                while !req.ends_with(b"\r\n\r\n{}") {
+                    let n = conn.read(&mut buf).await.unwrap();
+                    assert!(n > 0, "the request ended early: {req:?}");
+                    req.extend_from_slice(&buf[..n]);
+                }
+                bodies.push(String::from_utf8_lossy(&req).into_owned());
+                let reason = if answer == 503 {
+                    "Service Unavailable"
+                } else {
+                    "Created"
+                };
+                let head = format!(
+                    "HTTP/1.1 {answer} {reason}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+                );
+                conn.write_all(head.as_bytes()).await.unwrap();
+            }
+            bodies
+        });
+        let client = Client::new(&format!("http://{addr}"), "u", "p");
+        let digest = client
+            .put_manifest("p/r", "v1", "application/json", Bytes::from_static(b"{}"))
+            .await
+            .unwrap();
+        assert_eq!(digest, sha256_digest(b"{}"));
+        let seen = server.await.unwrap();
+        assert_eq!(seen.len(), 3);
+        assert!(
+            seen.iter()
+                .all(|r| r.starts_with("PUT /v2/p/r/manifests/v1 "))
+        );
+    }
+
+    /// Other refusals are not asked again.
+    #[tokio::test]
+    async fn a_refusal_is_not_asked_again() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            let (mut conn, _) = listener.accept().await.unwrap();
+            let mut buf = [0u8; 4096];
+            let _ = conn.read(&mut buf).await.unwrap();
+            let body = r#"{"errors":[{"code":"DENIED","message":"over quota"}]}"#;
+            let head = format!(
+                "HTTP/1.1 403 Forbidden\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            conn.write_all(head.as_bytes()).await.unwrap();
+            // A second request would find nobody listening.
+        });
+        let client = Client::new(&format!("http://{addr}"), "u", "p");
+        let err = client
+            .put_manifest("p/r", "v1", "application/json", Bytes::from_static(b"{}"))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Some("DENIED"), "{err}");
+        server.await.unwrap();
+    }
 
     #[test]
     fn image_references() {

@@ -579,16 +579,24 @@ async fn reserve(state: &AppState, build: &BuildRecord) -> Result<u64, String> {
     }
 }
 
-/// The size of `<project>/<image>:latest` (config and layers), if any.
+/// What `<project>/<image>:latest` costs the project (config and layers,
+/// but the layers a base project holds: the run image's, free), if any.
 async fn previous_size(state: &AppState, build: &BuildRecord) -> Option<u64> {
     let repo = RepoName::parse(&format!("{}/{}", build.project, build.image_name)).ok()?;
     let m = state.meta.manifest_by_tag(&repo, "latest").await.ok()??;
     let v: serde_json::Value = serde_json::from_slice(&m.body).ok()?;
     let config = v["config"]["size"].as_u64().unwrap_or(0);
-    let layers: u64 = v["layers"]
+    let layers: Vec<(String, u64)> = v["layers"]
         .as_array()?
         .iter()
-        .filter_map(|l| l["size"].as_u64())
+        .filter_map(|l| Some((l["digest"].as_str()?.to_owned(), l["size"].as_u64()?)))
+        .collect();
+    let digests: Vec<String> = layers.iter().map(|(d, _)| d.clone()).collect();
+    let free = state.meta.held_by_base(&digests).await.ok()?;
+    let layers: u64 = layers
+        .iter()
+        .filter(|(d, _)| !free.contains(d))
+        .map(|(_, n)| n)
         .sum();
     Some(config + layers)
 }
@@ -716,9 +724,7 @@ async fn supervise(
             job::run(&ctx, &req, &log).await
         }
     };
-    let mut job = std::pin::pin!(job);
     let deadline = tokio::time::sleep(Duration::from_secs(state.config.builds.timeout_secs));
-    let mut deadline = std::pin::pin!(deadline);
     // Heartbeats from a task of their own: a job busy on a runtime thread
     // (unpacking, copying a cache) never makes its build look dead.
     let cancel_asked = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -742,9 +748,47 @@ async fn supervise(
         })
     };
     let _stop_heart = AbortOnDrop(heart);
+    // The log is written from a task of its own too, never from a branch
+    // of the loop below: while a branch runs, `job` is not polled, and a
+    // job paused holding the database's one writer connection (releasing
+    // its reservation before the export) would keep the flush waiting for
+    // that connection until the pool's timeout — every writer of the
+    // process with it (the soak found this).
+    // Stopped, not aborted, at the end: a flush cut short would lose the
+    // lines it took.
+    let (stop_flusher, mut stopped) = tokio::sync::oneshot::channel::<()>();
+    let flusher = {
+        let state = state.clone();
+        let id = build.id.clone();
+        let log = log.clone();
+        tokio::spawn(async move {
+            let mut flush = tokio::time::interval(Duration::from_millis(250));
+            loop {
+                tokio::select! {
+                    _ = flush.tick() => log.flush(&state, &id).await,
+                    _ = &mut stopped => return,
+                }
+            }
+        })
+    };
+    let end = supervise_loop(log, job, deadline, cancel_asked, equal).await;
+    let _ = stop_flusher.send(());
+    let _ = flusher.await;
+    end
+}
+
+/// [`supervise`]'s loop: the job's end, its deadline, a cancellation.
+async fn supervise_loop(
+    log: &Arc<DbLog>,
+    job: impl std::future::Future<Output = Result<job::Outcome, BuildError>>,
+    deadline: tokio::time::Sleep,
+    cancel_asked: Arc<std::sync::atomic::AtomicBool>,
+    equal: Option<crate::api::builds::Reusable>,
+) -> End {
+    let mut job = std::pin::pin!(job);
+    let mut deadline = std::pin::pin!(deadline);
     let mut beat = tokio::time::interval(HEARTBEAT);
     beat.tick().await;
-    let mut flush = tokio::time::interval(Duration::from_millis(250));
     let mut cancel_seen = false;
     loop {
         tokio::select! {
@@ -786,7 +830,6 @@ async fn supervise(
                     }
                 }
             }
-            _ = flush.tick() => log.flush(state, &build.id).await,
         }
     }
 }

@@ -363,11 +363,18 @@ impl Server {
 }
 
 /// Removes idle uploads, upload files left by a crash and expired
-/// reservations every ten minutes, and build records beyond each project's
-/// retention (a build prunes its own image's as it ends; this catches a
-/// retention lowered since); runs GC on its own schedule.
+/// reservations every ten minutes (or every half of the idle limit or the
+/// reservation lifetime, when those are shorter), and build records beyond
+/// each project's retention (a build prunes its own image's as it ends;
+/// this catches a retention lowered since); runs GC on its own schedule.
 async fn janitor(state: AppState) {
-    let mut tick = tokio::time::interval(Duration::from_secs(600));
+    let every = state
+        .config
+        .upload_idle()
+        .min(Duration::from_secs(state.config.quota.reservation_ttl_secs))
+        / 2;
+    let mut tick =
+        tokio::time::interval(every.clamp(Duration::from_secs(1), Duration::from_secs(600)));
     let gc_every = state.config.gc.interval_secs;
     let mut last_gc = std::time::Instant::now();
     loop {

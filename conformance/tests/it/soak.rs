@@ -1,16 +1,23 @@
 //! A soak under faults, single node: for `SLIPWAY_SOAK_SECS` (45 in CI; run
 //! it for longer by hand, see the README) 32 pullers, 8 pushers of new and
-//! shared layers into projects near their quota, a deleter and a GC every
-//! 30 s run against the real `slipway` binary, while it is SIGKILLed and
-//! restarted at random moments.
+//! shared layers into projects near their quota, a deleter, a GC every
+//! 30 s, builds on the tiny stack (back to back) and a fleet rebase onto a
+//! patched run image (every third of the soak, at most every two minutes)
+//! run against the real `slipway` binary, while it is SIGKILLed and
+//! restarted at random moments. With two replicas, the same workload while
+//! their PostgreSQL and SeaweedFS are stopped in turn.
 //!
 //! Invariants, checked after each restart and at the end:
-//! - every manifest whose push was acknowledged is pullable with its bytes
-//!   (and its blobs with theirs) until it is deleted;
+//! - every manifest whose push (or build, or rebase) was acknowledged is
+//!   pullable with its bytes (and its blobs with theirs) until it is
+//!   deleted;
 //! - the integrity check finds nothing: no blob a manifest references is
 //!   missing or damaged, no stray bytes, usage equals a recount, SQLite's
 //!   integrity check passes;
-//! - no project is over its quota.
+//! - no project is over its quota, but for what rebases added (a config
+//!   and a manifest per image: the allowance the README documents);
+//! - at the end: every build ended, and no upload or reservation is left
+//!   once the (short) idle limits have passed.
 //!
 //! It prints the counts (operations, restarts, violations — which must be
 //! 0) and the throughput.
@@ -26,6 +33,8 @@ use tokio::sync::RwLock;
 
 use crate::crash::process::{Slipway, admin_client};
 use crate::crash::push::sha256;
+
+mod builds;
 
 const PULLERS: usize = 32;
 const PUSHERS: usize = 8;
@@ -66,6 +75,12 @@ struct Counts {
     /// GC's two steps leaves (wasted space, not lost data; `fsck --repair`
     /// removes it, as the end of the soak checks).
     stray: AtomicU64,
+    /// Builds the server accepted, and those that succeeded.
+    builds: AtomicU64,
+    builds_ok: AtomicU64,
+    /// Fleet rebases answered, and the images they rebased.
+    rebases: AtomicU64,
+    rebased: AtomicU64,
 }
 
 struct Soak {
@@ -80,9 +95,14 @@ struct Soak {
     shared: Vec<Arc<Vec<u8>>>,
     /// The last transport error, for messages.
     last_error: std::sync::Mutex<String>,
+    builds: std::sync::Mutex<builds::Ledger>,
 }
 
 impl Soak {
+    fn stop_now(&self) -> bool {
+        self.stop.load(Ordering::Relaxed)
+    }
+
     fn violation(&self, what: String) {
         eprintln!("soak: VIOLATION: {what}");
         self.violations.lock().unwrap().push(what);
@@ -303,6 +323,7 @@ fn sample(s: &Soak, at: usize) -> Option<Pushed> {
 /// Every acknowledged image, whole; then fsck and the quotas.
 async fn check_all(s: &Soak, when: &str) {
     use futures::StreamExt;
+    let began = Instant::now();
     let live: Vec<Pushed> = s.ledger.lock().unwrap().live.clone();
     // Sixteen at a time; a transport error (a keep-alive connection closed
     // as it was reused) or a 503 is tried again (for up to 10 s) before it
@@ -368,19 +389,24 @@ async fn check_all(s: &Soak, when: &str) {
         .await
         .expect("usage JSON");
     for u in usage.as_array().into_iter().flatten() {
+        let allowance = u["project"]
+            .as_str()
+            .and_then(|p| s.builds.lock().unwrap().rebase_allowance.get(p).copied())
+            .unwrap_or(0);
         if let (Some(used), Some(quota)) = (u["used_bytes"].as_u64(), u["quota_bytes"].as_u64())
-            && used > quota
+            && used > quota + allowance
         {
             s.violation(format!(
-                "{when}: {} uses {used} bytes of {quota}",
+                "{when}: {} uses {used} bytes of {quota} (rebases added {allowance})",
                 u["project"]
             ));
         }
     }
     eprintln!(
-        "soak: {when}: {} acknowledged images pulled whole; fsck {}",
+        "soak: {when}: {} acknowledged images pulled whole, fsck {} ({:.1} s)",
         live.len(),
-        r["problems"]
+        r["problems"],
+        began.elapsed().as_secs_f64()
     );
 }
 
@@ -404,6 +430,7 @@ fn new_soak(urls: Vec<String>) -> Arc<Soak> {
             .map(|i| Arc::new(random(1000 + i, 256 << 10)))
             .collect(),
         last_error: Default::default(),
+        builds: Default::default(),
     })
 }
 
@@ -547,6 +574,45 @@ async fn pause(rng: &mut u64, started: Instant, secs: u64) -> bool {
     started.elapsed() < Duration::from_secs(secs)
 }
 
+/// Once the workload stopped, no upload or reservation stays: the server
+/// removes idle uploads and expired reservations by itself (the soak's
+/// limits are seconds; the janitor runs at half of them).
+async fn check_drained(s: &Soak) {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let url = s.url().await;
+        let left: Vec<String> = match s.http.get(format!("{url}/api/v1/usage")).send().await {
+            Ok(r) if r.status() == StatusCode::OK => r
+                .json::<Value>()
+                .await
+                .expect("usage JSON")
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|u| u["uploading_bytes"] != 0 || u["reserved_bytes"] != 0)
+                .map(|u| {
+                    format!(
+                        "{}: {} bytes uploading, {} reserved",
+                        u["project"], u["uploading_bytes"], u["reserved_bytes"]
+                    )
+                })
+                .collect(),
+            _ => vec!["the usage did not answer".into()],
+        };
+        if left.is_empty() {
+            return;
+        }
+        if Instant::now() > deadline {
+            s.violation(format!(
+                "uploads or reservations stuck 90 s after the workload ended: {}",
+                left.join("; ")
+            ));
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
 /// Stops the workers, checks everything a last time, prints the counts,
 /// and fails on any violation.
 async fn finish(
@@ -555,12 +621,14 @@ async fn finish(
     started: Instant,
     faults: u32,
     what: &str,
-) {
+) -> Vec<String> {
     soak.stop.store(true, Ordering::SeqCst);
     for t in tasks {
         t.await.unwrap();
     }
     let elapsed = started.elapsed();
+    builds::check_ended(&soak).await;
+    check_drained(&soak).await;
     check_all(&soak, "at the end").await;
     // Stray bytes are removed by a repair, after which nothing is wrong.
     let url = soak.url().await;
@@ -597,8 +665,11 @@ async fn finish(
         + c.pulls.load(Ordering::Relaxed)
         + c.blob_pulls.load(Ordering::Relaxed)
         + c.deletes.load(Ordering::Relaxed)
-        + c.gcs.load(Ordering::Relaxed);
+        + c.gcs.load(Ordering::Relaxed)
+        + c.builds.load(Ordering::Relaxed)
+        + c.rebases.load(Ordering::Relaxed);
     let violations = soak.violations.lock().unwrap().clone();
+    let failures = soak.builds.lock().unwrap().failures.clone();
     let by_project: HashMap<String, usize> =
         soak.ledger
             .lock()
@@ -612,9 +683,10 @@ async fn finish(
             });
     eprintln!(
         "soak: {:.0} s, {faults} {what}; {} pushes acknowledged, {} refused for \
-         quota, {} manifest pulls and {} blob pulls verified, {} deletes, {} GC runs, {} requests \
-         met a server being restarted or a store down; {} stray blobs seen, {} removed by the \
-         final repair; {} images live {by_project:?}; {ops} operations, {:.0} per \
+         quota, {} manifest pulls and {} blob pulls verified, {} deletes, {} GC runs, {} builds \
+         ({} succeeded; the others: {failures:?}), {} fleet rebases ({} images rebased), {} \
+         requests met a server being restarted or a store down; {} stray blobs seen, {} removed \
+         by the final repair; {} images live {by_project:?}; {ops} operations, {:.0} per \
          second; violations: {}",
         elapsed.as_secs_f64(),
         c.pushes.load(Ordering::Relaxed),
@@ -623,6 +695,10 @@ async fn finish(
         c.blob_pulls.load(Ordering::Relaxed),
         c.deletes.load(Ordering::Relaxed),
         c.gcs.load(Ordering::Relaxed),
+        c.builds.load(Ordering::Relaxed),
+        c.builds_ok.load(Ordering::Relaxed),
+        c.rebases.load(Ordering::Relaxed),
+        c.rebased.load(Ordering::Relaxed),
         c.unreachable.load(Ordering::Relaxed),
         c.stray.load(Ordering::Relaxed),
         repaired["orphans_removed"]
@@ -635,9 +711,19 @@ async fn finish(
     );
     assert!(faults >= 2, "the soak made only {faults} faults ({what})");
     assert!(c.pushes.load(Ordering::Relaxed) > 0 && c.pulls.load(Ordering::Relaxed) > 0);
-    assert!(
-        violations.is_empty(),
-        "{} violations:\n{}",
+    violations
+}
+
+/// Fails on violations, keeping the servers' logs (`work`) to read.
+fn verdict(violations: Vec<String>, work: Option<tempfile::TempDir>) {
+    if violations.is_empty() {
+        return;
+    }
+    let kept = work
+        .map(|w| format!("; the servers' logs are kept in {}", w.keep().display()))
+        .unwrap_or_default();
+    panic!(
+        "{} violations{kept}:\n{}",
         violations.len(),
         violations.join("\n")
     );
@@ -650,17 +736,32 @@ async fn a_soak_under_sigkills_loses_nothing_acknowledged() {
     let data = work.path().join("data");
     // Short graces so GC collects during the soak; no retention (it would
     // delete acknowledged images on purpose).
-    let env = [
+    let mut env: Vec<(&str, String)> = [
         ("SLIPWAY_GC__BLOB_GRACE_SECS", "5"),
         ("SLIPWAY_GC__INTERVAL_SECS", "0"),
         ("SLIPWAY_LOG__FILTER", "warn"),
-    ];
+        // Short, so that the end can check that none is left behind.
+        ("SLIPWAY_LIMITS__UPLOAD_IDLE_SECS", "10"),
+        ("SLIPWAY_QUOTA__RESERVATION_TTL_SECS", "20"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k, v.to_owned()))
+    .collect();
+    env.extend(builds::server_env());
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let mut restarts = 0u32;
     let mut server = Slipway::start_with(&data, work.path().join("serve-0.log"), &env).await;
     let soak = new_soak(vec![server.url.clone()]);
     create_projects(&soak).await;
+    builds::make_stack(&soak).await;
+    let site = builds::Site::new(&work.path().join("site"));
     let started = Instant::now();
-    let tasks = spawn_workers(&soak);
+    let mut tasks = spawn_workers(&soak);
+    tasks.extend(builds::spawn(
+        &soak,
+        site,
+        Duration::from_secs((secs / 3).clamp(12, 120)),
+    ));
     // The faults: SIGKILL at random moments, a restart, the checks.
     let mut rng = 0x2545_F491_4F6C_DD1Du64;
     while pause(&mut rng, started, secs).await {
@@ -675,8 +776,9 @@ async fn a_soak_under_sigkills_loses_nothing_acknowledged() {
         *soak.urls.write().await = vec![server.url.clone()];
         check_all(&soak, &format!("after restart {restarts}")).await;
     }
-    finish(soak, tasks, started, restarts, "SIGKILLs and restarts").await;
+    let violations = finish(soak, tasks, started, restarts, "SIGKILLs and restarts").await;
     server.kill().await;
+    verdict(violations, Some(work));
 }
 
 /// Two replicas over a PostgreSQL and a SeaweedFS of the test's own, which
@@ -692,6 +794,17 @@ async fn a_replica_soak_under_database_and_store_outages_loses_nothing_acknowled
     let replicas = slipway_registry::testing::Replicas::start(2, &weed, Some(&pg.url), |c| {
         c.gc.blob_grace_secs = 5;
         c.gc.interval_secs = 0;
+        c.limits.upload_idle_secs = 10;
+        c.quota.reservation_ttl_secs = 20;
+        for (k, v) in builds::server_env() {
+            match k {
+                "SLIPWAY_BUILDS__ALLOW_LOCAL_SOURCES" => c.builds.allow_local_sources = true,
+                "SLIPWAY_BUILDS__DEFAULT_BUILDER" => c.builds.default_builder = v,
+                "SLIPWAY_BUILDS__BUILDERS_DIR" => c.builds.builders_dir = v.into(),
+                "SLIPWAY_BUILDS__CA_CERTIFICATES" => c.builds.ca_certificates = v.into(),
+                _ => unreachable!("{k}"),
+            }
+        }
         c.auth.admin_password = Some(slipway_registry::config::Secret::new(
             crate::crash::process::ADMIN_PASSWORD,
         ));
@@ -699,8 +812,16 @@ async fn a_replica_soak_under_database_and_store_outages_loses_nothing_acknowled
     .await;
     let soak = new_soak(replicas.servers.iter().map(|s| s.url.clone()).collect());
     create_projects(&soak).await;
+    builds::make_stack(&soak).await;
+    let work = tempfile::tempdir().expect("temporary directory");
+    let site = builds::Site::new(&work.path().join("site"));
     let started = Instant::now();
-    let tasks = spawn_workers(&soak);
+    let mut tasks = spawn_workers(&soak);
+    tasks.extend(builds::spawn(
+        &soak,
+        site,
+        Duration::from_secs((secs / 3).clamp(12, 120)),
+    ));
     let mut rng = 0x9E37_79B9_7F4A_7C15u64;
     let mut outages = 0u32;
     while pause(&mut rng, started, secs).await {
@@ -734,7 +855,7 @@ async fn a_replica_soak_under_database_and_store_outages_loses_nothing_acknowled
         }
         check_all(&soak, &format!("after {what} outage {outages}")).await;
     }
-    finish(
+    let violations = finish(
         soak,
         tasks,
         started,
@@ -745,4 +866,5 @@ async fn a_replica_soak_under_database_and_store_outages_loses_nothing_acknowled
     replicas.stop().await;
     pg.stop();
     weed.stop();
+    verdict(violations, None);
 }

@@ -87,17 +87,18 @@ impl Client {
         path: &str,
         body: Option<Value>,
     ) -> anyhow::Result<Value> {
-        let mut req = self
-            .http
-            .request(method, self.url_of(path))
-            .basic_auth(&self.user, Some(&self.password));
-        if let Some(b) = body {
-            req = req.json(&b);
-        }
-        let resp = req
-            .send()
-            .await
-            .with_context(|| format!("cannot reach Slipway at {}", self.url))?;
+        let resp = self
+            .send_patiently(&method, || {
+                let mut req = self
+                    .http
+                    .request(method.clone(), self.url_of(path))
+                    .basic_auth(&self.user, Some(&self.password));
+                if let Some(b) = &body {
+                    req = req.json(b);
+                }
+                req
+            })
+            .await?;
         let status = resp.status();
         let text = resp.text().await.unwrap_or_default();
         if !status.is_success() {
@@ -113,18 +114,46 @@ impl Client {
     /// error sentence unless it succeeded.
     pub async fn get(&self, path: &str) -> anyhow::Result<reqwest::Response> {
         let resp = self
-            .http
-            .get(self.url_of(path))
-            .basic_auth(&self.user, Some(&self.password))
-            .send()
-            .await
-            .with_context(|| format!("cannot reach Slipway at {}", self.url))?;
+            .send_patiently(&reqwest::Method::GET, || {
+                self.http
+                    .get(self.url_of(path))
+                    .basic_auth(&self.user, Some(&self.password))
+            })
+            .await?;
         if !resp.status().is_success() {
             let status = resp.status();
             let text = resp.text().await.unwrap_or_default();
             bail!("{}", error_sentence(&text, status));
         }
         Ok(resp)
+    }
+
+    /// Sends a request; a `GET` answered 503 (the server's database or
+    /// store briefly unavailable: nothing was done) is asked again, with
+    /// backoff, for about 20 seconds before its answer is shown. Other
+    /// methods are sent once: the person decides whether to repeat them.
+    async fn send_patiently(
+        &self,
+        method: &reqwest::Method,
+        make: impl Fn() -> reqwest::RequestBuilder,
+    ) -> anyhow::Result<reqwest::Response> {
+        let mut wait = std::time::Duration::from_millis(500);
+        let mut waited = std::time::Duration::ZERO;
+        loop {
+            let resp = make()
+                .send()
+                .await
+                .with_context(|| format!("cannot reach Slipway at {}", self.url))?;
+            if resp.status() != reqwest::StatusCode::SERVICE_UNAVAILABLE
+                || *method != reqwest::Method::GET
+                || waited >= std::time::Duration::from_secs(20)
+            {
+                return Ok(resp);
+            }
+            tokio::time::sleep(wait).await;
+            waited += wait;
+            wait = (wait * 2).min(std::time::Duration::from_secs(8));
+        }
     }
 
     fn url_of(&self, path: &str) -> String {

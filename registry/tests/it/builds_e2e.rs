@@ -1128,3 +1128,70 @@ with tarfile.open(sys.argv[1]) as src, tarfile.open(sys.argv[2], "w", format=tar
         }
     }
 }
+
+/// A rebuild holds, while it runs, what the previous image cost the
+/// project — not the run image's layers, which the `platform` project
+/// holds and which cost tools nothing: a project whose quota fits its
+/// image twice (and not the run image) builds again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rebuild_reserves_what_the_image_costs_not_the_free_run_image() {
+    let env = env_with_stack("tiny", |_| {}).await;
+    env.server.create_project("tool-full", true).await;
+    let token = env.build_token("tool-full", "ci").await;
+    let dir = tempfile::tempdir().unwrap();
+    let repo = dir.path().join("site");
+    git_repo(&repo, &[("public/index.html", "<h1>one</h1>\n")]);
+    let source = json!({"source_url": format!("file://{}", repo.display()), "ref": "main", "image_name": "site"});
+    let b = build(&env, "tool-full", &token, source.clone()).await;
+    assert_eq!(b["state"], "succeeded", "{b}");
+    let usage = async |env: &Env| {
+        env.api(
+            Method::GET,
+            "/api/v1/projects/tool-full/usage",
+            Some(&env.admin()),
+            None,
+        )
+        .await
+        .1
+    };
+    let used = usage(&env).await["used_bytes"].as_u64().unwrap();
+    let (_, run) = manifest(&env, "platform/run", "tiny").await;
+    let run_bytes: u64 = run["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["size"].as_u64().unwrap())
+        .sum();
+    let quota = 2 * used + 200 * 1024;
+    assert!(
+        used + used + run_bytes > quota,
+        "the run image ({run_bytes} bytes) must not fit beside the image ({used} bytes)"
+    );
+    let (s, v) = env
+        .api(
+            Method::PATCH,
+            "/api/v1/projects/tool-full",
+            Some(&env.admin()),
+            Some(json!({"quota_bytes": quota})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    std::fs::write(repo.join("public/index.html"), "<h1>two</h1>\n").unwrap();
+    for args in [&["add", "-A"][..], &["commit", "-q", "-m", "two"]] {
+        let out = Command::new("git")
+            .args(args)
+            .current_dir(&repo)
+            .env("GIT_AUTHOR_NAME", "t")
+            .env("GIT_AUTHOR_EMAIL", "t@example.org")
+            .env("GIT_COMMITTER_NAME", "t")
+            .env("GIT_COMMITTER_EMAIL", "t@example.org")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "git {args:?}");
+    }
+    let b = build(&env, "tool-full", &token, source).await;
+    assert_eq!(b["state"], "succeeded", "{b}");
+    let after = usage(&env).await;
+    assert_eq!(after["reserved_bytes"], 0, "{after}");
+    assert!(after["used_bytes"].as_u64().unwrap() <= quota, "{after}");
+}

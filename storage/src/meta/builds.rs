@@ -408,6 +408,7 @@ impl Metadata {
         reason: Option<&str>,
         digest: Option<&str>,
     ) -> Result<bool> {
+        let mut tx = self.write.begin().await?;
         let n = sqlx::query(
             "UPDATE builds SET state = $1, reason = $2, image_digest = $3, finished_at = $4 \
              WHERE id = $5 AND state IN ('pending', 'running')",
@@ -417,9 +418,16 @@ impl Metadata {
         .bind(digest)
         .bind(now_ms())
         .bind(id)
-        .execute(&self.write)
+        .execute(&mut *tx)
         .await?
         .rows_affected();
+        // An ended build holds no quota, whoever ended it (its worker, a
+        // reaper after its process died).
+        sqlx::query("DELETE FROM reservations WHERE digest = $1")
+            .bind(format!("build:{id}"))
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
         Ok(n == 1)
     }
 
@@ -477,17 +485,28 @@ impl Metadata {
     }
 
     /// Fails the running builds of `worker` (its process restarted).
+    /// Their quota reservations go with them.
     pub async fn builds_fail_worker(&self, worker: &str, reason: &str) -> Result<u64> {
-        Ok(sqlx::query(
+        let mut tx = self.write.begin().await?;
+        sqlx::query(
+            "DELETE FROM reservations WHERE digest IN \
+             (SELECT 'build:' || id FROM builds WHERE worker = $1 AND state = 'running')",
+        )
+        .bind(worker)
+        .execute(&mut *tx)
+        .await?;
+        let n = sqlx::query(
             "UPDATE builds SET state = 'failed', reason = $1, finished_at = $2 \
              WHERE worker = $3 AND state = 'running'",
         )
         .bind(reason)
         .bind(now_ms())
         .bind(worker)
-        .execute(&self.write)
+        .execute(&mut *tx)
         .await?
-        .rows_affected())
+        .rows_affected();
+        tx.commit().await?;
+        Ok(n)
     }
 
     /// Deletes a finished build and its log.

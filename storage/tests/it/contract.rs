@@ -1097,6 +1097,15 @@ async fn the_build_queue(m: &Metadata) {
     // the worker is the caller's own (alive while the caller runs).
     let b1_worker = m.build_get("tool-b", "b1").await.unwrap().unwrap().worker;
     let own = vec![b1_worker.clone().unwrap()];
+    // b1 holds quota for its export; whoever ends it releases that.
+    m.build_reserve("tool-b", "b1", 1000, 3_600_000)
+        .await
+        .unwrap();
+    let reserved = |m: &Metadata| {
+        let m = m.clone();
+        async move { m.usage("tool-b").await.unwrap().unwrap().reserved_bytes }
+    };
+    assert_eq!(reserved(m).await, 1000);
     assert_eq!(
         m.builds_fail_stale(
             slipway_storage::meta::now_ms() + 1,
@@ -1121,6 +1130,28 @@ async fn the_build_queue(m: &Metadata) {
     assert_eq!(
         (b1.state.as_str(), b1.reason.as_deref()),
         ("failed", Some("the worker stopped"))
+    );
+    assert_eq!(reserved(m).await, 0, "a failed build holds no quota");
+    // A process that restarts fails its builds, and their reservations go.
+    m.build_insert(&build_record("b2", "tool-b"), 2)
+        .await
+        .unwrap();
+    let b2 = m.build_claim("w9", 1).await.unwrap().unwrap();
+    assert_eq!(b2.id, "b2");
+    m.build_reserve("tool-b", "b2", 500, 3_600_000)
+        .await
+        .unwrap();
+    assert_eq!(reserved(m).await, 500);
+    assert_eq!(
+        m.builds_fail_worker(b2.worker.as_deref().unwrap(), "restarted")
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(
+        reserved(m).await,
+        0,
+        "a restart's failed builds hold no quota"
     );
     assert!(
         m.build_get("tool-a", "b1").await.unwrap().is_none(),
