@@ -210,6 +210,42 @@ const TABLES: &[(&str, &[(&str, Col)])] = &[
             ("git_before", OptText),
         ],
     ),
+    (
+        "people",
+        &[
+            ("name", Text),
+            ("created_at", Int),
+            ("created_by", Text),
+            ("is_admin", Int),
+            ("disabled", Int),
+            ("checked_at", OptInt),
+            ("last_sign_in", OptInt),
+        ],
+    ),
+    (
+        "memberships",
+        &[
+            ("person", Text),
+            ("project", Text),
+            ("role", Text),
+            ("source", Text),
+            ("granted_at", Int),
+        ],
+    ),
+    (
+        "personal_tokens",
+        &[
+            ("id", Text),
+            ("person", Text),
+            ("name", Text),
+            ("secret_hash", Text),
+            ("project", OptText),
+            ("pull_only", Int),
+            ("created_at", Int),
+            ("expires_at", OptInt),
+            ("last_used_at", OptInt),
+        ],
+    ),
 ];
 
 /// What was copied.

@@ -407,6 +407,8 @@ impl Metadata {
             "DELETE FROM triggers WHERE project = $1",
             "DELETE FROM project_secrets WHERE project = $1",
             "DELETE FROM build_tokens WHERE project = $1",
+            "DELETE FROM memberships WHERE project = $1",
+            "DELETE FROM personal_tokens WHERE project = $1",
         ] {
             sqlx::query(sql).bind(name).execute(&mut *tx).await?;
         }

@@ -1854,3 +1854,171 @@ async fn triggers_deliveries_and_retention(m: &Metadata) {
     removed.sort();
     assert_eq!(removed, ["m1"]);
 }
+
+contract!(people_roles_and_personal_tokens);
+/// People named before they sign in, roles from two sources (the strongest
+/// wins), the directory's rows replaced at each look while the admin's
+/// stay, and personal tokens.
+async fn people_roles_and_personal_tokens(m: &Metadata) {
+    use slipway_storage::meta::{PersonalToken, Role, SOURCE_ADMIN, SOURCE_DIRECTORY};
+    m.project_create("tool-x", false, None, false)
+        .await
+        .unwrap();
+    m.project_create("tool-y", false, None, false)
+        .await
+        .unwrap();
+    // The admin names alice as a maintainer of tool-x before she signs in.
+    assert!(
+        m.membership_grant("alice", "tool-x", Role::Maintainer, SOURCE_ADMIN)
+            .await
+            .unwrap()
+    );
+    let alice = m.person_get("alice").await.unwrap().unwrap();
+    assert_eq!(
+        (
+            alice.created_by.as_str(),
+            alice.is_admin,
+            alice.last_sign_in
+        ),
+        ("admin", false, None)
+    );
+    assert!(
+        !m.membership_grant("alice", "tool-none", Role::Guest, SOURCE_ADMIN)
+            .await
+            .unwrap(),
+        "no membership of a project that does not exist"
+    );
+    assert_eq!(
+        m.role_of("alice", "tool-x").await.unwrap(),
+        Some(Role::Maintainer)
+    );
+    assert_eq!(m.role_of("alice", "tool-y").await.unwrap(), None);
+    // The directory: guest of tool-x (weaker: the admin's grant wins),
+    // developer of tool-y, and a group for a project that does not exist.
+    let unknown = m
+        .directory_sync(
+            "alice",
+            true,
+            &[
+                ("tool-x".into(), Role::Guest),
+                ("tool-y".into(), Role::Developer),
+                ("tool-gone".into(), Role::Maintainer),
+            ],
+            1000,
+        )
+        .await
+        .unwrap();
+    assert_eq!(unknown, vec!["tool-gone".to_string()]);
+    assert_eq!(
+        m.role_of("alice", "tool-x").await.unwrap(),
+        Some(Role::Maintainer)
+    );
+    assert_eq!(
+        m.role_of("alice", "tool-y").await.unwrap(),
+        Some(Role::Developer)
+    );
+    let alice = m.person_get("alice").await.unwrap().unwrap();
+    assert!(alice.is_admin);
+    assert_eq!(alice.checked_at, Some(1000));
+    assert_eq!(m.memberships_of("alice").await.unwrap().len(), 3);
+    // Removed from the groups (and the admin group): the directory's rows
+    // go, the admin's stay.
+    m.directory_sync("alice", false, &[], 2000).await.unwrap();
+    assert_eq!(m.role_of("alice", "tool-y").await.unwrap(), None);
+    assert_eq!(
+        m.role_of("alice", "tool-x").await.unwrap(),
+        Some(Role::Maintainer)
+    );
+    assert!(!m.person_get("alice").await.unwrap().unwrap().is_admin);
+    // The directory names bob, who has never signed in.
+    m.directory_sync("bob", false, &[("tool-y".into(), Role::Maintainer)], 3000)
+        .await
+        .unwrap();
+    let members: Vec<(String, Role, String)> = m
+        .members_of("tool-y")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|x| (x.person, x.role, x.source))
+        .collect();
+    assert_eq!(
+        members,
+        vec![("bob".into(), Role::Maintainer, SOURCE_DIRECTORY.into())]
+    );
+    assert!(
+        m.membership_revoke("alice", "tool-x", SOURCE_ADMIN)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !m.membership_revoke("alice", "tool-x", SOURCE_ADMIN)
+            .await
+            .unwrap()
+    );
+    assert_eq!(m.role_of("alice", "tool-x").await.unwrap(), None);
+    // A disabled person has no role anywhere.
+    assert!(m.person_set_disabled("bob", true).await.unwrap());
+    assert_eq!(m.role_of("bob", "tool-y").await.unwrap(), None);
+    assert!(m.person_set_disabled("bob", false).await.unwrap());
+    assert!(!m.person_set_disabled("nobody", true).await.unwrap());
+    assert_eq!(
+        m.people()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|p| p.name)
+            .collect::<Vec<_>>(),
+        vec!["alice", "bob"]
+    );
+
+    // Personal tokens: unique names per person, listed newest first,
+    // revocable only by their person's id, gone with the project they are
+    // limited to.
+    let t = |id: &str, name: &str, project: Option<&str>, at: i64| PersonalToken {
+        id: id.into(),
+        person: "bob".into(),
+        name: name.into(),
+        secret_hash: format!("$argon2id$fake${id}"),
+        project: project.map(str::to_owned),
+        pull_only: project.is_some(),
+        created_at: at,
+        expires_at: Some(at + 90 * 86_400_000),
+        last_used_at: None,
+    };
+    m.token_create(&t("p1", "laptop", None, 10)).await.unwrap();
+    m.token_create(&t("p2", "ci", Some("tool-y"), 20))
+        .await
+        .unwrap();
+    assert!(matches!(
+        m.token_create(&t("p3", "laptop", None, 30)).await,
+        Err(StorageError::Conflict(_))
+    ));
+    let listed: Vec<String> = m
+        .tokens_of("bob")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|t| t.id)
+        .collect();
+    assert_eq!(listed, vec!["p2", "p1"]);
+    let p2 = m.token_get("p2").await.unwrap().unwrap();
+    assert_eq!(p2, t("p2", "ci", Some("tool-y"), 20));
+    assert!(!p2.expired(20) && p2.expired(20 + 90 * 86_400_000));
+    m.token_used("p1", 99).await.unwrap();
+    assert_eq!(
+        m.token_get("p1").await.unwrap().unwrap().last_used_at,
+        Some(99)
+    );
+    assert!(
+        !m.token_delete("alice", "p1").await.unwrap(),
+        "only bob's own"
+    );
+    assert!(m.token_delete("bob", "p1").await.unwrap());
+    assert!(m.token_get("p1").await.unwrap().is_none());
+    m.project_delete("tool-y").await.unwrap();
+    assert!(
+        m.token_get("p2").await.unwrap().is_none(),
+        "gone with its project"
+    );
+    assert!(m.members_of("tool-y").await.unwrap().is_empty());
+}

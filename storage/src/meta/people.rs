@@ -1,0 +1,455 @@
+//! People, their roles in projects, and their personal access tokens.
+//!
+//! A person is named by the admin or by the directory (LDAP, OpenID
+//! Connect), before or after they first sign in. Each membership row has a
+//! source: `admin` rows are the admin's grants and stay until the admin
+//! revokes them; `directory` rows are replaced wholesale every time the
+//! directory is asked ([`Metadata::directory_sync`]), so that a person
+//! removed from a group loses the project without anyone touching Slipway.
+//! The effective role is the strongest of a person's rows for a project.
+
+use sqlx::Row;
+
+use super::{Metadata, now_ms};
+use crate::error::{Result, StorageError};
+
+/// A role in a project, weakest first (so `max` is the strongest).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Role {
+    /// Pulls private images, reads build status.
+    Guest,
+    /// Also starts and cancels builds, reads their logs.
+    Developer,
+    /// Also manages triggers, build tokens, robots, secrets and retention;
+    /// sees usage and audit. Never the quota or the visibility.
+    Maintainer,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Guest => "guest",
+            Role::Developer => "developer",
+            Role::Maintainer => "maintainer",
+        }
+    }
+
+    /// `maintainer`, `developer` or `guest`.
+    pub fn parse(s: &str) -> Option<Role> {
+        match s {
+            "guest" => Some(Role::Guest),
+            "developer" => Some(Role::Developer),
+            "maintainer" => Some(Role::Maintainer),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Where a membership comes from.
+pub const SOURCE_ADMIN: &str = "admin";
+pub const SOURCE_DIRECTORY: &str = "directory";
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Person {
+    pub name: String,
+    pub created_at: i64,
+    /// `admin` or `directory`.
+    pub created_by: String,
+    /// In the directory's admin group when it was last asked.
+    pub is_admin: bool,
+    pub disabled: bool,
+    pub checked_at: Option<i64>,
+    pub last_sign_in: Option<i64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Membership {
+    pub person: String,
+    pub project: String,
+    pub role: Role,
+    pub source: String,
+    pub granted_at: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PersonalToken {
+    pub id: String,
+    pub person: String,
+    pub name: String,
+    pub secret_hash: String,
+    /// Limited to this project; `None`: every project of the person.
+    pub project: Option<String>,
+    pub pull_only: bool,
+    pub created_at: i64,
+    pub expires_at: Option<i64>,
+    pub last_used_at: Option<i64>,
+}
+
+impl PersonalToken {
+    pub fn expired(&self, now_ms: i64) -> bool {
+        self.expires_at.is_some_and(|e| e <= now_ms)
+    }
+}
+
+const PERSON_COLUMNS: &str =
+    "name, created_at, created_by, is_admin, disabled, checked_at, last_sign_in";
+const TOKEN_COLUMNS: &str = "id, person, name, secret_hash, project, pull_only, created_at, \
+                             expires_at, last_used_at";
+
+fn person(r: &sqlx::any::AnyRow) -> Person {
+    Person {
+        name: r.get(0),
+        created_at: r.get(1),
+        created_by: r.get(2),
+        is_admin: r.get::<i64, _>(3) != 0,
+        disabled: r.get::<i64, _>(4) != 0,
+        checked_at: r.get(5),
+        last_sign_in: r.get(6),
+    }
+}
+
+fn membership(r: &sqlx::any::AnyRow) -> Result<Membership> {
+    let role: String = r.get(2);
+    Ok(Membership {
+        person: r.get(0),
+        project: r.get(1),
+        role: Role::parse(&role)
+            .ok_or_else(|| StorageError::Corrupt(format!("a membership has role {role:.40}")))?,
+        source: r.get(3),
+        granted_at: r.get(4),
+    })
+}
+
+fn token(r: &sqlx::any::AnyRow) -> PersonalToken {
+    PersonalToken {
+        id: r.get(0),
+        person: r.get(1),
+        name: r.get(2),
+        secret_hash: r.get(3),
+        project: r.get(4),
+        pull_only: r.get::<i64, _>(5) != 0,
+        created_at: r.get(6),
+        expires_at: r.get(7),
+        last_used_at: r.get(8),
+    }
+}
+
+impl Metadata {
+    /// The person, created (by `created_by`) if not yet named.
+    pub async fn person_ensure(&self, name: &str, created_by: &str) -> Result<Person> {
+        sqlx::query(
+            "INSERT INTO people (name, created_at, created_by, is_admin, disabled) \
+             VALUES ($1, $2, $3, 0, 0) ON CONFLICT (name) DO NOTHING",
+        )
+        .bind(name)
+        .bind(now_ms())
+        .bind(created_by)
+        .execute(&self.write)
+        .await?;
+        self.person_get_from(name, &self.write)
+            .await?
+            .ok_or_else(|| StorageError::Corrupt("a person vanished after being named".into()))
+    }
+
+    pub async fn person_get(&self, name: &str) -> Result<Option<Person>> {
+        self.person_get_from(name, &self.read).await
+    }
+
+    async fn person_get_from(&self, name: &str, pool: &sqlx::AnyPool) -> Result<Option<Person>> {
+        let sql = format!("SELECT {PERSON_COLUMNS} FROM people WHERE name = $1");
+        Ok(sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(name)
+            .fetch_optional(pool)
+            .await?
+            .as_ref()
+            .map(person))
+    }
+
+    /// Everyone named, by name.
+    pub async fn people(&self) -> Result<Vec<Person>> {
+        let sql = format!("SELECT {PERSON_COLUMNS} FROM people ORDER BY name");
+        Ok(sqlx::query(sqlx::AssertSqlSafe(sql))
+            .fetch_all(&self.read)
+            .await?
+            .iter()
+            .map(person)
+            .collect())
+    }
+
+    /// Disables (or enables again) a person: a disabled person signs in
+    /// nowhere and their tokens open nothing. False when not named.
+    pub async fn person_set_disabled(&self, name: &str, disabled: bool) -> Result<bool> {
+        Ok(
+            sqlx::query("UPDATE people SET disabled = $1 WHERE name = $2")
+                .bind(disabled as i64)
+                .bind(name)
+                .execute(&self.write)
+                .await?
+                .rows_affected()
+                == 1,
+        )
+    }
+
+    /// Records a sign-in.
+    pub async fn person_signed_in(&self, name: &str, at: i64) -> Result<()> {
+        sqlx::query("UPDATE people SET last_sign_in = $1 WHERE name = $2")
+            .bind(at)
+            .bind(name)
+            .execute(&self.write)
+            .await?;
+        Ok(())
+    }
+
+    /// Grants `role` in `project` from `source` (the person is named if
+    /// not yet); replaces that source's earlier grant there. False (and
+    /// nothing written) when the project does not exist.
+    pub async fn membership_grant(
+        &self,
+        person: &str,
+        project: &str,
+        role: Role,
+        source: &str,
+    ) -> Result<bool> {
+        let mut tx = self.write.begin().await?;
+        let now = now_ms();
+        sqlx::query(
+            "INSERT INTO people (name, created_at, created_by, is_admin, disabled) \
+             VALUES ($1, $2, $3, 0, 0) ON CONFLICT (name) DO NOTHING",
+        )
+        .bind(person)
+        .bind(now)
+        .bind(source)
+        .execute(&mut *tx)
+        .await?;
+        if sqlx::query("SELECT 1 FROM projects WHERE name = $1")
+            .bind(project)
+            .fetch_optional(&mut *tx)
+            .await?
+            .is_none()
+        {
+            return Ok(false);
+        }
+        sqlx::query(
+            "INSERT INTO memberships (person, project, role, source, granted_at) \
+             VALUES ($1, $2, $3, $4, $5) ON CONFLICT (person, project, source) \
+             DO UPDATE SET role = excluded.role, granted_at = excluded.granted_at",
+        )
+        .bind(person)
+        .bind(project)
+        .bind(role.as_str())
+        .bind(source)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    /// Removes `source`'s grant of `project` to `person`; false when there
+    /// was none.
+    pub async fn membership_revoke(
+        &self,
+        person: &str,
+        project: &str,
+        source: &str,
+    ) -> Result<bool> {
+        Ok(sqlx::query(
+            "DELETE FROM memberships WHERE person = $1 AND project = $2 AND source = $3",
+        )
+        .bind(person)
+        .bind(project)
+        .bind(source)
+        .execute(&self.write)
+        .await?
+        .rows_affected()
+            == 1)
+    }
+
+    /// A person's membership rows, by project then source.
+    pub async fn memberships_of(&self, person: &str) -> Result<Vec<Membership>> {
+        sqlx::query(
+            "SELECT person, project, role, source, granted_at FROM memberships \
+             WHERE person = $1 ORDER BY project, source",
+        )
+        .bind(person)
+        .fetch_all(&self.read)
+        .await?
+        .iter()
+        .map(membership)
+        .collect()
+    }
+
+    /// A project's membership rows, by person then source.
+    pub async fn members_of(&self, project: &str) -> Result<Vec<Membership>> {
+        sqlx::query(
+            "SELECT person, project, role, source, granted_at FROM memberships \
+             WHERE project = $1 ORDER BY person, source",
+        )
+        .bind(project)
+        .fetch_all(&self.read)
+        .await?
+        .iter()
+        .map(membership)
+        .collect()
+    }
+
+    /// A person's effective role in a project: the strongest of its rows;
+    /// `None` for no row, or a disabled person.
+    pub async fn role_of(&self, person: &str, project: &str) -> Result<Option<Role>> {
+        let rows = sqlx::query(
+            "SELECT m.role FROM memberships m JOIN people p ON p.name = m.person \
+             WHERE m.person = $1 AND m.project = $2 AND p.disabled = 0",
+        )
+        .bind(person)
+        .bind(project)
+        .fetch_all(&self.read)
+        .await?;
+        Ok(rows
+            .iter()
+            .filter_map(|r| Role::parse(&r.get::<String, _>(0)))
+            .max())
+    }
+
+    /// What the directory says now about `person`: whether they are in the
+    /// admin group, and the projects their groups grant. In one
+    /// transaction, the person's `directory` rows become exactly `grants`
+    /// (projects that do not exist are left out and returned), and
+    /// `is_admin` and `checked_at` are set; `admin` rows are left alone.
+    pub async fn directory_sync(
+        &self,
+        person: &str,
+        is_admin: bool,
+        grants: &[(String, Role)],
+        at: i64,
+    ) -> Result<Vec<String>> {
+        let mut tx = self.write.begin().await?;
+        sqlx::query(
+            "INSERT INTO people (name, created_at, created_by, is_admin, disabled) \
+             VALUES ($1, $2, $3, 0, 0) ON CONFLICT (name) DO NOTHING",
+        )
+        .bind(person)
+        .bind(at)
+        .bind(SOURCE_DIRECTORY)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("UPDATE people SET is_admin = $1, checked_at = $2 WHERE name = $3")
+            .bind(is_admin as i64)
+            .bind(at)
+            .bind(person)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("DELETE FROM memberships WHERE person = $1 AND source = $2")
+            .bind(person)
+            .bind(SOURCE_DIRECTORY)
+            .execute(&mut *tx)
+            .await?;
+        let mut unknown = Vec::new();
+        for (project, role) in grants {
+            let exists = sqlx::query("SELECT 1 FROM projects WHERE name = $1")
+                .bind(project)
+                .fetch_optional(&mut *tx)
+                .await?
+                .is_some();
+            if !exists {
+                unknown.push(project.clone());
+                continue;
+            }
+            sqlx::query(
+                "INSERT INTO memberships (person, project, role, source, granted_at) \
+                 VALUES ($1, $2, $3, $4, $5) ON CONFLICT (person, project, source) \
+                 DO UPDATE SET role = excluded.role",
+            )
+            .bind(person)
+            .bind(project)
+            .bind(role.as_str())
+            .bind(SOURCE_DIRECTORY)
+            .bind(at)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(unknown)
+    }
+
+    /// Stores a new personal token; a conflict when the person has one of
+    /// that name.
+    pub async fn token_create(&self, t: &PersonalToken) -> Result<()> {
+        let n = sqlx::query(
+            "INSERT INTO personal_tokens (id, person, name, secret_hash, project, pull_only, \
+             created_at, expires_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
+             ON CONFLICT (person, name) DO NOTHING",
+        )
+        .bind(&t.id)
+        .bind(&t.person)
+        .bind(&t.name)
+        .bind(&t.secret_hash)
+        .bind(&t.project)
+        .bind(t.pull_only as i64)
+        .bind(t.created_at)
+        .bind(t.expires_at)
+        .execute(&self.write)
+        .await?
+        .rows_affected();
+        if n == 0 {
+            return Err(StorageError::Conflict(format!(
+                "{} already has a token named {}",
+                t.person, t.name
+            )));
+        }
+        Ok(())
+    }
+
+    pub async fn token_get(&self, id: &str) -> Result<Option<PersonalToken>> {
+        let sql = format!("SELECT {TOKEN_COLUMNS} FROM personal_tokens WHERE id = $1");
+        Ok(sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(id)
+            .fetch_optional(&self.read)
+            .await?
+            .as_ref()
+            .map(token))
+    }
+
+    /// A person's tokens, newest first.
+    pub async fn tokens_of(&self, person: &str) -> Result<Vec<PersonalToken>> {
+        let sql = format!(
+            "SELECT {TOKEN_COLUMNS} FROM personal_tokens WHERE person = $1 \
+             ORDER BY created_at DESC, id"
+        );
+        Ok(sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(person)
+            .fetch_all(&self.read)
+            .await?
+            .iter()
+            .map(token)
+            .collect())
+    }
+
+    /// Revokes a person's token; false when they have none of that id.
+    pub async fn token_delete(&self, person: &str, id: &str) -> Result<bool> {
+        Ok(
+            sqlx::query("DELETE FROM personal_tokens WHERE person = $1 AND id = $2")
+                .bind(person)
+                .bind(id)
+                .execute(&self.write)
+                .await?
+                .rows_affected()
+                == 1,
+        )
+    }
+
+    /// Records a token's use.
+    pub async fn token_used(&self, id: &str, at: i64) -> Result<()> {
+        sqlx::query("UPDATE personal_tokens SET last_used_at = $1 WHERE id = $2")
+            .bind(at)
+            .bind(id)
+            .execute(&self.write)
+            .await?;
+        Ok(())
+    }
+}
