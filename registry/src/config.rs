@@ -30,6 +30,119 @@ pub struct Config {
     pub tls: TlsConfig,
 }
 
+/// An LDAP directory: people bind as themselves; their groups are found by
+/// searching for groups that list them (`member=<DN>`, or `memberUid=<uid>`
+/// for posixGroup-only directories), never by `memberOf` alone.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LdapConfig {
+    /// `ldaps://host` or `ldap://host` (then with `starttls`, unless
+    /// `allow_plain`); empty: no LDAP.
+    pub url: String,
+    /// Upgrade an `ldap://` connection with StartTLS.
+    pub starttls: bool,
+    /// Allow `ldap://` without StartTLS: passwords cross the network in the
+    /// clear. Only for a directory on the same host.
+    pub allow_plain: bool,
+    /// PEM: authorities for the directory's certificate besides the
+    /// system's. Empty: the system's.
+    pub ca_file: PathBuf,
+    /// A service account that searches people and groups; empty: the
+    /// person's DN comes from `user_dn_template` and the searches run bound
+    /// as the person.
+    pub bind_dn: String,
+    pub bind_password: Secret,
+    /// Where people are (searched with `user_filter`).
+    pub user_base: String,
+    /// `{user}` is the escaped username.
+    pub user_filter: String,
+    /// `uid={user},ou=people,dc=example,dc=org`: the DN without a search.
+    pub user_dn_template: String,
+    /// Where groups are.
+    pub group_base: String,
+    /// A group's DN for a tool: `cn=tools.{tool},ou=servicegroups,…`.
+    pub group_pattern: String,
+    /// The project a tool's group grants: `tool-{tool}`.
+    pub project_pattern: String,
+    /// The group whose members administer Slipway; empty: none.
+    pub admin_group: String,
+    /// The role a group grants: `maintainer`, `developer` or `guest`.
+    pub group_role: String,
+}
+
+impl Default for LdapConfig {
+    fn default() -> Self {
+        LdapConfig {
+            url: String::new(),
+            starttls: false,
+            allow_plain: false,
+            ca_file: PathBuf::new(),
+            bind_dn: String::new(),
+            bind_password: Secret::default(),
+            user_base: String::new(),
+            user_filter: "(uid={user})".into(),
+            user_dn_template: String::new(),
+            group_base: String::new(),
+            group_pattern: String::new(),
+            project_pattern: "{tool}".into(),
+            admin_group: String::new(),
+            group_role: "maintainer".into(),
+        }
+    }
+}
+
+impl LdapConfig {
+    pub fn enabled(&self) -> bool {
+        !self.url.is_empty()
+    }
+
+    /// Not yet part of [`Config`]: sign-in through the directory is being
+    /// built (the `[identity.ldap]` section will be checked with this).
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if !self.enabled() {
+            return Ok(());
+        }
+        let bad = |m: String| Err(ConfigError(format!("identity.ldap: {m}")));
+        if !(self.url.starts_with("ldaps://") || self.url.starts_with("ldap://")) {
+            return bad(format!(
+                "url must start with ldaps:// or ldap:// (got {:.100})",
+                self.url
+            ));
+        }
+        if self.url.starts_with("ldap://") && !self.starttls && !self.allow_plain {
+            return bad(
+                "an ldap:// url sends passwords in the clear: set starttls = true, \
+                 use ldaps://, or (for a directory on this host only) allow_plain = true"
+                    .into(),
+            );
+        }
+        if self.user_dn_template.is_empty() && self.user_base.is_empty() {
+            return bad("set user_base (people are searched) or user_dn_template".into());
+        }
+        if !self.user_dn_template.is_empty() && !self.user_dn_template.contains("{user}") {
+            return bad("user_dn_template must contain {user}".into());
+        }
+        if !self.user_filter.contains("{user}") {
+            return bad("user_filter must contain {user}".into());
+        }
+        if self.group_base.is_empty() {
+            return bad("set group_base (where groups are searched)".into());
+        }
+        if !self.group_pattern.is_empty()
+            && (!self.group_pattern.contains("{tool}") || !self.project_pattern.contains("{tool}"))
+        {
+            return bad("group_pattern and project_pattern must both contain {tool}".into());
+        }
+        if slipway_storage::meta::Role::parse(&self.group_role).is_none() {
+            return bad(format!(
+                "group_role must be maintainer, developer or guest (got {:.40})",
+                self.group_role
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// How the server sees its clients.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]

@@ -11,6 +11,7 @@ pub mod backup;
 pub mod builds;
 pub mod config;
 pub mod error;
+pub mod identity;
 pub mod manifest;
 pub mod rebase;
 pub mod server;

@@ -3,8 +3,10 @@
 //! adds the `slipway` user, `/var/lib/slipway` and the conffile; the unit's
 //! `ExecStart` line, run as the `slipway` user with the unit's
 //! `NoNewPrivileges=yes` and empty `CapabilityBoundingSet=` (by `setpriv`:
-//! these machines have no systemd), serves a push and a pull by skopeo;
-//! `dpkg -r` removes the program and keeps the data and the configuration.
+//! these machines have no systemd), serves a push and a pull by skopeo and
+//! runs a build on the tiny stack — the sandbox (bubblewrap in fresh user
+//! namespaces) works without privileges or capabilities; `dpkg -r` removes
+//! the program and keeps the data and the configuration.
 //!
 //! It changes the machine: the package is purged before and after, the
 //! `slipway` user stays (as after a real purge).
@@ -122,6 +124,10 @@ async fn the_debian_package_installs_serves_a_pull_and_keeps_the_data_on_remove(
         .env_clear()
         .env("PATH", "/usr/bin:/bin")
         .env("SLIPWAY_LISTEN", format!("127.0.0.1:{port}"))
+        // What the test's build needs besides the packaged configuration:
+        // a source on this machine, and the tiny stack's builder.
+        .env("SLIPWAY_BUILDS__ALLOW_LOCAL_SOURCES", "true")
+        .env("SLIPWAY_BUILDS__DEFAULT_BUILDER", "platform/builder:tiny")
         .stdout(log.try_clone().unwrap())
         .stderr(log)
         .spawn()
@@ -205,6 +211,9 @@ async fn the_debian_package_installs_serves_a_pull_and_keeps_the_data_on_remove(
     let owner = sh(Command::new("stat").args(["-c", "%U", "/var/lib/slipway/slipway.db"]));
     assert_eq!(owner.trim(), "slipway");
 
+    // A build, by the server running as the unit runs it.
+    build_under_the_unit(&http, &base, &auth, password.trim(), out.path()).await;
+
     // SIGTERM, as systemctl stop sends it.
     sh(Command::new("kill").args(["-TERM", &server.id().to_string()]));
     let status = server.wait().unwrap();
@@ -224,4 +233,90 @@ async fn the_debian_package_installs_serves_a_pull_and_keeps_the_data_on_remove(
         "dpkg -r keeps the configuration"
     );
     purge();
+}
+
+/// The tiny stack pushed by the packaged CLI, then a static site built by
+/// the packaged server (as `slipway`, without privileges): it succeeds and
+/// its image is pulled by skopeo.
+async fn build_under_the_unit(
+    http: &reqwest::Client,
+    base: &str,
+    auth: &str,
+    password: &str,
+    out: &Path,
+) {
+    let r = http
+        .post(format!("{base}/api/v1/projects"))
+        .header("authorization", auth)
+        .json(&json!({"name": "platform", "public": true}))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "{:?}", r.text().await);
+    sh(Command::new("/usr/bin/slipway")
+        .args(["admin", "stack", "build", "tiny", "--cache-dir"])
+        .arg(crate::builds_e2e::stacks_dir())
+        .env("SLIPWAY_URL", base)
+        .env("SLIPWAY_PASSWORD", password));
+    // The source, readable by the service's user (and its own, as git
+    // refuses repositories of other owners).
+    let site = out.join("site");
+    crate::builds::git_repo(
+        &site,
+        &[("public/index.html", "<h1>from the package</h1>\n")],
+    );
+    sh(Command::new("chmod").args(["755"]).arg(out));
+    sh(Command::new("chown")
+        .args(["-R", "slipway:slipway"])
+        .arg(&site));
+    let r = http
+        .post(format!("{base}/api/v1/projects/tool-deb/builds"))
+        .header("authorization", auth)
+        .json(&json!({"source_url": format!("file://{}", site.display()), "ref": "main", "image_name": "site"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), reqwest::StatusCode::ACCEPTED);
+    let id = r.json::<serde_json::Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let deadline = Instant::now() + Duration::from_secs(300);
+    let build = loop {
+        let b: serde_json::Value = http
+            .get(format!("{base}/api/v1/projects/tool-deb/builds/{id}"))
+            .header("authorization", auth)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if !matches!(b["state"].as_str(), Some("pending" | "running")) {
+            break b;
+        }
+        assert!(Instant::now() < deadline, "the build did not end: {b}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    let log = http
+        .get(format!("{base}/api/v1/projects/tool-deb/builds/{id}/logs"))
+        .header("authorization", auth)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(build["state"], "succeeded", "{build}\n{log}");
+    let digest = build["image_digest"].as_str().unwrap();
+    let raw = sh(Command::new("skopeo").args([
+        "inspect",
+        "--raw",
+        "--tls-verify=false",
+        &format!(
+            "docker://{}/tool-deb/site@{digest}",
+            base.trim_start_matches("http://")
+        ),
+    ]));
+    assert_eq!(sha(raw.as_bytes()), digest);
 }

@@ -1,0 +1,311 @@
+//! People signing in from a directory: a real OpenLDAP `slapd` (Debian's
+//! package; `conformance/test.sh` installs it) started by the test on
+//! loopback, shaped like Toolforge's: people under `ou=people`, each tool a
+//! `groupOfNames` `cn=tools.<tool>,ou=servicegroups` with `member` DNs, the
+//! admins `cn=tools.admin`, and a posixGroup-only group (`memberUid`).
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use slipway_registry::config::{LdapConfig, Secret};
+use slipway_registry::identity::ldap::{Directory, LdapError};
+use slipway_storage::meta::Role;
+
+pub const BASE: &str = "dc=wikimedia,dc=org";
+const ROOT_DN: &str = "cn=admin,dc=wikimedia,dc=org";
+const ROOT_PW: &str = "root-secret";
+
+/// A `slapd` of the test's own, on a free loopback port.
+pub struct Slapd {
+    child: Child,
+    pub url: String,
+    _dir: tempfile::TempDir,
+}
+
+fn run(cmd: &mut Command) {
+    let out = cmd.output().unwrap_or_else(|e| {
+        panic!("cannot run {cmd:?} (conformance/test.sh installs slapd and ldap-utils): {e}")
+    });
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+const PEOPLE: &str = "\
+dn: dc=wikimedia,dc=org
+objectClass: dcObject
+objectClass: organization
+dc: wikimedia
+o: Wikimedia
+
+dn: ou=people,dc=wikimedia,dc=org
+objectClass: organizationalUnit
+ou: people
+
+dn: ou=servicegroups,dc=wikimedia,dc=org
+objectClass: organizationalUnit
+ou: servicegroups
+
+dn: cn=slipway,dc=wikimedia,dc=org
+objectClass: person
+cn: slipway
+sn: service account
+userPassword: service-secret
+
+dn: uid=alice,ou=people,dc=wikimedia,dc=org
+objectClass: inetOrgPerson
+uid: alice
+cn: Alice
+sn: A
+userPassword: alice-secret
+
+dn: uid=bob,ou=people,dc=wikimedia,dc=org
+objectClass: inetOrgPerson
+uid: bob
+cn: Bob
+sn: B
+userPassword: bob-secret
+
+dn: uid=carol,ou=people,dc=wikimedia,dc=org
+objectClass: inetOrgPerson
+uid: carol
+cn: Carol
+sn: C
+userPassword: carol-secret
+
+dn: uid=dave,ou=people,dc=wikimedia,dc=org
+objectClass: inetOrgPerson
+uid: dave
+cn: Dave
+sn: D
+userPassword: dave-secret
+
+dn: cn=tools.x,ou=servicegroups,dc=wikimedia,dc=org
+objectClass: groupOfNames
+cn: tools.x
+member: uid=alice,ou=people,dc=wikimedia,dc=org
+member: uid=dave,ou=people,dc=wikimedia,dc=org
+
+dn: cn=tools.admin,ou=servicegroups,dc=wikimedia,dc=org
+objectClass: groupOfNames
+cn: tools.admin
+member: uid=bob,ou=people,dc=wikimedia,dc=org
+
+dn: cn=tools.y,ou=servicegroups,dc=wikimedia,dc=org
+objectClass: posixGroup
+cn: tools.y
+gidNumber: 5001
+memberUid: carol
+";
+
+impl Slapd {
+    pub fn start() -> Slapd {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        std::fs::create_dir_all(d.join("db")).unwrap();
+        let conf = d.join("slapd.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "include /etc/ldap/schema/core.schema\n\
+                 include /etc/ldap/schema/cosine.schema\n\
+                 include /etc/ldap/schema/nis.schema\n\
+                 include /etc/ldap/schema/inetorgperson.schema\n\
+                 pidfile {d}/slapd.pid\n\
+                 modulepath /usr/lib/ldap\n\
+                 moduleload back_mdb\n\
+                 database mdb\n\
+                 maxsize 10485760\n\
+                 suffix \"{BASE}\"\n\
+                 rootdn \"{ROOT_DN}\"\n\
+                 rootpw {ROOT_PW}\n\
+                 directory {d}/db\n\
+                 access to attrs=userPassword by anonymous auth by self read by * none\n\
+                 access to * by * read\n",
+                d = d.display()
+            ),
+        )
+        .unwrap();
+        let ldif = d.join("people.ldif");
+        std::fs::write(&ldif, PEOPLE).unwrap();
+        run(Command::new("slapadd")
+            .arg("-f")
+            .arg(&conf)
+            .arg("-l")
+            .arg(&ldif));
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let url = format!("ldap://127.0.0.1:{port}");
+        let log = std::fs::File::create(d.join("slapd.log")).unwrap();
+        let child = Command::new("slapd")
+            .arg("-f")
+            .arg(&conf)
+            .arg("-h")
+            .arg(format!("{url}/"))
+            .args(["-d", "0"])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("slapd (Debian package slapd) starts");
+        let mut s = Slapd {
+            child,
+            url,
+            _dir: dir,
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if let Some(status) = s.child.try_wait().unwrap() {
+                panic!(
+                    "slapd exited ({status}): {}",
+                    std::fs::read_to_string(s.log()).unwrap_or_default()
+                );
+            }
+            assert!(Instant::now() < deadline, "slapd did not listen");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        s
+    }
+
+    fn log(&self) -> PathBuf {
+        self._dir.path().join("slapd.log")
+    }
+
+    /// Applies an LDIF change as the directory's root.
+    pub fn modify(&self, ldif: &str) {
+        let file = self._dir.path().join("change.ldif");
+        std::fs::write(&file, ldif).unwrap();
+        run(Command::new("ldapmodify")
+            .args(["-x", "-H", &self.url, "-D", ROOT_DN, "-w", ROOT_PW, "-f"])
+            .arg(&file));
+    }
+}
+
+impl Drop for Slapd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The Toolforge-shaped settings for this directory.
+pub fn toolforge(url: &str) -> LdapConfig {
+    LdapConfig {
+        url: url.to_owned(),
+        allow_plain: true,
+        bind_dn: format!("cn=slipway,{BASE}"),
+        bind_password: Secret::new("service-secret"),
+        user_base: format!("ou=people,{BASE}"),
+        group_base: format!("ou=servicegroups,{BASE}"),
+        group_pattern: format!("cn=tools.{{tool}},ou=servicegroups,{BASE}"),
+        project_pattern: "tool-{tool}".into(),
+        admin_group: format!("cn=tools.admin,ou=servicegroups,{BASE}"),
+        ..LdapConfig::default()
+    }
+}
+
+fn refused(r: Result<slipway_registry::identity::Answer, LdapError>) -> String {
+    match r {
+        Err(e @ (LdapError::Refused | LdapError::InvalidName(_))) => e.to_string(),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ldap_sign_in_maps_groups_to_projects_and_refuses_what_it_must() {
+    let slapd = Slapd::start();
+    let dir = Directory::new(&toolforge(&slapd.url)).unwrap().unwrap();
+
+    // A maintainer of tool-x, found through `member`.
+    let alice = dir.sign_in("alice", "alice-secret").await.unwrap();
+    assert_eq!(alice.dn, format!("uid=alice,ou=people,{BASE}"));
+    assert_eq!(alice.grants, vec![("tool-x".to_string(), Role::Maintainer)]);
+    assert!(!alice.is_admin);
+    // An admin, through the admin group; no tool.
+    let bob = dir.sign_in("bob", "bob-secret").await.unwrap();
+    assert!(bob.is_admin);
+    assert!(bob.grants.is_empty(), "{:?}", bob.grants);
+    // A posixGroup-only group, through `memberUid`.
+    let carol = dir.sign_in("carol", "carol-secret").await.unwrap();
+    assert_eq!(carol.grants, vec![("tool-y".to_string(), Role::Maintainer)]);
+
+    // Refused, each with a sentence: a wrong password, no password (an
+    // unauthenticated bind would succeed), an unknown person, and filter
+    // injection in the username (never sent).
+    let wrong = refused(dir.sign_in("alice", "not-her-password").await);
+    assert_eq!(wrong, "the username or the password is wrong");
+    assert_eq!(refused(dir.sign_in("alice", "").await), wrong);
+    assert_eq!(refused(dir.sign_in("mallory", "x").await), wrong);
+    let injected = refused(dir.sign_in("*)(uid=*", "alice-secret").await);
+    assert!(injected.contains("is not a username"), "{injected}");
+    assert!(refused(dir.sign_in("alice)(|(uid=*", "x").await).contains("is not a username"));
+
+    // Removed from the group in the directory: the next look loses tool-x
+    // (no one touched Slipway).
+    slapd.modify(&format!(
+        "dn: cn=tools.x,ou=servicegroups,{BASE}\nchangetype: modify\ndelete: member\nmember: uid=alice,ou=people,{BASE}\n"
+    ));
+    let now = dir.look_up("alice").await.unwrap().unwrap();
+    assert!(now.grants.is_empty(), "{:?}", now.grants);
+    // And an admin removed from the admin group is no longer one.
+    slapd.modify(&format!(
+        "dn: cn=tools.admin,ou=servicegroups,{BASE}\nchangetype: modify\nreplace: member\nmember: uid=dave,ou=people,{BASE}\n"
+    ));
+    assert!(!dir.look_up("bob").await.unwrap().unwrap().is_admin);
+    assert!(dir.look_up("mallory").await.unwrap().is_none());
+
+    // Without a service account: the DN from the template, groups read as
+    // the person.
+    let mut own = toolforge(&slapd.url);
+    own.bind_dn = String::new();
+    own.bind_password = Secret::default();
+    own.user_dn_template = format!("uid={{user}},ou=people,{BASE}");
+    let own = Directory::new(&own).unwrap().unwrap();
+    let dave = own.sign_in("dave", "dave-secret").await.unwrap();
+    assert!(dave.is_admin);
+    assert_eq!(dave.grants, vec![("tool-x".to_string(), Role::Maintainer)]);
+    assert_eq!(refused(own.sign_in("dave", "wrong").await), wrong);
+}
+
+/// Passwords never cross the network in the clear unless the admin says
+/// so, and the settings are checked.
+#[test]
+fn ldap_settings_are_checked() {
+    let check = |adjust: &dyn Fn(&mut LdapConfig)| {
+        let mut ldap = toolforge("ldap://127.0.0.1:1");
+        adjust(&mut ldap);
+        ldap.validate().err().map(|e| e.sentence())
+    };
+    assert_eq!(check(&|_| {}), None);
+    let plain = check(&|c| c.allow_plain = false).expect("plain ldap:// refused");
+    assert!(plain.contains("in the clear"), "{plain}");
+    assert_eq!(
+        check(&|c| {
+            c.allow_plain = false;
+            c.starttls = true
+        }),
+        None
+    );
+    assert_eq!(
+        check(&|c| {
+            c.allow_plain = false;
+            c.url = "ldaps://ldap.example.org".into()
+        }),
+        None
+    );
+    let scheme = check(&|c| c.url = "http://ldap".into()).unwrap();
+    assert!(scheme.contains("ldaps:// or ldap://"), "{scheme}");
+    let role = check(&|c| c.group_role = "owner".into()).unwrap();
+    assert!(role.contains("maintainer, developer or guest"), "{role}");
+    let pattern = check(&|c| c.group_pattern = "cn=tools,ou=x".into()).unwrap();
+    assert!(pattern.contains("{tool}"), "{pattern}");
+    let base = check(&|c| c.group_base = String::new()).unwrap();
+    assert!(base.contains("group_base"), "{base}");
+}
