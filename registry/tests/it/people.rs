@@ -19,7 +19,10 @@ const ROOT_PW: &str = "root-secret";
 /// A `slapd` of the test's own, on a free loopback port.
 pub struct Slapd {
     child: Child,
+    /// `ldap://127.0.0.1:<port>`.
     pub url: String,
+    /// `ldaps://127.0.0.1:<port>`, when started with a certificate.
+    pub ldaps_url: Option<String>,
     _dir: tempfile::TempDir,
 }
 
@@ -102,16 +105,42 @@ gidNumber: 5001
 memberUid: carol
 ";
 
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 impl Slapd {
     pub fn start() -> Slapd {
+        Slapd::start_with(None)
+    }
+
+    /// With `tls` (certificate and key, PEM): StartTLS on the `ldap://`
+    /// port, and an `ldaps://` port.
+    pub fn start_with(tls: Option<(&str, &str)>) -> Slapd {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
         std::fs::create_dir_all(d.join("db")).unwrap();
         let conf = d.join("slapd.conf");
+        let tls_conf = match tls {
+            Some((cert, key)) => {
+                std::fs::write(d.join("cert.pem"), cert).unwrap();
+                std::fs::write(d.join("key.pem"), key).unwrap();
+                format!(
+                    "TLSCertificateFile {d}/cert.pem\nTLSCertificateKeyFile {d}/key.pem\n",
+                    d = d.display()
+                )
+            }
+            None => String::new(),
+        };
         std::fs::write(
             &conf,
             format!(
-                "include /etc/ldap/schema/core.schema\n\
+                "{tls_conf}\
+                 include /etc/ldap/schema/core.schema\n\
                  include /etc/ldap/schema/cosine.schema\n\
                  include /etc/ldap/schema/nis.schema\n\
                  include /etc/ldap/schema/inetorgperson.schema\n\
@@ -137,18 +166,19 @@ impl Slapd {
             .arg(&conf)
             .arg("-l")
             .arg(&ldif));
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = free_port();
         let url = format!("ldap://127.0.0.1:{port}");
+        let ldaps_url = tls.map(|_| format!("ldaps://127.0.0.1:{}", free_port()));
+        let listen = match &ldaps_url {
+            Some(s) => format!("{url}/ {s}/"),
+            None => format!("{url}/"),
+        };
         let log = std::fs::File::create(d.join("slapd.log")).unwrap();
         let child = Command::new("slapd")
             .arg("-f")
             .arg(&conf)
             .arg("-h")
-            .arg(format!("{url}/"))
+            .arg(&listen)
             .args(["-d", "0"])
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
@@ -158,6 +188,7 @@ impl Slapd {
         let mut s = Slapd {
             child,
             url,
+            ldaps_url,
             _dir: dir,
         };
         let deadline = Instant::now() + Duration::from_secs(20);
@@ -308,4 +339,64 @@ fn ldap_settings_are_checked() {
     assert!(pattern.contains("{tool}"), "{pattern}");
     let base = check(&|c| c.group_base = String::new()).unwrap();
     assert!(base.contains("group_base"), "{base}");
+}
+
+/// Over TLS: StartTLS on `ldap://` and `ldaps://`, with the authority the
+/// test made in `ca_file`; without it (the system's authorities only) the
+/// connection is refused — the directory's certificate is verified.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ldap_over_tls_verifies_the_directory() {
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair, SanType};
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.distinguished_name
+        .push(rcgen::DnType::CommonName, "slipway test directory CA");
+    let ca = CertifiedIssuer::self_signed(ca, KeyPair::generate().unwrap()).unwrap();
+    let mut leaf = CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
+    leaf.subject_alt_names
+        .push(SanType::IpAddress("127.0.0.1".parse().unwrap()));
+    let key = KeyPair::generate().unwrap();
+    let cert = leaf.signed_by(&key, &ca).unwrap();
+    let slapd = Slapd::start_with(Some((&cert.pem(), &key.serialize_pem())));
+    let dir = tempfile::tempdir().unwrap();
+    let ca_file = dir.path().join("ca.pem");
+    std::fs::write(&ca_file, ca.pem()).unwrap();
+
+    let mut starttls = toolforge(&slapd.url);
+    starttls.allow_plain = false;
+    starttls.starttls = true;
+    starttls.ca_file = ca_file.clone();
+    assert_eq!(starttls.validate().err().map(|e| e.sentence()), None);
+    let alice = Directory::new(&starttls)
+        .unwrap()
+        .unwrap()
+        .sign_in("alice", "alice-secret")
+        .await
+        .unwrap();
+    assert_eq!(alice.grants, vec![("tool-x".to_string(), Role::Maintainer)]);
+
+    let mut ldaps = toolforge(slapd.ldaps_url.as_deref().unwrap());
+    ldaps.allow_plain = false;
+    ldaps.ca_file = ca_file;
+    let bob = Directory::new(&ldaps)
+        .unwrap()
+        .unwrap()
+        .sign_in("bob", "bob-secret")
+        .await
+        .unwrap();
+    assert!(bob.is_admin);
+
+    // The same directory, trusting only the system's authorities.
+    ldaps.ca_file = PathBuf::new();
+    match Directory::new(&ldaps)
+        .unwrap()
+        .unwrap()
+        .sign_in("bob", "bob-secret")
+        .await
+    {
+        Err(LdapError::Unavailable(why)) => {
+            assert!(why.to_lowercase().contains("certificate"), "{why}")
+        }
+        other => panic!("an unverified directory was trusted: {other:?}"),
+    }
 }
