@@ -10,6 +10,7 @@
 pub mod audit;
 pub mod builds;
 pub mod images;
+pub mod members;
 pub mod projects;
 pub mod rebase;
 pub mod robots;
@@ -24,7 +25,7 @@ use axum::extract::{ConnectInfo, FromRequestParts};
 use axum::http::request::Parts;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use serde::Serialize;
 use slipway_storage::StorageError;
 use slipway_storage::meta::NewAuditEntry;
@@ -41,6 +42,7 @@ use crate::server::AppState;
     paths(
         projects::list, projects::create, projects::get, projects::update, projects::delete,
         robots::list, robots::create, robots::get, robots::update, robots::rotate, robots::delete,
+        members::list, members::grant, members::revoke, members::people, members::person,
         audit::list,
         storage::project_usage, storage::all_usage, storage::recompute, storage::gc, storage::fsck, storage::backup,
         builds::start, builds::list, builds::latest, builds::get, builds::cancel, builds::retry,
@@ -57,6 +59,7 @@ use crate::server::AppState;
         projects::ProjectView, projects::NewProject, projects::ProjectUpdate,
         projects::BuildLimitsView, projects::BuildLimitsUpdate,
         robots::RobotView, robots::NewRobot, robots::RobotUpdateBody, robots::RobotSecret,
+        members::MemberView, members::PersonView, members::MemberBody,
         audit::AuditPage, audit::AuditView,
         storage::UsageView, storage::RecomputeReport, storage::DriftView, storage::GcRequest,
         storage::GcReportView, storage::GcManifestView, storage::FsckRequest,
@@ -105,6 +108,13 @@ pub fn router() -> Router<AppState> {
             "/api/v1/projects/{project}/robots",
             get(robots::list).post(robots::create),
         )
+        .route("/api/v1/projects/{project}/members", get(members::list))
+        .route(
+            "/api/v1/projects/{project}/members/{person}",
+            put(members::grant).delete(members::revoke),
+        )
+        .route("/api/v1/people", get(members::people))
+        .route("/api/v1/people/{person}", get(members::person))
         .route(
             "/api/v1/projects/{project}/robots/{robot}",
             get(robots::get)

@@ -400,3 +400,161 @@ async fn ldap_over_tls_verifies_the_directory() {
         other => panic!("an unverified directory was trusted: {other:?}"),
     }
 }
+
+/// The admin names people and their roles before they ever sign in;
+/// only the admin may; every grant and revocation is audited.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_names_members_before_they_sign_in() {
+    use crate::security::{Env, basic};
+    use reqwest::Method;
+    use reqwest::StatusCode;
+    use serde_json::json;
+    let env = Env::new().await;
+    env.server.create_project("tool-x", false).await;
+    let admin = env.admin();
+    let (s, v) = env
+        .api(
+            Method::PUT,
+            "/api/v1/projects/tool-x/members/alice",
+            Some(&admin),
+            Some(json!({"role": "maintainer"})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(
+        (&v["person"], &v["role"], &v["source"]),
+        (&json!("alice"), &json!("maintainer"), &json!("admin"))
+    );
+    // A second grant replaces the first.
+    let (s, v) = env
+        .api(
+            Method::PUT,
+            "/api/v1/projects/tool-x/members/alice",
+            Some(&admin),
+            Some(json!({"role": "developer"})),
+        )
+        .await;
+    assert_eq!(
+        (s, &v["role"]),
+        (StatusCode::OK, &json!("developer")),
+        "{v}"
+    );
+    let (s, v) = env
+        .api(
+            Method::GET,
+            "/api/v1/projects/tool-x/members",
+            Some(&admin),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(v.as_array().unwrap().len(), 1, "{v}");
+    let (s, v) = env
+        .api(Method::GET, "/api/v1/people/alice", Some(&admin), None)
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["created_by"], "admin");
+    assert_eq!(
+        v["last_sign_in"],
+        serde_json::Value::Null,
+        "never signed in"
+    );
+    assert_eq!(v["memberships"][0]["project"], "tool-x");
+
+    // Refused, with a sentence.
+    for (path, body, status, words) in [
+        (
+            "/api/v1/projects/tool-x/members/alice",
+            json!({"role": "owner"}),
+            StatusCode::BAD_REQUEST,
+            "is not a role",
+        ),
+        (
+            "/api/v1/projects/tool-x/members/*)(uid=*",
+            json!({"role": "guest"}),
+            StatusCode::BAD_REQUEST,
+            "is not a username",
+        ),
+        (
+            "/api/v1/projects/tool-none/members/alice",
+            json!({"role": "guest"}),
+            StatusCode::NOT_FOUND,
+            "does not exist",
+        ),
+    ] {
+        let (s, v) = env.api(Method::PUT, path, Some(&admin), Some(body)).await;
+        assert_eq!(s, status, "{path}: {v}");
+        assert!(v.to_string().contains(words), "{path}: {v}");
+    }
+    // Only the admin: anonymous and a robot of the project are refused.
+    let robot = env.robot("tool-x", "ci", &["pull"]).await;
+    for auth in [None, Some(basic("robot$tool-x+ci", &robot))] {
+        let (s, _) = env
+            .api(
+                Method::PUT,
+                "/api/v1/projects/tool-x/members/mallory",
+                auth.as_deref(),
+                Some(json!({"role": "maintainer"})),
+            )
+            .await;
+        assert!(
+            s == StatusCode::UNAUTHORIZED || s == StatusCode::FORBIDDEN,
+            "{s}"
+        );
+        let (s, _) = env
+            .api(Method::GET, "/api/v1/people", auth.as_deref(), None)
+            .await;
+        assert!(
+            s == StatusCode::UNAUTHORIZED || s == StatusCode::FORBIDDEN,
+            "{s}"
+        );
+    }
+    let (_, people) = env
+        .api(Method::GET, "/api/v1/people", Some(&admin), None)
+        .await;
+    assert_eq!(
+        people.as_array().unwrap().len(),
+        1,
+        "mallory was never named: {people}"
+    );
+
+    // Revoked; a second time there is nothing to revoke.
+    let (s, _) = env
+        .api(
+            Method::DELETE,
+            "/api/v1/projects/tool-x/members/alice",
+            Some(&admin),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    let (s, v) = env
+        .api(
+            Method::DELETE,
+            "/api/v1/projects/tool-x/members/alice",
+            Some(&admin),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::NOT_FOUND, "{v}");
+    let (_, audit) = env
+        .api(
+            Method::GET,
+            "/api/v1/audit?project=tool-x",
+            Some(&admin),
+            None,
+        )
+        .await;
+    let actions: Vec<&str> = audit["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["action"].as_str())
+        .filter(|a| a.starts_with("member."))
+        .collect();
+    assert_eq!(
+        actions,
+        ["member.revoke", "member.grant", "member.grant"],
+        "{audit}"
+    );
+}
