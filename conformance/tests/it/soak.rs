@@ -753,15 +753,10 @@ async fn a_soak_under_sigkills_loses_nothing_acknowledged() {
     let mut server = Slipway::start_with(&data, work.path().join("serve-0.log"), &env).await;
     let soak = new_soak(vec![server.url.clone()]);
     create_projects(&soak).await;
-    builds::make_stack(&soak).await;
-    let site = builds::Site::new(&work.path().join("site"));
+    let builders = builds::start(&soak, work.path(), secs).await;
     let started = Instant::now();
     let mut tasks = spawn_workers(&soak);
-    tasks.extend(builds::spawn(
-        &soak,
-        site,
-        Duration::from_secs((secs / 3).clamp(12, 120)),
-    ));
+    tasks.extend(builders);
     // The faults: SIGKILL at random moments, a restart, the checks.
     let mut rng = 0x2545_F491_4F6C_DD1Du64;
     while pause(&mut rng, started, secs).await {
@@ -812,16 +807,11 @@ async fn a_replica_soak_under_database_and_store_outages_loses_nothing_acknowled
     .await;
     let soak = new_soak(replicas.servers.iter().map(|s| s.url.clone()).collect());
     create_projects(&soak).await;
-    builds::make_stack(&soak).await;
     let work = tempfile::tempdir().expect("temporary directory");
-    let site = builds::Site::new(&work.path().join("site"));
+    let builders = builds::start(&soak, work.path(), secs).await;
     let started = Instant::now();
     let mut tasks = spawn_workers(&soak);
-    tasks.extend(builds::spawn(
-        &soak,
-        site,
-        Duration::from_secs((secs / 3).clamp(12, 120)),
-    ));
+    tasks.extend(builders);
     let mut rng = 0x9E37_79B9_7F4A_7C15u64;
     let mut outages = 0u32;
     while pause(&mut rng, started, secs).await {

@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use slipway_storage::meta::{Membership, Person, Role, SOURCE_ADMIN};
 
+use super::robots::project_exists;
 use super::{Admin, Error, ErrorBody, Result, audit, time};
 use crate::identity::valid_username;
 use crate::server::AppState;
@@ -75,15 +76,6 @@ fn check_person(name: &str) -> Result<()> {
         return Err(Error::bad_request(format!(
             "{name:.80} is not a username: use 1 to 64 letters, digits, '.', '_' or '-', \
              starting with a letter or digit"
-        )));
-    }
-    Ok(())
-}
-
-async fn project_exists(state: &AppState, project: &str) -> Result<()> {
-    if state.meta.project_get(project).await?.is_none() {
-        return Err(Error::not_found(format!(
-            "project {project:.100} does not exist"
         )));
     }
     Ok(())
@@ -182,12 +174,17 @@ pub async fn revoke(
 #[utoipa::path(get, path = "/api/v1/people", tag = "people",
     responses((status = 200, body = [PersonView])))]
 pub async fn people(State(state): State<AppState>, _admin: Admin) -> Result<Json<Vec<PersonView>>> {
-    let mut out = Vec::new();
-    for p in state.meta.people().await? {
-        let m = state.meta.memberships_of(&p.name).await?;
-        out.push(person_view(&p, &m));
+    let mut all: std::collections::HashMap<String, Vec<Membership>> = Default::default();
+    for m in state.meta.memberships().await? {
+        all.entry(m.person.clone()).or_default().push(m);
     }
-    Ok(Json(out))
+    let people = state.meta.people().await?;
+    Ok(Json(
+        people
+            .iter()
+            .map(|p| person_view(p, all.get(&p.name).map_or(&[][..], Vec::as_slice)))
+            .collect(),
+    ))
 }
 
 #[utoipa::path(get, path = "/api/v1/people/{person}", tag = "people",

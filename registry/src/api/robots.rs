@@ -129,7 +129,7 @@ fn check_name(name: &str) -> Result<()> {
     Ok(())
 }
 
-async fn project_exists(state: &AppState, project: &str) -> Result<()> {
+pub(crate) async fn project_exists(state: &AppState, project: &str) -> Result<()> {
     if state.meta.project_get(project).await?.is_none() {
         return Err(Error::not_found(format!(
             "project {project:.100} does not exist"

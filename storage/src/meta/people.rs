@@ -97,6 +97,10 @@ impl PersonalToken {
     }
 }
 
+/// Names a person ($1) at $2 by $3, unless already named.
+const NAME_PERSON: &str = "INSERT INTO people (name, created_at, created_by, is_admin, disabled) \
+                           VALUES ($1, $2, $3, 0, 0) ON CONFLICT (name) DO NOTHING";
+
 const PERSON_COLUMNS: &str =
     "name, created_at, created_by, is_admin, disabled, checked_at, last_sign_in";
 const TOKEN_COLUMNS: &str = "id, person, name, secret_hash, project, pull_only, created_at, \
@@ -143,15 +147,12 @@ fn token(r: &sqlx::any::AnyRow) -> PersonalToken {
 impl Metadata {
     /// The person, created (by `created_by`) if not yet named.
     pub async fn person_ensure(&self, name: &str, created_by: &str) -> Result<Person> {
-        sqlx::query(
-            "INSERT INTO people (name, created_at, created_by, is_admin, disabled) \
-             VALUES ($1, $2, $3, 0, 0) ON CONFLICT (name) DO NOTHING",
-        )
-        .bind(name)
-        .bind(now_ms())
-        .bind(created_by)
-        .execute(&self.write)
-        .await?;
+        sqlx::query(NAME_PERSON)
+            .bind(name)
+            .bind(now_ms())
+            .bind(created_by)
+            .execute(&self.write)
+            .await?;
         self.person_get_from(name, &self.write)
             .await?
             .ok_or_else(|| StorageError::Corrupt("a person vanished after being named".into()))
@@ -218,15 +219,12 @@ impl Metadata {
     ) -> Result<bool> {
         let mut tx = self.write.begin().await?;
         let now = now_ms();
-        sqlx::query(
-            "INSERT INTO people (name, created_at, created_by, is_admin, disabled) \
-             VALUES ($1, $2, $3, 0, 0) ON CONFLICT (name) DO NOTHING",
-        )
-        .bind(person)
-        .bind(now)
-        .bind(source)
-        .execute(&mut *tx)
-        .await?;
+        sqlx::query(NAME_PERSON)
+            .bind(person)
+            .bind(now)
+            .bind(source)
+            .execute(&mut *tx)
+            .await?;
         if sqlx::query("SELECT 1 FROM projects WHERE name = $1")
             .bind(project)
             .fetch_optional(&mut *tx)
@@ -285,6 +283,19 @@ impl Metadata {
         .collect()
     }
 
+    /// Every membership row, by person, project and source.
+    pub async fn memberships(&self) -> Result<Vec<Membership>> {
+        sqlx::query(
+            "SELECT person, project, role, source, granted_at FROM memberships \
+             ORDER BY person, project, source",
+        )
+        .fetch_all(&self.read)
+        .await?
+        .iter()
+        .map(membership)
+        .collect()
+    }
+
     /// A project's membership rows, by person then source.
     pub async fn members_of(&self, project: &str) -> Result<Vec<Membership>> {
         sqlx::query(
@@ -329,15 +340,12 @@ impl Metadata {
         at: i64,
     ) -> Result<Vec<String>> {
         let mut tx = self.write.begin().await?;
-        sqlx::query(
-            "INSERT INTO people (name, created_at, created_by, is_admin, disabled) \
-             VALUES ($1, $2, $3, 0, 0) ON CONFLICT (name) DO NOTHING",
-        )
-        .bind(person)
-        .bind(at)
-        .bind(SOURCE_DIRECTORY)
-        .execute(&mut *tx)
-        .await?;
+        sqlx::query(NAME_PERSON)
+            .bind(person)
+            .bind(at)
+            .bind(SOURCE_DIRECTORY)
+            .execute(&mut *tx)
+            .await?;
         sqlx::query("UPDATE people SET is_admin = $1, checked_at = $2 WHERE name = $3")
             .bind(is_admin as i64)
             .bind(at)
@@ -351,19 +359,11 @@ impl Metadata {
             .await?;
         let mut unknown = Vec::new();
         for (project, role) in grants {
-            let exists = sqlx::query("SELECT 1 FROM projects WHERE name = $1")
-                .bind(project)
-                .fetch_optional(&mut *tx)
-                .await?
-                .is_some();
-            if !exists {
-                unknown.push(project.clone());
-                continue;
-            }
-            sqlx::query(
+            // One statement: written only where the project exists.
+            let n = sqlx::query(
                 "INSERT INTO memberships (person, project, role, source, granted_at) \
-                 VALUES ($1, $2, $3, $4, $5) ON CONFLICT (person, project, source) \
-                 DO UPDATE SET role = excluded.role",
+                 SELECT $1, name, $3, $4, $5 FROM projects WHERE name = $2 \
+                 ON CONFLICT (person, project, source) DO UPDATE SET role = excluded.role",
             )
             .bind(person)
             .bind(project)
@@ -371,7 +371,11 @@ impl Metadata {
             .bind(SOURCE_DIRECTORY)
             .bind(at)
             .execute(&mut *tx)
-            .await?;
+            .await?
+            .rows_affected();
+            if n == 0 {
+                unknown.push(project.clone());
+            }
         }
         tx.commit().await?;
         Ok(unknown)

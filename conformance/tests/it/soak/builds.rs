@@ -62,7 +62,7 @@ pub fn server_env() -> Vec<(&'static str, String)> {
 
 /// `slipway admin stack build tiny` against the server (the platform
 /// project first).
-pub async fn make_stack(s: &Soak) {
+async fn make_stack(s: &Soak) {
     let url = s.url().await;
     let r = s
         .http
@@ -93,12 +93,12 @@ pub async fn make_stack(s: &Soak) {
 }
 
 /// The site's git repository, one commit per build.
-pub struct Site {
+struct Site {
     dir: PathBuf,
 }
 
 impl Site {
-    pub fn new(dir: &Path) -> Site {
+    fn new(dir: &Path) -> Site {
         let site = Site {
             dir: dir.to_owned(),
         };
@@ -268,6 +268,30 @@ fn ended(b: &Value) -> bool {
     )
 }
 
+/// The answer when it is `want`; `None` otherwise: a server being
+/// restarted or a store down (503, no answer) is counted as unreachable,
+/// anything else is a violation naming `what`.
+async fn expect(
+    s: &Soak,
+    r: reqwest::Result<reqwest::Response>,
+    want: StatusCode,
+    what: &str,
+) -> Option<reqwest::Response> {
+    match r {
+        Ok(r) if r.status() == want => Some(r),
+        Ok(r) if r.status() != StatusCode::SERVICE_UNAVAILABLE => {
+            let status = r.status();
+            let body = r.text().await.unwrap_or_default();
+            s.violation(format!("{what} answered {status}: {body}"));
+            None
+        }
+        _ => {
+            s.unreachable();
+            None
+        }
+    }
+}
+
 /// One build of a new commit into a project; waits for its end (or the
 /// soak's), and puts a succeeded build's image into the ledger.
 async fn build_one(s: &Soak, site: &Site, n: u64) {
@@ -280,26 +304,11 @@ async fn build_one(s: &Soak, site: &Site, n: u64) {
         .json(&json!({"source_url": site.url(), "ref": "main", "image_name": "site"}))
         .send()
         .await;
-    let id = match r {
-        Ok(r) if r.status() == StatusCode::ACCEPTED => {
-            let v: Value = r.json().await.unwrap_or_default();
-            v["id"].as_str().unwrap_or_default().to_owned()
-        }
-        Ok(r) if r.status() == StatusCode::SERVICE_UNAVAILABLE => {
-            s.unreachable();
-            return;
-        }
-        Ok(r) => {
-            let status = r.status();
-            let body = r.text().await.unwrap_or_default();
-            s.violation(format!("a build of {project} answered {status}: {body}"));
-            return;
-        }
-        Err(_) => {
-            s.unreachable();
-            return;
-        }
+    let Some(r) = expect(s, r, StatusCode::ACCEPTED, &format!("a build of {project}")).await else {
+        return;
     };
+    let v: Value = r.json().await.unwrap_or_default();
+    let id = v["id"].as_str().unwrap_or_default().to_owned();
     s.counts.builds.fetch_add(1, Ordering::Relaxed);
     s.builds
         .lock()
@@ -478,23 +487,10 @@ async fn rebase_once(s: &Soak, base: &Base, n: u64) {
         .json(&json!({"run_image": RUN_IMAGE}))
         .send()
         .await;
-    let report: Value = match r {
-        Ok(r) if r.status() == StatusCode::OK => r.json().await.expect("the rebase report"),
-        Ok(r) if r.status() == StatusCode::SERVICE_UNAVAILABLE => {
-            s.unreachable();
-            return;
-        }
-        Ok(r) => {
-            let status = r.status();
-            let body = r.text().await.unwrap_or_default();
-            s.violation(format!("the fleet rebase answered {status}: {body}"));
-            return;
-        }
-        Err(_) => {
-            s.unreachable();
-            return;
-        }
+    let Some(r) = expect(s, r, StatusCode::OK, "the fleet rebase").await else {
+        return;
     };
+    let report: Value = r.json().await.expect("the rebase report");
     s.counts.rebases.fetch_add(1, Ordering::Relaxed);
     for i in report["rebased"].as_array().into_iter().flatten() {
         let (Some(repo), Some(new)) = (i["repository"].as_str(), i["new_digest"].as_str()) else {
@@ -536,14 +532,13 @@ async fn rebase_once(s: &Soak, base: &Base, n: u64) {
     );
 }
 
-/// The builder (a build at a time, back to back) and the rebaser (every
-/// `rebase_every`).
-pub fn spawn(
-    s: &Arc<Soak>,
-    site: Site,
-    rebase_every: Duration,
-) -> Vec<tokio::task::JoinHandle<()>> {
-    let site = Arc::new(site);
+/// The tiny stack pushed, the site's repository made in `dir`, then the
+/// builder (a build at a time, back to back) and the rebaser (every third
+/// of a soak of `secs`, between 12 s and two minutes).
+pub async fn start(s: &Arc<Soak>, dir: &Path, secs: u64) -> Vec<tokio::task::JoinHandle<()>> {
+    make_stack(s).await;
+    let site = Arc::new(Site::new(&dir.join("site")));
+    let rebase_every = Duration::from_secs((secs / 3).clamp(12, 120));
     let builder = {
         let s = s.clone();
         tokio::spawn(async move {
