@@ -7,13 +7,17 @@
 //! and that each project's usage equals a recount; on SQLite, that the
 //! database file passes SQLite's own integrity check. Blobs a push has claimed
 //! but not finished are skipped, as are stored bytes younger than the grace
-//! period (a push publishes its bytes just before its row).
+//! period (a push publishes its bytes just before its row). A row without
+//! bytes that nothing links, references or reserves, past its claim window,
+//! is what a push killed between claiming and publishing leaves: reported
+//! as a leftover, not as damage.
 //!
 //! With `repair`, a damaged blob (missing, wrong size, wrong digest) is
 //! quarantined: the manifests that use it (and indexes above them) are
 //! deleted — they answer 404 from then on rather than damaged bytes, and
 //! the image can be pushed or built again — then its row is forgotten and
-//! its bytes moved to `quarantine/`; stored bytes no row names are removed;
+//! its bytes moved to `quarantine/`; stored bytes no row names, and the
+//! rows of uploads that never finished, are removed;
 //! usage drift is corrected. Dangling references are only reported.
 
 use std::time::{Duration, Instant, SystemTime};
@@ -57,6 +61,11 @@ pub enum Finding {
     Orphan {
         digest: String,
     },
+    /// A row without bytes nothing uses: an upload interrupted between
+    /// claiming the blob and publishing it.
+    Leftover {
+        digest: String,
+    },
     Dangling(DanglingRef),
     UsageDrift {
         project: String,
@@ -88,6 +97,10 @@ impl Finding {
             Finding::Orphan { digest } => {
                 format!("blob {digest} is in the store but recorded nowhere")
             }
+            Finding::Leftover { digest } => format!(
+                "blob {digest} was claimed by an upload that never finished: it has no bytes \
+                 and nothing uses it"
+            ),
             Finding::Dangling(d) => format!(
                 "manifest {}@{} references {} {}, which {} does not have",
                 d.repository,
@@ -137,16 +150,30 @@ pub struct FsckReport {
     pub findings: Vec<Finding>,
     pub quarantined: Vec<Quarantined>,
     pub orphans_removed: Vec<String>,
+    /// Rows of uploads that never finished, forgotten.
+    pub leftovers_removed: Vec<String>,
     pub usage_fixed: Vec<String>,
 }
 
 pub async fn check(meta: &Metadata, blobs: &BlobStore, opts: &FsckOptions) -> Result<FsckReport> {
     let mut report = FsckReport::default();
+    let started = Instant::now();
     if let Some(damage) = meta.sqlite_integrity().await? {
         report.findings.push(Finding::Database(damage));
     }
+    // The rows first, then one listing of the store: bytes go only after
+    // their row (GC's order), so a row read here whose bytes the listing
+    // lacks is missing — unless GC took the row meanwhile (asked again).
     let rows = meta.fsck_blob_rows().await?;
-    let started = Instant::now();
+    let listed = blobs.blobs_stored().await?;
+    report.stored_blobs = listed.len() as u64;
+    let sizes: std::collections::HashMap<&str, u64> =
+        listed.iter().map(|b| (b.digest.as_str(), b.size)).collect();
+    let gone = |digest: &Digest| {
+        let digest = digest.clone();
+        async move { Ok::<_, StorageError>(meta.blob_size(&digest).await?.is_none()) }
+    };
+    let mut to_hash = Vec::new();
     for row in &rows {
         if row.in_flight {
             continue;
@@ -155,67 +182,81 @@ pub async fn check(meta: &Metadata, blobs: &BlobStore, opts: &FsckOptions) -> Re
         let Ok(digest) = row.digest.parse::<Digest>() else {
             continue;
         };
-        // GC may remove a blob while this runs: what looks wrong counts
-        // only if the row is still there.
-        let gone = || async { Ok::<_, StorageError>(meta.blob_size(&digest).await?.is_none()) };
-        let stored = match blobs.stat(&digest).await? {
-            None => {
-                if !gone().await? {
-                    report.findings.push(Finding::Missing {
-                        digest: row.digest.clone(),
-                        size: row.size,
-                    });
-                }
-                continue;
-            }
-            Some(n) => n,
+        // What the listing says, confirmed by a look at the blob itself
+        // when it looks wrong (a listing may lag behind the store).
+        let stored = match sizes.get(row.digest.as_str()) {
+            Some(n) if *n == row.size => Some(*n),
+            _ => blobs.stat(&digest).await?,
         };
-        if stored != row.size {
-            if !gone().await? {
-                report.findings.push(Finding::WrongSize {
-                    digest: row.digest.clone(),
-                    recorded: row.size,
-                    stored,
-                });
-            }
-            continue;
-        }
-        if opts.verify_digests {
-            let actual = match hash(blobs, &digest, opts, started, &mut report.bytes_hashed).await {
-                Ok(a) => a,
-                Err(_) if gone().await? => continue,
-                Err(StorageError::BlobUnknown(_)) => {
-                    report.findings.push(Finding::Missing {
+        match stored {
+            None if gone(&digest).await? => {}
+            None if !row.used => report.findings.push(Finding::Leftover {
+                digest: row.digest.clone(),
+            }),
+            None => report.findings.push(Finding::Missing {
+                digest: row.digest.clone(),
+                size: row.size,
+            }),
+            Some(n) if n != row.size => {
+                if !gone(&digest).await? {
+                    report.findings.push(Finding::WrongSize {
                         digest: row.digest.clone(),
-                        size: row.size,
+                        recorded: row.size,
+                        stored: n,
                     });
-                    continue;
                 }
-                Err(e) => return Err(e),
-            };
-            if actual != digest && !gone().await? {
-                report.findings.push(Finding::WrongDigest {
-                    digest: row.digest.clone(),
-                    actual: actual.to_string(),
-                });
             }
+            Some(_) if opts.verify_digests => to_hash.push((row.digest.clone(), row.size, digest)),
+            Some(_) => {}
+        }
+    }
+    // Re-hashing: several at once unless held to a rate.
+    let hashed = std::sync::atomic::AtomicU64::new(0);
+    let at_once = if opts.rate_bytes_per_sec > 0 { 1 } else { 8 };
+    let hashed_ref = &hashed;
+    let results: Vec<(String, u64, Digest, Result<Digest>)> = futures::stream::iter(to_hash)
+        .map(move |(name, size, digest)| async move {
+            let r = hash(blobs, &digest, opts, started, hashed_ref).await;
+            (name, size, digest, r)
+        })
+        .buffer_unordered(at_once)
+        .collect()
+        .await;
+    report.bytes_hashed = hashed.load(std::sync::atomic::Ordering::Relaxed);
+    for (name, size, digest, r) in results {
+        match r {
+            Ok(actual) if actual == digest => {}
+            Ok(actual) => {
+                if !gone(&digest).await? {
+                    report.findings.push(Finding::WrongDigest {
+                        digest: name,
+                        actual: actual.to_string(),
+                    });
+                }
+            }
+            Err(_) if gone(&digest).await? => {}
+            Err(StorageError::BlobUnknown(_)) => report
+                .findings
+                .push(Finding::Missing { digest: name, size }),
+            Err(e) => return Err(e),
         }
     }
 
     let now = SystemTime::now();
     let recorded: std::collections::HashSet<&str> =
         rows.iter().map(|r| r.digest.as_str()).collect();
-    let stored = blobs.blobs_stored().await?;
-    report.stored_blobs = stored.len() as u64;
     let mut orphans = Vec::new();
-    for (d, modified) in stored {
-        let young = now.duration_since(modified).unwrap_or_default() < opts.orphan_grace;
+    for b in listed {
+        let young = now.duration_since(b.modified).unwrap_or_default() < opts.orphan_grace;
         // A row may have appeared since the rows were read: ask again.
-        if !recorded.contains(d.as_str()) && !young && meta.blob_size(&d).await?.is_none() {
+        if !recorded.contains(b.digest.as_str())
+            && !young
+            && meta.blob_size(&b.digest).await?.is_none()
+        {
             report.findings.push(Finding::Orphan {
-                digest: d.to_string(),
+                digest: b.digest.to_string(),
             });
-            orphans.push(d);
+            orphans.push(b.digest);
         }
     }
 
@@ -258,6 +299,19 @@ pub async fn check(meta: &Metadata, blobs: &BlobStore, opts: &FsckOptions) -> Re
         meta.blob_forget(&digest, || blobs.quarantine(&d)).await?;
         report.quarantined.push(Quarantined { digest, manifests });
     }
+    let leftovers: Vec<String> = report
+        .findings
+        .iter()
+        .filter_map(|f| match f {
+            Finding::Leftover { digest } => Some(digest.clone()),
+            _ => None,
+        })
+        .collect();
+    for d in leftovers {
+        if meta.leftover_forget(&d).await? {
+            report.leftovers_removed.push(d);
+        }
+    }
     for d in orphans {
         if meta.orphan_delete(d.as_str(), || blobs.delete(&d)).await? {
             report.orphans_removed.push(d.to_string());
@@ -277,17 +331,18 @@ async fn hash(
     digest: &Digest,
     opts: &FsckOptions,
     started: Instant,
-    total: &mut u64,
+    total: &std::sync::atomic::AtomicU64,
 ) -> Result<Digest> {
     let mut hasher = Hasher::new(digest.algorithm());
     let mut stream = blobs.read(digest, None).await?;
     while let Some(chunk) = stream.next().await {
         let chunk = chunk?;
         hasher.update(&chunk);
-        *total += chunk.len() as u64;
+        let sum = total.fetch_add(chunk.len() as u64, std::sync::atomic::Ordering::Relaxed)
+            + chunk.len() as u64;
         if opts.rate_bytes_per_sec > 0 {
             // Ahead of the rate since the check began: wait the difference.
-            let due = Duration::from_secs_f64(*total as f64 / opts.rate_bytes_per_sec as f64);
+            let due = Duration::from_secs_f64(sum as f64 / opts.rate_bytes_per_sec as f64);
             if let Some(wait) = due.checked_sub(started.elapsed()) {
                 tokio::time::sleep(wait).await;
             }

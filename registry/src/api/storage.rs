@@ -294,6 +294,8 @@ pub struct FsckReportView {
     pub repaired: bool,
     pub quarantined: Vec<QuarantinedView>,
     pub orphans_removed: Vec<String>,
+    /// Rows of uploads that never finished (no bytes, used nowhere), forgotten.
+    pub leftovers_removed: Vec<String>,
     pub usage_fixed: Vec<String>,
 }
 
@@ -346,6 +348,7 @@ pub async fn fsck(
             "repair": body.repair, "blobs_checked": r.blobs_checked, "bytes_hashed": r.bytes_hashed,
             "problems": problems.len(), "quarantined": r.quarantined.len(),
             "orphans_removed": r.orphans_removed.len(),
+            "leftovers_removed": r.leftovers_removed.len(),
         }),
     )
     .await?;
@@ -364,6 +367,7 @@ pub async fn fsck(
             })
             .collect(),
         orphans_removed: r.orphans_removed,
+        leftovers_removed: r.leftovers_removed,
         usage_fixed: r.usage_fixed,
     }))
 }

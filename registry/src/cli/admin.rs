@@ -946,6 +946,12 @@ async fn fsck(cx: &Ctx, repair: bool, sizes_only: bool, rate: Option<&str>) -> a
                 o.as_str().unwrap_or_default()
             ));
         }
+        for o in v["leftovers_removed"].as_array().into_iter().flatten() {
+            out.push_str(&format!(
+                "\nforgot {}, claimed by an upload that never finished",
+                o.as_str().unwrap_or_default()
+            ));
+        }
         for p in v["usage_fixed"].as_array().into_iter().flatten() {
             out.push_str(&format!(
                 "\ncorrected the usage of {}",

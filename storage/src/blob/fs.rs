@@ -153,9 +153,9 @@ impl FsBlobStore {
     }
 
     /// Every published blob and when it was written (for fsck).
-    pub async fn blobs_stored(&self) -> Result<Vec<(Digest, SystemTime)>> {
+    pub async fn blobs_stored(&self) -> Result<Vec<super::StoredBlob>> {
         let dir = self.root.join("blobs");
-        tokio::task::spawn_blocking(move || -> Result<Vec<(Digest, SystemTime)>> {
+        tokio::task::spawn_blocking(move || -> Result<Vec<super::StoredBlob>> {
             let mut out = Vec::new();
             for alg in fs::read_dir(&dir)? {
                 let alg = alg?;
@@ -165,8 +165,13 @@ impl FsBlobStore {
                         let blob = blob?;
                         let name = format!("{alg_name}:{}", blob.file_name().to_string_lossy());
                         // Anything else there is no blob of ours: skipped.
-                        if let Ok(d) = name.parse::<Digest>() {
-                            out.push((d, blob.metadata()?.modified()?));
+                        if let Ok(digest) = name.parse::<Digest>() {
+                            let meta = blob.metadata()?;
+                            out.push(super::StoredBlob {
+                                digest,
+                                size: meta.len(),
+                                modified: meta.modified()?,
+                            });
                         }
                     }
                 }

@@ -28,6 +28,14 @@ pub type BlobStream = BoxStream<'static, std::io::Result<Bytes>>;
 /// to callers, who keep it with the upload's record.
 pub type UploadState = Vec<u8>;
 
+/// A blob in the store, as a listing shows it.
+#[derive(Debug, Clone)]
+pub struct StoredBlob {
+    pub digest: Digest,
+    pub size: u64,
+    pub modified: std::time::SystemTime,
+}
+
 #[derive(Debug, Clone)]
 pub enum BlobStore {
     Fs(fs::FsBlobStore),
@@ -104,9 +112,9 @@ impl BlobStore {
         }
     }
 
-    /// Starts upload `id`; returns its initial state.
-    /// Every published blob and when it was written.
-    pub async fn blobs_stored(&self) -> Result<Vec<(Digest, std::time::SystemTime)>> {
+    /// Every published blob, its size and when it was written: one listing
+    /// (on S3, a thousand blobs a request), not a request per blob.
+    pub async fn blobs_stored(&self) -> Result<Vec<StoredBlob>> {
         match self {
             BlobStore::Fs(s) => s.blobs_stored().await,
             BlobStore::S3(s) => s.blobs_stored().await,

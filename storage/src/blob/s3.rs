@@ -360,15 +360,19 @@ impl S3BlobStore {
     }
 
     /// Every published blob and when it was written (for fsck).
-    pub async fn blobs_stored(&self) -> Result<Vec<(Digest, SystemTime)>> {
+    pub async fn blobs_stored(&self) -> Result<Vec<super::StoredBlob>> {
         let base = format!("{}blobs/", self.prefix);
         Ok(self
-            .list(&base)
+            .list_sized(&base)
             .await?
             .into_iter()
-            .filter_map(|(key, modified)| {
+            .filter_map(|(key, modified, size)| {
                 let (alg, hex) = key[base.len()..].split_once('/')?;
-                Some((format!("{alg}:{hex}").parse().ok()?, modified))
+                Some(super::StoredBlob {
+                    digest: format!("{alg}:{hex}").parse().ok()?,
+                    size,
+                    modified,
+                })
             })
             .collect())
     }
@@ -740,6 +744,17 @@ impl S3BlobStore {
     }
 
     async fn list(&self, prefix: &str) -> Result<Vec<(String, SystemTime)>> {
+        Ok(self
+            .list_sized(prefix)
+            .await?
+            .into_iter()
+            .map(|(key, modified, _)| (key, modified))
+            .collect())
+    }
+
+    /// Every object under `prefix`: its key, when it was last written, and
+    /// its size.
+    async fn list_sized(&self, prefix: &str) -> Result<Vec<(String, SystemTime, u64)>> {
         let mut out = Vec::new();
         let mut token = None;
         loop {
@@ -758,7 +773,8 @@ impl S3BlobStore {
                         .last_modified()
                         .and_then(|t| SystemTime::try_from(*t).ok())
                         .unwrap_or(SystemTime::UNIX_EPOCH);
-                    out.push((key.to_owned(), modified));
+                    let size = o.size().unwrap_or(0).max(0) as u64;
+                    out.push((key.to_owned(), modified, size));
                 }
             }
             if resp.is_truncated() == Some(true) {

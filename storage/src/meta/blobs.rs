@@ -72,7 +72,7 @@ impl Metadata {
     }
 
     /// Claims `digest` before its bytes are published: records the blob and
-    /// sets its `last_ref_change` ahead by [`CLAIM_WINDOW_MS`], so GC leaves
+    /// sets its `last_ref_change` ahead by the claim window ([`CLAIM_WINDOW_MS`]), so GC leaves
     /// it alone whatever its grace period, until [`Metadata::blob_complete`]
     /// links it (or the window passes, after a crash). While GC holds the
     /// row, this waits.
@@ -85,7 +85,7 @@ impl Metadata {
         .bind(digest.as_str())
         .bind(size as i64)
         .bind(now)
-        .bind(now + CLAIM_WINDOW_MS)
+        .bind(now + self.claim_window_ms)
         .execute(&self.write)
         .await?;
         Ok(())

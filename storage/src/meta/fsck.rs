@@ -18,6 +18,11 @@ pub struct BlobRow {
     pub size: u64,
     /// Claimed by a push still under way (its bytes may not be there yet).
     pub in_flight: bool,
+    /// Linked to a repository, referenced by a manifest, or held by an
+    /// unexpired reservation: something has seen it. A row nothing saw is
+    /// one a push claimed and never finished (killed before its bytes
+    /// were published).
+    pub used: bool,
 }
 
 /// A manifest reference that does not resolve in its repository.
@@ -71,15 +76,24 @@ impl Metadata {
     /// Every blob row, in digest order.
     pub async fn fsck_blob_rows(&self) -> Result<Vec<BlobRow>> {
         let now = now_ms();
-        let rows = sqlx::query("SELECT digest, size, last_ref_change FROM blobs ORDER BY digest")
-            .fetch_all(&self.read)
-            .await?;
+        let rows = sqlx::query(concat!(
+            "SELECT b.digest, b.size, b.last_ref_change, ",
+            "CASE WHEN EXISTS (SELECT 1 FROM repo_blobs rb WHERE rb.digest = b.digest) ",
+            "  OR EXISTS (SELECT 1 FROM manifest_refs mr WHERE mr.ref_digest = b.digest) ",
+            "  OR EXISTS (SELECT 1 FROM reservations rs WHERE rs.digest = b.digest AND rs.expires_at > $1) ",
+            "THEN 1 ELSE 0 END ",
+            "FROM blobs b ORDER BY b.digest"
+        ))
+        .bind(now)
+        .fetch_all(&self.read)
+        .await?;
         Ok(rows
             .into_iter()
             .map(|r| BlobRow {
                 digest: r.get(0),
                 size: r.get::<i64, _>(1) as u64,
                 in_flight: r.get::<i64, _>(2) > now,
+                used: r.get::<i32, _>(3) != 0,
             })
             .collect())
     }
@@ -180,6 +194,41 @@ impl Metadata {
         // The bytes only once no row names them (see `gc_delete`).
         self.orphan_delete(digest, remove).await?;
         Ok(())
+    }
+
+    /// Forgets the row of a blob a push claimed and never finished, if it
+    /// still is one: past its claim window, linked nowhere, referenced by
+    /// no manifest, held by no reservation. A push claiming the digest
+    /// meanwhile waits for this transaction (or moves the window, and the
+    /// row stays). Returns whether the row went.
+    pub async fn leftover_forget(&self, digest: &str) -> Result<bool> {
+        let mut tx = self.write.begin().await?;
+        let now = now_ms();
+        let still = sqlx::query(self.pick(
+            concat!(
+                "SELECT 1 FROM blobs b WHERE b.digest = $1 AND b.last_ref_change <= $2 ",
+                "AND NOT EXISTS (SELECT 1 FROM repo_blobs rb WHERE rb.digest = b.digest) ",
+                "AND NOT EXISTS (SELECT 1 FROM manifest_refs mr WHERE mr.ref_digest = b.digest) ",
+                "AND NOT EXISTS (SELECT 1 FROM reservations rs WHERE rs.digest = b.digest AND rs.expires_at > $2)"
+            ),
+            concat!(
+                "SELECT 1 FROM blobs b WHERE b.digest = $1 AND b.last_ref_change <= $2 ",
+                "AND NOT EXISTS (SELECT 1 FROM repo_blobs rb WHERE rb.digest = b.digest) ",
+                "AND NOT EXISTS (SELECT 1 FROM manifest_refs mr WHERE mr.ref_digest = b.digest) ",
+                "AND NOT EXISTS (SELECT 1 FROM reservations rs WHERE rs.digest = b.digest AND rs.expires_at > $2) ",
+                "FOR UPDATE OF b"
+            ),
+        ))
+        .bind(digest)
+        .bind(now)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if still.is_none() {
+            return Ok(false);
+        }
+        super::gc::forget_rows(&mut tx, digest).await?;
+        tx.commit().await?;
+        Ok(true)
     }
 
     /// Removes stored bytes that no row names, unless a push claims the

@@ -99,6 +99,9 @@ pub struct Metadata {
     /// Bytes that a project's uploads in flight may hold on disk beyond its
     /// quota, at least: the bound is the larger of this and the quota.
     upload_headroom: u64,
+    /// How long a claimed blob is protected from GC before it is linked
+    /// ([`blobs::CLAIM_WINDOW_MS`]; shorter only in tests).
+    claim_window_ms: i64,
 }
 
 /// Reservations last an hour unless configured otherwise.
@@ -211,6 +214,7 @@ impl Metadata {
                     write,
                     reservation_ttl_ms: DEFAULT_RESERVATION_TTL_MS,
                     upload_headroom: DEFAULT_UPLOAD_HEADROOM,
+                    claim_window_ms: blobs::CLAIM_WINDOW_MS,
                 }
             }
             Backend::Postgres => {
@@ -226,6 +230,7 @@ impl Metadata {
                     write: pool,
                     reservation_ttl_ms: DEFAULT_RESERVATION_TTL_MS,
                     upload_headroom: DEFAULT_UPLOAD_HEADROOM,
+                    claim_window_ms: blobs::CLAIM_WINDOW_MS,
                 }
             }
         };
@@ -242,6 +247,14 @@ impl Metadata {
     /// larger of this and its quota.
     pub fn with_upload_headroom(mut self, bytes: u64) -> Metadata {
         self.upload_headroom = bytes;
+        self
+    }
+
+    /// Sets how long a claimed blob waits for its push to link it before
+    /// GC may take it and fsck calls it an interrupted upload's leftover.
+    /// Tests shorten it; a server keeps [`blobs::CLAIM_WINDOW_MS`].
+    pub fn with_claim_window(mut self, window: Duration) -> Metadata {
+        self.claim_window_ms = window.as_millis().min(i64::MAX as u128) as i64;
         self
     }
 

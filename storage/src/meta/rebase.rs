@@ -265,7 +265,7 @@ impl Metadata {
                  ON CONFLICT (digest) DO UPDATE SET last_ref_change = excluded.last_ref_change"
             )))
             .bind(now)
-            .bind(now + super::blobs::CLAIM_WINDOW_MS);
+            .bind(now + self.claim_window_ms);
             for (digest, size) in chunk {
                 q = q.bind(digest.as_str()).bind(*size as i64);
             }

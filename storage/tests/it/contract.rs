@@ -2022,3 +2022,70 @@ async fn people_roles_and_personal_tokens(m: &Metadata) {
     );
     assert!(m.members_of("tool-y").await.unwrap().is_empty());
 }
+
+contract!(fsck_tells_interrupted_uploads_from_lost_blobs);
+
+/// A push killed between claiming a blob and publishing its bytes leaves a
+/// row without bytes that nothing uses: once its claim window has passed,
+/// fsck reports it as a leftover (not as a lost blob) and the repair
+/// forgets the row. A linked blob without bytes is still lost data.
+async fn fsck_tells_interrupted_uploads_from_lost_blobs(m: &Metadata) {
+    use slipway_storage::blob::fs::FsBlobStore;
+    use slipway_storage::fsck::{Finding, FsckOptions, check};
+    let m = &m
+        .clone()
+        .with_claim_window(std::time::Duration::from_millis(1));
+    let dir = tempfile::tempdir().unwrap();
+    let store = slipway_storage::BlobStore::Fs(FsBlobStore::open(dir.path()).unwrap());
+    m.project_create("tool-f", true, None, false).await.unwrap();
+    let id = m.ensure_repo(&repo("tool-f/web")).await.unwrap();
+    let (interrupted, lost) = (blob(71), blob(72));
+    m.blob_claim(&interrupted.0, interrupted.1).await.unwrap();
+    link(m, "tool-f", id, &lost.0, lost.1).await.unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(5));
+    let opts = |repair| FsckOptions {
+        verify_digests: true,
+        rate_bytes_per_sec: 0,
+        repair,
+        orphan_grace: std::time::Duration::from_secs(3600),
+    };
+    let report = check(m, &store, &opts(false)).await.unwrap();
+    assert!(
+        report.findings.contains(&Finding::Leftover {
+            digest: interrupted.0.to_string()
+        }),
+        "{:?}",
+        report.findings
+    );
+    assert!(
+        report.findings.contains(&Finding::Missing {
+            digest: lost.0.to_string(),
+            size: lost.1
+        }),
+        "{:?}",
+        report.findings
+    );
+    assert!(report.findings[0].sentence().starts_with("blob sha256:"));
+    // A claim inside its window is a push under way: nothing to say.
+    let fresh = m
+        .clone()
+        .with_claim_window(std::time::Duration::from_secs(600));
+    fresh.blob_claim(&blob(73).0, blob(73).1).await.unwrap();
+    let report = check(&fresh, &store, &opts(false)).await.unwrap();
+    assert_eq!(report.findings.len(), 2, "{:?}", report.findings);
+    // A leftover claimed again meanwhile is a push again: the repair
+    // leaves it.
+    assert!(!fresh.leftover_forget(blob(73).0.as_str()).await.unwrap());
+    let repaired = check(m, &store, &opts(true)).await.unwrap();
+    assert_eq!(repaired.leftovers_removed, vec![interrupted.0.to_string()]);
+    assert_eq!(m.blob_size(&interrupted.0).await.unwrap(), None);
+    assert_eq!(
+        repaired
+            .quarantined
+            .iter()
+            .map(|q| q.digest.clone())
+            .collect::<Vec<_>>(),
+        vec![lost.0.to_string()]
+    );
+    assert_eq!(m.blob_size(&blob(73).0).await.unwrap(), Some(blob(73).1));
+}

@@ -271,7 +271,7 @@ fn ended(b: &Value) -> bool {
 /// The answer when it is `want`; `None` otherwise: a server being
 /// restarted or a store down (503, no answer) is counted as unreachable,
 /// anything else is a violation naming `what`.
-async fn expect(
+pub(super) async fn expect(
     s: &Soak,
     r: reqwest::Result<reqwest::Response>,
     want: StatusCode,
