@@ -28,6 +28,28 @@ pub struct Config {
     pub log: LogConfig,
     pub server: ServerConfig,
     pub tls: TlsConfig,
+    pub identity: IdentityConfig,
+}
+
+/// Where people sign in from, besides the admin's password.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IdentityConfig {
+    /// How long what the directory said about a person is trusted: a
+    /// personal token used later than this after the last look asks the
+    /// directory again (a removed member loses the project, a removed
+    /// admin loses admin).
+    pub membership_ttl_secs: u64,
+    pub ldap: LdapConfig,
+}
+
+impl Default for IdentityConfig {
+    fn default() -> Self {
+        IdentityConfig {
+            membership_ttl_secs: 300,
+            ldap: LdapConfig::default(),
+        }
+    }
 }
 
 /// An LDAP directory: people bind as themselves; their groups are found by
@@ -96,8 +118,7 @@ impl LdapConfig {
         !self.url.is_empty()
     }
 
-    /// Not yet part of [`Config`]: sign-in through the directory is being
-    /// built (the `[identity.ldap]` section will be checked with this).
+    /// Checks the `[identity.ldap]` section.
     pub fn validate(&self) -> Result<(), ConfigError> {
         if !self.enabled() {
             return Ok(());
@@ -721,6 +742,7 @@ impl Default for Config {
             log: LogConfig::default(),
             server: ServerConfig::default(),
             tls: TlsConfig::default(),
+            identity: IdentityConfig::default(),
         }
     }
 }
@@ -836,6 +858,12 @@ impl Config {
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
+        self.identity.ldap.validate()?;
+        if self.identity.membership_ttl_secs == 0 {
+            return Err(ConfigError(
+                "identity.membership_ttl_secs must be at least 1".into(),
+            ));
+        }
         if self.auth.token_ttl_secs == 0 || self.auth.token_ttl_secs > 24 * 3600 {
             return Err(ConfigError(
                 "auth.token_ttl_secs must be between 1 and 86400 (tokens are short-lived)".into(),

@@ -40,6 +40,8 @@ pub struct Inner {
     pub vault: crate::vault::Vault,
     /// Held by GC and by a backup: no blob goes while a backup copies.
     pub maintenance: tokio::sync::Mutex<()>,
+    /// The LDAP directory people sign in with, if configured.
+    pub directory: Option<Arc<crate::identity::ldap::Directory>>,
 }
 
 impl std::ops::Deref for AppState {
@@ -111,6 +113,7 @@ impl AppState {
             &config.secrets_key_file(),
         )?;
         vault.check(&meta).await?;
+        let directory = crate::identity::ldap::Directory::new(&config.identity.ldap)?.map(Arc::new);
         Ok(AppState(Arc::new(Inner {
             config,
             meta,
@@ -122,6 +125,7 @@ impl AppState {
             isolation,
             vault,
             maintenance: tokio::sync::Mutex::new(()),
+            directory,
         })))
     }
 }

@@ -49,7 +49,7 @@ pub struct MemberBody {
     pub role: String,
 }
 
-fn member_view(m: &Membership) -> MemberView {
+pub(crate) fn member_view(m: &Membership) -> MemberView {
     MemberView {
         person: m.person.clone(),
         project: m.project.clone(),
@@ -71,7 +71,12 @@ fn person_view(p: &Person, memberships: &[Membership]) -> PersonView {
     }
 }
 
-fn check_person(name: &str) -> Result<()> {
+pub(crate) fn check_person(name: &str) -> Result<()> {
+    if crate::auth::people::RESERVED.contains(&name) {
+        return Err(Error::bad_request(format!(
+            "{name} is a built-in account's name, not a person's"
+        )));
+    }
     if !valid_username(name) {
         return Err(Error::bad_request(format!(
             "{name:.80} is not a username: use 1 to 64 letters, digits, '.', '_' or '-', \

@@ -10,6 +10,7 @@
 pub mod audit;
 pub mod builds;
 pub mod images;
+pub mod me;
 pub mod members;
 pub mod projects;
 pub mod rebase;
@@ -32,7 +33,7 @@ use slipway_storage::meta::NewAuditEntry;
 use utoipa::OpenApi;
 
 use crate::auth::tokens::TokenUse;
-use crate::auth::{Caller, Credentials, Principal, parse_authorization};
+use crate::auth::{Caller, Credentials, parse_authorization};
 use crate::error::ApiError;
 use crate::server::AppState;
 
@@ -43,6 +44,8 @@ use crate::server::AppState;
         projects::list, projects::create, projects::get, projects::update, projects::delete,
         robots::list, robots::create, robots::get, robots::update, robots::rotate, robots::delete,
         members::list, members::grant, members::revoke, members::people, members::person,
+        me::sign_in, me::me, me::tokens, me::token_create, me::token_delete,
+        me::person_tokens, me::person_token_delete,
         audit::list,
         storage::project_usage, storage::all_usage, storage::recompute, storage::gc, storage::fsck, storage::backup,
         builds::start, builds::list, builds::latest, builds::get, builds::cancel, builds::retry,
@@ -60,6 +63,7 @@ use crate::server::AppState;
         projects::BuildLimitsView, projects::BuildLimitsUpdate,
         robots::RobotView, robots::NewRobot, robots::RobotUpdateBody, robots::RobotSecret,
         members::MemberView, members::PersonView, members::MemberBody,
+        me::SignIn, me::SessionView, me::MeView, me::TokenView, me::TokenSecret, me::NewToken,
         audit::AuditPage, audit::AuditView,
         storage::UsageView, storage::RecomputeReport, storage::DriftView, storage::GcRequest,
         storage::GcReportView, storage::GcManifestView, storage::FsckRequest,
@@ -115,6 +119,18 @@ pub fn router() -> Router<AppState> {
         )
         .route("/api/v1/people", get(members::people))
         .route("/api/v1/people/{person}", get(members::person))
+        .route("/api/v1/people/{person}/tokens", get(me::person_tokens))
+        .route(
+            "/api/v1/people/{person}/tokens/{id}",
+            axum::routing::delete(me::person_token_delete),
+        )
+        .route("/api/v1/sign-in", post(me::sign_in))
+        .route("/api/v1/me", get(me::me))
+        .route("/api/v1/me/tokens", get(me::tokens).post(me::token_create))
+        .route(
+            "/api/v1/me/tokens/{id}",
+            axum::routing::delete(me::token_delete),
+        )
         .route(
             "/api/v1/projects/{project}/robots/{robot}",
             get(robots::get)
@@ -291,7 +307,89 @@ impl IntoResponse for Error {
 
 pub type Result<T> = std::result::Result<T, Error>;
 
-/// The admin, authenticated. Extracting it refuses everyone else.
+/// Anyone with valid credentials: the admin, a robot, a person with a
+/// session (the CLI's `slipway login`) or a personal token that is not
+/// pull-only. Routes check what the caller may do with
+/// [`AppState::may`].
+pub struct Signed(pub Caller);
+
+impl FromRequestParts<AppState> for Signed {
+    type Rejection = Error;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Signed> {
+        let caller = authenticate(parts, state).await?;
+        if caller
+            .principal
+            .personal_token()
+            .is_some_and(|t| t.pull_only)
+        {
+            return Err(Error::new(
+                StatusCode::FORBIDDEN,
+                "this personal token is pull-only: it cannot use the API",
+            ));
+        }
+        Ok(Signed(caller))
+    }
+}
+
+/// The caller of an API route, authenticated (Basic credentials, a bearer
+/// token from `/auth/token`, or a person's session token).
+async fn authenticate(parts: &mut Parts, state: &AppState) -> Result<Caller> {
+    let remote = parts
+        .extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip());
+    let unauthorized = || Error {
+        status: StatusCode::UNAUTHORIZED,
+        message: "the API needs credentials: the admin's, a robot's, or a person's \
+                  (`slipway login`)"
+            .into(),
+        challenge: true,
+    };
+    let principal = match parse_authorization(&parts.headers) {
+        Credentials::Basic(user, secret) => {
+            if let Some(wait) = state.auth.limiter.blocked(remote) {
+                return Err(Error::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    format!(
+                        "too many failed logins from this address; try again in {} seconds",
+                        wait.as_secs().max(1)
+                    ),
+                ));
+            }
+            match state.login(&user, &secret).await? {
+                Some((p, _)) => p,
+                None => {
+                    state.auth.limiter.failed(remote);
+                    return Err(unauthorized());
+                }
+            }
+        }
+        Credentials::Bearer(token) => {
+            // A registry token, or a person's session (never the admin's
+            // dashboard cookie: that one is checked by the dashboard).
+            let claims = match state.auth.keys.verify(&token, TokenUse::Access) {
+                Ok(c) => c,
+                Err(_) => state
+                    .auth
+                    .keys
+                    .verify(&token, TokenUse::Session)
+                    .ok()
+                    .filter(|c| !crate::auth::people::RESERVED.contains(&c.sub.as_str()))
+                    .ok_or_else(unauthorized)?,
+            };
+            state
+                .token_principal(&claims)
+                .await?
+                .ok_or_else(unauthorized)?
+        }
+        Credentials::None | Credentials::Invalid => return Err(unauthorized()),
+    };
+    Ok(Caller { principal, remote })
+}
+
+/// The admin (or a person in the directory's admin group), authenticated.
+/// Extracting it refuses everyone else.
 pub struct Admin(pub Caller);
 
 impl FromRequestParts<AppState> for Admin {
@@ -312,57 +410,17 @@ impl FromRequestParts<AppState> for Admin {
                  tls.client_ca_file, over HTTPS",
             ));
         }
-        let remote = parts
-            .extensions
-            .get::<ConnectInfo<SocketAddr>>()
-            .map(|c| c.0.ip());
-        let unauthorized = || Error {
-            status: StatusCode::UNAUTHORIZED,
-            message: "the admin API needs the admin's credentials".into(),
-            challenge: true,
-        };
-        let principal = match parse_authorization(&parts.headers) {
-            Credentials::Basic(user, secret) => {
-                if let Some(wait) = state.auth.limiter.blocked(remote) {
-                    return Err(Error::new(
-                        StatusCode::TOO_MANY_REQUESTS,
-                        format!(
-                            "too many failed logins from this address; try again in {} seconds",
-                            wait.as_secs().max(1)
-                        ),
-                    ));
-                }
-                match state.login(&user, &secret).await? {
-                    Some((p, _)) => p,
-                    None => {
-                        state.auth.limiter.failed(remote);
-                        return Err(unauthorized());
-                    }
-                }
-            }
-            Credentials::Bearer(token) => {
-                let claims = state
-                    .auth
-                    .keys
-                    .verify(&token, TokenUse::Access)
-                    .map_err(|_| unauthorized())?;
-                state
-                    .token_principal(&claims)
-                    .await?
-                    .ok_or_else(unauthorized)?
-            }
-            Credentials::None | Credentials::Invalid => return Err(unauthorized()),
-        };
-        if principal != Principal::Admin {
+        let Signed(caller) = Signed::from_request_parts(parts, state).await?;
+        if !caller.principal.is_admin() {
             return Err(Error::new(
                 StatusCode::FORBIDDEN,
                 format!(
                     "{} may not use the admin API; only the admin may",
-                    principal.subject()
+                    caller.principal.subject()
                 ),
             ));
         }
-        Ok(Admin(Caller { principal, remote }))
+        Ok(Admin(caller))
     }
 }
 
@@ -394,4 +452,34 @@ pub async fn audit(
 pub fn time(ms: i64) -> String {
     let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms.max(0) as u64);
     humantime::format_rfc3339_seconds(t).to_string()
+}
+
+/// Refuses (403, audited as `denied`) a caller who may not exercise
+/// `right` on `project`.
+pub async fn require(
+    state: &AppState,
+    caller: &Caller,
+    project: &str,
+    right: crate::auth::people::Right,
+) -> Result<()> {
+    if state.may(&caller.principal, project, right).await? {
+        return Ok(());
+    }
+    audit(
+        state,
+        caller,
+        "denied",
+        Some(project),
+        project,
+        serde_json::json!({"needed": right.describe()}),
+    )
+    .await?;
+    Err(Error::new(
+        StatusCode::FORBIDDEN,
+        format!(
+            "{} may not {} project {project:.100}",
+            caller.principal.subject(),
+            right.describe()
+        ),
+    ))
 }

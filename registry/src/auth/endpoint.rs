@@ -152,6 +152,7 @@ async fn handle(state: &AppState, req: Request) -> ApiResult<Response> {
         access,
         token_use: TokenUse::Access,
         ver: version,
+        pat: principal.personal_token().map(|t| t.id.clone()),
     };
     let token = state
         .auth
@@ -249,7 +250,8 @@ async fn refreshed(
             }
         }
         Principal::Anonymous => return Ok(None),
-        Principal::Robot { .. } => {} // version checked by token_principal
+        // Version checked by token_principal; a person's token must hold.
+        Principal::Robot { .. } | Principal::Person { .. } => {}
     }
     Ok(Some((principal, claims.ver)))
 }

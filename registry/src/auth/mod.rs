@@ -1,10 +1,11 @@
 //! Who is asking, and what they may do.
 //!
 //! Principals: anonymous, `admin` (everything), `builder` (the build front
-//! end: pull, push and delete everywhere) and robots `robot$<project>+<name>`
+//! end: pull, push and delete everywhere), robots `robot$<project>+<name>`
 //! (their permissions on their own project; `push`/`delete` only when
-//! `auth.robots_may_write`). Anyone may pull from public projects. Nothing
-//! may be pushed into a project that does not exist.
+//! `auth.robots_may_write`) and people from the directory (pull where they
+//! have a role; see [`people`]). Anyone may pull from public projects.
+//! Nothing may be pushed into a project that does not exist.
 //!
 //! Credentials: Docker token authentication (Bearer JWTs from
 //! `/auth/token`) and, for simple clients, Basic credentials directly on
@@ -14,6 +15,7 @@
 
 pub mod bootstrap;
 pub mod endpoint;
+pub mod people;
 pub mod secrets;
 pub mod tokens;
 
@@ -103,6 +105,15 @@ pub enum Principal {
         name: String,
         permissions: Actions,
     },
+    /// A person from the directory (or named by the admin), with a session
+    /// or a personal access token.
+    Person {
+        name: String,
+        /// In the directory's admin group.
+        admin: bool,
+        /// The personal token in use, if any, and what it limits.
+        limit: Option<people::TokenLimit>,
+    },
 }
 
 impl Principal {
@@ -113,11 +124,24 @@ impl Principal {
             Principal::Admin => ADMIN.into(),
             Principal::Builder => BUILDER.into(),
             Principal::Robot { project, name, .. } => format!("robot${project}+{name}"),
+            Principal::Person { name, .. } => name.clone(),
         }
     }
 
+    /// The admin, or a person in the directory's admin group.
     pub fn is_admin(&self) -> bool {
-        matches!(self, Principal::Admin)
+        matches!(
+            self,
+            Principal::Admin | Principal::Person { admin: true, .. }
+        )
+    }
+
+    /// The personal token a person acts with.
+    pub fn personal_token(&self) -> Option<&people::TokenLimit> {
+        match self {
+            Principal::Person { limit, .. } => limit.as_ref(),
+            _ => None,
+        }
     }
 }
 
@@ -167,6 +191,7 @@ pub struct Authenticator {
     pub limiter: secrets::FailureLimiter,
     projects: Mutex<HashMap<String, (Option<Project>, Instant)>>,
     touched: Mutex<HashMap<i64, Instant>>,
+    pub people: people::PeopleCache,
 }
 
 /// How long a project's visibility may be served from memory.
@@ -182,6 +207,7 @@ impl Authenticator {
             limiter: secrets::FailureLimiter::new(10, Duration::from_secs(60)),
             projects: Mutex::new(HashMap::new()),
             touched: Mutex::new(HashMap::new()),
+            people: people::PeopleCache::default(),
         }
     }
 
@@ -249,6 +275,9 @@ impl AppState {
                     public
                 }
             }
+            Principal::Person { .. } => {
+                self.person_actions(principal, project).await?.union(public)
+            }
         })
     }
 
@@ -283,6 +312,9 @@ impl AppState {
             self.touch(&robot).await;
             let version = robot.version;
             return Ok(Some((robot_principal(&robot), Some(version))));
+        }
+        if secret.starts_with(people::TOKEN_PREFIX) && !people::RESERVED.contains(&user) {
+            return Ok(self.token_login(user, secret).await?.map(|p| (p, None)));
         }
         let principal = match user {
             ADMIN => Principal::Admin,
@@ -361,7 +393,7 @@ impl AppState {
             BUILDER => Some(Principal::Builder),
             sub => {
                 let Some((project, name)) = parse_robot_name(sub) else {
-                    return Ok(None);
+                    return self.claimed_person(claims).await;
                 };
                 match self.meta.robot_get(project, name).await? {
                     Some(r)
@@ -374,6 +406,24 @@ impl AppState {
                 }
             }
         })
+    }
+
+    /// The person a token names: a registry token issued for a personal
+    /// token that still holds, or a session (the CLI's, the dashboard's).
+    async fn claimed_person(&self, claims: &Claims) -> ApiResult<Option<Principal>> {
+        if people::RESERVED.contains(&claims.sub.as_str())
+            || parse_build_token_name(&claims.sub).is_some()
+        {
+            return Ok(None);
+        }
+        match (&claims.pat, &claims.token_use) {
+            (Some(id), _) => match self.live_token(&claims.sub, id).await? {
+                Some(t) => self.person_principal(&claims.sub, Some(&t)).await,
+                None => Ok(None),
+            },
+            (None, TokenUse::Session) => self.person_principal(&claims.sub, None).await,
+            (None, _) => Ok(None),
+        }
     }
 
     /// Authenticates and authorises a `/v2` request.

@@ -59,6 +59,10 @@ pub struct Claims {
     /// robot's `version`, or a fingerprint of an account's password hash.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ver: Option<i64>,
+    /// The personal access token a person's registry token was issued for
+    /// (its id): the token must still exist, unexpired, at each use.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pat: Option<String>,
 }
 
 pub struct TokenKeys {
@@ -215,6 +219,7 @@ mod tests {
             access: vec![AccessEntry::repository("tool-a/web", Actions::PULL)],
             token_use: TokenUse::Access,
             ver: None,
+            pat: None,
         }
     }
 

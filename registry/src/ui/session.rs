@@ -300,6 +300,7 @@ pub async fn login(
         access: Vec::new(),
         token_use: TokenUse::Session,
         ver,
+        pat: None,
     };
     let Ok(token) = state.auth.keys.sign(&claims) else {
         return again(

@@ -558,3 +558,279 @@ async fn the_admin_names_members_before_they_sign_in() {
         "{audit}"
     );
 }
+
+/// `skopeo copy` of `image` into a directory with `creds`: whether it
+/// succeeded, and what it said.
+fn skopeo_pull(image: &str, creds: &str) -> (bool, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new("skopeo")
+        .args([
+            "copy",
+            "--retry-times",
+            "0",
+            "--src-tls-verify=false",
+            "--src-creds",
+        ])
+        .arg(creds)
+        .arg(format!("docker://{image}"))
+        .arg(format!("dir:{}", dir.path().join("img").display()))
+        .output()
+        .expect("run skopeo (conformance/test.sh installs it)");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// People from the directory through the real clients: a maintainer signs
+/// in with LDAP, makes a personal token and pulls their private tool's
+/// image with skopeo; removed from the tool's group in slapd, the same
+/// token is refused once the membership TTL has passed. A person in no
+/// group sees only public projects; an admin-group member administers; a
+/// wrong password and a filter injection are refused with a sentence and
+/// audited; a pull-only token cannot use the API; the admin lists and
+/// revokes a person's tokens.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn people_sign_in_and_pull_with_personal_tokens() {
+    use crate::security::{Env, basic};
+    use reqwest::Method;
+    use reqwest::StatusCode;
+    use serde_json::{Value, json};
+    let slapd = Slapd::start();
+    let ldap = toolforge(&slapd.url);
+    let env = Env::with(move |c| {
+        c.identity.ldap = ldap;
+        c.identity.membership_ttl_secs = 2;
+    })
+    .await;
+    env.server.create_project("tool-x", false).await;
+    env.push_image("tool-x/web", "v1", b"tool-x").await;
+    let host = env.server.addr.to_string();
+    let bearer = |t: &Value| format!("Bearer {}", t.as_str().unwrap());
+    let sign_in = |user: &'static str, password: &'static str| {
+        let env = &env;
+        async move {
+            env.api(
+                Method::POST,
+                "/api/v1/sign-in",
+                None,
+                Some(json!({"username": user, "password": password})),
+            )
+            .await
+        }
+    };
+
+    // Refusals, each with a sentence, each audited.
+    let (s, v) = sign_in("alice", "wrong").await;
+    assert_eq!(
+        (s, v["error"].as_str().unwrap()),
+        (
+            StatusCode::UNAUTHORIZED,
+            "the username or the password is wrong"
+        )
+    );
+    let (s, v) = sign_in("*)(uid=*", "x").await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+    assert!(
+        v["error"].as_str().unwrap().contains("is not a username"),
+        "{v}"
+    );
+    let (s, _) = sign_in("admin", "x").await;
+    assert_eq!(
+        s,
+        StatusCode::UNAUTHORIZED,
+        "the built-in accounts never sign in here"
+    );
+    let (_, audit) = env
+        .api(
+            Method::GET,
+            "/api/v1/audit?action=person.sign_in_refused",
+            Some(&env.admin()),
+            None,
+        )
+        .await;
+    let refused = audit.to_string();
+    assert!(
+        refused.contains("the username or the password is wrong") && refused.contains("*)(uid=*"),
+        "{audit}"
+    );
+
+    // Alice, a maintainer of tool-x in the directory.
+    let (s, alice) = sign_in("alice", "alice-secret").await;
+    assert_eq!(s, StatusCode::OK, "{alice}");
+    assert_eq!(alice["me"]["admin"], false);
+    assert_eq!(alice["me"]["memberships"][0]["project"], "tool-x");
+    assert_eq!(alice["me"]["memberships"][0]["role"], "maintainer");
+    let session = bearer(&alice["token"]);
+    let (s, v) = env
+        .api(Method::GET, "/api/v1/people", Some(&session), None)
+        .await;
+    assert_eq!(s, StatusCode::FORBIDDEN, "not an admin: {v}");
+    let (s, made) = env
+        .api(
+            Method::POST,
+            "/api/v1/me/tokens",
+            Some(&session),
+            Some(json!({"name": "laptop", "expires": "90d"})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{made}");
+    let secret = made["secret"].as_str().unwrap().to_owned();
+    assert!(secret.starts_with("slp_"));
+    let (s, v) = env
+        .api(
+            Method::POST,
+            "/api/v1/me/tokens",
+            Some(&session),
+            Some(json!({"name": "laptop"})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CONFLICT, "one name per person: {v}");
+    let (s, v) = env
+        .api(
+            Method::POST,
+            "/api/v1/me/tokens",
+            Some(&session),
+            Some(json!({"name": "other", "project": "tool-a"})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::FORBIDDEN, "not alice's project: {v}");
+
+    // skopeo pulls tool-x with the token; not tool-a (private, not hers);
+    // the public project, yes.
+    let creds = format!("alice:{secret}");
+    let (ok, err) = skopeo_pull(&format!("{host}/tool-x/web:v1"), &creds);
+    assert!(ok, "{err}");
+    let (ok, _) = skopeo_pull(&format!("{host}/tool-a/web:v1"), &creds);
+    assert!(!ok, "alice has no role in tool-a");
+    let (ok, err) = skopeo_pull(&format!("{host}/tool-pub/web:v1"), &creds);
+    assert!(ok, "{err}");
+    let (ok, _) = skopeo_pull(&format!("{host}/tool-x/web:v1"), &format!("bob:{secret}"));
+    assert!(!ok, "the token is alice's only");
+    // People never push, not even a maintainer.
+    let (s, _, _) = env
+        .send(
+            Method::POST,
+            "/v2/tool-x/web/blobs/uploads/",
+            Some(&basic("alice", &secret)),
+            Vec::new(),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+    let (_, listed) = env
+        .api(Method::GET, "/api/v1/me/tokens", Some(&session), None)
+        .await;
+    assert_eq!(listed[0]["name"], "laptop");
+    assert!(listed[0]["last_used_at"].is_string(), "{listed}");
+
+    // Removed from tools.x in the directory: within the TTL the token
+    // stops working, without anyone touching Slipway.
+    slapd.modify(&format!(
+        "dn: cn=tools.x,ou=servicegroups,{BASE}\nchangetype: modify\ndelete: member\nmember: uid=alice,ou=people,{BASE}\n"
+    ));
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let (ok, err) = skopeo_pull(&format!("{host}/tool-x/web:v1"), &creds);
+    assert!(!ok, "a removed member's token still pulls");
+    assert!(
+        err.contains("unauthorized") || err.contains("denied") || err.contains("401"),
+        "{err}"
+    );
+    let (_, me) = env
+        .api(Method::GET, "/api/v1/me", Some(&session), None)
+        .await;
+    assert_eq!(me["memberships"], json!([]), "{me}");
+
+    // Carol: only a posixGroup for a tool with no project — no projects;
+    // she sees only the public one.
+    let (s, carol) = sign_in("carol", "carol-secret").await;
+    assert_eq!(s, StatusCode::OK, "{carol}");
+    assert_eq!(carol["me"]["memberships"], json!([]));
+    let (_, made) = env
+        .api(
+            Method::POST,
+            "/api/v1/me/tokens",
+            Some(&bearer(&carol["token"])),
+            Some(json!({"name": "ci", "pull_only": true, "expires": "1d"})),
+        )
+        .await;
+    let carol_token = made["secret"].as_str().unwrap().to_owned();
+    let carol_basic = basic("carol", &carol_token);
+    let (s, _, b) = env.get("/v2/_catalog", Some(&carol_basic)).await;
+    assert_eq!(s, StatusCode::OK);
+    let catalog: Value = serde_json::from_slice(&b).unwrap();
+    assert_eq!(
+        catalog["repositories"],
+        json!(["tool-pub/web"]),
+        "{catalog}"
+    );
+    let (ok, err) = skopeo_pull(
+        &format!("{host}/tool-pub/web:v1"),
+        &format!("carol:{carol_token}"),
+    );
+    assert!(ok, "{err}");
+    // A pull-only token is for the registry only.
+    let (s, v) = env
+        .api(Method::GET, "/api/v1/me", Some(&carol_basic), None)
+        .await;
+    assert_eq!(s, StatusCode::FORBIDDEN, "{v}");
+
+    // Bob, in the admin group, administers.
+    let (s, bob) = sign_in("bob", "bob-secret").await;
+    assert_eq!(s, StatusCode::OK, "{bob}");
+    assert_eq!(bob["me"]["admin"], true);
+    let bob_session = bearer(&bob["token"]);
+    let (s, people) = env
+        .api(Method::GET, "/api/v1/people", Some(&bob_session), None)
+        .await;
+    assert_eq!(s, StatusCode::OK, "{people}");
+    let (s, tokens) = env
+        .api(
+            Method::GET,
+            "/api/v1/people/carol/tokens",
+            Some(&bob_session),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{tokens}");
+    let id = tokens[0]["id"].as_str().unwrap().to_owned();
+    let (s, v) = env
+        .api(
+            Method::DELETE,
+            &format!("/api/v1/people/carol/tokens/{id}"),
+            Some(&bob_session),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::NO_CONTENT, "{v}");
+    let (ok, _) = skopeo_pull(
+        &format!("{host}/tool-pub/web:v1"),
+        &format!("carol:{carol_token}"),
+    );
+    assert!(
+        !ok,
+        "a revoked token is refused (even for public images: wrong credentials)"
+    );
+    let (_, audit) = env
+        .api(
+            Method::GET,
+            "/api/v1/audit?action=token.revoke",
+            Some(&env.admin()),
+            None,
+        )
+        .await;
+    assert!(
+        audit.to_string().contains("\"bob\""),
+        "audited with the person's name: {audit}"
+    );
+
+    // Removed from the admin group: no longer admin, at the next look.
+    slapd.modify(&format!(
+        "dn: cn=tools.admin,ou=servicegroups,{BASE}\nchangetype: modify\nreplace: member\nmember: uid=dave,ou=people,{BASE}\n"
+    ));
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let (s, v) = env
+        .api(Method::GET, "/api/v1/people", Some(&bob_session), None)
+        .await;
+    assert_eq!(s, StatusCode::FORBIDDEN, "{v}");
+}

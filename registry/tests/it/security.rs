@@ -239,6 +239,7 @@ fn claims(sub: &str, access: Vec<AccessEntry>) -> Claims {
         access,
         token_use: TokenUse::Access,
         ver: None,
+        pat: None,
     }
 }
 

@@ -1,0 +1,435 @@
+//! People acting for themselves: `POST /api/v1/sign-in` (the directory
+//! checks the password; the answer is a session token for the CLI),
+//! `GET /api/v1/me`, and their personal access tokens under
+//! `/api/v1/me/tokens` — shown once, hashed at rest, listed with their last
+//! use, revocable by the person and (under `/api/v1/people/{person}/tokens`)
+//! by the admin.
+
+use axum::Json;
+use axum::extract::{ConnectInfo, Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use slipway_storage::meta::{PersonalToken, now_ms};
+
+use super::members::{MemberView, check_person, member_view};
+use super::{Admin, Error, ErrorBody, Result, Signed, audit, time};
+use crate::auth::people::{RESERVED, new_token};
+use crate::auth::tokens::{Claims, TokenUse};
+use crate::auth::{Caller, Principal, secrets};
+use crate::identity::ldap::LdapError;
+use crate::server::AppState;
+
+/// How long a session from `/api/v1/sign-in` lasts.
+pub const SESSION_SECS: i64 = 12 * 3600;
+/// Personal tokens last at most this long.
+const MAX_TOKEN_DAYS: u64 = 366;
+
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SignIn {
+    pub username: String,
+    pub password: String,
+}
+
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct SessionView {
+    /// A bearer token for the API (`Authorization: Bearer …`), not for
+    /// `/v2`: registry clients use personal tokens.
+    pub token: String,
+    pub expires_in: i64,
+    pub me: MeView,
+}
+
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct MeView {
+    pub name: String,
+    /// Administers Slipway (the admin, or the directory's admin group).
+    pub admin: bool,
+    pub memberships: Vec<MemberView>,
+}
+
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct TokenView {
+    pub id: String,
+    pub name: String,
+    pub person: String,
+    /// Only this project; none: every project of the person.
+    pub project: Option<String>,
+    /// Registry pulls only, no API.
+    pub pull_only: bool,
+    pub created_at: String,
+    pub expires_at: Option<String>,
+    pub last_used_at: Option<String>,
+}
+
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct TokenSecret {
+    pub token: TokenView,
+    /// Shown once: `podman login -u <person> -p <secret>`.
+    pub secret: String,
+}
+
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewToken {
+    pub name: String,
+    /// `90d`, `12h`, … (at most 366 days); default 90 days.
+    #[serde(default)]
+    pub expires: Option<String>,
+    #[serde(default)]
+    pub project: Option<String>,
+    #[serde(default)]
+    pub pull_only: bool,
+}
+
+fn token_view(t: &PersonalToken) -> TokenView {
+    TokenView {
+        id: t.id.clone(),
+        name: t.name.clone(),
+        person: t.person.clone(),
+        project: t.project.clone(),
+        pull_only: t.pull_only,
+        created_at: time(t.created_at),
+        expires_at: t.expires_at.map(time),
+        last_used_at: t.last_used_at.map(time),
+    }
+}
+
+/// The person a caller is, or a 403 for the admin account and robots.
+fn person_of(caller: &Caller) -> Result<&str> {
+    match &caller.principal {
+        Principal::Person { name, .. } => Ok(name),
+        p => Err(Error::new(
+            StatusCode::FORBIDDEN,
+            format!(
+                "{} is not a person: personal tokens belong to people who signed in",
+                p.subject()
+            ),
+        )),
+    }
+}
+
+#[utoipa::path(post, path = "/api/v1/sign-in", tag = "people", request_body = SignIn,
+    security(()),
+    responses((status = 200, body = SessionView), (status = 401, body = ErrorBody),
+        (status = 400, body = ErrorBody), (status = 503, body = ErrorBody)))]
+pub async fn sign_in(
+    State(state): State<AppState>,
+    ConnectInfo(addr): ConnectInfo<std::net::SocketAddr>,
+    Json(body): Json<SignIn>,
+) -> Result<Response> {
+    let remote = Some(addr.ip());
+    let Some(directory) = state.directory.clone() else {
+        return Err(Error::new(
+            StatusCode::NOT_FOUND,
+            "no directory is configured: set [identity.ldap] to let people sign in",
+        ));
+    };
+    if let Some(wait) = state.auth.limiter.blocked(remote) {
+        return Err(Error::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            format!(
+                "too many failed sign-ins from this address; try again in {} seconds",
+                wait.as_secs().max(1)
+            ),
+        ));
+    }
+    let anonymous = Caller {
+        principal: Principal::Anonymous,
+        remote,
+    };
+    if RESERVED.contains(&body.username.as_str()) {
+        state.auth.limiter.failed(remote);
+        return refused(
+            &state,
+            &anonymous,
+            &body.username,
+            StatusCode::UNAUTHORIZED,
+            LdapError::Refused.to_string(),
+        )
+        .await;
+    }
+    let answer = match directory.sign_in(&body.username, &body.password).await {
+        Ok(a) => a,
+        Err(e @ LdapError::Unavailable(_)) => {
+            tracing::warn!(error = %e, "a sign-in could not reach the directory");
+            return Err(Error::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the directory cannot be reached; try again later",
+            ));
+        }
+        Err(e) => {
+            state.auth.limiter.failed(remote);
+            let status = match e {
+                LdapError::InvalidName(_) => StatusCode::BAD_REQUEST,
+                _ => StatusCode::UNAUTHORIZED,
+            };
+            return refused(&state, &anonymous, &body.username, status, e.to_string()).await;
+        }
+    };
+    let now = now_ms();
+    state
+        .meta
+        .person_ensure(&answer.user, slipway_storage::meta::SOURCE_DIRECTORY)
+        .await?;
+    let unknown = state
+        .meta
+        .directory_sync(&answer.user, answer.is_admin, &answer.grants, now)
+        .await?;
+    state.meta.person_signed_in(&answer.user, now).await?;
+    let person = state
+        .person_principal(&answer.user, None)
+        .await?
+        .ok_or_else(|| {
+            Error::new(
+                StatusCode::FORBIDDEN,
+                format!("{} is disabled in Slipway", answer.user),
+            )
+        })?;
+    let caller = Caller {
+        principal: person,
+        remote,
+    };
+    audit(
+        &state,
+        &caller,
+        "person.sign_in",
+        None,
+        &answer.user,
+        json!({"admin": answer.is_admin, "groups": answer.groups,
+               "projects": answer.grants.iter().map(|(p, _)| p).collect::<Vec<_>>(),
+               "projects_not_created": unknown}),
+    )
+    .await?;
+    let token = session_token(&state, &answer.user)?;
+    let me = me_view(&state, &caller).await?;
+    Ok(Json(SessionView {
+        token,
+        expires_in: SESSION_SECS,
+        me,
+    })
+    .into_response())
+}
+
+/// Audits a refused sign-in and answers it with its reason.
+async fn refused(
+    state: &AppState,
+    anonymous: &Caller,
+    username: &str,
+    status: StatusCode,
+    reason: String,
+) -> Result<Response> {
+    audit(
+        state,
+        anonymous,
+        "person.sign_in_refused",
+        None,
+        &username.chars().take(80).collect::<String>(),
+        json!({"reason": reason}),
+    )
+    .await?;
+    Err(Error::new(status, reason))
+}
+
+/// A signed session for `person` (`use: session`, twelve hours).
+fn session_token(state: &AppState, person: &str) -> Result<String> {
+    let now = now_ms() / 1000;
+    let claims = Claims {
+        iss: state.config.auth.issuer.clone(),
+        sub: person.to_owned(),
+        aud: state.config.auth.service.clone(),
+        exp: now + SESSION_SECS,
+        nbf: now,
+        iat: now,
+        jti: uuid::Uuid::new_v4().simple().to_string(),
+        access: Vec::new(),
+        token_use: TokenUse::Session,
+        ver: None,
+        pat: None,
+    };
+    state
+        .auth
+        .keys
+        .sign(&claims)
+        .map_err(|e| Error::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
+}
+
+async fn me_view(state: &AppState, caller: &Caller) -> Result<MeView> {
+    let memberships = match &caller.principal {
+        Principal::Person { name, .. } => state.meta.memberships_of(name).await?,
+        _ => Vec::new(),
+    };
+    Ok(MeView {
+        name: caller.principal.subject(),
+        admin: caller.principal.is_admin(),
+        memberships: memberships.iter().map(member_view).collect(),
+    })
+}
+
+#[utoipa::path(get, path = "/api/v1/me", tag = "people",
+    responses((status = 200, body = MeView), (status = 401, body = ErrorBody)))]
+pub async fn me(State(state): State<AppState>, Signed(caller): Signed) -> Result<Json<MeView>> {
+    Ok(Json(me_view(&state, &caller).await?))
+}
+
+#[utoipa::path(get, path = "/api/v1/me/tokens", tag = "people",
+    responses((status = 200, body = [TokenView]), (status = 403, body = ErrorBody)))]
+pub async fn tokens(
+    State(state): State<AppState>,
+    Signed(caller): Signed,
+) -> Result<Json<Vec<TokenView>>> {
+    let person = person_of(&caller)?;
+    let tokens = state.meta.tokens_of(person).await?;
+    Ok(Json(tokens.iter().map(token_view).collect()))
+}
+
+#[utoipa::path(post, path = "/api/v1/me/tokens", tag = "people", request_body = NewToken,
+    responses((status = 201, body = TokenSecret), (status = 400, body = ErrorBody),
+        (status = 403, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub async fn token_create(
+    State(state): State<AppState>,
+    Signed(caller): Signed,
+    Json(body): Json<NewToken>,
+) -> Result<Response> {
+    let person = person_of(&caller)?.to_owned();
+    let name_ok = (1..=64).contains(&body.name.len())
+        && body
+            .name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+    if !name_ok {
+        return Err(Error::bad_request(format!(
+            "{:.80} is not a token name: use 1 to 64 letters, digits, '.', '_' or '-'",
+            body.name
+        )));
+    }
+    let lifetime = match body.expires.as_deref() {
+        None => std::time::Duration::from_secs(90 * 86_400),
+        Some(text) => humantime::parse_duration(text).map_err(|_| {
+            Error::bad_request(format!(
+                "{text:.40} is not a lifetime: write it like 90d, 12h or 30m"
+            ))
+        })?,
+    };
+    if lifetime.is_zero() || lifetime.as_secs() > MAX_TOKEN_DAYS * 86_400 {
+        return Err(Error::bad_request(format!(
+            "a personal token lasts between a second and {MAX_TOKEN_DAYS} days"
+        )));
+    }
+    // A token limited to a project its owner cannot see would be useless;
+    // one limited beyond the caller's own token would widen it.
+    let inherited = caller.principal.personal_token().cloned();
+    let project = body
+        .project
+        .clone()
+        .or_else(|| inherited.as_ref().and_then(|t| t.project.clone()));
+    if let Some(p) = &project {
+        if inherited
+            .as_ref()
+            .and_then(|t| t.project.as_deref())
+            .is_some_and(|only| only != p)
+        {
+            return Err(Error::new(
+                StatusCode::FORBIDDEN,
+                format!("the token in use is limited to another project than {p:.100}"),
+            ));
+        }
+        if state.role(&caller.principal, p).await?.is_none() && !caller.principal.is_admin() {
+            return Err(Error::new(
+                StatusCode::FORBIDDEN,
+                format!("{person} has no role in project {p:.100}"),
+            ));
+        }
+    }
+    let (id, text) = new_token();
+    let hash = secrets::hash(&text)
+        .await
+        .map_err(|e| Error::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    let now = now_ms();
+    let token = PersonalToken {
+        id,
+        person: person.clone(),
+        name: body.name.clone(),
+        secret_hash: hash,
+        project: project.clone(),
+        pull_only: body.pull_only || inherited.is_some_and(|t| t.pull_only),
+        created_at: now,
+        expires_at: Some(now + lifetime.as_millis() as i64),
+        last_used_at: None,
+    };
+    state.meta.token_create(&token).await?;
+    audit(
+        &state,
+        &caller,
+        "token.create",
+        project.as_deref(),
+        &format!("{person}/{}", token.name),
+        json!({"id": token.id, "pull_only": token.pull_only, "expires_at": token.expires_at}),
+    )
+    .await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(TokenSecret {
+            token: token_view(&token),
+            secret: text,
+        }),
+    )
+        .into_response())
+}
+
+#[utoipa::path(delete, path = "/api/v1/me/tokens/{id}", tag = "people",
+    params(("id" = String, Path)),
+    responses((status = 204), (status = 404, body = ErrorBody)))]
+pub async fn token_delete(
+    State(state): State<AppState>,
+    Signed(caller): Signed,
+    Path(id): Path<String>,
+) -> Result<StatusCode> {
+    let person = person_of(&caller)?.to_owned();
+    revoke(&state, &caller, &person, &id).await
+}
+
+async fn revoke(state: &AppState, caller: &Caller, person: &str, id: &str) -> Result<StatusCode> {
+    if !state.meta.token_delete(person, id).await? {
+        return Err(Error::not_found(format!(
+            "{person} has no personal token {id:.40}"
+        )));
+    }
+    audit(
+        state,
+        caller,
+        "token.revoke",
+        None,
+        &format!("{person}/{id}"),
+        json!({}),
+    )
+    .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[utoipa::path(get, path = "/api/v1/people/{person}/tokens", tag = "people",
+    params(("person" = String, Path)),
+    responses((status = 200, body = [TokenView])))]
+pub async fn person_tokens(
+    State(state): State<AppState>,
+    _admin: Admin,
+    Path(person): Path<String>,
+) -> Result<Json<Vec<TokenView>>> {
+    check_person(&person)?;
+    let tokens = state.meta.tokens_of(&person).await?;
+    Ok(Json(tokens.iter().map(token_view).collect()))
+}
+
+#[utoipa::path(delete, path = "/api/v1/people/{person}/tokens/{id}", tag = "people",
+    params(("person" = String, Path), ("id" = String, Path)),
+    responses((status = 204), (status = 404, body = ErrorBody)))]
+pub async fn person_token_delete(
+    State(state): State<AppState>,
+    Admin(caller): Admin,
+    Path((person, id)): Path<(String, String)>,
+) -> Result<StatusCode> {
+    check_person(&person)?;
+    revoke(&state, &caller, &person, &id).await
+}
