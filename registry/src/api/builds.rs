@@ -22,9 +22,10 @@ use serde_json::json;
 use slipway_storage::RepoName;
 use slipway_storage::meta::{BuildRecord, BuildToken, NewAuditEntry, Trigger, now_ms};
 
-use super::{Admin, Error, ErrorBody, Result, audit, time};
+use super::{Admin, Error, ErrorBody, Result, Signed, audit, time};
+use crate::auth::people::Right;
 use crate::auth::tokens::TokenUse;
-use crate::auth::{Credentials, Principal, parse_authorization, secrets};
+use crate::auth::{Caller, Credentials, Principal, parse_authorization, secrets};
 use crate::error::ApiError;
 use crate::server::AppState;
 
@@ -37,6 +38,11 @@ pub enum BuildCaller {
         token: BuildToken,
         remote: Option<IpAddr>,
     },
+    /// A person (a session, or a personal token that may use the API):
+    /// what their role in the project holds.
+    Person {
+        caller: Caller,
+    },
 }
 
 impl BuildCaller {
@@ -46,17 +52,21 @@ impl BuildCaller {
             BuildCaller::Token { token, .. } => {
                 format!("build${}+{}", token.project, token.name)
             }
+            BuildCaller::Person { caller } => caller.principal.subject(),
         }
     }
 
     pub fn remote(&self) -> Option<IpAddr> {
         match self {
             BuildCaller::Admin { remote } | BuildCaller::Token { remote, .. } => *remote,
+            BuildCaller::Person { caller } => caller.remote,
         }
     }
 
-    /// Refuses a build token of another project.
-    pub fn may_build(&self, project: &str) -> Result<()> {
+    /// Refuses a build token of another project, and a person whose role
+    /// in `project` does not hold `right` (audited). A build token holds
+    /// a maintainer's rights in its own project.
+    pub async fn may(&self, state: &AppState, project: &str, right: Right) -> Result<()> {
         match self {
             BuildCaller::Admin { .. } => Ok(()),
             BuildCaller::Token { token, .. } if token.project == project => Ok(()),
@@ -67,6 +77,7 @@ impl BuildCaller {
                     token.project, token.name, token.project
                 ),
             )),
+            BuildCaller::Person { caller } => super::require(state, caller, project, right).await,
         }
     }
 }
@@ -109,6 +120,7 @@ impl FromRequestParts<AppState> for BuildCaller {
                 }
                 match state.login(&user, &secret).await? {
                     Some((Principal::Admin, _)) => Ok(BuildCaller::Admin { remote }),
+                    Some((p @ Principal::Person { .. }, _)) => person(p, remote),
                     Some((p, _)) => Err(Error::new(
                         StatusCode::FORBIDDEN,
                         format!(
@@ -123,13 +135,20 @@ impl FromRequestParts<AppState> for BuildCaller {
                 }
             }
             Credentials::Bearer(token) => {
-                let claims = state
-                    .auth
-                    .keys
-                    .verify(&token, TokenUse::Access)
-                    .map_err(|_| unauthorized())?;
+                // A registry token, or a person's session.
+                let claims = match state.auth.keys.verify(&token, TokenUse::Access) {
+                    Ok(c) => c,
+                    Err(_) => state
+                        .auth
+                        .keys
+                        .verify(&token, TokenUse::Session)
+                        .ok()
+                        .filter(|c| !crate::auth::people::RESERVED.contains(&c.sub.as_str()))
+                        .ok_or_else(unauthorized)?,
+                };
                 match state.token_principal(&claims).await? {
                     Some(Principal::Admin) => Ok(BuildCaller::Admin { remote }),
+                    Some(p @ Principal::Person { .. }) => person(p, remote),
                     Some(p) => Err(Error::new(
                         StatusCode::FORBIDDEN,
                         format!(
@@ -262,6 +281,19 @@ pub struct NewBuild {
 }
 
 /// Who asks for a build (for the record and the audit log).
+/// A person asking, unless with a pull-only token.
+fn person(principal: Principal, remote: Option<IpAddr>) -> Result<BuildCaller> {
+    if principal.personal_token().is_some_and(|t| t.pull_only) {
+        return Err(Error::new(
+            StatusCode::FORBIDDEN,
+            "this personal token is pull-only: it cannot use the API",
+        ));
+    }
+    Ok(BuildCaller::Person {
+        caller: Caller { principal, remote },
+    })
+}
+
 #[derive(Debug, Clone)]
 pub struct Who {
     pub subject: String,
@@ -912,7 +944,7 @@ pub async fn start(
     Path(project): Path<String>,
     Json(body): Json<NewBuild>,
 ) -> Result<Response> {
-    caller.may_build(&project)?;
+    caller.may(&state, &project, Right::Build).await?;
     project_exists(&state, &project).await?;
     let ask = match body.source_url {
         Some(source_url) => BuildAsk {
@@ -1004,7 +1036,7 @@ pub async fn list(
     Path(project): Path<String>,
     Query(q): Query<ListQuery>,
 ) -> Result<Json<Vec<BuildView>>> {
-    caller.may_build(&project)?;
+    caller.may(&state, &project, Right::Read).await?;
     project_exists(&state, &project).await?;
     let builds = state.meta.builds(&project, q.limit.unwrap_or(50)).await?;
     Ok(Json(builds.iter().map(view).collect()))
@@ -1018,7 +1050,7 @@ pub async fn latest(
     caller: BuildCaller,
     Path(project): Path<String>,
 ) -> Result<Json<BuildView>> {
-    caller.may_build(&project)?;
+    caller.may(&state, &project, Right::Read).await?;
     project_exists(&state, &project).await?;
     let b = state.meta.builds(&project, 1).await?;
     let b = b
@@ -1035,7 +1067,7 @@ pub async fn get(
     caller: BuildCaller,
     Path((project, id)): Path<(String, String)>,
 ) -> Result<Json<BuildView>> {
-    caller.may_build(&project)?;
+    caller.may(&state, &project, Right::Read).await?;
     Ok(Json(view(&found(&state, &project, &id).await?)))
 }
 
@@ -1047,7 +1079,7 @@ pub async fn cancel(
     caller: BuildCaller,
     Path((project, id)): Path<(String, String)>,
 ) -> Result<Response> {
-    caller.may_build(&project)?;
+    caller.may(&state, &project, Right::Build).await?;
     let b = cancel_build(&state, &caller.who(), &project, &id).await?;
     Ok((StatusCode::ACCEPTED, Json(view(&b))).into_response())
 }
@@ -1079,7 +1111,7 @@ pub async fn retry(
     caller: BuildCaller,
     Path((project, id)): Path<(String, String)>,
 ) -> Result<Response> {
-    caller.may_build(&project)?;
+    caller.may(&state, &project, Right::Build).await?;
     let b = retry_build(&state, &caller.who(), &project, &id).await?;
     Ok((StatusCode::ACCEPTED, Json(view(&b))).into_response())
 }
@@ -1135,7 +1167,7 @@ pub async fn delete(
     caller: BuildCaller,
     Path((project, id)): Path<(String, String)>,
 ) -> Result<StatusCode> {
-    caller.may_build(&project)?;
+    caller.may(&state, &project, Right::Manage).await?;
     let b = found(&state, &project, &id).await?;
     if !state.meta.build_delete(&project, &id).await? {
         return Err(Error::new(
@@ -1182,7 +1214,7 @@ pub async fn logs(
     Path((project, id)): Path<(String, String)>,
     Query(q): Query<LogQuery>,
 ) -> Result<Response> {
-    caller.may_build(&project)?;
+    caller.may(&state, &project, Right::Build).await?;
     found(&state, &project, &id).await?;
     let json = match q.format.as_deref() {
         None | Some("text") => false,
@@ -1326,9 +1358,10 @@ fn check_token_name(name: &str) -> Result<()> {
     responses((status = 200, body = [BuildTokenView]), (status = 404, body = ErrorBody)))]
 pub async fn tokens(
     State(state): State<AppState>,
-    _admin: Admin,
+    Signed(caller): Signed,
     Path(project): Path<String>,
 ) -> Result<Json<Vec<BuildTokenView>>> {
+    super::require(&state, &caller, &project, Right::Manage).await?;
     project_exists(&state, &project).await?;
     let tokens = state.meta.build_tokens(&project).await?;
     Ok(Json(tokens.iter().map(token_view).collect()))
@@ -1339,10 +1372,11 @@ pub async fn tokens(
     responses((status = 201, body = BuildTokenSecret), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub async fn token_create(
     State(state): State<AppState>,
-    Admin(caller): Admin,
+    Signed(caller): Signed,
     Path(project): Path<String>,
     Json(body): Json<NewBuildToken>,
 ) -> Result<Response> {
+    super::require(&state, &caller, &project, Right::Manage).await?;
     let name = body.name.unwrap_or_else(|| "default".into());
     check_token_name(&name)?;
     project_exists(&state, &project).await?;
@@ -1378,9 +1412,10 @@ pub async fn token_create(
     responses((status = 204), (status = 404, body = ErrorBody)))]
 pub async fn token_delete(
     State(state): State<AppState>,
-    Admin(caller): Admin,
+    Signed(caller): Signed,
     Path((project, name)): Path<(String, String)>,
 ) -> Result<StatusCode> {
+    super::require(&state, &caller, &project, Right::Manage).await?;
     if !state.meta.build_token_delete(&project, &name).await? {
         return Err(Error::not_found(format!(
             "build token {name:.64} does not exist in project {project:.100}"

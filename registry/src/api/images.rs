@@ -12,6 +12,7 @@ use slipway_storage::{Digest, RepoName, StorageError};
 use super::builds::{BuildCaller, record_as};
 use super::storage::{UsageView, usage_view};
 use super::{Error, ErrorBody, Result};
+use crate::auth::people::Right;
 use crate::server::AppState;
 
 /// One image name of a project (the repository `<project>/<name>`).
@@ -67,7 +68,7 @@ pub async fn list(
     caller: BuildCaller,
     Path(project): Path<String>,
 ) -> Result<Json<ImagesView>> {
-    caller.may_build(&project)?;
+    caller.may(&state, &project, Right::Read).await?;
     let usage = usage(&state, &project).await?;
     let prefix = format!("{project}/");
     let images = state
@@ -131,7 +132,7 @@ async fn clean(
     project: &str,
     name: Option<&str>,
 ) -> Result<CleanReport> {
-    caller.may_build(project)?;
+    caller.may(&state, project, Right::Manage).await?;
     usage(state, project).await?;
     let mut repos: Vec<String> = state
         .meta

@@ -318,6 +318,11 @@ impl FromRequestParts<AppState> for Signed {
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Signed> {
         let caller = authenticate(parts, state).await?;
+        // Mutual TLS: the admin's powers need the client certificate on
+        // every route, the maintainers' ones included.
+        if caller.principal.is_admin() && state.config.tls.mutual() && !client_certified(parts) {
+            return Err(mutual_tls_needed());
+        }
         if caller
             .principal
             .personal_token()
@@ -388,6 +393,21 @@ async fn authenticate(parts: &mut Parts, state: &AppState) -> Result<Caller> {
     Ok(Caller { principal, remote })
 }
 
+fn client_certified(parts: &Parts) -> bool {
+    parts
+        .extensions
+        .get::<crate::tls::ClientCertificate>()
+        .is_some()
+}
+
+fn mutual_tls_needed() -> Error {
+    Error::new(
+        StatusCode::FORBIDDEN,
+        "the admin API needs a client certificate signed by an authority in \
+         tls.client_ca_file, over HTTPS",
+    )
+}
+
 /// The admin (or a person in the directory's admin group), authenticated.
 /// Extracting it refuses everyone else.
 pub struct Admin(pub Caller);
@@ -398,17 +418,8 @@ impl FromRequestParts<AppState> for Admin {
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Admin> {
         // Mutual TLS: without the client certificate, the admin's password
         // is not even looked at.
-        if state.config.tls.mutual()
-            && parts
-                .extensions
-                .get::<crate::tls::ClientCertificate>()
-                .is_none()
-        {
-            return Err(Error::new(
-                StatusCode::FORBIDDEN,
-                "the admin API needs a client certificate signed by an authority in \
-                 tls.client_ca_file, over HTTPS",
-            ));
+        if state.config.tls.mutual() && !client_certified(parts) {
+            return Err(mutual_tls_needed());
         }
         let Signed(caller) = Signed::from_request_parts(parts, state).await?;
         if !caller.principal.is_admin() {

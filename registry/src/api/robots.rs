@@ -10,7 +10,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use slipway_storage::meta::{Robot, RobotUpdate, now_ms};
 
-use super::{Admin, Error, ErrorBody, Result, audit, time};
+use super::{Error, ErrorBody, Result, Signed, audit, time};
+use crate::auth::people::Right;
 use crate::auth::{Actions, Caller, secrets};
 use crate::server::AppState;
 
@@ -151,9 +152,10 @@ async fn found(state: &AppState, project: &str, name: &str) -> Result<Robot> {
     responses((status = 200, body = [RobotView]), (status = 404, body = ErrorBody)))]
 pub async fn list(
     State(state): State<AppState>,
-    _admin: Admin,
+    Signed(caller): Signed,
     Path(project): Path<String>,
 ) -> Result<Json<Vec<RobotView>>> {
+    super::require(&state, &caller, &project, Right::Manage).await?;
     project_exists(&state, &project).await?;
     let robots = state.meta.robots(&project).await?;
     Ok(Json(robots.iter().map(|r| view(&state, r)).collect()))
@@ -164,10 +166,11 @@ pub async fn list(
     responses((status = 201, body = RobotSecret), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub async fn create(
     State(state): State<AppState>,
-    Admin(caller): Admin,
+    Signed(caller): Signed,
     Path(project): Path<String>,
     Json(body): Json<NewRobot>,
 ) -> Result<Response> {
+    super::require(&state, &caller, &project, Right::Manage).await?;
     let (robot, secret) = create_robot(&state, &caller, &project, &body).await?;
     Ok((
         StatusCode::CREATED,
@@ -226,9 +229,10 @@ pub(crate) async fn create_robot(
     responses((status = 200, body = RobotView), (status = 404, body = ErrorBody)))]
 pub async fn get(
     State(state): State<AppState>,
-    _admin: Admin,
+    Signed(caller): Signed,
     Path((project, name)): Path<(String, String)>,
 ) -> Result<Json<RobotView>> {
+    super::require(&state, &caller, &project, Right::Manage).await?;
     Ok(Json(view(&state, &found(&state, &project, &name).await?)))
 }
 
@@ -237,10 +241,11 @@ pub async fn get(
     responses((status = 200, body = RobotView), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn update(
     State(state): State<AppState>,
-    Admin(caller): Admin,
+    Signed(caller): Signed,
     Path((project, name)): Path<(String, String)>,
     Json(body): Json<RobotUpdateBody>,
 ) -> Result<Json<RobotView>> {
+    super::require(&state, &caller, &project, Right::Manage).await?;
     found(&state, &project, &name).await?;
     let update = RobotUpdate {
         description: body.description.clone(),
@@ -275,9 +280,10 @@ pub async fn update(
     responses((status = 200, body = RobotSecret), (status = 404, body = ErrorBody)))]
 pub async fn rotate(
     State(state): State<AppState>,
-    Admin(caller): Admin,
+    Signed(caller): Signed,
     Path((project, name)): Path<(String, String)>,
 ) -> Result<Json<RobotSecret>> {
+    super::require(&state, &caller, &project, Right::Manage).await?;
     found(&state, &project, &name).await?;
     let secret = secrets::generate();
     let hash = secrets::hash(&secret)
@@ -319,9 +325,10 @@ pub async fn rotate(
     responses((status = 204), (status = 404, body = ErrorBody)))]
 pub async fn delete(
     State(state): State<AppState>,
-    Admin(caller): Admin,
+    Signed(caller): Signed,
     Path((project, name)): Path<(String, String)>,
 ) -> Result<StatusCode> {
+    super::require(&state, &caller, &project, Right::Manage).await?;
     let robot = found(&state, &project, &name).await?;
     state.meta.robot_delete(&project, &name).await?;
     audit(

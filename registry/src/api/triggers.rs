@@ -25,6 +25,7 @@ use super::builds::{
     check_source, normalize_builder, project_exists, record_as, request_build,
 };
 use super::{Admin, Error, ErrorBody, Result, time};
+use crate::auth::people::Right;
 use crate::auth::secrets;
 use crate::server::AppState;
 use crate::triggers::{self as hooks, Decision, Event};
@@ -117,7 +118,7 @@ pub async fn secrets_list(
     caller: BuildCaller,
     Path(project): Path<String>,
 ) -> Result<Json<Vec<SecretView>>> {
-    caller.may_build(&project)?;
+    caller.may(&state, &project, Right::Manage).await?;
     project_exists(&state, &project).await?;
     let list = state.meta.secrets(&project).await?;
     Ok(Json(
@@ -142,7 +143,7 @@ pub async fn secret_set(
     Path((project, name)): Path<(String, String)>,
     Json(body): Json<SecretBody>,
 ) -> Result<Response> {
-    caller.may_build(&project)?;
+    caller.may(&state, &project, Right::Manage).await?;
     check_secret_name(&name)?;
     project_exists(&state, &project).await?;
     if body.value.is_empty() {
@@ -199,7 +200,7 @@ pub async fn secret_delete(
     caller: BuildCaller,
     Path((project, name)): Path<(String, String)>,
 ) -> Result<StatusCode> {
-    caller.may_build(&project)?;
+    caller.may(&state, &project, Right::Manage).await?;
     if !state.meta.secret_delete(&project, &name).await? {
         return Err(Error::not_found(format!(
             "project {project:.100} has no secret {name:.100}"
@@ -449,7 +450,7 @@ pub async fn create(
     headers: HeaderMap,
     Json(body): Json<NewTrigger>,
 ) -> Result<Response> {
-    caller.may_build(&project)?;
+    caller.may(&state, &project, Right::Manage).await?;
     project_exists(&state, &project).await?;
     let secret = secrets::generate();
     let id = new_trigger_id();
@@ -506,7 +507,7 @@ pub async fn list(
     Path(project): Path<String>,
     headers: HeaderMap,
 ) -> Result<Json<Vec<TriggerView>>> {
-    caller.may_build(&project)?;
+    caller.may(&state, &project, Right::Manage).await?;
     project_exists(&state, &project).await?;
     let base = base_url(&state, &headers);
     let list = state.meta.triggers(Some(&project)).await?;
@@ -535,7 +536,7 @@ pub async fn get(
     headers: HeaderMap,
 ) -> Result<Json<TriggerView>> {
     let t = found_trigger(&state, &id).await?;
-    caller.may_build(&t.project)?;
+    caller.may(&state, &t.project, Right::Manage).await?;
     Ok(Json(trigger_view(&t, &base_url(&state, &headers))))
 }
 
@@ -551,7 +552,7 @@ pub async fn update(
     Json(body): Json<TriggerUpdate>,
 ) -> Result<Json<TriggerUpdated>> {
     let mut t = found_trigger(&state, &id).await?;
-    caller.may_build(&t.project)?;
+    caller.may(&state, &t.project, Right::Manage).await?;
     if let Some(u) = body.source_url {
         t.source_url = u.trim().to_owned();
     }
@@ -620,7 +621,7 @@ pub async fn delete(
     Path(id): Path<String>,
 ) -> Result<StatusCode> {
     let t = found_trigger(&state, &id).await?;
-    caller.may_build(&t.project)?;
+    caller.may(&state, &t.project, Right::Manage).await?;
     state.meta.trigger_delete(&t.project, &id).await?;
     record_as(
         &state,
@@ -668,7 +669,7 @@ pub async fn deliveries(
     Query(q): Query<DeliveriesQuery>,
 ) -> Result<Json<Vec<DeliveryView>>> {
     let t = found_trigger(&state, &id).await?;
-    caller.may_build(&t.project)?;
+    caller.may(&state, &t.project, Right::Manage).await?;
     let list = state.meta.deliveries(&id, q.limit.unwrap_or(50)).await?;
     Ok(Json(
         list.into_iter()

@@ -601,6 +601,7 @@ async fn people_sign_in_and_pull_with_personal_tokens() {
     let env = Env::with(move |c| {
         c.identity.ldap = ldap;
         c.identity.membership_ttl_secs = 2;
+        c.builds.workers = 0;
     })
     .await;
     env.server.create_project("tool-x", false).await;
@@ -696,6 +697,60 @@ async fn people_sign_in_and_pull_with_personal_tokens() {
         .await;
     assert_eq!(s, StatusCode::FORBIDDEN, "not alice's project: {v}");
 
+    // A maintainer manages their own tool — a build token, a robot, a
+    // trigger — but not another tool, and not the quota; refusals audited.
+    env.server.create_project("platform", true).await;
+    env.push_image("platform/builder", "bookworm", b"a builder")
+        .await;
+    env.approve("platform/builder:bookworm").await;
+    let source = "https://gitlab.example.org/toolforge/x.git";
+    for (what, body) in [
+        ("build-tokens", json!({"name": "ci"})),
+        ("robots", json!({"name": "puller"})),
+        ("triggers", json!({"source_url": source, "ref": "main"})),
+    ] {
+        let (s, v) = env
+            .api(
+                Method::POST,
+                &format!("/api/v1/projects/tool-x/{what}"),
+                Some(&session),
+                Some(body.clone()),
+            )
+            .await;
+        assert_eq!(s, StatusCode::CREATED, "{what}: {v}");
+        let (s, v) = env
+            .api(
+                Method::POST,
+                &format!("/api/v1/projects/tool-a/{what}"),
+                Some(&session),
+                Some(body),
+            )
+            .await;
+        assert_eq!(s, StatusCode::FORBIDDEN, "{what} in tool-a: {v}");
+        assert_eq!(v["error"], "alice may not manage project tool-a", "{v}");
+    }
+    let (s, v) = env
+        .api(
+            Method::PATCH,
+            "/api/v1/projects/tool-x",
+            Some(&session),
+            Some(json!({"quota_bytes": 1u64 << 40})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::FORBIDDEN, "the quota is the admin's: {v}");
+    let (_, denied) = env
+        .api(
+            Method::GET,
+            "/api/v1/audit?action=denied",
+            Some(&env.admin()),
+            None,
+        )
+        .await;
+    assert!(
+        denied.to_string().contains("\"alice\"") && denied.to_string().contains("tool-a"),
+        "{denied}"
+    );
+
     // skopeo pulls tool-x with the token; not tool-a (private, not hers);
     // the public project, yes.
     let creds = format!("alice:{secret}");
@@ -761,8 +816,8 @@ async fn people_sign_in_and_pull_with_personal_tokens() {
     let catalog: Value = serde_json::from_slice(&b).unwrap();
     assert_eq!(
         catalog["repositories"],
-        json!(["tool-pub/web"]),
-        "{catalog}"
+        json!(["platform/builder", "tool-pub/web"]),
+        "only the public projects: {catalog}"
     );
     let (ok, err) = skopeo_pull(
         &format!("{host}/tool-pub/web:v1"),
