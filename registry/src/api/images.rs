@@ -132,7 +132,7 @@ async fn clean(
     project: &str,
     name: Option<&str>,
 ) -> Result<CleanReport> {
-    caller.may(&state, project, Right::Manage).await?;
+    caller.may(state, project, Right::Manage).await?;
     usage(state, project).await?;
     let mut repos: Vec<String> = state
         .meta
