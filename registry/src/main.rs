@@ -40,6 +40,14 @@ enum Command {
     Admin(cli::admin::AdminArgs),
     /// Build a git repository into an image, and follow builds.
     Build(cli::build::BuildArgs),
+    /// Sign in with your directory account; `slipway admin` and `slipway
+    /// build` then act as you.
+    Login(cli::login::LoginArgs),
+    /// Forget the session `slipway login` kept for a server.
+    Logout(cli::login::LogoutArgs),
+    /// Your personal access tokens for registry clients (after `slipway
+    /// login`).
+    Token(cli::login::TokenArgs),
     /// Make a data directory of a backup (`slipway admin backup`); then
     /// `slipway serve --data-dir DATA_DIR` serves what it held.
     Restore {
@@ -139,7 +147,16 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 .build()?;
             runtime.block_on(cli::build::run(args))
         }
+        Command::Login(args) => client_runtime()?.block_on(cli::login::login(args)),
+        Command::Logout(args) => client_runtime()?.block_on(cli::login::logout(args)),
+        Command::Token(args) => client_runtime()?.block_on(cli::login::token(args)),
     }
+}
+
+fn client_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?)
 }
 
 async fn serve(config: Config) -> anyhow::Result<()> {

@@ -500,13 +500,27 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
         return stack::run(cmd, None, args.json).await;
     }
     let http = args.server.http()?;
-    let password = admin_password(
-        args.server.password,
-        &args.server.data_dir,
-        "no password: pass --password, set SLIPWAY_PASSWORD, or run where",
-    )?;
+    // A password given wins; else `slipway login`'s session; else a local
+    // server's admin-password file.
+    let session = args
+        .server
+        .password
+        .is_none()
+        .then(|| super::login::session_for(&args.server.url))
+        .flatten();
+    let client = match session {
+        Some(token) => Client::with_session(http, args.server.url, token),
+        None => {
+            let password = admin_password(
+                args.server.password,
+                &args.server.data_dir,
+                "no password: pass --password, set SLIPWAY_PASSWORD, `slipway login`, or run where",
+            )?;
+            Client::new(http, args.server.url, args.user, password)
+        }
+    };
     let cx = Ctx {
-        client: Client::new(http, args.server.url, args.user, password),
+        client,
         json: args.json,
     };
     match args.command {

@@ -157,6 +157,9 @@ struct Ctx {
 
 pub async fn run(args: BuildArgs) -> anyhow::Result<()> {
     let http = args.server.http()?;
+    let session = (args.token.is_none() && args.server.password.is_none())
+        .then(|| super::login::session_for(&args.server.url))
+        .flatten();
     let (user, password, token_project) = match &args.token {
         Some(t) => {
             let (user, secret) = t.split_once(':').context(
@@ -168,12 +171,13 @@ pub async fn run(args: BuildArgs) -> anyhow::Result<()> {
                 .map(|(p, _)| p.to_owned());
             (user.to_owned(), secret.to_owned(), project)
         }
+        None if session.is_some() => (String::new(), String::new(), None),
         None => {
             let password = admin_password(
                 args.server.password,
                 &args.server.data_dir,
-                "no credentials: set SLIPWAY_BUILD_TOKEN (or pass --token), or give the admin's \
-                 password with SLIPWAY_PASSWORD, or run where",
+                "no credentials: set SLIPWAY_BUILD_TOKEN (or pass --token), `slipway login`, or \
+                 give the admin's password with SLIPWAY_PASSWORD, or run where",
             )?;
             ("admin".to_owned(), password, None)
         }
@@ -183,7 +187,10 @@ pub async fn run(args: BuildArgs) -> anyhow::Result<()> {
         .or(token_project)
         .context("which project? pass --project (a build token names its own project)")?;
     let cx = Ctx {
-        client: Client::new(http, args.server.url, user, password),
+        client: match session {
+            Some(token) => Client::with_session(http, args.server.url, token),
+            None => Client::new(http, args.server.url, user, password),
+        },
         base: format!("/api/v1/projects/{project}/builds"),
         project,
         json: args.json,

@@ -67,6 +67,9 @@ pub struct Client {
     pub url: String,
     pub user: String,
     pub password: String,
+    /// A person's session from `slipway login`, sent instead of `user` and
+    /// `password`.
+    pub session: Option<String>,
 }
 
 impl Client {
@@ -76,6 +79,25 @@ impl Client {
             url,
             user,
             password,
+            session: None,
+        }
+    }
+
+    /// A client acting with a person's session.
+    pub fn with_session(http: reqwest::Client, url: String, session: String) -> Client {
+        Client {
+            http,
+            url,
+            user: String::new(),
+            password: String::new(),
+            session: Some(session),
+        }
+    }
+
+    fn authorized(&self, req: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        match &self.session {
+            Some(token) => req.bearer_auth(token),
+            None => req.basic_auth(&self.user, Some(&self.password)),
         }
     }
 
@@ -89,10 +111,7 @@ impl Client {
     ) -> anyhow::Result<Value> {
         let resp = self
             .send_patiently(&method, || {
-                let mut req = self
-                    .http
-                    .request(method.clone(), self.url_of(path))
-                    .basic_auth(&self.user, Some(&self.password));
+                let mut req = self.authorized(self.http.request(method.clone(), self.url_of(path)));
                 if let Some(b) = &body {
                     req = req.json(b);
                 }
@@ -110,14 +129,35 @@ impl Client {
         serde_json::from_str(&text).context("the server's answer is not JSON")
     }
 
+    /// Calls the API without credentials (signing in): the answer's JSON,
+    /// or its error sentence.
+    pub async fn call_anonymous(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Value,
+    ) -> anyhow::Result<Value> {
+        let resp = self
+            .http
+            .request(method, self.url_of(path))
+            .json(&body)
+            .send()
+            .await
+            .with_context(|| format!("cannot reach Slipway at {}", self.url))?;
+        let status = resp.status();
+        let text = resp.text().await.unwrap_or_default();
+        if !status.is_success() {
+            bail!("{}", error_sentence(&text, status));
+        }
+        serde_json::from_str(&text).context("the server's answer is not JSON")
+    }
+
     /// A `GET` whose answer is read by the caller (text, or a stream); an
     /// error sentence unless it succeeded.
     pub async fn get(&self, path: &str) -> anyhow::Result<reqwest::Response> {
         let resp = self
             .send_patiently(&reqwest::Method::GET, || {
-                self.http
-                    .get(self.url_of(path))
-                    .basic_auth(&self.user, Some(&self.password))
+                self.authorized(self.http.get(self.url_of(path)))
             })
             .await?;
         if !resp.status().is_success() {

@@ -12,5 +12,6 @@
 pub mod admin;
 pub mod build;
 mod client;
+pub mod login;
 mod output;
 pub mod stack;

@@ -751,6 +751,76 @@ async fn people_sign_in_and_pull_with_personal_tokens() {
         "{denied}"
     );
 
+    // The CLI: `slipway login` keeps the session (mode 0600), `slipway
+    // token` makes a token with it, `slipway admin` acts as alice with
+    // her rights, `slipway logout` forgets it.
+    let config = tempfile::tempdir().unwrap();
+    let url = env.server.url.clone();
+    let slipway = |args: &[&str], stdin: &str| {
+        use std::io::Write;
+        let mut child = Command::new(env!("CARGO_BIN_EXE_slipway"))
+            .args(args)
+            .args(["--url", &url])
+            .env("SLIPWAY_CONFIG_DIR", config.path())
+            .env_remove("SLIPWAY_PASSWORD")
+            .current_dir(config.path())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(stdin.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (ok, out, err) = slipway(
+        &["login", "--username", "alice", "--password-stdin"],
+        "wrong\n",
+    );
+    assert!(
+        !ok && err.contains("the username or the password is wrong"),
+        "{out}{err}"
+    );
+    let (ok, out, err) = slipway(
+        &["login", "--username", "alice", "--password-stdin"],
+        "alice-secret\n",
+    );
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("as alice") && out.contains("tool-x (maintainer)"),
+        "{out}"
+    );
+    let sessions = config.path().join("sessions.json");
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&sessions).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    let (ok, out, err) = slipway(&["token", "create", "--name", "cli", "--json"], "");
+    assert!(ok, "{err}");
+    let cli_token: Value = serde_json::from_str(&out).unwrap();
+    assert!(cli_token["secret"].as_str().unwrap().starts_with("slp_"));
+    let (ok, out, err) = slipway(&["admin", "robot", "list", "tool-x"], "");
+    assert!(ok && out.contains("puller"), "{out}{err}");
+    let (ok, _, err) = slipway(&["admin", "robot", "list", "tool-a"], "");
+    assert!(
+        !ok && err.contains("alice may not manage project tool-a"),
+        "{err}"
+    );
+    let (ok, out, _) = slipway(&["logout"], "");
+    assert!(ok && out.contains("Signed out"), "{out}");
+    let (ok, _, err) = slipway(&["token", "list"], "");
+    assert!(!ok && err.contains("run `slipway login` first"), "{err}");
+
     // skopeo pulls tool-x with the token; not tool-a (private, not hers);
     // the public project, yes.
     let creds = format!("alice:{secret}");
@@ -776,8 +846,23 @@ async fn people_sign_in_and_pull_with_personal_tokens() {
     let (_, listed) = env
         .api(Method::GET, "/api/v1/me/tokens", Some(&session), None)
         .await;
-    assert_eq!(listed[0]["name"], "laptop");
-    assert!(listed[0]["last_used_at"].is_string(), "{listed}");
+    let laptop = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == "laptop")
+        .unwrap();
+    assert!(
+        laptop["last_used_at"].is_string(),
+        "used by skopeo: {listed}"
+    );
+    let cli = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == "cli")
+        .unwrap();
+    assert!(cli["last_used_at"].is_null(), "never used: {listed}");
 
     // Removed from tools.x in the directory: within the TTL the token
     // stops working, without anyone touching Slipway.
