@@ -63,6 +63,7 @@ fn may_read_logs(viewer: &Viewer, project: &str) -> bool {
     match viewer {
         Viewer::Admin => true,
         Viewer::Maintainer { project: p, .. } | Viewer::Robot { project: p, .. } => p == project,
+        Viewer::Person { .. } => viewer.may_build(project),
         Viewer::Anonymous => false,
     }
 }

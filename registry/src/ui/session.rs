@@ -1,6 +1,7 @@
 //! Who is looking at the dashboard: signed in with the admin password, a
-//! build token (a project's maintainer) or a robot (read-only, its
-//! project), or nobody (public projects only).
+//! build token (a project's maintainer), a robot (read-only, its project),
+//! a person (the directory's password or a personal token: what their
+//! roles show), or nobody (public projects only).
 //!
 //! The session is a cookie holding a token signed like `/auth/token`'s
 //! (`use: session`, audience and issuer checked, twelve hours), `HttpOnly`,
@@ -20,7 +21,7 @@ use axum::response::{IntoResponse, Redirect, Response};
 use maud::html;
 use serde::Deserialize;
 use sha2::Digest as _;
-use slipway_storage::meta::{NewAuditEntry, now_ms};
+use slipway_storage::meta::{NewAuditEntry, Role, now_ms};
 
 use crate::auth::tokens::{Claims, TokenUse};
 use crate::auth::{Actions, Principal, account_version, parse_build_token_name};
@@ -46,11 +47,26 @@ pub enum Viewer {
         project: String,
         name: String,
     },
+    /// A person from the directory: what their roles show (their
+    /// memberships as of this request), everything for the admin group.
+    Person {
+        name: String,
+        admin: bool,
+        roles: std::collections::BTreeMap<String, Role>,
+    },
 }
 
 impl Viewer {
     pub fn is_admin(&self) -> bool {
-        matches!(self, Viewer::Admin)
+        matches!(self, Viewer::Admin | Viewer::Person { admin: true, .. })
+    }
+
+    /// A person's role in `project`.
+    pub fn role(&self, project: &str) -> Option<Role> {
+        match self {
+            Viewer::Person { roles, .. } => roles.get(project).copied(),
+            _ => None,
+        }
     }
 
     /// Whether pages about `project` (public or not) may be shown.
@@ -63,6 +79,7 @@ impl Viewer {
                     project: p, pull, ..
                 } => p == project && *pull,
                 Viewer::Maintainer { project: p, .. } => p == project,
+                Viewer::Person { admin, roles, .. } => *admin || roles.contains_key(project),
             }
     }
 
@@ -71,6 +88,10 @@ impl Viewer {
         match self {
             Viewer::Admin => true,
             Viewer::Maintainer { project: p, .. } => p == project,
+            Viewer::Person { admin: true, .. } => true,
+            Viewer::Person { .. } => {
+                matches!(self.role(project), Some(Role::Developer | Role::Maintainer))
+            }
             _ => false,
         }
     }
@@ -81,6 +102,7 @@ impl Viewer {
             Viewer::Admin => crate::auth::ADMIN.into(),
             Viewer::Robot { project, name, .. } => format!("robot${project}+{name}"),
             Viewer::Maintainer { project, name } => format!("build${project}+{name}"),
+            Viewer::Person { name, .. } => name.clone(),
         }
     }
 }
@@ -179,6 +201,16 @@ async fn viewer_of(state: &AppState, token: &str) -> Option<Viewer> {
             name,
             pull: permissions.contains(Actions::PULL),
         }),
+        Principal::Person { name, admin, .. } => {
+            let mut roles = std::collections::BTreeMap::new();
+            for m in state.meta.memberships_of(&name).await.ok()? {
+                let r: &mut Role = roles.entry(m.project).or_insert(m.role);
+                if m.role > *r {
+                    *r = m.role;
+                }
+            }
+            Some(Viewer::Person { name, admin, roles })
+        }
         _ => None,
     }
 }
@@ -343,10 +375,42 @@ async fn authenticate(state: &AppState, user: &str, secret: &str) -> Option<(Str
         let t = state.build_token_login(user, secret).await.ok()??;
         return Some((user.to_owned(), Some(t.id)));
     }
-    match state.login(user, secret).await.ok()?? {
-        (Principal::Builder, _) => None,
-        (p, ver) => Some((p.subject(), ver)),
+    match state.login(user, secret).await.ok()? {
+        Some((Principal::Builder, _)) => None,
+        Some((p, ver)) => Some((p.subject(), ver)),
+        None => person_sign_in(state, user, secret).await,
     }
+}
+
+/// A person signing in with the directory's password: their memberships
+/// synced, as `POST /api/v1/sign-in` does.
+async fn person_sign_in(
+    state: &AppState,
+    user: &str,
+    password: &str,
+) -> Option<(String, Option<i64>)> {
+    let directory = state.directory.as_ref()?;
+    if crate::auth::people::RESERVED.contains(&user) {
+        return None;
+    }
+    let answer = match directory.sign_in(user, password).await {
+        Ok(a) => a,
+        Err(e) => {
+            tracing::info!(user, error = %e, "a dashboard sign-in was refused by the directory");
+            return None;
+        }
+    };
+    let now = now_ms();
+    let meta = &state.meta;
+    meta.person_ensure(&answer.user, slipway_storage::meta::SOURCE_DIRECTORY)
+        .await
+        .ok()?;
+    meta.directory_sync(&answer.user, answer.is_admin, &answer.grants, now)
+        .await
+        .ok()?;
+    meta.person_signed_in(&answer.user, now).await.ok()?;
+    state.person(&answer.user).await.ok()??;
+    Some((answer.user, None))
 }
 
 pub async fn logout(

@@ -864,6 +864,39 @@ async fn people_sign_in_and_pull_with_personal_tokens() {
         .unwrap();
     assert!(cli["last_used_at"].is_null(), "never used: {listed}");
 
+    // The dashboard: alice signs in with the directory's password and sees
+    // her private tool (its builds' pages too), not another's; a wrong
+    // password is refused.
+    let mut browser = crate::ui::Browser::new(&env);
+    let page = browser.sign_in("alice", "wrong").await;
+    assert_eq!(page.status, StatusCode::UNAUTHORIZED, "{}", page.body);
+    let page = browser.sign_in("alice", "alice-secret").await;
+    assert_eq!(page.status, StatusCode::SEE_OTHER, "{}", page.body);
+    let page = browser.get("/ui/projects").await;
+    assert!(
+        page.body.contains("tool-x") && !page.body.contains("tool-a"),
+        "{}",
+        page.body
+    );
+    assert!(
+        page.body.contains("alice"),
+        "the page names who is signed in"
+    );
+    assert_eq!(
+        browser.get("/ui/projects/tool-x").await.status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        browser.get("/ui/projects/tool-a").await.status,
+        StatusCode::NOT_FOUND,
+        "a private project not hers is as absent as one that does not exist"
+    );
+    assert_ne!(
+        browser.get("/ui/fleet").await.status,
+        StatusCode::OK,
+        "not an admin"
+    );
+
     // Removed from tools.x in the directory: within the TTL the token
     // stops working, without anyone touching Slipway.
     slapd.modify(&format!(
