@@ -98,7 +98,24 @@ impl FromRequestParts<AppState> for BuildCaller {
             e.challenge = true;
             e
         };
+        // Mutual TLS: the admin's powers need the client certificate here
+        // too (the admin's password is not looked at without it).
+        let certified = parts
+            .extensions
+            .get::<crate::tls::ClientCertificate>()
+            .is_some();
+        let mutual = state.config.tls.mutual() && !certified;
+        let needs_certificate = || {
+            Error::new(
+                StatusCode::FORBIDDEN,
+                "the admin API needs a client certificate signed by an authority in \
+                 tls.client_ca_file, over HTTPS",
+            )
+        };
         match parse_authorization(&parts.headers) {
+            Credentials::Basic(user, _) if mutual && user == crate::auth::ADMIN => {
+                Err(needs_certificate())
+            }
             Credentials::Basic(user, secret) => {
                 if let Some(wait) = state.auth.limiter.blocked(remote) {
                     return Err(Error::new(
@@ -120,6 +137,9 @@ impl FromRequestParts<AppState> for BuildCaller {
                 }
                 match state.login(&user, &secret).await? {
                     Some((Principal::Admin, _)) => Ok(BuildCaller::Admin { remote }),
+                    Some((p @ Principal::Person { .. }, _)) if mutual && p.is_admin() => {
+                        Err(needs_certificate())
+                    }
                     Some((p @ Principal::Person { .. }, _)) => person(p, remote),
                     Some((p, _)) => Err(Error::new(
                         StatusCode::FORBIDDEN,
@@ -147,7 +167,11 @@ impl FromRequestParts<AppState> for BuildCaller {
                         .ok_or_else(unauthorized)?,
                 };
                 match state.token_principal(&claims).await? {
+                    Some(Principal::Admin) if mutual => Err(needs_certificate()),
                     Some(Principal::Admin) => Ok(BuildCaller::Admin { remote }),
+                    Some(p @ Principal::Person { .. }) if mutual && p.is_admin() => {
+                        Err(needs_certificate())
+                    }
                     Some(p @ Principal::Person { .. }) => person(p, remote),
                     Some(p) => Err(Error::new(
                         StatusCode::FORBIDDEN,

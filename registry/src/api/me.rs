@@ -140,6 +140,11 @@ pub async fn sign_in(
         principal: Principal::Anonymous,
         remote,
     };
+    // Directories match uids without case: one person, one name.
+    let body = SignIn {
+        username: body.username.to_ascii_lowercase(),
+        password: body.password,
+    };
     if RESERVED.contains(&body.username.as_str()) {
         state.auth.limiter.failed(remote);
         return refused(
@@ -294,6 +299,12 @@ pub async fn token_create(
     Json(body): Json<NewToken>,
 ) -> Result<Response> {
     let person = person_of(&caller)?.to_owned();
+    if caller.principal.personal_token().is_some() {
+        return Err(Error::new(
+            StatusCode::FORBIDDEN,
+            "personal tokens are made with a session (`slipway login`), not with another token",
+        ));
+    }
     let name_ok = (1..=64).contains(&body.name.len())
         && body
             .name

@@ -72,6 +72,11 @@ fn person_view(p: &Person, memberships: &[Membership]) -> PersonView {
 }
 
 pub(crate) fn check_person(name: &str) -> Result<()> {
+    if name.bytes().any(|b| b.is_ascii_uppercase()) {
+        return Err(Error::bad_request(format!(
+            "{name:.80}: write usernames in lowercase, as people sign in"
+        )));
+    }
     if crate::auth::people::RESERVED.contains(&name) {
         return Err(Error::bad_request(format!(
             "{name} is a built-in account's name, not a person's"

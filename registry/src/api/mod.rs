@@ -33,7 +33,7 @@ use slipway_storage::meta::NewAuditEntry;
 use utoipa::OpenApi;
 
 use crate::auth::tokens::TokenUse;
-use crate::auth::{Caller, Credentials, parse_authorization};
+use crate::auth::{Caller, Credentials, Principal, parse_authorization};
 use crate::error::ApiError;
 use crate::server::AppState;
 
@@ -353,6 +353,11 @@ async fn authenticate(parts: &mut Parts, state: &AppState) -> Result<Caller> {
     };
     let principal = match parse_authorization(&parts.headers) {
         Credentials::Basic(user, secret) => {
+            // Without the client certificate the admin's password is not
+            // even looked at (no answer tells whether it was right).
+            if user == crate::auth::ADMIN && state.config.tls.mutual() && !client_certified(parts) {
+                return Err(mutual_tls_needed());
+            }
             if let Some(wait) = state.auth.limiter.blocked(remote) {
                 return Err(Error::new(
                     StatusCode::TOO_MANY_REQUESTS,
@@ -390,6 +395,9 @@ async fn authenticate(parts: &mut Parts, state: &AppState) -> Result<Caller> {
         }
         Credentials::None | Credentials::Invalid => return Err(unauthorized()),
     };
+    if principal == Principal::Anonymous {
+        return Err(unauthorized());
+    }
     Ok(Caller { principal, remote })
 }
 

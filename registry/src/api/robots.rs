@@ -88,6 +88,21 @@ fn view(state: &AppState, r: &Robot) -> RobotView {
     }
 }
 
+/// Only the admin makes, changes or rotates a robot that may push or
+/// delete: people never write images, not even through a robot.
+fn writes_need_admin(caller: &Caller, actions: Actions) -> Result<()> {
+    if !caller.principal.is_admin() && !Actions::PULL.contains(actions) {
+        return Err(Error::new(
+            StatusCode::FORBIDDEN,
+            format!(
+                "{} may not give a robot push or delete: only the admin may",
+                caller.principal.subject()
+            ),
+        ));
+    }
+    Ok(())
+}
+
 fn permissions(state: &AppState, list: &[String]) -> Result<Actions> {
     let mut actions = Actions::NONE;
     for p in list {
@@ -196,6 +211,7 @@ pub(crate) async fn create_robot(
         state,
         body.permissions.as_deref().unwrap_or(&["pull".to_owned()]),
     )?;
+    writes_need_admin(caller, actions)?;
     let secret = secrets::generate();
     let hash = secrets::hash(&secret)
         .await
@@ -246,7 +262,11 @@ pub async fn update(
     Json(body): Json<RobotUpdateBody>,
 ) -> Result<Json<RobotView>> {
     super::require(&state, &caller, &project, Right::Manage).await?;
-    found(&state, &project, &name).await?;
+    let before = found(&state, &project, &name).await?;
+    writes_need_admin(&caller, Actions::parse(&before.permissions))?;
+    if let Some(p) = body.permissions.as_deref() {
+        writes_need_admin(&caller, permissions(&state, p)?)?;
+    }
     let update = RobotUpdate {
         description: body.description.clone(),
         permissions: body
@@ -284,7 +304,8 @@ pub async fn rotate(
     Path((project, name)): Path<(String, String)>,
 ) -> Result<Json<RobotSecret>> {
     super::require(&state, &caller, &project, Right::Manage).await?;
-    found(&state, &project, &name).await?;
+    let before = found(&state, &project, &name).await?;
+    writes_need_admin(&caller, Actions::parse(&before.permissions))?;
     let secret = secrets::generate();
     let hash = secrets::hash(&secret)
         .await

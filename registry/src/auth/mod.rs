@@ -128,12 +128,16 @@ impl Principal {
         }
     }
 
-    /// The admin, or a person in the directory's admin group.
+    /// The admin, or a person in the directory's admin group (with a
+    /// session, or a personal token not limited to one project).
     pub fn is_admin(&self) -> bool {
-        matches!(
-            self,
-            Principal::Admin | Principal::Person { admin: true, .. }
-        )
+        match self {
+            Principal::Admin => true,
+            Principal::Person {
+                admin: true, limit, ..
+            } => limit.as_ref().is_none_or(|l| l.project.is_none()),
+            _ => false,
+        }
     }
 
     /// The personal token a person acts with.

@@ -377,6 +377,9 @@ async fn authenticate(state: &AppState, user: &str, secret: &str) -> Option<(Str
     }
     match state.login(user, secret).await.ok()? {
         Some((Principal::Builder, _)) => None,
+        // A personal token's limits would not carry over to a session:
+        // people sign in here with the directory's password.
+        Some((Principal::Person { .. }, _)) => None,
         Some((p, ver)) => Some((p.subject(), ver)),
         None => person_sign_in(state, user, secret).await,
     }
@@ -390,7 +393,9 @@ async fn person_sign_in(
     password: &str,
 ) -> Option<(String, Option<i64>)> {
     let directory = state.directory.as_ref()?;
-    if crate::auth::people::RESERVED.contains(&user) {
+    // Directories match uids without case: one person, one name.
+    let user = &user.to_ascii_lowercase();
+    if crate::auth::people::RESERVED.contains(&user.as_str()) {
         return None;
     }
     let answer = match directory.sign_in(user, password).await {

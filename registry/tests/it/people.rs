@@ -821,6 +821,44 @@ async fn people_sign_in_and_pull_with_personal_tokens() {
     let (ok, _, err) = slipway(&["token", "list"], "");
     assert!(!ok && err.contains("run `slipway login` first"), "{err}");
 
+    // What a token must not become: a token's token, a dashboard session,
+    // an anonymous token's API access; and the name's case does not make
+    // another person.
+    let (s, v) = env
+        .api(
+            Method::POST,
+            "/api/v1/me/tokens",
+            Some(&basic("alice", &secret)),
+            Some(json!({"name": "child"})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::FORBIDDEN, "a token makes no tokens: {v}");
+    let page = crate::ui::Browser::new(&env)
+        .sign_in("alice", &secret)
+        .await;
+    assert_eq!(
+        page.status,
+        StatusCode::UNAUTHORIZED,
+        "a token is no dashboard password"
+    );
+    let (_, _, anon) = env.get("/auth/token?service=slipway", None).await;
+    let anon: Value = serde_json::from_slice(&anon).unwrap();
+    let (s, v) = env
+        .api(
+            Method::GET,
+            "/api/v1/me",
+            Some(&bearer(&anon["token"])),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED, "{v}");
+    let (s, upper) = sign_in("ALICE", "alice-secret").await;
+    assert_eq!(
+        (s, &upper["me"]["name"]),
+        (StatusCode::OK, &json!("alice")),
+        "{upper}"
+    );
+
     // skopeo pulls tool-x with the token; not tool-a (private, not hers);
     // the public project, yes.
     let creds = format!("alice:{secret}");

@@ -226,6 +226,22 @@ impl Metadata {
         if still.is_none() {
             return Ok(false);
         }
+        // On PostgreSQL the checks above saw the database as it was before
+        // the lock was granted: asked again, they see a link committed
+        // while this waited.
+        let linked = sqlx::query(
+            "SELECT 1 FROM repo_blobs WHERE digest = $1 \
+             UNION ALL SELECT 1 FROM manifest_refs WHERE ref_digest = $1 \
+             UNION ALL SELECT 1 FROM reservations WHERE digest = $1 AND expires_at > $2 \
+             UNION ALL SELECT 1 FROM blobs WHERE digest = $1 AND last_ref_change > $2",
+        )
+        .bind(digest)
+        .bind(now)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if linked.is_some() {
+            return Ok(false);
+        }
         super::gc::forget_rows(&mut tx, digest).await?;
         tx.commit().await?;
         Ok(true)
