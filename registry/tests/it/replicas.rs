@@ -59,15 +59,28 @@ impl Deployment {
         body: Vec<u8>,
         headers: &[(&str, String)],
     ) -> (StatusCode, reqwest::header::HeaderMap, Vec<u8>) {
-        let mut req = self
-            .http
-            .request(method, self.url(replica, path))
-            .header("authorization", &self.admin)
-            .body(body);
-        for (k, v) in headers {
-            req = req.header(*k, v);
-        }
-        let resp = req.send().await.expect("request sent");
+        let make = || {
+            let mut req = self
+                .http
+                .request(method.clone(), self.url(replica, path))
+                .header("authorization", &self.admin)
+                .body(body.clone());
+            for (k, v) in headers {
+                req = req.header(*k, v);
+            }
+            req
+        };
+        // A server that answered before reading a whole request body (a
+        // 503 mid-upload) closes that connection; a request the client
+        // had already put on it fails without an answer. An idempotent
+        // one is sent again, as clients do.
+        let resp = match make().send().await {
+            Err(e) if e.is_request() && matches!(method, Method::GET | Method::HEAD) => {
+                eprintln!("sent again after {e}");
+                make().send().await.expect("request sent")
+            }
+            r => r.expect("request sent"),
+        };
         let (status, headers) = (resp.status(), resp.headers().clone());
         (status, headers, resp.bytes().await.unwrap().to_vec())
     }
