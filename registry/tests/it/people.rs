@@ -864,6 +864,42 @@ async fn people_sign_in_and_pull_with_personal_tokens() {
     let creds = format!("alice:{secret}");
     let (ok, err) = skopeo_pull(&format!("{host}/tool-x/web:v1"), &creds);
     assert!(ok, "{err}");
+    // podman, too: `podman login` with the token, then a pull of a real
+    // (one-file) image of the tool.
+    let image = push_real_image(&env, "tool-x/real", "v1").await;
+    let auth = tempfile::tempdir().unwrap();
+    let authfile = auth.path().join("auth.json");
+    let podman = |args: &[&str]| {
+        let out = Command::new("podman")
+            .args(args)
+            .arg("--authfile")
+            .arg(&authfile)
+            .output()
+            .expect("run podman (conformance/test.sh installs it)");
+        assert!(
+            out.status.success(),
+            "podman {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    podman(&[
+        "login",
+        "--tls-verify=false",
+        "-u",
+        "alice",
+        "-p",
+        &secret,
+        &host,
+    ]);
+    podman(&[
+        "pull",
+        "-q",
+        "--tls-verify=false",
+        &format!("{host}/{image}"),
+    ]);
+    let _ = Command::new("podman")
+        .args(["rmi", "-f", &format!("{host}/{image}")])
+        .output();
     let (ok, _) = skopeo_pull(&format!("{host}/tool-a/web:v1"), &creds);
     assert!(!ok, "alice has no role in tool-a");
     let (ok, err) = skopeo_pull(&format!("{host}/tool-pub/web:v1"), &creds);
@@ -1044,4 +1080,62 @@ async fn people_sign_in_and_pull_with_personal_tokens() {
         .api(Method::GET, "/api/v1/people", Some(&bob_session), None)
         .await;
     assert_eq!(s, StatusCode::FORBIDDEN, "{v}");
+}
+
+/// Pushes (as the admin) an image podman can unpack: one layer, an
+/// uncompressed tar holding `hello.txt`, and a config naming its diff id.
+async fn push_real_image(env: &crate::security::Env, repo: &str, tag: &str) -> String {
+    use crate::security::digest;
+    use reqwest::{Method, StatusCode};
+    let mut layer = tar::Builder::new(Vec::new());
+    let body = b"hello from a tool\n";
+    let mut header = tar::Header::new_gnu();
+    header.set_size(body.len() as u64);
+    header.set_mode(0o644);
+    header.set_mtime(0);
+    header.set_cksum();
+    layer
+        .append_data(&mut header, "hello.txt", &body[..])
+        .unwrap();
+    let layer = layer.into_inner().unwrap();
+    let config = serde_json::json!({
+        "architecture": "amd64", "os": "linux",
+        "config": {},
+        "rootfs": {"type": "layers", "diff_ids": [digest(&layer)]},
+    })
+    .to_string()
+    .into_bytes();
+    for blob in [&layer, &config] {
+        let (s, _, b) = env
+            .send(
+                Method::POST,
+                &format!("/v2/{repo}/blobs/uploads/?digest={}", digest(blob)),
+                Some(&env.admin()),
+                blob.to_vec(),
+                None,
+            )
+            .await;
+        assert_eq!(s, StatusCode::CREATED, "{}", String::from_utf8_lossy(&b));
+    }
+    let manifest = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
+                   "digest": digest(&config), "size": config.len()},
+        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar",
+                    "digest": digest(&layer), "size": layer.len()}],
+    })
+    .to_string()
+    .into_bytes();
+    let (s, _, b) = env
+        .send(
+            Method::PUT,
+            &format!("/v2/{repo}/manifests/{tag}"),
+            Some(&env.admin()),
+            manifest,
+            Some("application/vnd.oci.image.manifest.v1+json"),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{}", String::from_utf8_lossy(&b));
+    format!("{repo}:{tag}")
 }
