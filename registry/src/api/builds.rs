@@ -24,7 +24,6 @@ use slipway_storage::meta::{BuildRecord, BuildToken, NewAuditEntry, Trigger, now
 
 use super::{Admin, Error, ErrorBody, Result, Signed, audit, time};
 use crate::auth::people::Right;
-use crate::auth::tokens::TokenUse;
 use crate::auth::{Caller, Credentials, Principal, parse_authorization, secrets};
 use crate::error::ApiError;
 use crate::server::AppState;
@@ -100,18 +99,8 @@ impl FromRequestParts<AppState> for BuildCaller {
         };
         // Mutual TLS: the admin's powers need the client certificate here
         // too (the admin's password is not looked at without it).
-        let certified = parts
-            .extensions
-            .get::<crate::tls::ClientCertificate>()
-            .is_some();
-        let mutual = state.config.tls.mutual() && !certified;
-        let needs_certificate = || {
-            Error::new(
-                StatusCode::FORBIDDEN,
-                "the admin API needs a client certificate signed by an authority in \
-                 tls.client_ca_file, over HTTPS",
-            )
-        };
+        let mutual = state.config.tls.mutual() && !super::client_certified(parts);
+        let needs_certificate = super::mutual_tls_needed;
         match parse_authorization(&parts.headers) {
             Credentials::Basic(user, _) if mutual && user == crate::auth::ADMIN => {
                 Err(needs_certificate())
@@ -155,17 +144,7 @@ impl FromRequestParts<AppState> for BuildCaller {
                 }
             }
             Credentials::Bearer(token) => {
-                // A registry token, or a person's session.
-                let claims = match state.auth.keys.verify(&token, TokenUse::Access) {
-                    Ok(c) => c,
-                    Err(_) => state
-                        .auth
-                        .keys
-                        .verify(&token, TokenUse::Session)
-                        .ok()
-                        .filter(|c| !crate::auth::people::RESERVED.contains(&c.sub.as_str()))
-                        .ok_or_else(unauthorized)?,
-                };
+                let claims = state.api_claims(&token).ok_or_else(unauthorized)?;
                 match state.token_principal(&claims).await? {
                     Some(Principal::Admin) if mutual => Err(needs_certificate()),
                     Some(Principal::Admin) => Ok(BuildCaller::Admin { remote }),

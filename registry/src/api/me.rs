@@ -15,14 +15,11 @@ use slipway_storage::meta::{PersonalToken, now_ms};
 
 use super::members::{MemberView, check_person, member_view};
 use super::{Admin, Error, ErrorBody, Result, Signed, audit, time};
-use crate::auth::people::{RESERVED, new_token};
-use crate::auth::tokens::{Claims, TokenUse};
+use crate::auth::people::{RESERVED, SESSION_SECS, new_token};
 use crate::auth::{Caller, Principal, secrets};
 use crate::identity::ldap::LdapError;
 use crate::server::AppState;
 
-/// How long a session from `/api/v1/sign-in` lasts.
-pub const SESSION_SECS: i64 = 12 * 3600;
 /// Personal tokens last at most this long.
 const MAX_TOKEN_DAYS: u64 = 366;
 
@@ -174,16 +171,7 @@ pub async fn sign_in(
             return refused(&state, &anonymous, &body.username, status, e.to_string()).await;
         }
     };
-    let now = now_ms();
-    state
-        .meta
-        .person_ensure(&answer.user, slipway_storage::meta::SOURCE_DIRECTORY)
-        .await?;
-    let unknown = state
-        .meta
-        .directory_sync(&answer.user, answer.is_admin, &answer.grants, now)
-        .await?;
-    state.meta.person_signed_in(&answer.user, now).await?;
+    let unknown = state.directory_signed_in(&answer).await?;
     let person = state
         .person_principal(&answer.user, None)
         .await?
@@ -208,7 +196,9 @@ pub async fn sign_in(
                "projects_not_created": unknown}),
     )
     .await?;
-    let token = session_token(&state, &answer.user)?;
+    let token = state
+        .session_token(&answer.user, None)
+        .map_err(|e| Error::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
     let me = me_view(&state, &caller).await?;
     Ok(Json(SessionView {
         token,
@@ -236,29 +226,6 @@ async fn refused(
     )
     .await?;
     Err(Error::new(status, reason))
-}
-
-/// A signed session for `person` (`use: session`, twelve hours).
-fn session_token(state: &AppState, person: &str) -> Result<String> {
-    let now = now_ms() / 1000;
-    let claims = Claims {
-        iss: state.config.auth.issuer.clone(),
-        sub: person.to_owned(),
-        aud: state.config.auth.service.clone(),
-        exp: now + SESSION_SECS,
-        nbf: now,
-        iat: now,
-        jti: uuid::Uuid::new_v4().simple().to_string(),
-        access: Vec::new(),
-        token_use: TokenUse::Session,
-        ver: None,
-        pat: None,
-    };
-    state
-        .auth
-        .keys
-        .sign(&claims)
-        .map_err(|e| Error::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
 }
 
 async fn me_view(state: &AppState, caller: &Caller) -> Result<MeView> {

@@ -32,7 +32,6 @@ use slipway_storage::StorageError;
 use slipway_storage::meta::NewAuditEntry;
 use utoipa::OpenApi;
 
-use crate::auth::tokens::TokenUse;
 use crate::auth::{Caller, Credentials, Principal, parse_authorization};
 use crate::error::ApiError;
 use crate::server::AppState;
@@ -376,18 +375,7 @@ async fn authenticate(parts: &mut Parts, state: &AppState) -> Result<Caller> {
             }
         }
         Credentials::Bearer(token) => {
-            // A registry token, or a person's session (never the admin's
-            // dashboard cookie: that one is checked by the dashboard).
-            let claims = match state.auth.keys.verify(&token, TokenUse::Access) {
-                Ok(c) => c,
-                Err(_) => state
-                    .auth
-                    .keys
-                    .verify(&token, TokenUse::Session)
-                    .ok()
-                    .filter(|c| !crate::auth::people::RESERVED.contains(&c.sub.as_str()))
-                    .ok_or_else(unauthorized)?,
-            };
+            let claims = state.api_claims(&token).ok_or_else(unauthorized)?;
             state
                 .token_principal(&claims)
                 .await?
@@ -401,14 +389,14 @@ async fn authenticate(parts: &mut Parts, state: &AppState) -> Result<Caller> {
     Ok(Caller { principal, remote })
 }
 
-fn client_certified(parts: &Parts) -> bool {
+pub(crate) fn client_certified(parts: &Parts) -> bool {
     parts
         .extensions
         .get::<crate::tls::ClientCertificate>()
         .is_some()
 }
 
-fn mutual_tls_needed() -> Error {
+pub(crate) fn mutual_tls_needed() -> Error {
     Error::new(
         StatusCode::FORBIDDEN,
         "the admin API needs a client certificate signed by an authority in \

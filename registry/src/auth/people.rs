@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 
 use slipway_storage::meta::{Person, PersonalToken, Role, now_ms};
 
+use super::tokens::{Claims, TokenUse};
 use super::{Actions, Principal, secrets};
 use crate::error::ApiResult;
 use crate::server::AppState;
@@ -65,6 +66,10 @@ pub struct PeopleCache {
     looking: tokio::sync::Mutex<()>,
     used: Mutex<HashMap<String, Instant>>,
 }
+
+/// How long a session lasts (the CLI's from `POST /api/v1/sign-in`, the
+/// dashboard's cookie).
+pub const SESSION_SECS: i64 = 12 * 3600;
 
 /// How often a token's last use is written.
 const TOUCH_EVERY: Duration = Duration::from_secs(60);
@@ -138,6 +143,58 @@ impl AppState {
                 Ok(Some(person))
             }
         }
+    }
+
+    /// A signed session for `sub` (`use: session`, [`SESSION_SECS`]),
+    /// carrying the account's credential version `ver` where it has one.
+    pub fn session_token(&self, sub: &str, ver: Option<i64>) -> anyhow::Result<String> {
+        let now = now_ms() / 1000;
+        self.auth.keys.sign(&Claims {
+            iss: self.config.auth.issuer.clone(),
+            sub: sub.to_owned(),
+            aud: self.config.auth.service.clone(),
+            exp: now + SESSION_SECS,
+            nbf: now,
+            iat: now,
+            jti: uuid::Uuid::new_v4().simple().to_string(),
+            access: Vec::new(),
+            token_use: TokenUse::Session,
+            ver,
+            pat: None,
+        })
+    }
+
+    /// The claims of a bearer token the API takes: a registry token, or a
+    /// person's session (never a built-in account's dashboard cookie: the
+    /// dashboard checks those).
+    pub fn api_claims(&self, token: &str) -> Option<Claims> {
+        if let Ok(c) = self.auth.keys.verify(token, TokenUse::Access) {
+            return Some(c);
+        }
+        self.auth
+            .keys
+            .verify(token, TokenUse::Session)
+            .ok()
+            .filter(|c| !RESERVED.contains(&c.sub.as_str()))
+    }
+
+    /// Records a sign-in the directory accepted: the person named if new,
+    /// their memberships as the directory says, the time. Returns the
+    /// projects the directory granted that do not exist here.
+    pub async fn directory_signed_in(
+        &self,
+        answer: &crate::identity::Answer,
+    ) -> ApiResult<Vec<String>> {
+        let now = now_ms();
+        self.meta
+            .person_ensure(&answer.user, slipway_storage::meta::SOURCE_DIRECTORY)
+            .await?;
+        let unknown = self
+            .meta
+            .directory_sync(&answer.user, answer.is_admin, &answer.grants, now)
+            .await?;
+        self.meta.person_signed_in(&answer.user, now).await?;
+        Ok(unknown)
     }
 
     /// The principal of a person acting now (memberships refreshed as
@@ -268,7 +325,7 @@ pub enum Right {
 }
 
 impl Right {
-    /// The weakest role that holds this right, if any does.
+    /// The strongest right `role` holds.
     fn held_by(role: Role) -> Right {
         match role {
             Role::Maintainer => Right::Manage,

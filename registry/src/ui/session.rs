@@ -21,15 +21,15 @@ use axum::response::{IntoResponse, Redirect, Response};
 use maud::html;
 use serde::Deserialize;
 use sha2::Digest as _;
-use slipway_storage::meta::{NewAuditEntry, Role, now_ms};
+use slipway_storage::meta::{NewAuditEntry, Role};
 
-use crate::auth::tokens::{Claims, TokenUse};
+use crate::auth::people::SESSION_SECS;
+use crate::auth::tokens::TokenUse;
 use crate::auth::{Actions, Principal, account_version, parse_build_token_name};
 use crate::server::AppState;
 
 pub const SESSION_COOKIE: &str = "slipway_session";
 const LOGIN_COOKIE: &str = "slipway_login";
-const SESSION_SECS: i64 = 12 * 3600;
 
 /// Who is asking.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -320,21 +320,7 @@ pub async fn login(
             );
         }
     };
-    let now = now_ms() / 1000;
-    let claims = Claims {
-        iss: state.config.auth.issuer.clone(),
-        sub: sub.clone(),
-        aud: state.config.auth.service.clone(),
-        exp: now + SESSION_SECS,
-        nbf: now,
-        iat: now,
-        jti: uuid::Uuid::new_v4().simple().to_string(),
-        access: Vec::new(),
-        token_use: TokenUse::Session,
-        ver,
-        pat: None,
-    };
-    let Ok(token) = state.auth.keys.sign(&claims) else {
+    let Ok(token) = state.session_token(&sub, ver) else {
         return again(
             StatusCode::INTERNAL_SERVER_ERROR,
             "Cannot sign a session now.",
@@ -405,15 +391,7 @@ async fn person_sign_in(
             return None;
         }
     };
-    let now = now_ms();
-    let meta = &state.meta;
-    meta.person_ensure(&answer.user, slipway_storage::meta::SOURCE_DIRECTORY)
-        .await
-        .ok()?;
-    meta.directory_sync(&answer.user, answer.is_admin, &answer.grants, now)
-        .await
-        .ok()?;
-    meta.person_signed_in(&answer.user, now).await.ok()?;
+    state.directory_signed_in(&answer).await.ok()?;
     state.person(&answer.user).await.ok()??;
     Some((answer.user, None))
 }

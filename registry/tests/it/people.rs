@@ -1086,7 +1086,6 @@ async fn people_sign_in_and_pull_with_personal_tokens() {
 /// uncompressed tar holding `hello.txt`, and a config naming its diff id.
 async fn push_real_image(env: &crate::security::Env, repo: &str, tag: &str) -> String {
     use crate::security::digest;
-    use reqwest::{Method, StatusCode};
     let mut layer = tar::Builder::new(Vec::new());
     let body = b"hello from a tool\n";
     let mut header = tar::Header::new_gnu();
@@ -1102,40 +1101,7 @@ async fn push_real_image(env: &crate::security::Env, repo: &str, tag: &str) -> S
         "architecture": "amd64", "os": "linux",
         "config": {},
         "rootfs": {"type": "layers", "diff_ids": [digest(&layer)]},
-    })
-    .to_string()
-    .into_bytes();
-    for blob in [&layer, &config] {
-        let (s, _, b) = env
-            .send(
-                Method::POST,
-                &format!("/v2/{repo}/blobs/uploads/?digest={}", digest(blob)),
-                Some(&env.admin()),
-                blob.to_vec(),
-                None,
-            )
-            .await;
-        assert_eq!(s, StatusCode::CREATED, "{}", String::from_utf8_lossy(&b));
-    }
-    let manifest = serde_json::json!({
-        "schemaVersion": 2,
-        "mediaType": "application/vnd.oci.image.manifest.v1+json",
-        "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
-                   "digest": digest(&config), "size": config.len()},
-        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar",
-                    "digest": digest(&layer), "size": layer.len()}],
-    })
-    .to_string()
-    .into_bytes();
-    let (s, _, b) = env
-        .send(
-            Method::PUT,
-            &format!("/v2/{repo}/manifests/{tag}"),
-            Some(&env.admin()),
-            manifest,
-            Some("application/vnd.oci.image.manifest.v1+json"),
-        )
-        .await;
-    assert_eq!(s, StatusCode::CREATED, "{}", String::from_utf8_lossy(&b));
+    });
+    crate::ui::push(env, repo, tag, &[&layer], config).await;
     format!("{repo}:{tag}")
 }

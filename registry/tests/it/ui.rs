@@ -621,7 +621,7 @@ async fn a_build_s_page_streams_its_log_to_its_end_and_offers_cancel_and_retry()
 }
 
 /// Pushes an image of `layers` and `config` as the admin; its digest.
-async fn push(
+pub async fn push(
     env: &Env,
     repo: &str,
     tag: &str,

@@ -204,32 +204,20 @@ impl Metadata {
     pub async fn leftover_forget(&self, digest: &str) -> Result<bool> {
         let mut tx = self.write.begin().await?;
         let now = now_ms();
-        let still = sqlx::query(self.pick(
-            concat!(
-                "SELECT 1 FROM blobs b WHERE b.digest = $1 AND b.last_ref_change <= $2 ",
-                "AND NOT EXISTS (SELECT 1 FROM repo_blobs rb WHERE rb.digest = b.digest) ",
-                "AND NOT EXISTS (SELECT 1 FROM manifest_refs mr WHERE mr.ref_digest = b.digest) ",
-                "AND NOT EXISTS (SELECT 1 FROM reservations rs WHERE rs.digest = b.digest AND rs.expires_at > $2)"
-            ),
-            concat!(
-                "SELECT 1 FROM blobs b WHERE b.digest = $1 AND b.last_ref_change <= $2 ",
-                "AND NOT EXISTS (SELECT 1 FROM repo_blobs rb WHERE rb.digest = b.digest) ",
-                "AND NOT EXISTS (SELECT 1 FROM manifest_refs mr WHERE mr.ref_digest = b.digest) ",
-                "AND NOT EXISTS (SELECT 1 FROM reservations rs WHERE rs.digest = b.digest AND rs.expires_at > $2) ",
-                "FOR UPDATE OF b"
-            ),
+        // The row first (locked on PostgreSQL: a claim waits), then what
+        // may hold it, asked after the lock so that a link committed while
+        // this waited is seen.
+        let row = sqlx::query(self.pick(
+            "SELECT 1 FROM blobs WHERE digest = $1",
+            "SELECT 1 FROM blobs WHERE digest = $1 FOR UPDATE",
         ))
         .bind(digest)
-        .bind(now)
         .fetch_optional(&mut *tx)
         .await?;
-        if still.is_none() {
+        if row.is_none() {
             return Ok(false);
         }
-        // On PostgreSQL the checks above saw the database as it was before
-        // the lock was granted: asked again, they see a link committed
-        // while this waited.
-        let linked = sqlx::query(
+        let held = sqlx::query(
             "SELECT 1 FROM repo_blobs WHERE digest = $1 \
              UNION ALL SELECT 1 FROM manifest_refs WHERE ref_digest = $1 \
              UNION ALL SELECT 1 FROM reservations WHERE digest = $1 AND expires_at > $2 \
@@ -239,7 +227,7 @@ impl Metadata {
         .bind(now)
         .fetch_optional(&mut *tx)
         .await?;
-        if linked.is_some() {
+        if held.is_some() {
             return Ok(false);
         }
         super::gc::forget_rows(&mut tx, digest).await?;
