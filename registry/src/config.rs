@@ -41,6 +41,7 @@ pub struct IdentityConfig {
     /// admin loses admin).
     pub membership_ttl_secs: u64,
     pub ldap: LdapConfig,
+    pub oidc: OidcConfig,
 }
 
 impl Default for IdentityConfig {
@@ -48,6 +49,7 @@ impl Default for IdentityConfig {
         IdentityConfig {
             membership_ttl_secs: 300,
             ldap: LdapConfig::default(),
+            oidc: OidcConfig::default(),
         }
     }
 }
@@ -158,6 +160,117 @@ impl LdapConfig {
             return bad(format!(
                 "group_role must be maintainer, developer or guest (got {:.40})",
                 self.group_role
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// An OpenID Connect provider: people sign in through its authorization
+/// endpoint (authorization code with PKCE, state and nonce); Slipway checks
+/// the ID token (signature from the provider's JWKS, `iss`, `aud`, `exp`,
+/// `nonce`) and maps the groups claim to projects as `[identity.ldap]`
+/// maps groups.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OidcConfig {
+    /// The issuer (`https://idp.example.org/oidc`): discovery is read from
+    /// `<issuer>/.well-known/openid-configuration`. Empty: no OIDC.
+    pub issuer: String,
+    /// What the dashboard's button says: "Sign in with <name>".
+    pub name: String,
+    pub client_id: String,
+    pub client_secret: Secret,
+    /// Scopes asked for besides `openid`.
+    pub scopes: Vec<String>,
+    /// The ID-token claim that holds the username (lowercased; it must be
+    /// the directory's uid when `[identity.ldap]` is configured too).
+    pub username_claim: String,
+    /// The ID-token claim listing the person's groups (names or DNs).
+    pub groups_claim: String,
+    /// A group for a tool: `cn=tools.{tool},ou=servicegroups,…`; empty:
+    /// groups grant no projects.
+    pub group_pattern: String,
+    /// The project a tool's group grants: `tool-{tool}`.
+    pub project_pattern: String,
+    /// The group whose members administer Slipway; empty: none.
+    pub admin_group: String,
+    /// The role a group grants: `maintainer`, `developer` or `guest`.
+    pub group_role: String,
+    /// PEM: authorities for the provider's certificate besides the
+    /// system's.
+    pub ca_file: PathBuf,
+    /// Allow an `http://` issuer: only for a provider on this host.
+    pub allow_http: bool,
+    /// Where the dashboard is reached (`https://registry.example.org`), for
+    /// the redirect URI `<public_url>/ui/sign-in/oidc/callback` registered
+    /// with the provider; empty: `builds.public_url`, else the scheme and
+    /// Host of the request.
+    pub public_url: String,
+}
+
+impl Default for OidcConfig {
+    fn default() -> Self {
+        OidcConfig {
+            issuer: String::new(),
+            name: "OpenID Connect".into(),
+            client_id: String::new(),
+            client_secret: Secret::default(),
+            scopes: vec!["profile".into(), "groups".into()],
+            username_claim: "preferred_username".into(),
+            groups_claim: "groups".into(),
+            group_pattern: String::new(),
+            project_pattern: "{tool}".into(),
+            admin_group: String::new(),
+            group_role: "maintainer".into(),
+            ca_file: PathBuf::new(),
+            allow_http: false,
+            public_url: String::new(),
+        }
+    }
+}
+
+impl OidcConfig {
+    pub fn enabled(&self) -> bool {
+        !self.issuer.is_empty()
+    }
+
+    /// Checks the `[identity.oidc]` section.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if !self.enabled() {
+            return Ok(());
+        }
+        let bad = |m: String| Err(ConfigError(format!("identity.oidc: {m}")));
+        if !(self.issuer.starts_with("https://")
+            || (self.issuer.starts_with("http://") && self.allow_http))
+        {
+            return bad(format!(
+                "issuer must be an https:// address (got {:.100}); allow_http = true \
+                 allows http:// for a provider on this host",
+                self.issuer
+            ));
+        }
+        if self.client_id.is_empty() {
+            return bad("set client_id (as registered with the provider)".into());
+        }
+        if self.username_claim.is_empty() || self.groups_claim.is_empty() {
+            return bad("username_claim and groups_claim must name claims".into());
+        }
+        if !self.group_pattern.is_empty()
+            && (!self.group_pattern.contains("{tool}") || !self.project_pattern.contains("{tool}"))
+        {
+            return bad("group_pattern and project_pattern must both contain {tool}".into());
+        }
+        if slipway_storage::meta::Role::parse(&self.group_role).is_none() {
+            return bad(format!(
+                "group_role must be maintainer, developer or guest (got {:.40})",
+                self.group_role
+            ));
+        }
+        let pu = &self.public_url;
+        if !(pu.is_empty() || pu.starts_with("https://") || pu.starts_with("http://")) {
+            return bad(format!(
+                "public_url: {pu:.200} is not an http:// or https:// address"
             ));
         }
         Ok(())
@@ -859,6 +972,7 @@ impl Config {
 
     fn validate(&self) -> Result<(), ConfigError> {
         self.identity.ldap.validate()?;
+        self.identity.oidc.validate()?;
         if self.identity.membership_ttl_secs == 0 {
             return Err(ConfigError(
                 "identity.membership_ttl_secs must be at least 1".into(),

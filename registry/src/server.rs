@@ -42,6 +42,8 @@ pub struct Inner {
     pub maintenance: tokio::sync::Mutex<()>,
     /// The LDAP directory people sign in with, if configured.
     pub directory: Option<Arc<crate::identity::ldap::Directory>>,
+    /// The OpenID Connect provider people sign in through, if configured.
+    pub oidc: Option<Arc<crate::identity::oidc::Provider>>,
 }
 
 impl std::ops::Deref for AppState {
@@ -114,6 +116,7 @@ impl AppState {
         )?;
         vault.check(&meta).await?;
         let directory = crate::identity::ldap::Directory::new(&config.identity.ldap)?.map(Arc::new);
+        let oidc = crate::identity::oidc::Provider::new(&config.identity.oidc)?.map(Arc::new);
         Ok(AppState(Arc::new(Inner {
             config,
             meta,
@@ -126,8 +129,26 @@ impl AppState {
             vault,
             maintenance: tokio::sync::Mutex::new(()),
             directory,
+            oidc,
         })))
     }
+}
+
+/// The scheme and Host a request was sent to (`https://registry.example.org`):
+/// the scheme as the listener or a trusted proxy says (`X-Forwarded-Proto`
+/// is set by the server for every request).
+pub fn request_base(headers: &axum::http::HeaderMap) -> String {
+    use axum::http::header;
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("localhost");
+    let scheme = headers
+        .get("x-forwarded-proto")
+        .and_then(|h| h.to_str().ok())
+        .filter(|p| *p == "https" || *p == "http")
+        .unwrap_or("http");
+    format!("{scheme}://{host}")
 }
 
 /// The database and the blob store as configured (migrations applied;

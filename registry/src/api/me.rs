@@ -18,6 +18,7 @@ use super::{Admin, Error, ErrorBody, Result, Signed, audit, time};
 use crate::auth::people::{RESERVED, SESSION_SECS, new_token};
 use crate::auth::{Caller, Principal, secrets};
 use crate::identity::ldap::LdapError;
+use crate::identity::oidc::OidcError;
 use crate::server::AppState;
 
 /// Personal tokens last at most this long.
@@ -124,15 +125,7 @@ pub async fn sign_in(
             "no directory is configured: set [identity.ldap] to let people sign in",
         ));
     };
-    if let Some(wait) = state.auth.limiter.blocked(remote) {
-        return Err(Error::new(
-            StatusCode::TOO_MANY_REQUESTS,
-            format!(
-                "too many failed sign-ins from this address; try again in {} seconds",
-                wait.as_secs().max(1)
-            ),
-        ));
-    }
+    not_blocked(&state, remote)?;
     let anonymous = Caller {
         principal: Principal::Anonymous,
         remote,
@@ -172,40 +165,184 @@ pub async fn sign_in(
         }
     };
     let unknown = state.directory_signed_in(&answer).await?;
-    let person = state
-        .person_principal(&answer.user, None)
-        .await?
-        .ok_or_else(|| {
-            Error::new(
-                StatusCode::FORBIDDEN,
-                format!("{} is disabled in Slipway", answer.user),
-            )
-        })?;
-    let caller = Caller {
-        principal: person,
-        remote,
-    };
+    let caller = signed_in_caller(&state, &answer.user, remote).await?;
     audit(
         &state,
         &caller,
         "person.sign_in",
         None,
         &answer.user,
-        json!({"admin": answer.is_admin, "groups": answer.groups,
+        json!({"via": "ldap", "admin": answer.is_admin, "groups": answer.groups,
                "projects": answer.grants.iter().map(|(p, _)| p).collect::<Vec<_>>(),
                "projects_not_created": unknown}),
     )
     .await?;
+    session_for(&state, &caller, &answer.user).await
+}
+
+/// The caller a person who just signed in is (refused when disabled here).
+async fn signed_in_caller(
+    state: &AppState,
+    user: &str,
+    remote: Option<std::net::IpAddr>,
+) -> Result<Caller> {
+    let person = state.person_principal(user, None).await?.ok_or_else(|| {
+        Error::new(
+            StatusCode::FORBIDDEN,
+            format!("{user} is disabled in Slipway"),
+        )
+    })?;
+    Ok(Caller {
+        principal: person,
+        remote,
+    })
+}
+
+/// A new session for a person who signed in.
+async fn session_for(state: &AppState, caller: &Caller, user: &str) -> Result<Response> {
     let token = state
-        .session_token(&answer.user, None)
+        .session_token(user, None)
         .map_err(|e| Error::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
-    let me = me_view(&state, &caller).await?;
+    let me = me_view(state, caller).await?;
     Ok(Json(SessionView {
         token,
         expires_in: SESSION_SECS,
         me,
     })
     .into_response())
+}
+
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct SignInOptions {
+    /// `POST /api/v1/sign-in` takes the directory's username and password.
+    pub ldap: bool,
+    /// The OpenID Connect provider's name, when people sign in through it
+    /// (`POST /api/v1/sign-in/oidc`).
+    pub oidc: Option<String>,
+}
+
+#[utoipa::path(get, path = "/api/v1/sign-in", tag = "people", security(()),
+    responses((status = 200, body = SignInOptions)))]
+pub async fn sign_in_options(State(state): State<AppState>) -> Json<SignInOptions> {
+    Json(SignInOptions {
+        ldap: state.directory.is_some(),
+        oidc: state.oidc.as_ref().map(|p| p.name().to_owned()),
+    })
+}
+
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct OidcStart {
+    /// Where the provider sends the person back: a loopback address the
+    /// CLI listens on (`http://127.0.0.1:<port>/…`).
+    pub redirect_uri: String,
+}
+
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct OidcStarted {
+    /// Open this in a browser.
+    pub authorization_url: String,
+    /// What the provider sends back with the code; check it, then send both
+    /// to `POST /api/v1/sign-in/oidc/callback`.
+    pub state: String,
+    pub expires_in: i64,
+}
+
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct OidcReturn {
+    pub state: String,
+    #[serde(default)]
+    pub code: Option<String>,
+    /// The provider's `error` (`access_denied`), when it sent one.
+    #[serde(default)]
+    pub error: Option<String>,
+    #[serde(default)]
+    pub error_description: Option<String>,
+}
+
+fn oidc_error(e: OidcError) -> Error {
+    let status = match &e {
+        OidcError::Refused(_) => StatusCode::UNAUTHORIZED,
+        OidcError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+        OidcError::NotConfigured => StatusCode::NOT_FOUND,
+        OidcError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    Error::new(status, e.to_string())
+}
+
+/// Refuses a caller that failed too many sign-ins lately.
+fn not_blocked(state: &AppState, remote: Option<std::net::IpAddr>) -> Result<()> {
+    match state.auth.limiter.blocked(remote) {
+        Some(wait) => Err(Error::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            format!(
+                "too many failed sign-ins from this address; try again in {} seconds",
+                wait.as_secs().max(1)
+            ),
+        )),
+        None => Ok(()),
+    }
+}
+
+/// Starts a sign-in through the OpenID Connect provider for a CLI that
+/// listens on a loopback address.
+#[utoipa::path(post, path = "/api/v1/sign-in/oidc", tag = "people", request_body = OidcStart,
+    security(()),
+    responses((status = 200, body = OidcStarted), (status = 400, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 503, body = ErrorBody)))]
+pub async fn oidc_start(
+    State(state): State<AppState>,
+    ConnectInfo(addr): ConnectInfo<std::net::SocketAddr>,
+    Json(body): Json<OidcStart>,
+) -> Result<Json<OidcStarted>> {
+    not_blocked(&state, Some(addr.ip()))?;
+    if !crate::identity::oidc::loopback_redirect(&body.redirect_uri) {
+        return Err(Error::bad_request(format!(
+            "redirect_uri {:.200} is not a loopback address (http://127.0.0.1:<port>/…): \
+             the CLI's sign-in comes back to the machine it runs on",
+            body.redirect_uri
+        )));
+    }
+    let begun = state
+        .oidc_begin(crate::auth::oidc::CLI, &body.redirect_uri)
+        .await
+        .map_err(oidc_error)?;
+    Ok(Json(OidcStarted {
+        authorization_url: begun.authorization_url,
+        state: begun.state,
+        expires_in: crate::auth::oidc::WINDOW_MS / 1000,
+    }))
+}
+
+/// Finishes a CLI's sign-in with what the provider sent to its loopback
+/// address: a session, as `POST /api/v1/sign-in` gives.
+#[utoipa::path(post, path = "/api/v1/sign-in/oidc/callback", tag = "people",
+    request_body = OidcReturn, security(()),
+    responses((status = 200, body = SessionView), (status = 401, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 503, body = ErrorBody)))]
+pub async fn oidc_callback(
+    State(state): State<AppState>,
+    ConnectInfo(addr): ConnectInfo<std::net::SocketAddr>,
+    Json(body): Json<OidcReturn>,
+) -> Result<Response> {
+    let remote = Some(addr.ip());
+    not_blocked(&state, remote)?;
+    let answer = state
+        .oidc_finish(
+            crate::auth::oidc::CLI,
+            crate::auth::oidc::Returned {
+                state: &body.state,
+                code: body.code.as_deref(),
+                error: body.error.as_deref(),
+                error_description: body.error_description.as_deref(),
+            },
+            remote,
+        )
+        .await
+        .map_err(oidc_error)?;
+    let caller = signed_in_caller(&state, &answer.user, remote).await?;
+    session_for(&state, &caller, &answer.user).await
 }
 
 /// Audits a refused sign-in and answers it with its reason.

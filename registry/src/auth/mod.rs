@@ -15,6 +15,7 @@
 
 pub mod bootstrap;
 pub mod endpoint;
+pub mod oidc;
 pub mod people;
 pub mod secrets;
 pub mod tokens;

@@ -1,6 +1,8 @@
 //! `slipway login`, `slipway logout` and `slipway token …`: a person signs
-//! in with the directory's username and password (asked without echo, or
-//! read from standard input), and the session the server answers is kept
+//! in through the server's OpenID Connect provider (a browser comes back to
+//! a loopback address this command listens on; the server exchanges the
+//! code) or with the directory's username and password (asked without
+//! echo, or read from standard input), and the session the server answers is kept
 //! in `~/.config/slipway/sessions.json` (mode 0600, one per server URL);
 //! `slipway admin` and `slipway build` use it when no password is given.
 //! Personal access tokens for registry clients are made, listed and
@@ -28,6 +30,13 @@ pub struct LoginArgs {
     /// asking for it.
     #[arg(long)]
     pub password_stdin: bool,
+    /// Sign in with the directory's password even where the server offers
+    /// an OpenID Connect provider.
+    #[arg(long)]
+    pub ldap: bool,
+    /// Do not try to open a browser: print the address to open.
+    #[arg(long)]
+    pub no_browser: bool,
 }
 
 #[derive(clap::Args)]
@@ -169,6 +178,31 @@ fn ask_secret(prompt: &str) -> anyhow::Result<String> {
 }
 
 pub async fn login(args: LoginArgs) -> anyhow::Result<()> {
+    let http = args.server.http()?;
+    let client = Client::with_session(http, args.server.url.clone(), String::new());
+    let password_asked = args.ldap || args.username.is_some() || args.password_stdin;
+    if !password_asked {
+        // What the server offers (a server without the question: LDAP).
+        let offers = client.get("/api/v1/sign-in").await.ok();
+        let offers = match offers.filter(|r| r.status().is_success()) {
+            Some(r) => r.json::<serde_json::Value>().await.unwrap_or_default(),
+            None => json!({"ldap": true}),
+        };
+        if let Some(name) = offers["oidc"].as_str() {
+            let answer = oidc_login(&client, name, args.no_browser).await?;
+            return signed_in(&args.server.url, &answer);
+        }
+        if offers["ldap"] != true {
+            bail!(
+                "{} lets no one but its admin sign in (no [identity] is configured)",
+                args.server.url
+            );
+        }
+    }
+    ldap_login(&client, args).await
+}
+
+async fn ldap_login(client: &Client, args: LoginArgs) -> anyhow::Result<()> {
     let username = match args.username {
         Some(u) => u,
         None => {
@@ -195,8 +229,6 @@ pub async fn login(args: LoginArgs) -> anyhow::Result<()> {
     if password.is_empty() {
         bail!("no password given");
     }
-    let http = args.server.http()?;
-    let client = Client::with_session(http, args.server.url.clone(), String::new());
     let answer = client
         .call_anonymous(
             reqwest::Method::POST,
@@ -204,6 +236,13 @@ pub async fn login(args: LoginArgs) -> anyhow::Result<()> {
             json!({"username": username, "password": password}),
         )
         .await?;
+    signed_in(&args.server.url, &answer)
+}
+
+/// Keeps the session the server answered, and says who signed in.
+fn signed_in(url: &str, answer: &serde_json::Value) -> anyhow::Result<()> {
+    let me = &answer["me"];
+    let username = me["name"].as_str().unwrap_or_default();
     let token = answer["token"]
         .as_str()
         .context("the server's answer holds no session")?
@@ -211,15 +250,14 @@ pub async fn login(args: LoginArgs) -> anyhow::Result<()> {
     let now = slipway_storage::meta::now_ms() / 1000;
     let mut sessions = load()?;
     sessions.by_url.insert(
-        key(&args.server.url),
+        key(url),
         Session {
-            person: username.clone(),
+            person: username.to_owned(),
             token,
             expires_at: now + answer["expires_in"].as_i64().unwrap_or(0),
         },
     );
     save(&sessions)?;
-    let me = &answer["me"];
     let roles: Vec<String> = me["memberships"]
         .as_array()
         .into_iter()
@@ -233,8 +271,7 @@ pub async fn login(args: LoginArgs) -> anyhow::Result<()> {
         })
         .collect();
     println!(
-        "Signed in to {} as {username}{}; {}.",
-        args.server.url,
+        "Signed in to {url} as {username}{}; {}.",
         if me["admin"] == true {
             ", an admin"
         } else {
@@ -247,6 +284,95 @@ pub async fn login(args: LoginArgs) -> anyhow::Result<()> {
         }
     );
     Ok(())
+}
+
+/// Signs in through the server's OpenID Connect provider: the browser is
+/// sent to the provider and back to a loopback address this command
+/// listens on (RFC 8252); the server exchanges the code and answers a
+/// session.
+async fn oidc_login(
+    client: &Client,
+    provider: &str,
+    no_browser: bool,
+) -> anyhow::Result<serde_json::Value> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .context("cannot listen on a loopback port for the browser's way back")?;
+    let port = listener.local_addr()?.port();
+    let redirect_uri = format!("http://127.0.0.1:{port}/callback");
+    let started = client
+        .call_anonymous(
+            reqwest::Method::POST,
+            "/api/v1/sign-in/oidc",
+            json!({"redirect_uri": redirect_uri}),
+        )
+        .await?;
+    let url = started["authorization_url"]
+        .as_str()
+        .context("the server's answer holds no address to sign in at")?
+        .to_owned();
+    let state = started["state"].as_str().unwrap_or_default().to_owned();
+    eprintln!("To sign in with {provider}, open this address in a browser:\n\n  {url}\n");
+    let graphical = std::env::var_os("DISPLAY").is_some_and(|d| !d.is_empty())
+        || std::env::var_os("WAYLAND_DISPLAY").is_some_and(|d| !d.is_empty());
+    if !no_browser && graphical {
+        let _ = std::process::Command::new("xdg-open")
+            .arg(&url)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn();
+    }
+    eprintln!("Waiting for the browser to come back to {redirect_uri} …");
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<BTreeMap<String, String>>(1);
+    let expected = state.clone();
+    let app = axum::Router::new().route(
+        "/callback",
+        axum::routing::get(
+            move |axum::extract::Query(q): axum::extract::Query<BTreeMap<String, String>>| {
+                let tx = tx.clone();
+                let expected = expected.clone();
+                async move {
+                    use axum::response::Html;
+                    // A provider's refusal may come without the state: it
+                    // signs no one in, and is passed on with ours.
+                    let refusal = q.contains_key("error") && !q.contains_key("state");
+                    if q.get("state") != Some(&expected) && !refusal {
+                        return (
+                            axum::http::StatusCode::BAD_REQUEST,
+                            Html("This is not the sign-in slipway login is waiting for."),
+                        );
+                    }
+                    let declined = q.contains_key("error");
+                    let _ = tx.send(q).await;
+                    let page = if declined {
+                        "The sign-in was declined. Return to the terminal."
+                    } else {
+                        "Signed in to Slipway: you can close this window and return to the terminal."
+                    };
+                    (axum::http::StatusCode::OK, Html(page))
+                }
+            },
+        ),
+    );
+    let server = tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    let window = started["expires_in"].as_u64().unwrap_or(600);
+    let back = tokio::time::timeout(std::time::Duration::from_secs(window), rx.recv()).await;
+    server.abort();
+    let Ok(Some(back)) = back else {
+        bail!("the browser did not come back within {window} seconds: run `slipway login` again");
+    };
+    let mut body = json!({"state": state});
+    for k in ["code", "error", "error_description"] {
+        if let Some(v) = back.get(k) {
+            body[k] = json!(v);
+        }
+    }
+    client
+        .call_anonymous(reqwest::Method::POST, "/api/v1/sign-in/oidc/callback", body)
+        .await
 }
 
 pub async fn logout(args: LogoutArgs) -> anyhow::Result<()> {

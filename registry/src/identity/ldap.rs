@@ -17,7 +17,7 @@ use std::time::Duration;
 use ldap3::{LdapConnAsync, LdapConnSettings, Scope, SearchEntry, dn_escape, ldap_escape};
 use slipway_storage::meta::Role;
 
-use super::{Answer, same_dn, tool_of, valid_username};
+use super::{Answer, valid_username};
 use crate::config::LdapConfig;
 
 /// Why a sign-in or a look-up failed, as a sentence for the person (the
@@ -153,29 +153,13 @@ impl Directory {
             .into_iter()
             .map(|e| SearchEntry::construct(e).dn)
             .collect();
-        let is_admin = !self.cfg.admin_group.is_empty()
-            && groups.iter().any(|g| same_dn(g, &self.cfg.admin_group));
-        let mut grants: Vec<(String, Role)> = if self.cfg.group_pattern.is_empty() {
-            Vec::new()
-        } else {
-            // The admin group (`cn=tools.admin` on Toolforge) matches the
-            // pattern too, but is no tool.
-            groups
-                .iter()
-                .filter(|g| self.cfg.admin_group.is_empty() || !same_dn(g, &self.cfg.admin_group))
-                .filter_map(|g| tool_of(&self.cfg.group_pattern, g))
-                .map(|tool| (self.cfg.project_pattern.replace("{tool}", &tool), self.role))
-                .collect()
-        };
-        grants.sort();
-        grants.dedup();
-        Ok(Answer {
-            user: user.to_owned(),
-            dn,
-            is_admin,
-            grants,
-            groups,
-        })
+        Ok(super::Mapping {
+            group_pattern: &self.cfg.group_pattern,
+            project_pattern: &self.cfg.project_pattern,
+            admin_group: &self.cfg.admin_group,
+            role: self.role,
+        }
+        .answer(user, dn, groups))
     }
 
     /// Checks `user`'s password by binding as them, and reads their groups.

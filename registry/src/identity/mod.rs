@@ -1,9 +1,10 @@
-//! Where people sign in from: an LDAP directory (and, later, OpenID
-//! Connect). What a directory says about a person — whether they
-//! administer Slipway, and the projects their groups grant — is mapped
-//! here and written with `Metadata::directory_sync`.
+//! Where people sign in from: an LDAP directory and an OpenID Connect
+//! provider. What either says about a person — whether they administer
+//! Slipway, and the projects their groups grant — is mapped here
+//! ([`Mapping`]) and written with `Metadata::directory_sync`.
 
 pub mod ldap;
+pub mod oidc;
 
 use slipway_storage::meta::Role;
 
@@ -20,6 +21,47 @@ pub struct Answer {
     pub grants: Vec<(String, Role)>,
     /// The groups found (DNs), for the audit log.
     pub groups: Vec<String>,
+}
+
+/// How groups become projects and admin: the same rules for a directory's
+/// groups and a provider's groups claim.
+pub struct Mapping<'a> {
+    /// `cn=tools.{tool},ou=servicegroups,…`; empty: no projects.
+    pub group_pattern: &'a str,
+    /// `tool-{tool}`.
+    pub project_pattern: &'a str,
+    /// Empty: nobody administers through a group.
+    pub admin_group: &'a str,
+    pub role: Role,
+}
+
+impl Mapping<'_> {
+    /// What `groups` say about `user`.
+    pub fn answer(&self, user: &str, dn: String, groups: Vec<String>) -> Answer {
+        let is_admin =
+            !self.admin_group.is_empty() && groups.iter().any(|g| same_dn(g, self.admin_group));
+        let mut grants: Vec<(String, Role)> = if self.group_pattern.is_empty() {
+            Vec::new()
+        } else {
+            // The admin group (`cn=tools.admin` on Toolforge) matches the
+            // pattern too, but is no tool.
+            groups
+                .iter()
+                .filter(|g| self.admin_group.is_empty() || !same_dn(g, self.admin_group))
+                .filter_map(|g| tool_of(self.group_pattern, g))
+                .map(|tool| (self.project_pattern.replace("{tool}", &tool), self.role))
+                .collect()
+        };
+        grants.sort();
+        grants.dedup();
+        Answer {
+            user: user.to_owned(),
+            dn,
+            is_admin,
+            grants,
+            groups,
+        }
+    }
 }
 
 /// Whether `user` may be a username: 1 to 64 letters, digits, `.`, `_`

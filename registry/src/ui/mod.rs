@@ -72,6 +72,8 @@ pub fn router() -> Router<AppState> {
         )
         .route("/ui/login", get(session::login_form).post(session::login))
         .route("/ui/logout", post(session::logout))
+        .route("/ui/sign-in/oidc", get(session::oidc_start))
+        .route("/ui/sign-in/oidc/callback", get(session::oidc_callback))
         .route("/ui/assets/style.css", get(style))
         .route("/ui/assets/app.js", get(script))
         // (The admin API's router holds the server's fallback.)

@@ -30,6 +30,9 @@ use crate::server::AppState;
 
 pub const SESSION_COOKIE: &str = "slipway_session";
 const LOGIN_COOKIE: &str = "slipway_login";
+/// The state of a sign-in sent to the OpenID Connect provider: the browser
+/// that comes back must be the one that left.
+const OIDC_COOKIE: &str = "slipway_oidc";
 
 /// Who is asking.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -230,9 +233,9 @@ fn set_cookie(name: &str, value: &str, max_age: i64, secure: bool) -> HeaderValu
     HeaderValue::from_str(&c).expect("cookie values are ASCII")
 }
 
-pub async fn login_form(headers: HeaderMap) -> Response {
+pub async fn login_form(State(state): State<AppState>, headers: HeaderMap) -> Response {
     let nonce = crate::auth::secrets::generate();
-    let page = login_page(&nonce, None);
+    let page = login_page(&state, &nonce, None);
     let mut r = page.into_response();
     r.headers_mut().append(
         header::SET_COOKIE,
@@ -241,7 +244,8 @@ pub async fn login_form(headers: HeaderMap) -> Response {
     r
 }
 
-fn login_page(nonce: &str, error: Option<&str>) -> maud::Markup {
+fn login_page(state: &AppState, nonce: &str, error: Option<&str>) -> maud::Markup {
+    let provider = state.oidc.as_ref().map(|p| p.name().to_owned());
     super::layout(
         "Sign in",
         &Session {
@@ -253,6 +257,10 @@ fn login_page(nonce: &str, error: Option<&str>) -> maud::Markup {
             h1 { "Sign in" }
             @if let Some(e) = error {
                 p.error role="alert" { (e) }
+            }
+            @if let Some(name) = &provider {
+                p { a.button #oidc href="/ui/sign-in/oidc" { "Sign in with " (name) } }
+                p.hint { "Or with a password:" }
             }
             form.signin method="post" action="/ui/login" {
                 input type="hidden" name="csrf" value=(nonce);
@@ -286,7 +294,7 @@ pub async fn login(
     let nonce = cookie(&headers, LOGIN_COOKIE).unwrap_or_default();
     let fresh = crate::auth::secrets::generate();
     let again = |status: StatusCode, error: &str| {
-        let mut r = (status, login_page(&fresh, Some(error))).into_response();
+        let mut r = (status, login_page(&state, &fresh, Some(error))).into_response();
         r.headers_mut().append(
             header::SET_COOKIE,
             set_cookie(LOGIN_COOKIE, &fresh, 3600, over_tls(&headers)),
@@ -409,5 +417,143 @@ pub async fn logout(
         header::SET_COOKIE,
         set_cookie(SESSION_COOKIE, "", 0, over_tls(&headers)),
     );
+    r
+}
+
+/// "Sign in with <provider>": off to the provider's authorization endpoint,
+/// the state kept in a cookie for the way back.
+pub async fn oidc_start(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    let Some(provider) = state.oidc.clone() else {
+        return sign_in_failed(
+            &state,
+            &headers,
+            StatusCode::NOT_FOUND,
+            "no OpenID Connect provider is configured",
+        );
+    };
+    let base = [
+        provider.public_url(),
+        state.config.builds.public_url.as_str(),
+    ]
+    .into_iter()
+    .find(|u| !u.is_empty())
+    .map(|u| u.trim_end_matches('/').to_owned())
+    .unwrap_or_else(|| crate::server::request_base(&headers));
+    let redirect = format!("{base}/ui/sign-in/oidc/callback");
+    match state
+        .oidc_begin(crate::auth::oidc::DASHBOARD, &redirect)
+        .await
+    {
+        Ok(begun) => {
+            let mut r = Redirect::to(&begun.authorization_url).into_response();
+            r.headers_mut().append(
+                header::SET_COOKIE,
+                set_cookie(
+                    OIDC_COOKIE,
+                    &begun.state,
+                    crate::auth::oidc::WINDOW_MS / 1000,
+                    over_tls(&headers),
+                ),
+            );
+            r
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot start an OpenID Connect sign-in");
+            sign_in_failed(
+                &state,
+                &headers,
+                StatusCode::SERVICE_UNAVAILABLE,
+                &e.to_string(),
+            )
+        }
+    }
+}
+
+#[derive(Deserialize)]
+pub struct OidcBack {
+    #[serde(default)]
+    state: String,
+    code: Option<String>,
+    error: Option<String>,
+    error_description: Option<String>,
+}
+
+/// The provider sends the person back here: the state must be this
+/// browser's, then the code is exchanged and the ID token checked.
+pub async fn oidc_callback(
+    State(state): State<AppState>,
+    session: Session,
+    headers: HeaderMap,
+    axum::extract::Query(back): axum::extract::Query<OidcBack>,
+) -> Response {
+    use subtle::ConstantTimeEq as _;
+    let client = crate::auth::oidc::DASHBOARD;
+    let mine = cookie(&headers, OIDC_COOKIE).unwrap_or_default();
+    if mine.is_empty() || !bool::from(mine.as_bytes().ct_eq(back.state.as_bytes())) {
+        // A sign-in this browser did not start (a link someone sent):
+        // finishing it would sign this browser in as someone else.
+        let reason = "this sign-in was not started in this browser: sign in again";
+        state.oidc_refused(client, reason, session.remote).await;
+        return sign_in_failed(&state, &headers, StatusCode::UNAUTHORIZED, reason);
+    }
+    let returned = crate::auth::oidc::Returned {
+        state: &back.state,
+        code: back.code.as_deref(),
+        error: back.error.as_deref(),
+        error_description: back.error_description.as_deref(),
+    };
+    let answer = match state.oidc_finish(client, returned, session.remote).await {
+        Ok(a) => a,
+        Err(e) => {
+            let status = match e {
+                crate::identity::oidc::OidcError::Refused(_) => StatusCode::UNAUTHORIZED,
+                _ => StatusCode::SERVICE_UNAVAILABLE,
+            };
+            return sign_in_failed(&state, &headers, status, &e.to_string());
+        }
+    };
+    let Ok(token) = state.session_token(&answer.user, None) else {
+        return sign_in_failed(
+            &state,
+            &headers,
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "cannot sign a session now",
+        );
+    };
+    let secure = over_tls(&headers);
+    let mut r = Redirect::to("/ui/").into_response();
+    r.headers_mut().append(
+        header::SET_COOKIE,
+        set_cookie(SESSION_COOKIE, &token, SESSION_SECS, secure),
+    );
+    r.headers_mut()
+        .append(header::SET_COOKIE, set_cookie(OIDC_COOKIE, "", 0, secure));
+    r
+}
+
+/// The sign-in page again, saying why (the sentence capitalised), with a
+/// fresh form and the provider's state cookie cleared.
+fn sign_in_failed(
+    state: &AppState,
+    headers: &HeaderMap,
+    status: StatusCode,
+    why: &str,
+) -> Response {
+    let fresh = crate::auth::secrets::generate();
+    let mut sentence = why.to_owned();
+    if let Some(first) = sentence.get(..1) {
+        sentence.replace_range(..1, &first.to_uppercase());
+    }
+    if !sentence.ends_with('.') {
+        sentence.push('.');
+    }
+    let secure = over_tls(headers);
+    let mut r = (status, login_page(state, &fresh, Some(&sentence))).into_response();
+    r.headers_mut().append(
+        header::SET_COOKIE,
+        set_cookie(LOGIN_COOKIE, &fresh, 3600, secure),
+    );
+    r.headers_mut()
+        .append(header::SET_COOKIE, set_cookie(OIDC_COOKIE, "", 0, secure));
     r
 }

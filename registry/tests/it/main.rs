@@ -18,6 +18,7 @@ mod isolation;
 mod languages;
 mod lifecycle;
 mod logs;
+mod oidc;
 mod people;
 mod push_to_deploy;
 mod quota;

@@ -561,7 +561,7 @@ async fn the_admin_names_members_before_they_sign_in() {
 
 /// `skopeo copy` of `image` into a directory with `creds`: whether it
 /// succeeded, and what it said.
-fn skopeo_pull(image: &str, creds: &str) -> (bool, String) {
+pub(crate) fn skopeo_pull(image: &str, creds: &str) -> (bool, String) {
     let dir = tempfile::tempdir().unwrap();
     let out = Command::new("skopeo")
         .args([

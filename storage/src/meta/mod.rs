@@ -66,7 +66,10 @@ pub use builds::{BuildRecord, BuildToken, LogLine, Queued, Retention};
 pub use fsck::{BlobRow, DanglingRef};
 pub use gc::{GcCandidate, PrunableManifest};
 pub use manifests::{QuotaAfter, TagDetail, TagMove};
-pub use people::{Membership, Person, PersonalToken, Role, SOURCE_ADMIN, SOURCE_DIRECTORY};
+pub use people::{
+    Membership, Person, PersonalToken, Role, SOURCE_ADMIN, SOURCE_DIRECTORY, SignInRequest,
+    SignInUse,
+};
 pub use quota::{BlobBudget, Drift, Usage};
 pub use rebase::{BuildSource, RebaseCommitted, RebaseWrite, TaggedImage, TaggedPage};
 pub use triggers::{Delivery, SecretInfo, Trigger};

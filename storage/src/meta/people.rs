@@ -457,3 +457,94 @@ impl Metadata {
         Ok(())
     }
 }
+
+/// An OpenID Connect sign-in under way (`sign_in_requests`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SignInRequest {
+    /// SHA-256 (hex) of the state sent to the provider.
+    pub state_hash: String,
+    pub nonce: String,
+    pub pkce_verifier: String,
+    pub redirect_uri: String,
+    /// `dashboard` or `cli`.
+    pub client: String,
+    pub created_at: i64,
+    pub expires_at: i64,
+}
+
+/// What became of a state brought back from the provider.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SignInUse {
+    /// Taken now, for the first time.
+    Taken(SignInRequest),
+    /// Brought back before: a replay.
+    AlreadyUsed,
+    /// Never used, but too late.
+    Expired,
+    /// Not a state Slipway sent (or one forgotten a day after it expired).
+    Unknown,
+}
+
+/// How long rows are kept after they expire.
+const SIGN_IN_KEEP_MS: i64 = 24 * 3600 * 1000;
+
+impl Metadata {
+    /// Records a sign-in sent to the provider (and forgets those expired
+    /// more than a day ago).
+    pub async fn sign_in_request_create(&self, r: &SignInRequest) -> Result<()> {
+        sqlx::query("DELETE FROM sign_in_requests WHERE expires_at < $1")
+            .bind(r.created_at - SIGN_IN_KEEP_MS)
+            .execute(&self.write)
+            .await?;
+        sqlx::query(
+            "INSERT INTO sign_in_requests (state_hash, nonce, pkce_verifier, redirect_uri, client, \
+             created_at, expires_at) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        )
+        .bind(&r.state_hash)
+        .bind(&r.nonce)
+        .bind(&r.pkce_verifier)
+        .bind(&r.redirect_uri)
+        .bind(&r.client)
+        .bind(r.created_at)
+        .bind(r.expires_at)
+        .execute(&self.write)
+        .await?;
+        Ok(())
+    }
+
+    /// Takes the sign-in whose state hashes to `state_hash`, once: a second
+    /// use (a replay), a late one or an unknown state is told apart.
+    pub async fn sign_in_request_use(&self, state_hash: &str, now: i64) -> Result<SignInUse> {
+        let taken = sqlx::query(
+            "UPDATE sign_in_requests SET used_at = $2 \
+             WHERE state_hash = $1 AND used_at IS NULL AND expires_at > $2 \
+             RETURNING state_hash, nonce, pkce_verifier, redirect_uri, client, created_at, expires_at",
+        )
+        .bind(state_hash)
+        .bind(now)
+        .fetch_optional(&self.write)
+        .await?;
+        if let Some(row) = taken {
+            return Ok(SignInUse::Taken(SignInRequest {
+                state_hash: row.try_get(0)?,
+                nonce: row.try_get(1)?,
+                pkce_verifier: row.try_get(2)?,
+                redirect_uri: row.try_get(3)?,
+                client: row.try_get(4)?,
+                created_at: row.try_get(5)?,
+                expires_at: row.try_get(6)?,
+            }));
+        }
+        let row = sqlx::query("SELECT used_at FROM sign_in_requests WHERE state_hash = $1")
+            .bind(state_hash)
+            .fetch_optional(&self.write)
+            .await?;
+        Ok(match row {
+            None => SignInUse::Unknown,
+            Some(row) => match row.try_get::<Option<i64>, _>(0)? {
+                Some(_) => SignInUse::AlreadyUsed,
+                None => SignInUse::Expired,
+            },
+        })
+    }
+}

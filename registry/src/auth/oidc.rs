@@ -1,0 +1,187 @@
+//! Signing people in through the OpenID Connect provider, for the API (the
+//! CLI's loopback redirect) and the dashboard alike: a sign-in is started
+//! (its nonce and PKCE verifier kept under the state's hash), and finished
+//! once — a state brought back twice, late, by another client or never sent
+//! is refused with a sentence, and every refusal is audited
+//! (`person.sign_in_refused`, `via: oidc`) as every sign-in is
+//! (`person.sign_in`).
+
+use std::net::IpAddr;
+
+use sha2::{Digest, Sha256};
+use slipway_storage::meta::{NewAuditEntry, SignInRequest, SignInUse, now_ms};
+
+use crate::identity::Answer;
+use crate::identity::oidc::OidcError;
+use crate::server::AppState;
+
+/// How long a person has at the provider before a sign-in expires.
+pub const WINDOW_MS: i64 = 10 * 60 * 1000;
+
+/// Who started a sign-in: it is finished by the same kind of client only.
+pub const DASHBOARD: &str = "dashboard";
+pub const CLI: &str = "cli";
+
+/// What a finished sign-in brings back from the provider.
+pub struct Returned<'a> {
+    pub state: &'a str,
+    pub code: Option<&'a str>,
+    /// The provider's `error` (`access_denied` when the person declined).
+    pub error: Option<&'a str>,
+    pub error_description: Option<&'a str>,
+}
+
+fn state_hash(state: &str) -> String {
+    hex::encode(Sha256::digest(state.as_bytes()))
+}
+
+impl AppState {
+    /// Starts a sign-in for `client` that comes back to `redirect_uri`:
+    /// the address to send the person to, and the state.
+    pub async fn oidc_begin(
+        &self,
+        client: &str,
+        redirect_uri: &str,
+    ) -> Result<crate::identity::oidc::Begun, OidcError> {
+        let provider = self.oidc.as_ref().ok_or_else(not_configured)?;
+        let begun = provider.begin(redirect_uri).await?;
+        let now = now_ms();
+        self.meta
+            .sign_in_request_create(&SignInRequest {
+                state_hash: state_hash(&begun.state),
+                nonce: begun.nonce.clone(),
+                pkce_verifier: begun.pkce_verifier.clone(),
+                redirect_uri: redirect_uri.to_owned(),
+                client: client.to_owned(),
+                created_at: now,
+                expires_at: now + WINDOW_MS,
+            })
+            .await
+            .map_err(|e| OidcError::Internal(e.to_string()))?;
+        Ok(begun)
+    }
+
+    /// Finishes a sign-in `client` started: the person, their memberships
+    /// synced from the groups claim. Refusals are audited.
+    pub async fn oidc_finish(
+        &self,
+        client: &str,
+        back: Returned<'_>,
+        remote: Option<IpAddr>,
+    ) -> Result<Answer, OidcError> {
+        let result = self.oidc_check(client, &back).await;
+        match &result {
+            Ok(answer) => {
+                self.oidc_audit(
+                    &answer.user,
+                    "person.sign_in",
+                    &answer.user,
+                    serde_json::json!({"via": "oidc", "client": client,
+                        "admin": answer.is_admin, "groups": answer.groups,
+                        "projects": answer.grants.iter().map(|(p, _)| p).collect::<Vec<_>>()}),
+                    remote,
+                )
+                .await;
+            }
+            Err(OidcError::Refused(reason)) => self.oidc_refused(client, reason, remote).await,
+            Err(e) => tracing::warn!(error = %e, "an OpenID Connect sign-in could not finish"),
+        }
+        result
+    }
+
+    /// Records a refused sign-in (and counts it against the address).
+    pub async fn oidc_refused(&self, client: &str, reason: &str, remote: Option<IpAddr>) {
+        self.auth.limiter.failed(remote);
+        self.oidc_audit(
+            "anonymous",
+            "person.sign_in_refused",
+            "oidc",
+            serde_json::json!({"via": "oidc", "client": client, "reason": reason}),
+            remote,
+        )
+        .await;
+    }
+
+    async fn oidc_check(&self, client: &str, back: &Returned<'_>) -> Result<Answer, OidcError> {
+        let provider = self.oidc.as_ref().ok_or_else(not_configured)?;
+        let refused = |m: &str| Err(OidcError::Refused(m.to_owned()));
+        let taken = self
+            .meta
+            .sign_in_request_use(&state_hash(back.state), now_ms())
+            .await
+            .map_err(|e| OidcError::Internal(e.to_string()))?;
+        let request = match taken {
+            SignInUse::Taken(r) => r,
+            SignInUse::AlreadyUsed => {
+                return refused(
+                    "this sign-in was already used (a state is good once): sign in again",
+                );
+            }
+            SignInUse::Expired => {
+                return refused("this sign-in took longer than 10 minutes: sign in again");
+            }
+            SignInUse::Unknown => {
+                return refused("this sign-in was not started here (unknown state): sign in again");
+            }
+        };
+        if request.client != client {
+            return refused("this sign-in was started by another client: sign in again");
+        }
+        if let Some(error) = back.error {
+            return Err(OidcError::Refused(format!(
+                "the identity provider did not sign you in: {:.80}{}",
+                error,
+                back.error_description
+                    .map(|d| format!(" ({d:.200})"))
+                    .unwrap_or_default()
+            )));
+        }
+        let Some(code) = back.code.filter(|c| !c.is_empty()) else {
+            return refused("the identity provider sent no authorization code");
+        };
+        let answer = provider
+            .finish(
+                code,
+                &request.redirect_uri,
+                &request.nonce,
+                &request.pkce_verifier,
+            )
+            .await?;
+        self.directory_signed_in(&answer)
+            .await
+            .map_err(|e| OidcError::Internal(e.message))?;
+        match self.person(&answer.user).await {
+            Ok(Some(_)) => Ok(answer),
+            Ok(None) => Err(OidcError::Refused(format!(
+                "{} is disabled in Slipway",
+                answer.user
+            ))),
+            Err(e) => Err(OidcError::Internal(e.message)),
+        }
+    }
+
+    async fn oidc_audit(
+        &self,
+        principal: &str,
+        action: &str,
+        target: &str,
+        detail: serde_json::Value,
+        remote: Option<IpAddr>,
+    ) {
+        let entry = NewAuditEntry {
+            principal: principal.to_owned(),
+            action: action.to_owned(),
+            project: None,
+            target: Some(target.to_owned()),
+            detail: Some(detail.to_string()),
+            remote_addr: remote.map(|r| r.to_string()),
+        };
+        if let Err(e) = self.meta.audit(&entry).await {
+            tracing::warn!(error = %e, "cannot audit an OpenID Connect sign-in");
+        }
+    }
+}
+
+fn not_configured() -> OidcError {
+    OidcError::NotConfigured
+}

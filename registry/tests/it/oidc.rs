@@ -1,0 +1,777 @@
+//! People signing in through an OpenID Connect provider: a real one, the
+//! PyPI package `oidc-provider-mock` (`conformance/test.sh` installs it),
+//! started on loopback with users whose `groups` claim lists group DNs as
+//! the Wikimedia provider sends them. Everything a browser would do is
+//! scripted HTTP through the provider's authorization endpoint.
+//!
+//! Between Slipway and the provider sits a small proxy of the test's own
+//! (the issuer Slipway is configured with): it passes everything through,
+//! the provider's own signatures included, until the test asks it to
+//! tamper with the ID token of the next answers — change a claim and keep
+//! the provider's signature (a forgery), send `alg: none`, or sign with a
+//! second key the proxy then publishes in the provider's JWKS (a key
+//! rotation) with an `exp` in the past, another `aud` or another `nonce`.
+
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+
+use crate::security::Env;
+
+const TOOL_Y: &str = "cn=tools.y,ou=servicegroups,dc=wikimedia,dc=org";
+const ADMINS: &str = "cn=tools.admin,ou=servicegroups,dc=wikimedia,dc=org";
+
+/// The provider, on a free loopback port.
+struct Provider {
+    child: Child,
+    url: String,
+}
+
+impl Drop for Provider {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl Provider {
+    async fn start() -> Provider {
+        let port = free_port();
+        let child = Command::new("python3")
+            .args([
+                "-W",
+                "ignore",
+                "-m",
+                "oidc_provider_mock",
+                "-H",
+                "127.0.0.1",
+            ])
+            .args(["-p", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("run python3 -m oidc_provider_mock (conformance/test.sh installs it)");
+        let provider = Provider {
+            child,
+            url: format!("http://127.0.0.1:{port}"),
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let found = reqwest::get(format!("{}/.well-known/openid-configuration", provider.url))
+                .await
+                .is_ok_and(|r| r.status().is_success());
+            if found {
+                return provider;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "oidc-provider-mock did not start within 30 s (is the PyPI package \
+                 oidc-provider-mock installed? conformance/test.sh installs it)"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Names a person with their claims.
+    async fn user(&self, sub: &str, claims: Value) {
+        let r = reqwest::Client::new()
+            .put(format!("{}/users/{sub}", self.url))
+            .json(&claims)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    }
+}
+
+/// What the proxy does to the ID token of the token endpoint's answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Tamper {
+    /// Nothing: the provider's token as it is.
+    Pass,
+    /// The admin group added to `groups`, the provider's signature kept.
+    Forge,
+    /// `alg: none`, no signature.
+    AlgNone,
+    /// Signed with the second key, claims as they are.
+    Resign,
+    /// Signed with the second key, `exp` an hour ago.
+    Expired,
+    /// Signed with the second key, `aud` another client.
+    Audience,
+    /// Signed with the second key, another `nonce`.
+    Nonce,
+}
+
+#[derive(Clone)]
+struct ProxyState {
+    upstream: String,
+    tamper: Arc<Mutex<Tamper>>,
+    /// The second key: published in the JWKS once `rotated`.
+    key: Arc<(jsonwebtoken::EncodingKey, Value)>,
+    rotated: Arc<Mutex<bool>>,
+    http: reqwest::Client,
+}
+
+struct Proxy {
+    url: String,
+    state: ProxyState,
+}
+
+impl Proxy {
+    fn tamper(&self, t: Tamper) {
+        *self.state.tamper.lock().unwrap() = t;
+    }
+    fn rotate(&self) {
+        *self.state.rotated.lock().unwrap() = true;
+    }
+}
+
+/// An RSA key made with `openssl`, and its public JWK (`kid: second`).
+fn second_key() -> (jsonwebtoken::EncodingKey, Value) {
+    let dir = tempfile::tempdir().unwrap();
+    let pem = dir.path().join("key.pem");
+    let ok = Command::new("openssl")
+        .args([
+            "genpkey",
+            "-algorithm",
+            "RSA",
+            "-pkeyopt",
+            "rsa_keygen_bits:2048",
+            "-out",
+        ])
+        .arg(&pem)
+        .stderr(Stdio::null())
+        .status()
+        .expect("run openssl");
+    assert!(ok.success());
+    let out = Command::new("openssl")
+        .args(["rsa", "-noout", "-modulus", "-in"])
+        .arg(&pem)
+        .output()
+        .unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    let modulus = hex::decode(text.trim().trim_start_matches("Modulus=")).unwrap();
+    let key = jsonwebtoken::EncodingKey::from_rsa_pem(&std::fs::read(&pem).unwrap()).unwrap();
+    let jwk = json!({"kty": "RSA", "kid": "second", "use": "sig", "alg": "RS256",
+                     "n": B64.encode(modulus), "e": "AQAB"});
+    (key, jwk)
+}
+
+fn claims_of(jwt: &str) -> Value {
+    serde_json::from_slice(&B64.decode(jwt.split('.').nth(1).unwrap()).unwrap()).unwrap()
+}
+
+fn tampered(state: &ProxyState, id_token: &str, how: Tamper) -> String {
+    let mut claims = claims_of(id_token);
+    let parts: Vec<&str> = id_token.split('.').collect();
+    let resign = |claims: &Value| {
+        let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256);
+        header.kid = Some("second".into());
+        jsonwebtoken::encode(&header, claims, &state.key.0).unwrap()
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    match how {
+        Tamper::Pass => id_token.to_owned(),
+        Tamper::Forge => {
+            claims["groups"] = json!([TOOL_Y, ADMINS]);
+            format!(
+                "{}.{}.{}",
+                parts[0],
+                B64.encode(claims.to_string()),
+                parts[2]
+            )
+        }
+        Tamper::AlgNone => format!(
+            "{}.{}.",
+            B64.encode(r#"{"alg":"none","typ":"JWT"}"#),
+            B64.encode(claims.to_string())
+        ),
+        Tamper::Resign => resign(&claims),
+        Tamper::Expired => {
+            claims["iat"] = json!(now - 7200);
+            claims["exp"] = json!(now - 3600);
+            resign(&claims)
+        }
+        Tamper::Audience => {
+            claims["aud"] = json!(["another-client"]);
+            resign(&claims)
+        }
+        Tamper::Nonce => {
+            claims["nonce"] = json!("not-the-nonce-slipway-sent");
+            resign(&claims)
+        }
+    }
+}
+
+async fn proxied(
+    axum::extract::State(state): axum::extract::State<ProxyState>,
+    request: axum::extract::Request,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let (parts, body) = request.into_parts();
+    let body = axum::body::to_bytes(body, 1 << 20).await.unwrap();
+    let path = parts
+        .uri
+        .path_and_query()
+        .map(|p| p.as_str())
+        .unwrap_or("/");
+    // The Host header goes along: the provider names its issuer and its
+    // endpoints after it, so they all point at the proxy.
+    let mut forward = state
+        .http
+        .request(parts.method.clone(), format!("{}{path}", state.upstream))
+        .body(body);
+    for (name, value) in &parts.headers {
+        forward = forward.header(name, value);
+    }
+    let answer = forward.send().await.unwrap();
+    let status = answer.status();
+    let content_type = answer.headers().get("content-type").cloned();
+    let location = answer.headers().get("location").cloned();
+    let mut bytes = answer.bytes().await.unwrap().to_vec();
+    if path.starts_with("/jwks") && *state.rotated.lock().unwrap() {
+        let mut set: Value = serde_json::from_slice(&bytes).unwrap();
+        set["keys"]
+            .as_array_mut()
+            .unwrap()
+            .push(state.key.1.clone());
+        bytes = serde_json::to_vec(&set).unwrap();
+    }
+    let how = *state.tamper.lock().unwrap();
+    if path.starts_with("/oauth2/token") && status.is_success() && how != Tamper::Pass {
+        let mut v: Value = serde_json::from_slice(&bytes).unwrap();
+        let id_token = v["id_token"].as_str().unwrap().to_owned();
+        v["id_token"] = json!(tampered(&state, &id_token, how));
+        bytes = serde_json::to_vec(&v).unwrap();
+    }
+    let mut r = (status, bytes).into_response();
+    if let Some(ct) = content_type {
+        r.headers_mut().insert("content-type", ct);
+    }
+    if let Some(l) = location {
+        r.headers_mut().insert("location", l);
+    }
+    r
+}
+
+async fn start_proxy(upstream: &str) -> Proxy {
+    let state = ProxyState {
+        upstream: upstream.to_owned(),
+        tamper: Arc::new(Mutex::new(Tamper::Pass)),
+        key: Arc::new(second_key()),
+        rotated: Arc::new(Mutex::new(false)),
+        http: reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .unwrap(),
+    };
+    let app = axum::Router::new()
+        .fallback(proxied)
+        .with_state(state.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    Proxy { url, state }
+}
+
+/// A browser at the provider: `sub` signs in (or declines) at the
+/// authorization address; the provider's redirect back, parsed.
+async fn at_provider(
+    authorization_url: &str,
+    sub: Option<&str>,
+) -> (String, Vec<(String, String)>) {
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let form: Vec<(&str, &str)> = match sub {
+        Some(s) => vec![("sub", s)],
+        None => vec![("action", "deny")],
+    };
+    let body: String = form_urlencoded::Serializer::new(String::new())
+        .extend_pairs(form)
+        .finish();
+    let r = http
+        .post(authorization_url)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_redirection(), "{:?}", r.text().await);
+    let location = r.headers()["location"].to_str().unwrap().to_owned();
+    let query = location.split_once('?').map(|(_, q)| q).unwrap_or_default();
+    let pairs = form_urlencoded::parse(query.as_bytes())
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect();
+    (location, pairs)
+}
+
+fn param<'a>(pairs: &'a [(String, String)], key: &str) -> Option<&'a str> {
+    pairs
+        .iter()
+        .find(|(k, _)| k == key)
+        .map(|(_, v)| v.as_str())
+}
+
+/// `slipway login` finishing through the provider, the server-side flow
+/// as the CLI drives it: start, the browser at the provider, back.
+async fn api_sign_in(env: &Env, sub: &str) -> (StatusCode, Value) {
+    let (s, started) = env
+        .api(
+            Method::POST,
+            "/api/v1/sign-in/oidc",
+            None,
+            Some(json!({"redirect_uri": "http://127.0.0.1:9/callback"})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{started}");
+    let (_, back) = at_provider(started["authorization_url"].as_str().unwrap(), Some(sub)).await;
+    assert_eq!(param(&back, "state"), started["state"].as_str());
+    env.api(
+        Method::POST,
+        "/api/v1/sign-in/oidc/callback",
+        None,
+        Some(json!({"state": param(&back, "state"), "code": param(&back, "code")})),
+    )
+    .await
+}
+
+/// Sign-in through a real OpenID Connect provider, by the API (as the CLI
+/// drives it), the dashboard's button and `slipway login` itself: groups
+/// of DNs map to projects, the admin group administers, a personal token
+/// made with the session pulls with skopeo; a replayed or unknown state,
+/// a declined sign-in, a forged ID token, `alg: none`, an expired token,
+/// another audience and another nonce are each refused with a sentence
+/// and audited; the dashboard refuses a callback the browser did not
+/// start; signing in again with fewer groups loses the project.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oidc_sign_in_through_a_real_provider() {
+    let provider = Provider::start().await;
+    let proxy = start_proxy(&provider.url).await;
+    provider
+        .user(
+            "dana-sub",
+            json!({"preferred_username": "Dana", "groups": [TOOL_Y, "cn=other,dc=org"]}),
+        )
+        .await;
+    provider
+        .user(
+            "ops-sub",
+            json!({"preferred_username": "ops", "groups": [ADMINS]}),
+        )
+        .await;
+    provider
+        .user(
+            "mallory-sub",
+            json!({"preferred_username": "mallory", "groups": []}),
+        )
+        .await;
+    let issuer = proxy.url.clone();
+    let env = Env::with(move |c| {
+        c.identity.oidc.issuer = issuer;
+        c.identity.oidc.allow_http = true;
+        c.identity.oidc.name = "Wikimedia".into();
+        c.identity.oidc.client_id = "slipway".into();
+        c.identity.oidc.client_secret = slipway_registry::config::Secret::new("client-secret");
+        c.identity.oidc.scopes = vec!["profile".into()];
+        c.identity.oidc.group_pattern =
+            "cn=tools.{tool},ou=servicegroups,dc=wikimedia,dc=org".into();
+        c.identity.oidc.project_pattern = "tool-{tool}".into();
+        c.identity.oidc.admin_group = ADMINS.into();
+        c.builds.workers = 0;
+    })
+    .await;
+    env.server.create_project("tool-y", false).await;
+    env.push_image("tool-y/web", "v1", b"tool-y").await;
+    let host = env.server.addr.to_string();
+
+    let (s, offers) = env.api(Method::GET, "/api/v1/sign-in", None, None).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(offers, json!({"ldap": false, "oidc": "Wikimedia"}));
+
+    // The authorization request: code flow, PKCE S256, state and nonce.
+    let (s, v) = env
+        .api(
+            Method::POST,
+            "/api/v1/sign-in/oidc",
+            None,
+            Some(json!({"redirect_uri": "https://evil.example/callback"})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+    assert!(
+        v["error"]
+            .as_str()
+            .unwrap()
+            .contains("not a loopback address"),
+        "{v}"
+    );
+    let (_, started) = env
+        .api(
+            Method::POST,
+            "/api/v1/sign-in/oidc",
+            None,
+            Some(json!({"redirect_uri": "http://127.0.0.1:9/callback"})),
+        )
+        .await;
+    let url = started["authorization_url"].as_str().unwrap();
+    assert!(
+        url.starts_with(&format!("{}/oauth2/authorize?", proxy.url)),
+        "{url}"
+    );
+    for part in [
+        "response_type=code",
+        "client_id=slipway",
+        "code_challenge=",
+        "code_challenge_method=S256",
+        "nonce=",
+        "scope=openid+profile",
+        "redirect_uri=http%3A%2F%2F127.0.0.1%3A9%2Fcallback",
+    ] {
+        assert!(url.contains(part), "{part} in {url}");
+    }
+
+    // Dana: her groups' DNs map to tool-y; her session makes a personal
+    // token that skopeo pulls tool-y with, not tool-a.
+    let (s, dana) = api_sign_in(&env, "dana-sub").await;
+    assert_eq!(s, StatusCode::OK, "{dana}");
+    assert_eq!(dana["me"]["name"], "dana");
+    assert_eq!(dana["me"]["admin"], false);
+    assert_eq!(
+        dana["me"]["memberships"],
+        json!([{"person": "dana", "project": "tool-y", "role": "maintainer",
+                "source": "directory", "granted_at": dana["me"]["memberships"][0]["granted_at"]}])
+    );
+    let session = format!("Bearer {}", dana["token"].as_str().unwrap());
+    let (s, made) = env
+        .api(
+            Method::POST,
+            "/api/v1/me/tokens",
+            Some(&session),
+            Some(json!({"name": "laptop", "expires": "30d"})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{made}");
+    let creds = format!("dana:{}", made["secret"].as_str().unwrap());
+    let (ok, err) = crate::people::skopeo_pull(&format!("{host}/tool-y/web:v1"), &creds);
+    assert!(ok, "dana pulls her tool: {err}");
+    let (ok, _) = crate::people::skopeo_pull(&format!("{host}/tool-a/web:v1"), &creds);
+    assert!(!ok, "tool-a is not dana's");
+    let (s, v) = env
+        .api(Method::GET, "/api/v1/people", Some(&session), None)
+        .await;
+    assert_eq!(s, StatusCode::FORBIDDEN, "dana does not administer: {v}");
+
+    // An admin-group member administers.
+    let (s, ops) = api_sign_in(&env, "ops-sub").await;
+    assert_eq!(s, StatusCode::OK, "{ops}");
+    assert_eq!(ops["me"]["admin"], true);
+    let ops_session = format!("Bearer {}", ops["token"].as_str().unwrap());
+    let (s, people) = env
+        .api(Method::GET, "/api/v1/people", Some(&ops_session), None)
+        .await;
+    assert_eq!(s, StatusCode::OK, "{people}");
+    assert!(people.to_string().contains("\"dana\""), "{people}");
+
+    // A state is good once: the same answer again is a replay.
+    let refuse = |v: &Value, want: &str| {
+        assert!(
+            v["error"].as_str().unwrap_or_default().contains(want),
+            "{want:?} in {v}"
+        );
+    };
+    let (_, started) = env
+        .api(
+            Method::POST,
+            "/api/v1/sign-in/oidc",
+            None,
+            Some(json!({"redirect_uri": "http://127.0.0.1:9/callback"})),
+        )
+        .await;
+    let (_, back) = at_provider(
+        started["authorization_url"].as_str().unwrap(),
+        Some("dana-sub"),
+    )
+    .await;
+    let answer = json!({"state": param(&back, "state"), "code": param(&back, "code")});
+    let callback = |body: Value| {
+        let env = &env;
+        async move {
+            env.api(
+                Method::POST,
+                "/api/v1/sign-in/oidc/callback",
+                None,
+                Some(body),
+            )
+            .await
+        }
+    };
+    let (s, v) = callback(answer.clone()).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let (s, v) = callback(answer).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED, "{v}");
+    refuse(&v, "this sign-in was already used");
+    let (s, v) = callback(json!({"state": "made-up", "code": "x"})).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED, "{v}");
+    refuse(&v, "was not started here");
+
+    // The person declines at the provider.
+    let (_, started) = env
+        .api(
+            Method::POST,
+            "/api/v1/sign-in/oidc",
+            None,
+            Some(json!({"redirect_uri": "http://127.0.0.1:9/callback"})),
+        )
+        .await;
+    let (_, back) = at_provider(started["authorization_url"].as_str().unwrap(), None).await;
+    assert_eq!(param(&back, "error"), Some("access_denied"));
+    // (This provider's refusal carries no state: the CLI sends its own.)
+    let (s, v) = callback(json!({"state": started["state"], "error": "access_denied"})).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED, "{v}");
+    refuse(
+        &v,
+        "the identity provider did not sign you in: access_denied",
+    );
+
+    // The dashboard: "Sign in with Wikimedia", there and back, the state
+    // bound to the browser by a cookie.
+    let browser = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let page = browser
+        .get(format!("{}/ui/login", env.server.url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        page.contains("href=\"/ui/sign-in/oidc\"") && page.contains("Sign in with Wikimedia"),
+        "{page}"
+    );
+    let dashboard_round = |sub: &'static str| {
+        let (browser, env) = (&browser, &env);
+        async move {
+            let r = browser
+                .get(format!("{}/ui/sign-in/oidc", env.server.url))
+                .send()
+                .await
+                .unwrap();
+            assert!(r.status().is_redirection(), "{}", r.status());
+            let cookie = r.headers()["set-cookie"].to_str().unwrap().to_owned();
+            let cookie = cookie.split(';').next().unwrap().to_owned();
+            assert!(cookie.starts_with("slipway_oidc="), "{cookie}");
+            let to = r.headers()["location"].to_str().unwrap().to_owned();
+            assert!(
+                to.contains(&format!(
+                    "redirect_uri=http%3A%2F%2F{}%2Fui%2Fsign-in%2Foidc%2Fcallback",
+                    env.server.addr.to_string().replace(':', "%3A")
+                )),
+                "{to}"
+            );
+            let (location, _) = at_provider(&to, Some(sub)).await;
+            (cookie, location)
+        }
+    };
+    let (cookie, location) = dashboard_round("dana-sub").await;
+    // Another browser (no cookie) brought there by a link is refused.
+    let r = browser.get(&location).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    assert!(
+        r.text()
+            .await
+            .unwrap()
+            .contains("This sign-in was not started in this browser")
+    );
+    let (cookie, location) = {
+        let _ = cookie;
+        dashboard_round("dana-sub").await
+    };
+    let r = browser
+        .get(&location)
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::SEE_OTHER, "{:?}", r.text().await);
+    let session_cookie = r
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .map(|c| c.to_str().unwrap().split(';').next().unwrap().to_owned())
+        .find(|c| c.starts_with("slipway_session=") && c.len() > "slipway_session=".len())
+        .expect("a session cookie");
+    let overview = browser
+        .get(format!("{}/ui/", env.server.url))
+        .header("cookie", &session_cookie)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        overview.contains("dana") && overview.contains("tool-y") && !overview.contains("tool-a"),
+        "{overview}"
+    );
+
+    // `slipway login` itself: it listens on a loopback port, prints the
+    // address; the browser (here: the test) signs in and comes back.
+    let config = tempfile::tempdir().unwrap();
+    let mut login = tokio::process::Command::new(env!("CARGO_BIN_EXE_slipway"))
+        .args(["login", "--no-browser", "--url", &env.server.url])
+        .env("SLIPWAY_CONFIG_DIR", config.path())
+        .env_remove("DISPLAY")
+        .env_remove("WAYLAND_DISPLAY")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut stderr = tokio::io::BufReader::new(login.stderr.take().unwrap());
+    let mut said = String::new();
+    let url = loop {
+        use tokio::io::AsyncBufReadExt as _;
+        let mut line = String::new();
+        let n = tokio::time::timeout(Duration::from_secs(30), stderr.read_line(&mut line))
+            .await
+            .expect("slipway login prints the address")
+            .unwrap();
+        assert!(n > 0, "slipway login ended: {said}");
+        said.push_str(&line);
+        if let Some(u) = line.trim().strip_prefix("http") {
+            break format!("http{u}");
+        }
+    };
+    assert!(said.contains("To sign in with Wikimedia"), "{said}");
+    let (back, pairs) = at_provider(&url, Some("dana-sub")).await;
+    assert!(back.starts_with("http://127.0.0.1:"), "{back}");
+    assert!(param(&pairs, "code").is_some());
+    let page = reqwest::get(&back).await.unwrap().text().await.unwrap();
+    assert!(page.contains("Signed in to Slipway"), "{page}");
+    let out = tokio::time::timeout(Duration::from_secs(30), login.wait_with_output())
+        .await
+        .expect("slipway login ends")
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(
+        stdout.contains("as dana") && stdout.contains("tool-y (maintainer)"),
+        "{stdout}"
+    );
+    let listed = Command::new(env!("CARGO_BIN_EXE_slipway"))
+        .args(["token", "list", "--url", &env.server.url])
+        .env("SLIPWAY_CONFIG_DIR", config.path())
+        .output()
+        .unwrap();
+    assert!(listed.status.success(), "{listed:?}");
+    assert!(String::from_utf8_lossy(&listed.stdout).contains("laptop"));
+
+    // Membership is re-read at every sign-in: out of the group, dana
+    // loses tool-y, and her token with it.
+    provider
+        .user(
+            "dana-sub",
+            json!({"preferred_username": "dana", "groups": []}),
+        )
+        .await;
+    let (s, dana) = api_sign_in(&env, "dana-sub").await;
+    assert_eq!(s, StatusCode::OK, "{dana}");
+    assert_eq!(dana["me"]["memberships"], json!([]));
+    let (ok, _) = crate::people::skopeo_pull(&format!("{host}/tool-y/web:v1"), &creds);
+    assert!(!ok, "dana's token no longer pulls tool-y");
+    // Forged ID tokens: a claim changed under the provider's signature,
+    // and no signature at all.
+    proxy.tamper(Tamper::Forge);
+    let (s, v) = api_sign_in(&env, "mallory-sub").await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED, "{v}");
+    refuse(
+        &v,
+        "the ID token is not valid: Signature verification failed",
+    );
+    proxy.tamper(Tamper::AlgNone);
+    let (s, v) = api_sign_in(&env, "mallory-sub").await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED, "{v}");
+    refuse(&v, "the ID token is not valid");
+
+    // The provider rotates its keys: a token signed with the new key is
+    // taken (the JWKS read again); signed with it but expired, for another
+    // audience or with another nonce, it is refused.
+    proxy.rotate();
+    proxy.tamper(Tamper::Resign);
+    let (s, v) = api_sign_in(&env, "mallory-sub").await;
+    assert_eq!(s, StatusCode::OK, "the provider's new key is trusted: {v}");
+    assert_eq!(v["me"]["name"], "mallory");
+    proxy.tamper(Tamper::Expired);
+    let (s, v) = api_sign_in(&env, "mallory-sub").await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED, "{v}");
+    refuse(&v, "the ID token is not valid: Expired");
+    proxy.tamper(Tamper::Audience);
+    let (s, v) = api_sign_in(&env, "mallory-sub").await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED, "{v}");
+    refuse(&v, "the ID token is not valid: Invalid audiences");
+    proxy.tamper(Tamper::Nonce);
+    let (s, v) = api_sign_in(&env, "mallory-sub").await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED, "{v}");
+    refuse(&v, "the ID token is not valid: Invalid nonce");
+    proxy.tamper(Tamper::Pass);
+
+    // Every refusal is in the audit log, with its sentence.
+    let (_, audit) = env
+        .api(
+            Method::GET,
+            "/api/v1/audit?action=person.sign_in_refused&limit=100",
+            Some(&env.admin()),
+            None,
+        )
+        .await;
+    let refusals = audit.to_string();
+    for reason in [
+        "already used",
+        "was not started here",
+        "access_denied",
+        "Signature verification failed",
+        "Expired",
+        "Invalid audiences",
+        "Invalid nonce",
+    ] {
+        assert!(refusals.contains(reason), "{reason} audited: {audit}");
+    }
+    let (_, audit) = env
+        .api(
+            Method::GET,
+            "/api/v1/audit?action=person.sign_in&limit=100",
+            Some(&env.admin()),
+            None,
+        )
+        .await;
+    let entries = audit["entries"].as_array().unwrap();
+    assert!(
+        entries.iter().any(|e| e["principal"] == "ops"
+            && e["detail"]["via"] == "oidc"
+            && e["detail"]["admin"] == true),
+        "{audit}"
+    );
+}
