@@ -2089,3 +2089,65 @@ async fn fsck_tells_interrupted_uploads_from_lost_blobs(m: &Metadata) {
     );
     assert_eq!(m.blob_size(&blob(73).0).await.unwrap(), Some(blob(73).1));
 }
+
+contract!(sign_in_requests_are_used_once);
+
+/// An OpenID Connect sign-in under way is taken once: a second use is a
+/// replay, a late one expired, a state never written unknown — and two
+/// replicas racing for the same state cannot both take it.
+async fn sign_in_requests_are_used_once(m: &Metadata) {
+    use slipway_storage::meta::{SignInRequest, SignInUse};
+    let now = slipway_storage::meta::now_ms();
+    let request = |hash: &str, expires_at: i64| SignInRequest {
+        state_hash: hash.to_owned(),
+        nonce: "n".into(),
+        pkce_verifier: "v".into(),
+        redirect_uri: "http://127.0.0.1:9/callback".into(),
+        client: "cli".into(),
+        created_at: now,
+        expires_at,
+    };
+    m.sign_in_request_create(&request("a", now + 60_000))
+        .await
+        .unwrap();
+    m.sign_in_request_create(&request("late", now - 1))
+        .await
+        .unwrap();
+    let (first, second) = tokio::join!(
+        m.sign_in_request_use("a", now),
+        m.sign_in_request_use("a", now)
+    );
+    let uses = [first.unwrap(), second.unwrap()];
+    assert_eq!(
+        uses.iter()
+            .filter(|u| **u == SignInUse::Taken(request("a", now + 60_000)))
+            .count(),
+        1,
+        "{uses:?}"
+    );
+    assert!(uses.contains(&SignInUse::AlreadyUsed), "{uses:?}");
+    assert_eq!(
+        m.sign_in_request_use("a", now).await.unwrap(),
+        SignInUse::AlreadyUsed
+    );
+    assert_eq!(
+        m.sign_in_request_use("late", now).await.unwrap(),
+        SignInUse::Expired
+    );
+    assert_eq!(
+        m.sign_in_request_use("never", now).await.unwrap(),
+        SignInUse::Unknown
+    );
+    // A day after they expire, rows are forgotten when the next is made.
+    m.sign_in_request_create(&SignInRequest {
+        created_at: now + 25 * 3600 * 1000,
+        expires_at: now + 25 * 3600 * 1000 + 60_000,
+        ..request("b", 0)
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        m.sign_in_request_use("late", now).await.unwrap(),
+        SignInUse::Unknown
+    );
+}
