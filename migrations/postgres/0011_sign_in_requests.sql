@@ -15,3 +15,9 @@ CREATE TABLE sign_in_requests (
     used_at        BIGINT
 );
 CREATE INDEX sign_in_requests_expires ON sign_in_requests (expires_at);
+
+-- The provider's subject (`sub`) a person first signed in with through
+-- OpenID Connect: a later sign-in naming the same username with another
+-- subject is refused (a username claim is not always the provider's
+-- promise of one person).
+ALTER TABLE people ADD COLUMN oidc_subject TEXT;

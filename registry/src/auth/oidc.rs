@@ -18,6 +18,9 @@ use crate::server::AppState;
 /// How long a person has at the provider before a sign-in expires.
 pub const WINDOW_MS: i64 = 10 * 60 * 1000;
 
+/// At most this many sign-ins under way at once.
+const MAX_OPEN: i64 = 10_000;
+
 /// Who started a sign-in: it is finished by the same kind of client only.
 pub const DASHBOARD: &str = "dashboard";
 pub const CLI: &str = "cli";
@@ -44,8 +47,20 @@ impl AppState {
         redirect_uri: &str,
     ) -> Result<crate::identity::oidc::Begun, OidcError> {
         let provider = self.oidc.as_ref().ok_or_else(not_configured)?;
-        let begun = provider.begin(redirect_uri).await?;
         let now = now_ms();
+        // Starting costs nothing to anyone: a bound keeps a flood of
+        // starts from filling the table.
+        let open = self
+            .meta
+            .sign_in_requests_open(now)
+            .await
+            .map_err(|e| OidcError::Internal(e.to_string()))?;
+        if open >= MAX_OPEN {
+            return Err(OidcError::Unavailable(format!(
+                "{open} sign-ins are under way; try again in a few minutes"
+            )));
+        }
+        let begun = provider.begin(redirect_uri).await?;
         self.meta
             .sign_in_request_create(&SignInRequest {
                 state_hash: state_hash(&begun.state),
@@ -147,6 +162,24 @@ impl AppState {
                 &request.pkce_verifier,
             )
             .await?;
+        // One person, one account at the provider: the username claim is
+        // bound to the subject it first came with.
+        self.meta
+            .person_ensure(&answer.user, slipway_storage::meta::SOURCE_DIRECTORY)
+            .await
+            .map_err(|e| OidcError::Internal(e.to_string()))?;
+        let same = self
+            .meta
+            .person_bind_subject(&answer.user, &answer.dn)
+            .await
+            .map_err(|e| OidcError::Internal(e.to_string()))?;
+        if !same {
+            return Err(OidcError::Refused(format!(
+                "{} signed in before with another account at the identity provider \
+                 (subject {:.80} is not theirs)",
+                answer.user, answer.dn
+            )));
+        }
         self.directory_signed_in(&answer)
             .await
             .map_err(|e| OidcError::Internal(e.message))?;

@@ -512,6 +512,32 @@ impl Metadata {
         Ok(())
     }
 
+    /// How many sign-ins are under way (not used, not expired).
+    pub async fn sign_in_requests_open(&self, now: i64) -> Result<i64> {
+        let row = sqlx::query(
+            "SELECT COUNT(*) FROM sign_in_requests WHERE used_at IS NULL AND expires_at > $1",
+        )
+        .bind(now)
+        .fetch_one(&self.write)
+        .await?;
+        Ok(row.try_get(0)?)
+    }
+
+    /// Binds `person` to the provider's `subject` at their first sign-in
+    /// through OpenID Connect; false when they are bound to another.
+    pub async fn person_bind_subject(&self, person: &str, subject: &str) -> Result<bool> {
+        Ok(sqlx::query(
+            "UPDATE people SET oidc_subject = $2 \
+             WHERE name = $1 AND (oidc_subject IS NULL OR oidc_subject = $2)",
+        )
+        .bind(person)
+        .bind(subject)
+        .execute(&self.write)
+        .await?
+        .rows_affected()
+            == 1)
+    }
+
     /// Takes the sign-in whose state hashes to `state_hash`, once: a second
     /// use (a replay), a late one or an unknown state is told apart.
     pub async fn sign_in_request_use(&self, state_hash: &str, now: i64) -> Result<SignInUse> {
