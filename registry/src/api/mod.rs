@@ -43,7 +43,8 @@ use crate::server::AppState;
         projects::list, projects::create, projects::get, projects::update, projects::delete,
         robots::list, robots::create, robots::get, robots::update, robots::rotate, robots::delete,
         members::list, members::grant, members::revoke, members::people, members::person,
-        me::sign_in, me::sign_in_options, me::oidc_start, me::oidc_callback, me::me, me::tokens, me::token_create, me::token_delete,
+        me::sign_in, me::sign_in_options, me::oidc_start, me::oidc_callback,
+        me::oidc_device_start, me::oidc_device_poll, me::me, me::tokens, me::token_create, me::token_delete,
         me::person_tokens, me::person_token_delete,
         audit::list,
         storage::project_usage, storage::all_usage, storage::recompute, storage::gc, storage::fsck, storage::backup,
@@ -62,7 +63,7 @@ use crate::server::AppState;
         projects::BuildLimitsView, projects::BuildLimitsUpdate,
         robots::RobotView, robots::NewRobot, robots::RobotUpdateBody, robots::RobotSecret,
         members::MemberView, members::PersonView, members::MemberBody,
-        me::SignIn, me::SignInOptions, me::OidcStart, me::OidcStarted, me::OidcReturn,
+        me::SignIn, me::SignInOptions, me::OidcStart, me::OidcStarted, me::OidcReturn, me::DeviceStartedView, me::DevicePollBody,
         me::SessionView, me::MeView, me::TokenView, me::TokenSecret, me::NewToken,
         audit::AuditPage, audit::AuditView,
         storage::UsageView, storage::RecomputeReport, storage::DriftView, storage::GcRequest,
@@ -130,6 +131,11 @@ pub fn router() -> Router<AppState> {
         )
         .route("/api/v1/sign-in/oidc", post(me::oidc_start))
         .route("/api/v1/sign-in/oidc/callback", post(me::oidc_callback))
+        .route("/api/v1/sign-in/oidc/device", post(me::oidc_device_start))
+        .route(
+            "/api/v1/sign-in/oidc/device/poll",
+            post(me::oidc_device_poll),
+        )
         .route("/api/v1/me", get(me::me))
         .route("/api/v1/me/tokens", get(me::tokens).post(me::token_create))
         .route(

@@ -24,6 +24,25 @@ const MAX_OPEN: i64 = 10_000;
 /// Who started a sign-in: it is finished by the same kind of client only.
 pub const DASHBOARD: &str = "dashboard";
 pub const CLI: &str = "cli";
+/// A CLI's device sign-in (RFC 8628): polled, then taken once.
+pub const DEVICE: &str = "device";
+
+/// A device sign-in started for a CLI: what it tells the person, and the
+/// handle it polls with (the provider's device code stays here).
+pub struct DeviceStarted {
+    pub handle: String,
+    pub user_code: String,
+    pub verification_uri: String,
+    pub verification_uri_complete: Option<String>,
+    pub expires_in: u64,
+    pub interval: u64,
+}
+
+/// What a poll of a device sign-in found.
+pub enum DeviceState {
+    Pending { slow_down: bool },
+    Done(Answer),
+}
 
 /// What a finished sign-in brings back from the provider.
 pub struct Returned<'a> {
@@ -50,16 +69,7 @@ impl AppState {
         let now = now_ms();
         // Starting costs nothing to anyone: a bound keeps a flood of
         // starts from filling the table.
-        let open = self
-            .meta
-            .sign_in_requests_open(now)
-            .await
-            .map_err(|e| OidcError::Internal(e.to_string()))?;
-        if open >= MAX_OPEN {
-            return Err(OidcError::Unavailable(format!(
-                "{open} sign-ins are under way; try again in a few minutes"
-            )));
-        }
+        self.oidc_room(now).await?;
         let begun = provider.begin(redirect_uri).await?;
         self.meta
             .sign_in_request_create(&SignInRequest {
@@ -76,6 +86,108 @@ impl AppState {
         Ok(begun)
     }
 
+    /// Starts a device sign-in for a CLI on a machine without a browser.
+    pub async fn oidc_device_begin(&self) -> Result<DeviceStarted, OidcError> {
+        let provider = self.oidc.as_ref().ok_or_else(not_configured)?;
+        let now = now_ms();
+        self.oidc_room(now).await?;
+        let begun = provider.device_begin().await?;
+        let handle = crate::auth::secrets::generate();
+        self.meta
+            .sign_in_request_create(&SignInRequest {
+                state_hash: state_hash(&handle),
+                nonce: String::new(),
+                pkce_verifier: begun.device_code,
+                redirect_uri: String::new(),
+                client: DEVICE.to_owned(),
+                created_at: now,
+                expires_at: now + begun.expires_in as i64 * 1000,
+            })
+            .await
+            .map_err(|e| OidcError::Internal(e.to_string()))?;
+        Ok(DeviceStarted {
+            handle,
+            user_code: begun.user_code,
+            verification_uri: begun.verification_uri,
+            verification_uri_complete: begun.verification_uri_complete,
+            expires_in: begun.expires_in,
+            interval: begun.interval,
+        })
+    }
+
+    /// Polls a device sign-in once: pending, or the person signed in (their
+    /// memberships synced, the sign-in taken so a second poll cannot reuse
+    /// it). Refusals are audited.
+    pub async fn oidc_device_poll(
+        &self,
+        handle: &str,
+        remote: Option<IpAddr>,
+    ) -> Result<DeviceState, OidcError> {
+        let result = self.oidc_device_check(handle).await;
+        match &result {
+            Ok(DeviceState::Done(answer)) => self.oidc_signed_in(DEVICE, answer, remote).await,
+            Ok(DeviceState::Pending { .. }) => {}
+            Err(OidcError::Refused(reason)) => self.oidc_refused(DEVICE, reason, remote).await,
+            Err(e) => {
+                tracing::warn!(error = %e, "an OpenID Connect device sign-in could not finish")
+            }
+        }
+        result
+    }
+
+    async fn oidc_device_check(&self, handle: &str) -> Result<DeviceState, OidcError> {
+        let provider = self.oidc.as_ref().ok_or_else(not_configured)?;
+        let hash = state_hash(handle);
+        let look = self
+            .meta
+            .sign_in_request_look(&hash, now_ms())
+            .await
+            .map_err(|e| OidcError::Internal(e.to_string()))?;
+        let request = match look {
+            SignInUse::Open(r) if r.client == DEVICE => r,
+            other => return Err(unusable(other)),
+        };
+        let answer = match provider.device_poll(&request.pkce_verifier).await {
+            Ok(crate::identity::oidc::DevicePoll::Pending { slow_down }) => {
+                return Ok(DeviceState::Pending { slow_down });
+            }
+            Ok(crate::identity::oidc::DevicePoll::Done(answer)) => answer,
+            Err(e) => {
+                if matches!(e, OidcError::Refused(_)) {
+                    // Declined or expired at the provider: done with.
+                    let _ = self.meta.sign_in_request_use(&hash, now_ms()).await;
+                }
+                return Err(e);
+            }
+        };
+        // Taken once: of two polls that both saw the tokens, one signs in.
+        let taken = self
+            .meta
+            .sign_in_request_use(&hash, now_ms())
+            .await
+            .map_err(|e| OidcError::Internal(e.to_string()))?;
+        match taken {
+            SignInUse::Taken(_) => {}
+            other => return Err(unusable(other)),
+        }
+        self.oidc_person(answer).await.map(DeviceState::Done)
+    }
+
+    /// Refuses starts beyond [`MAX_OPEN`] sign-ins under way.
+    async fn oidc_room(&self, now: i64) -> Result<(), OidcError> {
+        let open = self
+            .meta
+            .sign_in_requests_open(now)
+            .await
+            .map_err(|e| OidcError::Internal(e.to_string()))?;
+        if open >= MAX_OPEN {
+            return Err(OidcError::Unavailable(format!(
+                "{open} sign-ins are under way; try again in a few minutes"
+            )));
+        }
+        Ok(())
+    }
+
     /// Finishes a sign-in `client` started: the person, their memberships
     /// synced from the groups claim. Refusals are audited.
     pub async fn oidc_finish(
@@ -86,22 +198,24 @@ impl AppState {
     ) -> Result<Answer, OidcError> {
         let result = self.oidc_check(client, &back).await;
         match &result {
-            Ok(answer) => {
-                self.oidc_audit(
-                    &answer.user,
-                    "person.sign_in",
-                    &answer.user,
-                    serde_json::json!({"via": "oidc", "client": client,
-                        "admin": answer.is_admin, "groups": answer.groups,
-                        "projects": answer.grants.iter().map(|(p, _)| p).collect::<Vec<_>>()}),
-                    remote,
-                )
-                .await;
-            }
+            Ok(answer) => self.oidc_signed_in(client, answer, remote).await,
             Err(OidcError::Refused(reason)) => self.oidc_refused(client, reason, remote).await,
             Err(e) => tracing::warn!(error = %e, "an OpenID Connect sign-in could not finish"),
         }
         result
+    }
+
+    async fn oidc_signed_in(&self, client: &str, answer: &Answer, remote: Option<IpAddr>) {
+        self.oidc_audit(
+            &answer.user,
+            "person.sign_in",
+            &answer.user,
+            serde_json::json!({"via": "oidc", "client": client,
+                "admin": answer.is_admin, "groups": answer.groups,
+                "projects": answer.grants.iter().map(|(p, _)| p).collect::<Vec<_>>()}),
+            remote,
+        )
+        .await;
     }
 
     /// Records a refused sign-in (and counts it against the address).
@@ -127,17 +241,7 @@ impl AppState {
             .map_err(|e| OidcError::Internal(e.to_string()))?;
         let request = match taken {
             SignInUse::Taken(r) => r,
-            SignInUse::AlreadyUsed => {
-                return refused(
-                    "this sign-in was already used (a state is good once): sign in again",
-                );
-            }
-            SignInUse::Expired => {
-                return refused("this sign-in took longer than 10 minutes: sign in again");
-            }
-            SignInUse::Unknown => {
-                return refused("this sign-in was not started here (unknown state): sign in again");
-            }
+            other => return Err(unusable(other)),
         };
         if request.client != client {
             return refused("this sign-in was started by another client: sign in again");
@@ -162,6 +266,12 @@ impl AppState {
                 &request.pkce_verifier,
             )
             .await?;
+        self.oidc_person(answer).await
+    }
+
+    /// The person a checked ID token names: bound to the provider's
+    /// subject at their first sign-in, their memberships synced.
+    async fn oidc_person(&self, answer: Answer) -> Result<Answer, OidcError> {
         // One person, one account at the provider: the username claim is
         // bound to the subject it first came with.
         self.meta
@@ -217,4 +327,23 @@ impl AppState {
 
 fn not_configured() -> OidcError {
     OidcError::NotConfigured
+}
+
+/// Why a sign-in that is not open cannot be used, in a sentence.
+fn unusable(u: SignInUse) -> OidcError {
+    OidcError::Refused(
+        match u {
+            SignInUse::AlreadyUsed => {
+                "this sign-in was already used (a state is good once): sign in again"
+            }
+            SignInUse::Expired => "this sign-in took too long: sign in again",
+            SignInUse::Unknown => {
+                "this sign-in was not started here (unknown state): sign in again"
+            }
+            SignInUse::Taken(_) | SignInUse::Open(_) => {
+                "this sign-in was started by another client: sign in again"
+            }
+        }
+        .to_owned(),
+    )
 }

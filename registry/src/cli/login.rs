@@ -37,6 +37,10 @@ pub struct LoginArgs {
     /// Do not try to open a browser: print the address to open.
     #[arg(long)]
     pub no_browser: bool,
+    /// Sign in through a browser on this machine (a loopback redirect) even
+    /// where the provider offers the device flow.
+    #[arg(long)]
+    pub browser: bool,
 }
 
 #[derive(clap::Args)]
@@ -189,7 +193,11 @@ pub async fn login(args: LoginArgs) -> anyhow::Result<()> {
             None => json!({"ldap": true}),
         };
         if let Some(name) = offers["oidc"].as_str() {
-            let answer = oidc_login(&client, name, args.no_browser).await?;
+            let answer = if offers["oidc_device"] == true && !args.browser {
+                device_login(&client, name).await?
+            } else {
+                oidc_login(&client, name, args.no_browser).await?
+            };
             return signed_in(&args.server.url, &answer);
         }
         if offers["ldap"] != true {
@@ -284,6 +292,53 @@ fn signed_in(url: &str, answer: &serde_json::Value) -> anyhow::Result<()> {
         }
     );
     Ok(())
+}
+
+/// Signs in through the provider's device flow (RFC 8628): the person
+/// enters a code at the provider on any device; this command polls the
+/// server until they have.
+async fn device_login(client: &Client, provider: &str) -> anyhow::Result<serde_json::Value> {
+    let started = client
+        .call_anonymous(
+            reqwest::Method::POST,
+            "/api/v1/sign-in/oidc/device",
+            json!({}),
+        )
+        .await?;
+    let text = |k: &str| started[k].as_str().unwrap_or_default().to_owned();
+    let handle = text("handle");
+    eprintln!(
+        "To sign in with {provider}, open {} on any device and enter the code {}",
+        text("verification_uri"),
+        text("user_code")
+    );
+    if let Some(complete) = started["verification_uri_complete"].as_str() {
+        eprintln!("(or open {complete})");
+    }
+    eprintln!("Waiting for the sign-in to finish …");
+    let mut interval = started["interval"].as_u64().unwrap_or(5).max(1);
+    let deadline = std::time::Instant::now()
+        + std::time::Duration::from_secs(started["expires_in"].as_u64().unwrap_or(600));
+    loop {
+        if std::time::Instant::now() > deadline {
+            bail!("the code expired before the sign-in was finished: run `slipway login` again");
+        }
+        tokio::time::sleep(std::time::Duration::from_secs(interval)).await;
+        let answer = client
+            .call_anonymous(
+                reqwest::Method::POST,
+                "/api/v1/sign-in/oidc/device/poll",
+                json!({"handle": handle}),
+            )
+            .await?;
+        if answer["pending"] == true {
+            if answer["slow_down"] == true {
+                interval += 5;
+            }
+            continue;
+        }
+        return Ok(answer);
+    }
 }
 
 /// Signs in through the server's OpenID Connect provider: the browser is

@@ -20,13 +20,17 @@ use std::time::{Duration, Instant};
 
 use base64::Engine;
 use openidconnect::core::{
-    CoreAuthenticationFlow, CoreClient, CoreClientAuthMethod, CoreProviderMetadata,
+    CoreAuthDisplay, CoreAuthenticationFlow, CoreClaimName, CoreClaimType, CoreClient,
+    CoreClientAuthMethod, CoreGrantType, CoreJsonWebKey, CoreJweContentEncryptionAlgorithm,
+    CoreJweKeyManagementAlgorithm, CoreResponseMode, CoreResponseType, CoreSubjectIdentifierType,
+    CoreTokenResponse,
 };
 use openidconnect::{
     AuthType, AuthorizationCode, ClientId, ClientSecret, CsrfToken, EndpointMaybeSet,
     EndpointNotSet, EndpointSet, HttpRequest, HttpResponse, IssuerUrl, Nonce, PkceCodeChallenge,
     PkceCodeVerifier, RedirectUrl, Scope,
 };
+use serde::{Deserialize, Serialize};
 use slipway_storage::meta::Role;
 
 use super::{Answer, Mapping, valid_username};
@@ -58,6 +62,62 @@ pub struct Begun {
     pub pkce_verifier: String,
 }
 
+/// What discovery says besides the core: the device-authorization
+/// endpoint, where the provider offers the device flow (RFC 8628).
+#[derive(Clone, Debug, Deserialize, Serialize)]
+struct DeviceEndpoint {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    device_authorization_endpoint: Option<String>,
+}
+
+impl openidconnect::AdditionalProviderMetadata for DeviceEndpoint {}
+
+type Metadata = openidconnect::ProviderMetadata<
+    DeviceEndpoint,
+    CoreAuthDisplay,
+    CoreClientAuthMethod,
+    CoreClaimName,
+    CoreClaimType,
+    CoreGrantType,
+    CoreJweContentEncryptionAlgorithm,
+    CoreJweKeyManagementAlgorithm,
+    CoreJsonWebKey,
+    CoreResponseMode,
+    CoreResponseType,
+    CoreSubjectIdentifierType,
+>;
+
+/// A device sign-in the provider started: what the person is told, and
+/// the device code Slipway polls with (never shown to the person's CLI).
+pub struct DeviceBegun {
+    pub device_code: String,
+    pub user_code: String,
+    pub verification_uri: String,
+    pub verification_uri_complete: Option<String>,
+    pub expires_in: u64,
+    pub interval: u64,
+}
+
+/// What one poll of a device sign-in found.
+pub enum DevicePoll {
+    /// The person has not finished at the provider yet (`slow_down`: poll
+    /// less often).
+    Pending {
+        slow_down: bool,
+    },
+    Done(Answer),
+}
+
+/// The crate's client as discovery sets it up.
+type Client = CoreClient<
+    EndpointSet,
+    EndpointNotSet,
+    EndpointNotSet,
+    EndpointNotSet,
+    EndpointMaybeSet,
+    EndpointMaybeSet,
+>;
+
 /// How long the provider's metadata and keys are used before being read
 /// again (sooner when a token names a key not among them).
 const METADATA_TTL: Duration = Duration::from_secs(3600);
@@ -69,7 +129,7 @@ pub struct Provider {
     cfg: OidcConfig,
     role: Role,
     http: Http,
-    metadata: tokio::sync::Mutex<Option<(CoreProviderMetadata, Instant)>>,
+    metadata: tokio::sync::Mutex<Option<(Metadata, Instant)>>,
     last_refresh: Mutex<Option<Instant>>,
 }
 
@@ -167,7 +227,7 @@ impl Provider {
     /// The provider's metadata and keys: read by discovery, kept an hour,
     /// read again when `refresh` (a token named an unknown key) and not
     /// read in the last [`REFRESH_AT_MOST`].
-    async fn metadata(&self, refresh: bool) -> Result<CoreProviderMetadata, OidcError> {
+    async fn metadata(&self, refresh: bool) -> Result<Metadata, OidcError> {
         let mut held = self.metadata.lock().await;
         let stale = match &*held {
             None => true,
@@ -184,7 +244,7 @@ impl Provider {
         if stale || refresh {
             let issuer = IssuerUrl::new(self.cfg.issuer.clone())
                 .map_err(|e| OidcError::Unavailable(e.to_string()))?;
-            let found = CoreProviderMetadata::discover_async(issuer, &self.http)
+            let found = Metadata::discover_async(issuer, &self.http)
                 .await
                 .map_err(|e| OidcError::Unavailable(chain(&e)))?;
             *held = Some((found, Instant::now()));
@@ -192,17 +252,7 @@ impl Provider {
         Ok(held.as_ref().expect("metadata read").0.clone())
     }
 
-    fn client(
-        &self,
-        metadata: CoreProviderMetadata,
-    ) -> CoreClient<
-        EndpointSet,
-        EndpointNotSet,
-        EndpointNotSet,
-        EndpointNotSet,
-        EndpointMaybeSet,
-        EndpointMaybeSet,
-    > {
+    fn client(&self, metadata: Metadata) -> Client {
         // A provider that takes the secret only in the body says so.
         let post_only = metadata
             .token_endpoint_auth_methods_supported()
@@ -221,6 +271,162 @@ impl Provider {
         } else {
             AuthType::BasicAuth
         })
+    }
+
+    /// Whether the provider offers the device flow (false when it cannot
+    /// be asked now).
+    pub async fn device_offered(&self) -> bool {
+        self.metadata(false).await.is_ok_and(|m| {
+            m.additional_metadata()
+                .device_authorization_endpoint
+                .is_some()
+        })
+    }
+
+    /// A POST to one of the provider's endpoints with the client's
+    /// credentials (Basic, or in the body where the provider takes only
+    /// that): the status and the JSON answer.
+    async fn client_post(
+        &self,
+        metadata: &Metadata,
+        url: &str,
+        form: &[(&str, &str)],
+    ) -> Result<(reqwest::StatusCode, serde_json::Value), OidcError> {
+        let post_only = metadata
+            .token_endpoint_auth_methods_supported()
+            .is_some_and(|m| {
+                m.contains(&CoreClientAuthMethod::ClientSecretPost)
+                    && !m.contains(&CoreClientAuthMethod::ClientSecretBasic)
+            });
+        let secret = self.cfg.client_secret.expose();
+        let mut fields: Vec<(&str, &str)> = form.to_vec();
+        let mut request = self.http.0.post(url).header("accept", "application/json");
+        if secret.is_empty() || post_only {
+            fields.push(("client_id", &self.cfg.client_id));
+            if !secret.is_empty() {
+                fields.push(("client_secret", secret));
+            }
+        } else {
+            // RFC 6749, 2.3.1: both form-encoded before Basic.
+            let enc = |v: &str| form_urlencoded::byte_serialize(v.as_bytes()).collect::<String>();
+            request = request.basic_auth(enc(&self.cfg.client_id), Some(enc(secret)));
+        }
+        let body = form_urlencoded::Serializer::new(String::new())
+            .extend_pairs(fields)
+            .finish();
+        let answer = request
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| OidcError::Unavailable(chain(&e)))?;
+        let status = answer.status();
+        let json = answer
+            .json::<serde_json::Value>()
+            .await
+            .map_err(|e| OidcError::Unavailable(format!("its answer is not JSON: {e}")))?;
+        Ok((status, json))
+    }
+
+    /// Starts a device sign-in (RFC 8628): a user code for the person to
+    /// enter at the provider, a device code for Slipway to poll with.
+    pub async fn device_begin(&self) -> Result<DeviceBegun, OidcError> {
+        let metadata = self.metadata(false).await?;
+        let Some(endpoint) = metadata
+            .additional_metadata()
+            .device_authorization_endpoint
+            .clone()
+        else {
+            return Err(OidcError::Refused(
+                "the identity provider does not offer the device flow".to_owned(),
+            ));
+        };
+        let mut scopes = vec!["openid".to_owned()];
+        scopes.extend(self.cfg.scopes.iter().filter(|s| *s != "openid").cloned());
+        let scope = scopes.join(" ");
+        let (status, v) = self
+            .client_post(&metadata, &endpoint, &[("scope", &scope)])
+            .await?;
+        let text = |k: &str| v[k].as_str().map(str::to_owned);
+        match (
+            status.is_success(),
+            text("device_code"),
+            text("user_code"),
+            text("verification_uri"),
+        ) {
+            (true, Some(device_code), Some(user_code), Some(verification_uri)) => Ok(DeviceBegun {
+                device_code,
+                user_code,
+                verification_uri,
+                verification_uri_complete: text("verification_uri_complete"),
+                expires_in: v["expires_in"].as_u64().unwrap_or(600).min(3600),
+                interval: v["interval"].as_u64().unwrap_or(5).clamp(1, 60),
+            }),
+            _ => Err(OidcError::Unavailable(format!(
+                "the device-authorization endpoint answered {status}: {:.200}",
+                v["error_description"]
+                    .as_str()
+                    .or(v["error"].as_str())
+                    .unwrap_or("no device code")
+            ))),
+        }
+    }
+
+    /// Asks the token endpoint once whether the person finished the device
+    /// sign-in; when they did, checks the ID token as [`Provider::finish`]
+    /// does (the device flow has no nonce).
+    pub async fn device_poll(&self, device_code: &str) -> Result<DevicePoll, OidcError> {
+        let metadata = self.metadata(false).await?;
+        let Some(token_url) = metadata.token_endpoint().map(|u| u.url().to_string()) else {
+            return Err(OidcError::Unavailable(
+                "it names no token endpoint".to_owned(),
+            ));
+        };
+        let (status, v) = self
+            .client_post(
+                &metadata,
+                &token_url,
+                &[
+                    ("grant_type", "urn:ietf:params:oauth:grant-type:device_code"),
+                    ("device_code", device_code),
+                ],
+            )
+            .await?;
+        if !status.is_success() {
+            let described = || {
+                v["error_description"]
+                    .as_str()
+                    .map(|d| format!(" ({d:.200})"))
+                    .unwrap_or_default()
+            };
+            return match v["error"].as_str() {
+                Some("authorization_pending") => Ok(DevicePoll::Pending { slow_down: false }),
+                Some("slow_down") => Ok(DevicePoll::Pending { slow_down: true }),
+                Some("access_denied") => Err(OidcError::Refused(format!(
+                    "the identity provider did not sign you in: access_denied{}",
+                    described()
+                ))),
+                Some("expired_token") => Err(OidcError::Refused(
+                    "the code expired before the sign-in was finished: sign in again".to_owned(),
+                )),
+                Some(other) => Err(OidcError::Refused(format!(
+                    "the identity provider refused the sign-in: {other:.80}{}",
+                    described()
+                ))),
+                None => Err(OidcError::Unavailable(format!(
+                    "the token endpoint answered {status}"
+                ))),
+            };
+        }
+        let response: CoreTokenResponse = serde_json::from_value(v).map_err(|e| {
+            OidcError::Refused(format!(
+                "the identity provider's answer holds no valid ID token: {e}"
+            ))
+        })?;
+        let client = self.client(metadata);
+        self.checked(&client, &response, |_: Option<&Nonce>| Ok(()))
+            .await
+            .map(DevicePoll::Done)
     }
 
     /// Starts a sign-in that comes back to `redirect_uri`.
@@ -284,12 +490,23 @@ impl Provider {
                 )),
                 e => OidcError::Unavailable(chain(&e)),
             })?;
+        self.checked(&client, &response, &Nonce::new(nonce.to_owned()))
+            .await
+    }
+
+    /// Checks the ID token of a token response (with a key read again when
+    /// it names one not seen yet) and says whom it signs in.
+    async fn checked<N: openidconnect::NonceVerifier + Clone>(
+        &self,
+        client: &Client,
+        response: &CoreTokenResponse,
+        nonce: N,
+    ) -> Result<Answer, OidcError> {
         use openidconnect::TokenResponse as _;
         let id_token = response.id_token().ok_or_else(|| {
             OidcError::Refused("the identity provider sent no ID token".to_owned())
         })?;
-        let nonce = Nonce::new(nonce.to_owned());
-        let checked = match id_token.claims(&client.id_token_verifier(), &nonce) {
+        let checked = match id_token.claims(&client.id_token_verifier(), nonce.clone()) {
             Ok(_) => Ok(()),
             Err(openidconnect::ClaimsVerificationError::SignatureVerification(
                 openidconnect::SignatureVerificationError::NoMatchingKey,
@@ -297,7 +514,7 @@ impl Provider {
                 // The provider may have rotated its keys: read them again.
                 let client = self.client(self.metadata(true).await?);
                 id_token
-                    .claims(&client.id_token_verifier(), &nonce)
+                    .claims(&client.id_token_verifier(), nonce)
                     .map(|_| ())
             }
             Err(e) => Err(e),

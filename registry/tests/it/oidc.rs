@@ -405,7 +405,10 @@ async fn oidc_sign_in_through_a_real_provider() {
 
     let (s, offers) = env.api(Method::GET, "/api/v1/sign-in", None, None).await;
     assert_eq!(s, StatusCode::OK);
-    assert_eq!(offers, json!({"ldap": false, "oidc": "Wikimedia"}));
+    assert_eq!(
+        offers,
+        json!({"ldap": false, "oidc": "Wikimedia", "oidc_device": false})
+    );
 
     // The authorization request: code flow, PKCE S256, state and nonce.
     let (s, v) = env
@@ -791,4 +794,348 @@ async fn oidc_sign_in_through_a_real_provider() {
             && e["detail"]["admin"] == true),
         "{audit}"
     );
+}
+
+const TOOL_Z: &str = "cn=tools.z,ou=servicegroups,dc=wikimedia,dc=org";
+
+/// A provider that offers the device flow (RFC 8628): panva's
+/// `oidc-provider` from npm, in `registry/tests/fixtures/oidc-device`
+/// (`conformance/test.sh` runs `npm ci` there). Any username signs in at
+/// its login page; `groups` come from the map it is started with.
+struct DeviceProvider {
+    child: Child,
+    url: String,
+}
+
+impl Drop for DeviceProvider {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl DeviceProvider {
+    async fn start(groups: Value) -> DeviceProvider {
+        let dir =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/oidc-device");
+        assert!(
+            dir.join("node_modules/oidc-provider").is_dir(),
+            "{}/node_modules lacks oidc-provider: conformance/test.sh runs npm ci there",
+            dir.display()
+        );
+        let port = free_port();
+        let mut child = Command::new("node")
+            .arg(dir.join("provider.mjs"))
+            .arg(port.to_string())
+            .arg(groups.to_string())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("run node (conformance/test.sh checks it is installed)");
+        let stdout = child.stdout.take().unwrap();
+        let ready = tokio::task::spawn_blocking(move || {
+            use std::io::BufRead as _;
+            let mut line = String::new();
+            std::io::BufReader::new(stdout).read_line(&mut line).ok();
+            line
+        });
+        let line = tokio::time::timeout(Duration::from_secs(30), ready)
+            .await
+            .expect("the device-flow provider starts within 30 s")
+            .unwrap();
+        assert_eq!(line.trim(), "ready");
+        DeviceProvider {
+            child,
+            url: format!("http://127.0.0.1:{port}"),
+        }
+    }
+}
+
+/// A browser at the device-flow provider, with the few cookies it needs
+/// (by name and path, as the provider sets them).
+struct DeviceBrowser {
+    http: reqwest::Client,
+    jar: Vec<(String, String, String)>,
+}
+
+impl DeviceBrowser {
+    fn new() -> DeviceBrowser {
+        DeviceBrowser {
+            http: reqwest::Client::builder()
+                .redirect(reqwest::redirect::Policy::none())
+                .build()
+                .unwrap(),
+            jar: Vec::new(),
+        }
+    }
+
+    async fn go(
+        &mut self,
+        method: Method,
+        url: &str,
+        form: &[(&str, &str)],
+    ) -> (StatusCode, String, String) {
+        let path = url
+            .splitn(4, '/')
+            .nth(3)
+            .map(|p| format!("/{p}"))
+            .unwrap_or("/".into());
+        let path = path.split('?').next().unwrap().to_owned();
+        let cookies: Vec<String> = self
+            .jar
+            .iter()
+            .filter(|(_, p, _)| p == "/" || path == *p || path.starts_with(&format!("{p}/")))
+            .map(|(n, _, v)| format!("{n}={v}"))
+            .collect();
+        let mut request = self
+            .http
+            .request(method, url)
+            .header("cookie", cookies.join("; "));
+        if !form.is_empty() {
+            let body: String = form_urlencoded::Serializer::new(String::new())
+                .extend_pairs(form)
+                .finish();
+            request = request
+                .header("content-type", "application/x-www-form-urlencoded")
+                .body(body);
+        }
+        let r = request.send().await.unwrap();
+        for c in r.headers().get_all("set-cookie") {
+            let c = c.to_str().unwrap();
+            let (pair, attrs) = c.split_once(';').unwrap_or((c, ""));
+            let (name, value) = pair.split_once('=').unwrap();
+            let path = attrs
+                .split(';')
+                .find_map(|a| a.trim().strip_prefix("path="))
+                .unwrap_or("/")
+                .to_owned();
+            self.jar.retain(|(n, p, _)| !(n == name && *p == path));
+            if !value.is_empty() {
+                self.jar.push((name.to_owned(), path, value.to_owned()));
+            }
+        }
+        let status = r.status();
+        let location = r
+            .headers()
+            .get("location")
+            .map(|l| l.to_str().unwrap().to_owned())
+            .unwrap_or_default();
+        (status, location, r.text().await.unwrap())
+    }
+
+    /// At `verification_uri_complete`: signs in as `login`, or aborts.
+    async fn device(&mut self, complete: &str, login: Option<&str>) {
+        let base = complete
+            .splitn(4, '/')
+            .take(3)
+            .collect::<Vec<_>>()
+            .join("/");
+        let (_, _, page) = self.go(Method::GET, complete, &[]).await;
+        let field = |name: &str| {
+            let at = page
+                .find(&format!("name=\"{name}\" value=\""))
+                .unwrap_or_else(|| panic!("{name} in {page}"));
+            let rest = &page[at + name.len() + 15..];
+            rest[..rest.find('"').unwrap()].to_owned()
+        };
+        let (xsrf, code) = (field("xsrf"), field("user_code"));
+        let device = format!("{base}/device");
+        let Some(login) = login else {
+            let (s, _, page) = self
+                .go(
+                    Method::POST,
+                    &device,
+                    &[("xsrf", &xsrf), ("user_code", &code), ("abort", "yes")],
+                )
+                .await;
+            assert_eq!(s, StatusCode::OK, "{page}");
+            return;
+        };
+        let (s, to, _) = self
+            .go(
+                Method::POST,
+                &device,
+                &[("xsrf", &xsrf), ("user_code", &code), ("confirm", "yes")],
+            )
+            .await;
+        assert_eq!(s, StatusCode::SEE_OTHER);
+        let interaction = format!("{base}{to}");
+        let (s, _, page) = self.go(Method::GET, &interaction, &[]).await;
+        assert_eq!(s, StatusCode::OK, "{page}");
+        let (s, to, _) = self
+            .go(
+                Method::POST,
+                &interaction,
+                &[
+                    ("prompt", "login"),
+                    ("login", login),
+                    ("password", "anything"),
+                ],
+            )
+            .await;
+        assert_eq!(s, StatusCode::SEE_OTHER);
+        let (s, _, page) = self.go(Method::GET, &to, &[]).await;
+        assert_eq!(s, StatusCode::OK);
+        assert!(page.contains("Sign-in Success"), "{page}");
+    }
+}
+
+/// `slipway login` where the provider offers the device flow: the CLI
+/// prints a code and an address, the person signs in there (on any
+/// device), the CLI polls the server, which keeps the device code, checks
+/// the ID token (no nonce in this flow) and answers a session; a declined
+/// device sign-in, an unknown handle and a second poll after success are
+/// refused with a sentence and audited.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oidc_device_flow_signs_the_cli_in_without_a_browser() {
+    let provider = DeviceProvider::start(json!({"erin": [TOOL_Z, "cn=other,dc=org"]})).await;
+    let issuer = provider.url.clone();
+    let env = Env::with(move |c| {
+        c.identity.oidc.issuer = issuer;
+        c.identity.oidc.allow_http = true;
+        c.identity.oidc.name = "Wikimedia".into();
+        c.identity.oidc.client_id = "slipway".into();
+        c.identity.oidc.client_secret = slipway_registry::config::Secret::new("client-secret");
+        c.identity.oidc.group_pattern =
+            "cn=tools.{tool},ou=servicegroups,dc=wikimedia,dc=org".into();
+        c.identity.oidc.project_pattern = "tool-{tool}".into();
+        c.builds.workers = 0;
+    })
+    .await;
+    env.server.create_project("tool-z", false).await;
+    let (_, offers) = env.api(Method::GET, "/api/v1/sign-in", None, None).await;
+    assert_eq!(
+        offers,
+        json!({"ldap": false, "oidc": "Wikimedia", "oidc_device": true})
+    );
+
+    // The CLI, as a person on a machine without a browser runs it.
+    let config = tempfile::tempdir().unwrap();
+    let mut login = tokio::process::Command::new(env!("CARGO_BIN_EXE_slipway"))
+        .args(["login", "--url", &env.server.url])
+        .env("SLIPWAY_CONFIG_DIR", config.path())
+        .env_remove("DISPLAY")
+        .env_remove("WAYLAND_DISPLAY")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut stderr = tokio::io::BufReader::new(login.stderr.take().unwrap());
+    let mut said = String::new();
+    let complete = loop {
+        use tokio::io::AsyncBufReadExt as _;
+        let mut line = String::new();
+        let n = tokio::time::timeout(Duration::from_secs(30), stderr.read_line(&mut line))
+            .await
+            .expect("slipway login prints the code")
+            .unwrap();
+        assert!(n > 0, "slipway login ended: {said}");
+        said.push_str(&line);
+        if let Some(u) = line.trim().strip_prefix("(or open ") {
+            break u.trim_end_matches(')').to_owned();
+        }
+    };
+    assert!(
+        said.contains("To sign in with Wikimedia, open http")
+            && said.contains("/device on any device and enter the code "),
+        "{said}"
+    );
+    DeviceBrowser::new().device(&complete, Some("erin")).await;
+    let out = tokio::time::timeout(Duration::from_secs(60), login.wait_with_output())
+        .await
+        .expect("slipway login ends once the person signed in")
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(
+        stdout.contains("as erin") && stdout.contains("tool-z (maintainer)"),
+        "{stdout}"
+    );
+
+    // The same through the API: pending until the person has finished,
+    // then a session, once.
+    let start = || {
+        let env = &env;
+        async move {
+            let (s, v) = env
+                .api(Method::POST, "/api/v1/sign-in/oidc/device", None, None)
+                .await;
+            assert_eq!(s, StatusCode::OK, "{v}");
+            v
+        }
+    };
+    let poll = |handle: Value| {
+        let env = &env;
+        async move {
+            env.api(
+                Method::POST,
+                "/api/v1/sign-in/oidc/device/poll",
+                None,
+                Some(json!({"handle": handle})),
+            )
+            .await
+        }
+    };
+    let started = start().await;
+    assert!(
+        started.get("device_code").is_none(),
+        "the device code stays on the server: {started}"
+    );
+    let (s, v) = poll(started["handle"].clone()).await;
+    assert_eq!(
+        (s, &v["pending"]),
+        (StatusCode::ACCEPTED, &json!(true)),
+        "{v}"
+    );
+    DeviceBrowser::new()
+        .device(
+            started["verification_uri_complete"].as_str().unwrap(),
+            Some("erin"),
+        )
+        .await;
+    let (s, v) = poll(started["handle"].clone()).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["me"]["name"], "erin");
+    assert_eq!(v["me"]["memberships"][0]["project"], "tool-z");
+    let (s, v) = poll(started["handle"].clone()).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED, "{v}");
+    assert!(v["error"].as_str().unwrap().contains("already used"), "{v}");
+
+    // Declined at the provider; a handle never given.
+    let started = start().await;
+    DeviceBrowser::new()
+        .device(started["verification_uri_complete"].as_str().unwrap(), None)
+        .await;
+    let (s, v) = poll(started["handle"].clone()).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED, "{v}");
+    assert!(
+        v["error"]
+            .as_str()
+            .unwrap()
+            .contains("did not sign you in: access_denied"),
+        "{v}"
+    );
+    let (s, v) = poll(json!("made-up")).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED, "{v}");
+    assert!(
+        v["error"]
+            .as_str()
+            .unwrap()
+            .contains("was not started here"),
+        "{v}"
+    );
+    let (_, audit) = env
+        .api(
+            Method::GET,
+            "/api/v1/audit?action=person.sign_in_refused",
+            Some(&env.admin()),
+            None,
+        )
+        .await;
+    let audit = audit.to_string();
+    for reason in ["already used", "access_denied", "was not started here"] {
+        assert!(audit.contains(reason), "{reason} audited: {audit}");
+    }
 }

@@ -477,6 +477,8 @@ pub struct SignInRequest {
 pub enum SignInUse {
     /// Taken now, for the first time.
     Taken(SignInRequest),
+    /// Still open (when only looked at: a device sign-in being polled).
+    Open(SignInRequest),
     /// Brought back before: a replay.
     AlreadyUsed,
     /// Never used, but too late.
@@ -551,26 +553,42 @@ impl Metadata {
         .fetch_optional(&self.write)
         .await?;
         if let Some(row) = taken {
-            return Ok(SignInUse::Taken(SignInRequest {
-                state_hash: row.try_get(0)?,
-                nonce: row.try_get(1)?,
-                pkce_verifier: row.try_get(2)?,
-                redirect_uri: row.try_get(3)?,
-                client: row.try_get(4)?,
-                created_at: row.try_get(5)?,
-                expires_at: row.try_get(6)?,
-            }));
+            return Ok(SignInUse::Taken(sign_in_request(&row)?));
         }
-        let row = sqlx::query("SELECT used_at FROM sign_in_requests WHERE state_hash = $1")
-            .bind(state_hash)
-            .fetch_optional(&self.write)
-            .await?;
-        Ok(match row {
-            None => SignInUse::Unknown,
-            Some(row) => match row.try_get::<Option<i64>, _>(0)? {
-                Some(_) => SignInUse::AlreadyUsed,
-                None => SignInUse::Expired,
-            },
+        self.sign_in_request_look(state_hash, i64::MAX).await
+    }
+
+    /// Looks at the sign-in whose state hashes to `state_hash` without
+    /// taking it: `Open` while neither used nor expired at `now`.
+    pub async fn sign_in_request_look(&self, state_hash: &str, now: i64) -> Result<SignInUse> {
+        let row = sqlx::query(
+            "SELECT state_hash, nonce, pkce_verifier, redirect_uri, client, created_at, \
+             expires_at, used_at FROM sign_in_requests WHERE state_hash = $1",
+        )
+        .bind(state_hash)
+        .fetch_optional(&self.write)
+        .await?;
+        let Some(row) = row else {
+            return Ok(SignInUse::Unknown);
+        };
+        let request = sign_in_request(&row)?;
+        Ok(match row.try_get::<Option<i64>, _>(7)? {
+            Some(_) => SignInUse::AlreadyUsed,
+            // (After a failed take, `now` is past every expiry.)
+            None if request.expires_at <= now => SignInUse::Expired,
+            None => SignInUse::Open(request),
         })
     }
+}
+
+fn sign_in_request(row: &sqlx::any::AnyRow) -> Result<SignInRequest> {
+    Ok(SignInRequest {
+        state_hash: row.try_get(0)?,
+        nonce: row.try_get(1)?,
+        pkce_verifier: row.try_get(2)?,
+        redirect_uri: row.try_get(3)?,
+        client: row.try_get(4)?,
+        created_at: row.try_get(5)?,
+        expires_at: row.try_get(6)?,
+    })
 }
