@@ -441,6 +441,13 @@ pub async fn token_create(
             "a personal token lasts between a second and {MAX_TOKEN_DAYS} days"
         )));
     }
+    // Issued on the directory's word now, not on what it said minutes ago.
+    let Some(now) = state.person_now(&person).await? else {
+        return Err(Error::new(
+            StatusCode::FORBIDDEN,
+            format!("{person} is disabled in Slipway"),
+        ));
+    };
     // A token limited to a project its owner cannot see would be useless;
     // one limited beyond the caller's own token would widen it.
     let inherited = caller.principal.personal_token().cloned();
@@ -459,7 +466,7 @@ pub async fn token_create(
                 format!("the token in use is limited to another project than {p:.100}"),
             ));
         }
-        if state.role(&caller.principal, p).await?.is_none() && !caller.principal.is_admin() {
+        if state.role(&caller.principal, p).await?.is_none() && !now.is_admin {
             return Err(Error::new(
                 StatusCode::FORBIDDEN,
                 format!("{person} has no role in project {p:.100}"),

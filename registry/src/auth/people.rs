@@ -83,6 +83,17 @@ impl AppState {
     /// up again in the directory when they are): `None` when unknown or
     /// disabled.
     pub async fn person(&self, name: &str) -> ApiResult<Option<Person>> {
+        self.person_looked_up(name, false).await
+    }
+
+    /// The person `name` as the directory says now, whatever the TTL (a
+    /// personal token is issued on the directory's current word): a
+    /// directory that does not answer is a 503 here, not the last answer.
+    pub async fn person_now(&self, name: &str) -> ApiResult<Option<Person>> {
+        self.person_looked_up(name, true).await
+    }
+
+    async fn person_looked_up(&self, name: &str, now: bool) -> ApiResult<Option<Person>> {
         let Some(person) = self.meta.person_get(name).await? else {
             return Ok(None);
         };
@@ -105,7 +116,7 @@ impl AppState {
                 .expect("people cache")
                 .insert(name.to_owned(), until);
         };
-        if fresh(&person) {
+        if fresh(&person) && !now {
             return Ok(Some(person));
         }
         // One look-up at a time: a burst of pulls asks the directory once.
@@ -118,7 +129,7 @@ impl AppState {
             .expect("people cache")
             .get(name)
             .is_some_and(|until| *until > Instant::now());
-        if settled {
+        if settled && !now {
             return Ok(self.meta.person_get(name).await?.filter(|p| !p.disabled));
         }
         match directory.look_up(name).await {
@@ -135,6 +146,14 @@ impl AppState {
                     tracing::info!(person = name, "no longer in the directory: no projects");
                 }
                 Ok(self.meta.person_get(name).await?.filter(|p| !p.disabled))
+            }
+            Err(e) if now => {
+                tracing::warn!(person = name, error = %e, "the directory did not answer");
+                Err(crate::error::ApiError::new(
+                    axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                    crate::error::ErrorCode::Unavailable,
+                    "the directory cannot be reached to check your groups; try again later",
+                ))
             }
             Err(e) => {
                 tracing::warn!(person = name, error = %e,

@@ -976,6 +976,16 @@ async fn people_sign_in_and_pull_with_personal_tokens() {
     slapd.modify(&format!(
         "dn: cn=tools.x,ou=servicegroups,{BASE}\nchangetype: modify\ndelete: member\nmember: uid=alice,ou=people,{BASE}\n"
     ));
+    // A token issued now asks the directory now, TTL or not.
+    let (s, v) = env
+        .api(
+            Method::POST,
+            "/api/v1/me/tokens",
+            Some(&session),
+            Some(json!({"name": "after-removal", "project": "tool-x"})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::FORBIDDEN, "issued on stale memberships: {v}");
     tokio::time::sleep(Duration::from_millis(2500)).await;
     let (ok, err) = skopeo_pull(&format!("{host}/tool-x/web:v1"), &creds);
     assert!(!ok, "a removed member's token still pulls");
