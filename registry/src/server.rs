@@ -117,6 +117,15 @@ impl AppState {
         vault.check(&meta).await?;
         let directory = crate::identity::ldap::Directory::new(&config.identity.ldap)?.map(Arc::new);
         let oidc = crate::identity::oidc::Provider::new(&config.identity.oidc)?.map(Arc::new);
+        if oidc.is_some()
+            && config.identity.oidc.public_url.is_empty()
+            && config.builds.public_url.is_empty()
+        {
+            tracing::warn!(
+                "identity.oidc.public_url is not set: the dashboard's redirect URI is built from \
+                 each request's Host header; set it to the address registered with the provider"
+            );
+        }
         Ok(AppState(Arc::new(Inner {
             config,
             meta,

@@ -244,6 +244,9 @@ pub struct OidcStart {
     /// Where the provider sends the person back: a loopback address the
     /// CLI listens on (`http://127.0.0.1:<port>/…`).
     pub redirect_uri: String,
+    /// SHA-256 (hex) of a secret the CLI keeps and sends back with the
+    /// code: a redirect caught by another program is of no use to it.
+    pub proof_hash: String,
 }
 
 #[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
@@ -267,11 +270,15 @@ pub struct OidcReturn {
     pub error: Option<String>,
     #[serde(default)]
     pub error_description: Option<String>,
+    /// The secret whose hash was given at the start.
+    #[serde(default)]
+    pub proof: Option<String>,
 }
 
 fn oidc_error(e: OidcError) -> Error {
     let status = match &e {
-        OidcError::Refused(_) => StatusCode::UNAUTHORIZED,
+        OidcError::Refused(_) | OidcError::BadState(_) => StatusCode::UNAUTHORIZED,
+        OidcError::TooMany(_) => StatusCode::TOO_MANY_REQUESTS,
         OidcError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         OidcError::NotConfigured => StatusCode::NOT_FOUND,
         OidcError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -312,8 +319,19 @@ pub async fn oidc_start(
             body.redirect_uri
         )));
     }
+    let hex = |h: &str| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit());
+    if !hex(&body.proof_hash) {
+        return Err(Error::bad_request(
+            "proof_hash must be the SHA-256 (64 hex digits) of a secret the client keeps",
+        ));
+    }
     let begun = state
-        .oidc_begin(crate::auth::oidc::CLI, &body.redirect_uri)
+        .oidc_begin(
+            crate::auth::oidc::CLI,
+            &body.redirect_uri,
+            Some(addr.ip()),
+            Some(&body.proof_hash.to_ascii_lowercase()),
+        )
         .await
         .map_err(oidc_error)?;
     Ok(Json(OidcStarted {
@@ -344,6 +362,7 @@ pub async fn oidc_callback(
                 code: body.code.as_deref(),
                 error: body.error.as_deref(),
                 error_description: body.error_description.as_deref(),
+                proof: body.proof.as_deref(),
             },
             remote,
         )
@@ -595,7 +614,10 @@ pub async fn oidc_device_start(
     ConnectInfo(addr): ConnectInfo<std::net::SocketAddr>,
 ) -> Result<Json<DeviceStartedView>> {
     not_blocked(&state, Some(addr.ip()))?;
-    let d = state.oidc_device_begin().await.map_err(oidc_error)?;
+    let d = state
+        .oidc_device_begin(Some(addr.ip()))
+        .await
+        .map_err(oidc_error)?;
     Ok(Json(DeviceStartedView {
         handle: d.handle,
         user_code: d.user_code,

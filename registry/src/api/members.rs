@@ -39,6 +39,8 @@ pub struct PersonView {
     pub admin: bool,
     pub disabled: bool,
     pub last_sign_in: Option<String>,
+    /// The OpenID Connect account (`sub`) they are bound to, if any.
+    pub oidc_subject: Option<String>,
     pub memberships: Vec<MemberView>,
 }
 
@@ -67,6 +69,7 @@ fn person_view(p: &Person, memberships: &[Membership]) -> PersonView {
         admin: p.is_admin,
         disabled: p.disabled,
         last_sign_in: p.last_sign_in.map(time),
+        oidc_subject: p.oidc_subject.clone(),
         memberships: memberships.iter().map(member_view).collect(),
     }
 }
@@ -213,4 +216,33 @@ pub async fn person(
         .ok_or_else(|| Error::not_found(format!("{person} is not known")))?;
     let m = state.meta.memberships_of(&person).await?;
     Ok(Json(person_view(&p, &m)))
+}
+
+/// Unbinds a person from their OpenID Connect account (the provider gave
+/// them a new one): their next sign-in through the provider binds again.
+#[utoipa::path(delete, path = "/api/v1/people/{person}/oidc-subject", tag = "people",
+    params(("person" = String, Path)),
+    responses((status = 204), (status = 404, body = ErrorBody)))]
+pub async fn unbind_subject(
+    State(state): State<AppState>,
+    Admin(caller): Admin,
+    Path(person): Path<String>,
+) -> Result<StatusCode> {
+    check_person(&person)?;
+    let before = state
+        .meta
+        .person_get(&person)
+        .await?
+        .ok_or_else(|| Error::not_found(format!("{person} is not known")))?;
+    state.meta.person_unbind_subject(&person).await?;
+    audit(
+        &state,
+        &caller,
+        "person.oidc_unbind",
+        None,
+        &person,
+        json!({"subject": before.oidc_subject}),
+    )
+    .await?;
+    Ok(StatusCode::NO_CONTENT)
 }

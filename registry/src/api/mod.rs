@@ -43,6 +43,7 @@ use crate::server::AppState;
         projects::list, projects::create, projects::get, projects::update, projects::delete,
         robots::list, robots::create, robots::get, robots::update, robots::rotate, robots::delete,
         members::list, members::grant, members::revoke, members::people, members::person,
+        members::unbind_subject,
         me::sign_in, me::sign_in_options, me::oidc_start, me::oidc_callback,
         me::oidc_device_start, me::oidc_device_poll, me::me, me::tokens, me::token_create, me::token_delete,
         me::person_tokens, me::person_token_delete,
@@ -120,6 +121,10 @@ pub fn router() -> Router<AppState> {
         )
         .route("/api/v1/people", get(members::people))
         .route("/api/v1/people/{person}", get(members::person))
+        .route(
+            "/api/v1/people/{person}/oidc-subject",
+            axum::routing::delete(members::unbind_subject),
+        )
         .route("/api/v1/people/{person}/tokens", get(me::person_tokens))
         .route(
             "/api/v1/people/{person}/tokens/{id}",

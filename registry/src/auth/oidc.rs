@@ -18,8 +18,11 @@ use crate::server::AppState;
 /// How long a person has at the provider before a sign-in expires.
 pub const WINDOW_MS: i64 = 10 * 60 * 1000;
 
-/// At most this many sign-ins under way at once.
-const MAX_OPEN: i64 = 10_000;
+/// At most this many sign-ins under way from one address (an IPv6 /64)…
+const MAX_OPEN_PER_ADDRESS: i64 = 20;
+/// …and in all (a bound on the table, not a lever: reaching it takes
+/// thousands of addresses).
+const MAX_OPEN: i64 = 100_000;
 
 /// Who started a sign-in: it is finished by the same kind of client only.
 pub const DASHBOARD: &str = "dashboard";
@@ -51,25 +54,44 @@ pub struct Returned<'a> {
     /// The provider's `error` (`access_denied` when the person declined).
     pub error: Option<&'a str>,
     pub error_description: Option<&'a str>,
+    /// The CLI's secret whose hash it gave when it started.
+    pub proof: Option<&'a str>,
 }
 
-fn state_hash(state: &str) -> String {
+pub fn state_hash(state: &str) -> String {
     hex::encode(Sha256::digest(state.as_bytes()))
+}
+
+/// The address a sign-in is counted against: an IPv4 address, or the /64
+/// of an IPv6 one (a host has a whole /64 to itself).
+fn address_key(remote: Option<IpAddr>) -> String {
+    match remote {
+        Some(IpAddr::V6(v6)) => {
+            let s = v6.segments();
+            format!("{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
+        }
+        Some(ip) => ip.to_string(),
+        None => "unknown".to_owned(),
+    }
 }
 
 impl AppState {
     /// Starts a sign-in for `client` that comes back to `redirect_uri`:
     /// the address to send the person to, and the state.
+    /// A CLI gives the hash of a secret (`proof_hash`) it will send back
+    /// with the code.
     pub async fn oidc_begin(
         &self,
         client: &str,
         redirect_uri: &str,
+        remote: Option<IpAddr>,
+        proof_hash: Option<&str>,
     ) -> Result<crate::identity::oidc::Begun, OidcError> {
         let provider = self.oidc.as_ref().ok_or_else(not_configured)?;
         let now = now_ms();
-        // Starting costs nothing to anyone: a bound keeps a flood of
-        // starts from filling the table.
-        self.oidc_room(now).await?;
+        // Starting costs nothing to anyone: a bound per address keeps a
+        // flood of starts from filling the table.
+        self.oidc_room(remote, now).await?;
         let begun = provider.begin(redirect_uri).await?;
         self.meta
             .sign_in_request_create(&SignInRequest {
@@ -78,6 +100,9 @@ impl AppState {
                 pkce_verifier: begun.pkce_verifier.clone(),
                 redirect_uri: redirect_uri.to_owned(),
                 client: client.to_owned(),
+                remote: address_key(remote),
+                client_proof: proof_hash.map(str::to_owned),
+                poll_every_ms: 0,
                 created_at: now,
                 expires_at: now + WINDOW_MS,
             })
@@ -87,10 +112,13 @@ impl AppState {
     }
 
     /// Starts a device sign-in for a CLI on a machine without a browser.
-    pub async fn oidc_device_begin(&self) -> Result<DeviceStarted, OidcError> {
+    pub async fn oidc_device_begin(
+        &self,
+        remote: Option<IpAddr>,
+    ) -> Result<DeviceStarted, OidcError> {
         let provider = self.oidc.as_ref().ok_or_else(not_configured)?;
         let now = now_ms();
-        self.oidc_room(now).await?;
+        self.oidc_room(remote, now).await?;
         let begun = provider.device_begin().await?;
         let handle = crate::auth::secrets::generate();
         self.meta
@@ -100,6 +128,10 @@ impl AppState {
                 pkce_verifier: begun.device_code,
                 redirect_uri: String::new(),
                 client: DEVICE.to_owned(),
+                remote: address_key(remote),
+                client_proof: None,
+                // The provider is asked at most this often, whoever polls.
+                poll_every_ms: begun.interval as i64 * 1000,
                 created_at: now,
                 expires_at: now + begun.expires_in as i64 * 1000,
             })
@@ -127,7 +159,9 @@ impl AppState {
         match &result {
             Ok(DeviceState::Done(answer)) => self.oidc_signed_in(DEVICE, answer, remote).await,
             Ok(DeviceState::Pending { .. }) => {}
-            Err(OidcError::Refused(reason)) => self.oidc_refused(DEVICE, reason, remote).await,
+            Err(e @ (OidcError::Refused(_) | OidcError::BadState(_))) => {
+                self.oidc_refused(DEVICE, e, remote).await
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "an OpenID Connect device sign-in could not finish")
             }
@@ -147,6 +181,16 @@ impl AppState {
             SignInUse::Open(r) if r.client == DEVICE => r,
             other => return Err(unusable(other)),
         };
+        // One poll of the provider per interval, however often (or from
+        // however many places) the handle is polled here.
+        let due = self
+            .meta
+            .sign_in_request_poll(&hash, now_ms())
+            .await
+            .map_err(|e| OidcError::Internal(e.to_string()))?;
+        if !due {
+            return Ok(DeviceState::Pending { slow_down: true });
+        }
         let answer = match provider.device_poll(&request.pkce_verifier).await {
             Ok(crate::identity::oidc::DevicePoll::Pending { slow_down }) => {
                 return Ok(DeviceState::Pending { slow_down });
@@ -173,16 +217,23 @@ impl AppState {
         self.oidc_person(answer).await.map(DeviceState::Done)
     }
 
-    /// Refuses starts beyond [`MAX_OPEN`] sign-ins under way.
-    async fn oidc_room(&self, now: i64) -> Result<(), OidcError> {
-        let open = self
+    /// Refuses starts beyond the sign-ins under way an address (and the
+    /// server) may have.
+    async fn oidc_room(&self, remote: Option<IpAddr>, now: i64) -> Result<(), OidcError> {
+        let (all, here) = self
             .meta
-            .sign_in_requests_open(now)
+            .sign_in_requests_open(&address_key(remote), now)
             .await
             .map_err(|e| OidcError::Internal(e.to_string()))?;
-        if open >= MAX_OPEN {
-            return Err(OidcError::Unavailable(format!(
-                "{open} sign-ins are under way; try again in a few minutes"
+        if here >= MAX_OPEN_PER_ADDRESS {
+            return Err(OidcError::TooMany(format!(
+                "{here} sign-ins started from this address are under way: \
+                 finish one or wait ten minutes"
+            )));
+        }
+        if all >= MAX_OPEN {
+            return Err(OidcError::TooMany(format!(
+                "{all} sign-ins are under way; try again in a few minutes"
             )));
         }
         Ok(())
@@ -199,7 +250,9 @@ impl AppState {
         let result = self.oidc_check(client, &back).await;
         match &result {
             Ok(answer) => self.oidc_signed_in(client, answer, remote).await,
-            Err(OidcError::Refused(reason)) => self.oidc_refused(client, reason, remote).await,
+            Err(e @ (OidcError::Refused(_) | OidcError::BadState(_))) => {
+                self.oidc_refused(client, e, remote).await
+            }
             Err(e) => tracing::warn!(error = %e, "an OpenID Connect sign-in could not finish"),
         }
         result
@@ -218,9 +271,15 @@ impl AppState {
         .await;
     }
 
-    /// Records a refused sign-in (and counts it against the address).
-    pub async fn oidc_refused(&self, client: &str, reason: &str, remote: Option<IpAddr>) {
-        self.auth.limiter.failed(remote);
+    /// Records a refused sign-in. A state or handle nobody was given,
+    /// brought to the API, counts against the address; the provider's
+    /// refusals (a person declining, a code expiring) and the dashboard's
+    /// callback (any web page can make a browser ask for it) do not.
+    pub async fn oidc_refused(&self, client: &str, e: &OidcError, remote: Option<IpAddr>) {
+        if matches!(e, OidcError::BadState(_)) && client != DASHBOARD {
+            self.auth.limiter.failed(remote);
+        }
+        let reason = e.to_string();
         self.oidc_audit(
             "anonymous",
             "person.sign_in_refused",
@@ -244,7 +303,21 @@ impl AppState {
             other => return Err(unusable(other)),
         };
         if request.client != client {
-            return refused("this sign-in was started by another client: sign in again");
+            return Err(OidcError::BadState(
+                "this sign-in was started by another client: sign in again".to_owned(),
+            ));
+        }
+        // The CLI proves it is the one that started this sign-in.
+        if let Some(expected) = &request.client_proof {
+            use subtle::ConstantTimeEq as _;
+            let given = back.proof.map(state_hash).unwrap_or_default();
+            if !bool::from(given.as_bytes().ct_eq(expected.as_bytes())) {
+                return Err(OidcError::BadState(
+                    "this sign-in was started by another program (its proof does not match): \
+                     sign in again"
+                        .to_owned(),
+                ));
+            }
         }
         if let Some(error) = back.error {
             return Err(OidcError::Refused(format!(
@@ -272,6 +345,17 @@ impl AppState {
     /// The person a checked ID token names: bound to the provider's
     /// subject at their first sign-in, their memberships synced.
     async fn oidc_person(&self, answer: Answer) -> Result<Answer, OidcError> {
+        let known = self
+            .meta
+            .person_get(&answer.user)
+            .await
+            .map_err(|e| OidcError::Internal(e.to_string()))?;
+        if known.is_some_and(|p| p.disabled) {
+            return Err(OidcError::Refused(format!(
+                "{} is disabled in Slipway",
+                answer.user
+            )));
+        }
         // One person, one account at the provider: the username claim is
         // bound to the subject it first came with.
         self.meta
@@ -331,7 +415,7 @@ fn not_configured() -> OidcError {
 
 /// Why a sign-in that is not open cannot be used, in a sentence.
 fn unusable(u: SignInUse) -> OidcError {
-    OidcError::Refused(
+    OidcError::BadState(
         match u {
             SignInUse::AlreadyUsed => {
                 "this sign-in was already used (a state is good once): sign in again"

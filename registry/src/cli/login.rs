@@ -355,11 +355,18 @@ async fn oidc_login(
         .context("cannot listen on a loopback port for the browser's way back")?;
     let port = listener.local_addr()?.port();
     let redirect_uri = format!("http://127.0.0.1:{port}/callback");
+    // A secret only this process knows: whoever catches the browser's way
+    // back (another program on this machine) cannot finish without it.
+    let proof = slipway_registry::auth::secrets::generate();
+    let proof_hash = {
+        use sha2::Digest as _;
+        hex::encode(sha2::Sha256::digest(proof.as_bytes()))
+    };
     let started = client
         .call_anonymous(
             reqwest::Method::POST,
             "/api/v1/sign-in/oidc",
-            json!({"redirect_uri": redirect_uri}),
+            json!({"redirect_uri": redirect_uri, "proof_hash": proof_hash}),
         )
         .await?;
     let url = started["authorization_url"]
@@ -370,7 +377,8 @@ async fn oidc_login(
     eprintln!("To sign in with {provider}, open this address in a browser:\n\n  {url}\n");
     let graphical = std::env::var_os("DISPLAY").is_some_and(|d| !d.is_empty())
         || std::env::var_os("WAYLAND_DISPLAY").is_some_and(|d| !d.is_empty());
-    if !no_browser && graphical {
+    let web = url.starts_with("https://") || url.starts_with("http://");
+    if !no_browser && graphical && web {
         let _ = std::process::Command::new("xdg-open")
             .arg(&url)
             .stdin(std::process::Stdio::null())
@@ -419,7 +427,7 @@ async fn oidc_login(
     let Ok(Some(back)) = back else {
         bail!("the browser did not come back within {window} seconds: run `slipway login` again");
     };
-    let mut body = json!({"state": state});
+    let mut body = json!({"state": state, "proof": proof});
     for k in ["code", "error", "error_description"] {
         if let Some(v) = back.get(k) {
             body[k] = json!(v);

@@ -45,6 +45,12 @@ pub enum OidcError {
     /// The provider's answer does not sign this person in.
     #[error("{0}")]
     Refused(String),
+    /// A state or handle that is not an open sign-in of this client.
+    #[error("{0}")]
+    BadState(String),
+    /// Too many sign-ins under way.
+    #[error("{0}")]
+    TooMany(String),
     /// No `[identity.oidc]` is configured.
     #[error("no OpenID Connect provider is configured: set [identity.oidc]")]
     NotConfigured,
@@ -131,7 +137,13 @@ pub struct Provider {
     http: Http,
     metadata: tokio::sync::Mutex<Option<(Metadata, Instant)>>,
     last_refresh: Mutex<Option<Instant>>,
+    /// When discovery last failed: not asked again for [`RETRY_AFTER`].
+    failed_at: Mutex<Option<Instant>>,
 }
+
+/// After a failed discovery, callers are answered from what is known (or
+/// refused) this long before the provider is asked again.
+const RETRY_AFTER: Duration = Duration::from_secs(10);
 
 /// The provider's HTTP client: ours (rustls, the system's authorities plus
 /// `ca_file`), never following redirects (which would let a provider's
@@ -210,6 +222,7 @@ impl Provider {
             http: Http(b.build()?),
             metadata: tokio::sync::Mutex::new(None),
             last_refresh: Mutex::new(None),
+            failed_at: Mutex::new(None),
         }))
     }
 
@@ -241,18 +254,42 @@ impl Provider {
             }
             due
         };
-        if stale || refresh {
+        let backing_off = self
+            .failed_at
+            .lock()
+            .expect("oidc failures")
+            .is_some_and(|at| at.elapsed() < RETRY_AFTER);
+        if (stale || refresh) && !backing_off {
             let issuer = IssuerUrl::new(self.cfg.issuer.clone())
                 .map_err(|e| OidcError::Unavailable(e.to_string()))?;
-            let found = Metadata::discover_async(issuer, &self.http)
-                .await
-                .map_err(|e| OidcError::Unavailable(chain(&e)))?;
-            *held = Some((found, Instant::now()));
+            match Metadata::discover_async(issuer, &self.http).await {
+                Ok(found) => {
+                    *held = Some((found, Instant::now()));
+                    *self.failed_at.lock().expect("oidc failures") = None;
+                }
+                Err(e) => {
+                    *self.failed_at.lock().expect("oidc failures") = Some(Instant::now());
+                    let why = chain(&e);
+                    // What was known stays in use while the provider is away.
+                    if held.is_none() {
+                        return Err(OidcError::Unavailable(why));
+                    }
+                    tracing::warn!(error = %why, "the identity provider's discovery failed; \
+                        its last metadata stays in use");
+                }
+            }
         }
-        Ok(held.as_ref().expect("metadata read").0.clone())
+        match held.as_ref() {
+            Some((m, _)) => Ok(m.clone()),
+            None => Err(OidcError::Unavailable(
+                "its discovery failed moments ago; try again shortly".to_owned(),
+            )),
+        }
     }
 
     fn client(&self, metadata: Metadata) -> Client {
+        let algs = asymmetric(metadata.id_token_signing_alg_values_supported());
+        let metadata = metadata.set_id_token_signing_alg_values_supported(algs);
         // A provider that takes the secret only in the body says so.
         let post_only = metadata
             .token_endpoint_auth_methods_supported()
@@ -574,6 +611,25 @@ impl Provider {
     }
 }
 
+/// The asymmetric algorithms among those the provider announces for ID
+/// tokens: a token signed with the client secret (HS256, which some
+/// providers list) is not the provider's word.
+fn asymmetric(
+    announced: &[openidconnect::core::CoreJwsSigningAlgorithm],
+) -> Vec<openidconnect::core::CoreJwsSigningAlgorithm> {
+    use openidconnect::core::CoreJwsSigningAlgorithm as Alg;
+    announced
+        .iter()
+        .filter(|a| {
+            !matches!(
+                a,
+                Alg::HmacSha256 | Alg::HmacSha384 | Alg::HmacSha512 | Alg::None
+            )
+        })
+        .cloned()
+        .collect()
+}
+
 /// The claims of a compact JWT (not checked here: only after the crate
 /// checked the token).
 fn payload(jwt: &str) -> Option<serde_json::Value> {
@@ -590,13 +646,27 @@ pub fn loopback_redirect(uri: &str) -> bool {
     let Some(rest) = uri.strip_prefix("http://") else {
         return false;
     };
+    // Parsers disagree on a backslash (a path to browsers, part of the
+    // authority to others): none in an address Slipway hands out.
+    if uri
+        .chars()
+        .any(|c| c == '\\' || c.is_whitespace() || c.is_control())
+    {
+        return false;
+    }
     let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
-    let host = match authority.rsplit_once(':') {
-        Some((h, port)) if !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) => h,
-        Some(_) => return false,
-        None => authority,
-    };
-    !authority.contains('@') && matches!(host, "127.0.0.1" | "[::1]" | "localhost")
+    // The host, then nothing or `:<port>` (RFC 8252 recommends the
+    // literal addresses over `localhost`, which a resolver could answer).
+    let port = ["127.0.0.1", "[::1]"]
+        .iter()
+        .find_map(|h| authority.strip_prefix(h));
+    match port {
+        Some("") => true,
+        Some(p) => p.strip_prefix(':').is_some_and(|d| {
+            !d.is_empty() && d.len() <= 5 && d.bytes().all(|b| b.is_ascii_digit())
+        }),
+        None => false,
+    }
 }
 
 #[cfg(test)]
@@ -608,7 +678,8 @@ mod tests {
         for ok in [
             "http://127.0.0.1:4711/callback",
             "http://[::1]:80/",
-            "http://localhost:1/x?y=1",
+            "http://[::1]/callback",
+            "http://127.0.0.1:1/x?y=1",
             "http://127.0.0.1/callback",
         ] {
             assert!(loopback_redirect(ok), "{ok}");
@@ -620,7 +691,11 @@ mod tests {
             "http://user@127.0.0.1:80/",
             "http://127.0.0.1:80@evil.org/",
             "http://127.0.0.2:80/",
-            "http://localhost:x/",
+            "http://localhost:1/",
+            "http://127.0.0.1:x/",
+            "http://127.0.0.1:80\\@evil.org/",
+            "http://127.0.0.10:80/",
+            "http://[::1]x/",
             "javascript:alert(1)",
         ] {
             assert!(!loopback_redirect(bad), "{bad}");

@@ -422,7 +422,11 @@ pub async fn logout(
 
 /// "Sign in with <provider>": off to the provider's authorization endpoint,
 /// the state kept in a cookie for the way back.
-pub async fn oidc_start(State(state): State<AppState>, headers: HeaderMap) -> Response {
+pub async fn oidc_start(
+    State(state): State<AppState>,
+    session: Session,
+    headers: HeaderMap,
+) -> Response {
     let Some(provider) = state.oidc.clone() else {
         return sign_in_failed(
             &state,
@@ -441,7 +445,12 @@ pub async fn oidc_start(State(state): State<AppState>, headers: HeaderMap) -> Re
     .unwrap_or_else(|| crate::server::request_base(&headers));
     let redirect = format!("{base}/ui/sign-in/oidc/callback");
     match state
-        .oidc_begin(crate::auth::oidc::DASHBOARD, &redirect)
+        .oidc_begin(
+            crate::auth::oidc::DASHBOARD,
+            &redirect,
+            session.remote,
+            None,
+        )
         .await
     {
         Ok(begun) => {
@@ -492,21 +501,42 @@ pub async fn oidc_callback(
     if mine.is_empty() || !bool::from(mine.as_bytes().ct_eq(back.state.as_bytes())) {
         // A sign-in this browser did not start (a link someone sent):
         // finishing it would sign this browser in as someone else.
-        let reason = "this sign-in was not started in this browser: sign in again";
-        state.oidc_refused(client, reason, session.remote).await;
-        return sign_in_failed(&state, &headers, StatusCode::UNAUTHORIZED, reason);
+        let refusal = crate::identity::oidc::OidcError::BadState(
+            "this sign-in was not started in this browser: sign in again".to_owned(),
+        );
+        // Burnt: the code in this address (seen by whoever sent the link,
+        // or leaked from it) cannot finish the sign-in anywhere else now.
+        if !back.state.is_empty() {
+            let _ = state
+                .meta
+                .sign_in_request_use(
+                    &crate::auth::oidc::state_hash(&back.state),
+                    slipway_storage::meta::now_ms(),
+                )
+                .await;
+        }
+        state.oidc_refused(client, &refusal, session.remote).await;
+        return sign_in_failed(
+            &state,
+            &headers,
+            StatusCode::UNAUTHORIZED,
+            &refusal.to_string(),
+        );
     }
     let returned = crate::auth::oidc::Returned {
         state: &back.state,
         code: back.code.as_deref(),
         error: back.error.as_deref(),
         error_description: back.error_description.as_deref(),
+        proof: None,
     };
     let answer = match state.oidc_finish(client, returned, session.remote).await {
         Ok(a) => a,
         Err(e) => {
+            use crate::identity::oidc::OidcError;
             let status = match e {
-                crate::identity::oidc::OidcError::Refused(_) => StatusCode::UNAUTHORIZED,
+                OidcError::Refused(_) | OidcError::BadState(_) => StatusCode::UNAUTHORIZED,
+                OidcError::TooMany(_) => StatusCode::TOO_MANY_REQUESTS,
                 _ => StatusCode::SERVICE_UNAVAILABLE,
             };
             return sign_in_failed(&state, &headers, status, &e.to_string());

@@ -339,7 +339,7 @@ async fn api_sign_in(env: &Env, sub: &str) -> (StatusCode, Value) {
             Method::POST,
             "/api/v1/sign-in/oidc",
             None,
-            Some(json!({"redirect_uri": "http://127.0.0.1:9/callback"})),
+            Some(json!({"redirect_uri": "http://127.0.0.1:9/callback", "proof_hash": PROOF_HASH})),
         )
         .await;
     assert_eq!(s, StatusCode::OK, "{started}");
@@ -349,10 +349,17 @@ async fn api_sign_in(env: &Env, sub: &str) -> (StatusCode, Value) {
         Method::POST,
         "/api/v1/sign-in/oidc/callback",
         None,
-        Some(json!({"state": param(&back, "state"), "code": param(&back, "code")})),
+        Some(
+            json!({"state": param(&back, "state"), "code": param(&back, "code"),
+                    "proof": PROOF}),
+        ),
     )
     .await
 }
+
+/// The test's CLI secret and its SHA-256.
+const PROOF: &str = "the-cli-keeps-this";
+const PROOF_HASH: &str = "dd4d4c7179b56e6ef6b483850432ce3e00c25db0a066250ad796f2be1f154fe0";
 
 /// Sign-in through a real OpenID Connect provider, by the API (as the CLI
 /// drives it), the dashboard's button and `slipway login` itself: groups
@@ -416,7 +423,9 @@ async fn oidc_sign_in_through_a_real_provider() {
             Method::POST,
             "/api/v1/sign-in/oidc",
             None,
-            Some(json!({"redirect_uri": "https://evil.example/callback"})),
+            Some(
+                json!({"redirect_uri": "https://evil.example/callback", "proof_hash": PROOF_HASH}),
+            ),
         )
         .await;
     assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
@@ -432,7 +441,7 @@ async fn oidc_sign_in_through_a_real_provider() {
             Method::POST,
             "/api/v1/sign-in/oidc",
             None,
-            Some(json!({"redirect_uri": "http://127.0.0.1:9/callback"})),
+            Some(json!({"redirect_uri": "http://127.0.0.1:9/callback", "proof_hash": PROOF_HASH})),
         )
         .await;
     let url = started["authorization_url"].as_str().unwrap();
@@ -506,7 +515,7 @@ async fn oidc_sign_in_through_a_real_provider() {
             Method::POST,
             "/api/v1/sign-in/oidc",
             None,
-            Some(json!({"redirect_uri": "http://127.0.0.1:9/callback"})),
+            Some(json!({"redirect_uri": "http://127.0.0.1:9/callback", "proof_hash": PROOF_HASH})),
         )
         .await;
     let (_, back) = at_provider(
@@ -514,7 +523,9 @@ async fn oidc_sign_in_through_a_real_provider() {
         Some("dana-sub"),
     )
     .await;
-    let answer = json!({"state": param(&back, "state"), "code": param(&back, "code")});
+    // Without the CLI's secret, the code and state are of no use.
+    let answer = json!({"state": param(&back, "state"), "code": param(&back, "code"),
+                        "proof": "someone-else"});
     let callback = |body: Value| {
         let env = &env;
         async move {
@@ -527,6 +538,24 @@ async fn oidc_sign_in_through_a_real_provider() {
             .await
         }
     };
+    let (s, v) = callback(answer.clone()).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED, "{v}");
+    refuse(&v, "its proof does not match");
+    let (_, started) = env
+        .api(
+            Method::POST,
+            "/api/v1/sign-in/oidc",
+            None,
+            Some(json!({"redirect_uri": "http://127.0.0.1:9/callback", "proof_hash": PROOF_HASH})),
+        )
+        .await;
+    let (_, back) = at_provider(
+        started["authorization_url"].as_str().unwrap(),
+        Some("dana-sub"),
+    )
+    .await;
+    let answer = json!({"state": param(&back, "state"), "code": param(&back, "code"),
+                        "proof": PROOF});
     let (s, v) = callback(answer.clone()).await;
     assert_eq!(s, StatusCode::OK, "{v}");
     let (s, v) = callback(answer).await;
@@ -549,6 +578,48 @@ async fn oidc_sign_in_through_a_real_provider() {
         &v,
         "dana signed in before with another account at the identity provider",
     );
+    // The admin sees the binding, and can undo it (a person whose account
+    // at the provider was made anew); the next sign-in binds again.
+    let (s, v) = env
+        .api(Method::GET, "/api/v1/people/dana", Some(&ops_session), None)
+        .await;
+    assert_eq!(
+        (s, &v["oidc_subject"]),
+        (StatusCode::OK, &json!("dana-sub")),
+        "{v}"
+    );
+    let (s, v) = env
+        .api(
+            Method::DELETE,
+            "/api/v1/people/dana/oidc-subject",
+            Some(&session),
+            None,
+        )
+        .await;
+    assert_eq!(
+        s,
+        StatusCode::FORBIDDEN,
+        "dana may not undo her own binding: {v}"
+    );
+    let (s, v) = env
+        .api(
+            Method::DELETE,
+            "/api/v1/people/dana/oidc-subject",
+            Some(&ops_session),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::NO_CONTENT, "{v}");
+    let (_, v) = env
+        .api(Method::GET, "/api/v1/people/dana", Some(&ops_session), None)
+        .await;
+    assert_eq!(v["oidc_subject"], Value::Null, "{v}");
+    let (s, v) = api_sign_in(&env, "dana-sub").await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let (_, v) = env
+        .api(Method::GET, "/api/v1/people/dana", Some(&ops_session), None)
+        .await;
+    assert_eq!(v["oidc_subject"], "dana-sub", "{v}");
 
     // The person declines at the provider.
     let (_, started) = env
@@ -556,13 +627,15 @@ async fn oidc_sign_in_through_a_real_provider() {
             Method::POST,
             "/api/v1/sign-in/oidc",
             None,
-            Some(json!({"redirect_uri": "http://127.0.0.1:9/callback"})),
+            Some(json!({"redirect_uri": "http://127.0.0.1:9/callback", "proof_hash": PROOF_HASH})),
         )
         .await;
     let (_, back) = at_provider(started["authorization_url"].as_str().unwrap(), None).await;
     assert_eq!(param(&back, "error"), Some("access_denied"));
     // (This provider's refusal carries no state: the CLI sends its own.)
-    let (s, v) = callback(json!({"state": started["state"], "error": "access_denied"})).await;
+    let (s, v) = callback(json!({"state": started["state"], "error": "access_denied",
+                                 "proof": PROOF}))
+    .await;
     assert_eq!(s, StatusCode::UNAUTHORIZED, "{v}");
     refuse(
         &v,
@@ -768,6 +841,7 @@ async fn oidc_sign_in_through_a_real_provider() {
         .await;
     let refusals = audit.to_string();
     for reason in [
+        "its proof does not match",
         "already used",
         "another account at the identity provider",
         "was not started here",
@@ -794,6 +868,32 @@ async fn oidc_sign_in_through_a_real_provider() {
             && e["detail"]["admin"] == true),
         "{audit}"
     );
+
+    // One address may have 20 sign-ins under way, no more.
+    let mut refused_at = None;
+    for i in 0..25 {
+        let (s, v) = env
+            .api(
+                Method::POST,
+                "/api/v1/sign-in/oidc",
+                None,
+                Some(json!({"redirect_uri": "http://127.0.0.1:9/callback", "proof_hash": PROOF_HASH})),
+            )
+            .await;
+        if s == StatusCode::TOO_MANY_REQUESTS {
+            assert!(
+                v["error"]
+                    .as_str()
+                    .unwrap()
+                    .contains("sign-ins started from this address are under way"),
+                "{v}"
+            );
+            refused_at = Some(i);
+            break;
+        }
+        assert_eq!(s, StatusCode::OK, "{v}");
+    }
+    assert!(refused_at.is_some_and(|i| i <= 20), "{refused_at:?}");
 }
 
 const TOOL_Z: &str = "cn=tools.z,ou=servicegroups,dc=wikimedia,dc=org";
@@ -1078,6 +1178,22 @@ async fn oidc_device_flow_signs_the_cli_in_without_a_browser() {
             .await
         }
     };
+    // Polls until the answer is no longer "pending" (the provider is
+    // asked at most once per interval: faster polls are told to slow down).
+    let settled = |handle: Value| {
+        let poll = &poll;
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(30);
+            loop {
+                let (s, v) = poll(handle.clone()).await;
+                if s != StatusCode::ACCEPTED {
+                    return (s, v);
+                }
+                assert!(Instant::now() < deadline, "still pending: {v}");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+    };
     let started = start().await;
     assert!(
         started.get("device_code").is_none(),
@@ -1096,6 +1212,12 @@ async fn oidc_device_flow_signs_the_cli_in_without_a_browser() {
         )
         .await;
     let (s, v) = poll(started["handle"].clone()).await;
+    assert_eq!(
+        (s, &v["slow_down"]),
+        (StatusCode::ACCEPTED, &json!(true)),
+        "the provider was asked a moment ago: {v}"
+    );
+    let (s, v) = settled(started["handle"].clone()).await;
     assert_eq!(s, StatusCode::OK, "{v}");
     assert_eq!(v["me"]["name"], "erin");
     assert_eq!(v["me"]["memberships"][0]["project"], "tool-z");
@@ -1108,7 +1230,7 @@ async fn oidc_device_flow_signs_the_cli_in_without_a_browser() {
     DeviceBrowser::new()
         .device(started["verification_uri_complete"].as_str().unwrap(), None)
         .await;
-    let (s, v) = poll(started["handle"].clone()).await;
+    let (s, v) = settled(started["handle"].clone()).await;
     assert_eq!(s, StatusCode::UNAUTHORIZED, "{v}");
     assert!(
         v["error"]

@@ -66,6 +66,9 @@ pub struct Person {
     pub disabled: bool,
     pub checked_at: Option<i64>,
     pub last_sign_in: Option<i64>,
+    /// The OpenID Connect subject they are bound to, once they signed in
+    /// through the provider.
+    pub oidc_subject: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -102,7 +105,7 @@ const NAME_PERSON: &str = "INSERT INTO people (name, created_at, created_by, is_
                            VALUES ($1, $2, $3, 0, 0) ON CONFLICT (name) DO NOTHING";
 
 const PERSON_COLUMNS: &str =
-    "name, created_at, created_by, is_admin, disabled, checked_at, last_sign_in";
+    "name, created_at, created_by, is_admin, disabled, checked_at, last_sign_in, oidc_subject";
 const TOKEN_COLUMNS: &str = "id, person, name, secret_hash, project, pull_only, created_at, \
                              expires_at, last_used_at";
 
@@ -115,6 +118,7 @@ fn person(r: &sqlx::any::AnyRow) -> Person {
         disabled: r.get::<i64, _>(4) != 0,
         checked_at: r.get(5),
         last_sign_in: r.get(6),
+        oidc_subject: r.get(7),
     }
 }
 
@@ -466,8 +470,14 @@ pub struct SignInRequest {
     pub nonce: String,
     pub pkce_verifier: String,
     pub redirect_uri: String,
-    /// `dashboard` or `cli`.
+    /// `dashboard`, `cli` or `device`.
     pub client: String,
+    /// Who started it: an IPv4 address or an IPv6 /64.
+    pub remote: String,
+    /// SHA-256 (hex) of the CLI's secret, sent back with the code.
+    pub client_proof: Option<String>,
+    /// A device sign-in: the provider is polled at most this often.
+    pub poll_every_ms: i64,
     pub created_at: i64,
     pub expires_at: i64,
 }
@@ -488,41 +498,82 @@ pub enum SignInUse {
 }
 
 /// How long rows are kept after they expire.
-const SIGN_IN_KEEP_MS: i64 = 24 * 3600 * 1000;
+const SIGN_IN_KEEP_MS: i64 = 3600 * 1000;
+
+const SIGN_IN_COLUMNS: &str = "state_hash, nonce, pkce_verifier, redirect_uri, client, remote, \
+     client_proof, poll_every_ms, created_at, expires_at";
 
 impl Metadata {
     /// Records a sign-in sent to the provider (and forgets those expired
-    /// more than a day ago).
+    /// more than an hour ago).
     pub async fn sign_in_request_create(&self, r: &SignInRequest) -> Result<()> {
         sqlx::query("DELETE FROM sign_in_requests WHERE expires_at < $1")
             .bind(r.created_at - SIGN_IN_KEEP_MS)
             .execute(&self.write)
             .await?;
-        sqlx::query(
-            "INSERT INTO sign_in_requests (state_hash, nonce, pkce_verifier, redirect_uri, client, \
-             created_at, expires_at) VALUES ($1, $2, $3, $4, $5, $6, $7)",
-        )
-        .bind(&r.state_hash)
-        .bind(&r.nonce)
-        .bind(&r.pkce_verifier)
-        .bind(&r.redirect_uri)
-        .bind(&r.client)
-        .bind(r.created_at)
-        .bind(r.expires_at)
-        .execute(&self.write)
-        .await?;
+        let sql = format!(
+            "INSERT INTO sign_in_requests ({SIGN_IN_COLUMNS}) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
+        );
+        sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(&r.state_hash)
+            .bind(&r.nonce)
+            .bind(&r.pkce_verifier)
+            .bind(&r.redirect_uri)
+            .bind(&r.client)
+            .bind(&r.remote)
+            .bind(&r.client_proof)
+            .bind(r.poll_every_ms)
+            .bind(r.created_at)
+            .bind(r.expires_at)
+            .execute(&self.write)
+            .await?;
         Ok(())
     }
 
-    /// How many sign-ins are under way (not used, not expired).
-    pub async fn sign_in_requests_open(&self, now: i64) -> Result<i64> {
+    /// How many sign-ins are under way (not used, not expired): in all,
+    /// and started from `remote`.
+    pub async fn sign_in_requests_open(&self, remote: &str, now: i64) -> Result<(i64, i64)> {
         let row = sqlx::query(
-            "SELECT COUNT(*) FROM sign_in_requests WHERE used_at IS NULL AND expires_at > $1",
+            "SELECT COUNT(*), COALESCE(SUM(CASE WHEN remote = $2 THEN 1 ELSE 0 END), 0) \
+             FROM sign_in_requests WHERE used_at IS NULL AND expires_at > $1",
         )
         .bind(now)
+        .bind(remote)
         .fetch_one(&self.write)
         .await?;
-        Ok(row.try_get(0)?)
+        Ok((row.try_get(0)?, row.try_get(1)?))
+    }
+
+    /// Claims the right to poll the provider for a device sign-in now:
+    /// false when the last poll was less than its interval ago (or the
+    /// sign-in is no longer open), so concurrent or hasty polls do not
+    /// reach the provider.
+    pub async fn sign_in_request_poll(&self, state_hash: &str, now: i64) -> Result<bool> {
+        Ok(sqlx::query(
+            "UPDATE sign_in_requests SET polled_at = $2 \
+             WHERE state_hash = $1 AND used_at IS NULL AND expires_at > $2 \
+             AND (polled_at IS NULL OR polled_at <= $2 - poll_every_ms)",
+        )
+        .bind(state_hash)
+        .bind(now)
+        .execute(&self.write)
+        .await?
+        .rows_affected()
+            == 1)
+    }
+
+    /// Forgets the subject `person` is bound to (the admin's repair when the
+    /// provider gave them a new account): the next sign-in binds again.
+    pub async fn person_unbind_subject(&self, person: &str) -> Result<bool> {
+        Ok(
+            sqlx::query("UPDATE people SET oidc_subject = NULL WHERE name = $1")
+                .bind(person)
+                .execute(&self.write)
+                .await?
+                .rows_affected()
+                == 1,
+        )
     }
 
     /// Binds `person` to the provider's `subject` at their first sign-in
@@ -543,15 +594,16 @@ impl Metadata {
     /// Takes the sign-in whose state hashes to `state_hash`, once: a second
     /// use (a replay), a late one or an unknown state is told apart.
     pub async fn sign_in_request_use(&self, state_hash: &str, now: i64) -> Result<SignInUse> {
-        let taken = sqlx::query(
+        let sql = format!(
             "UPDATE sign_in_requests SET used_at = $2 \
              WHERE state_hash = $1 AND used_at IS NULL AND expires_at > $2 \
-             RETURNING state_hash, nonce, pkce_verifier, redirect_uri, client, created_at, expires_at",
-        )
-        .bind(state_hash)
-        .bind(now)
-        .fetch_optional(&self.write)
-        .await?;
+             RETURNING {SIGN_IN_COLUMNS}"
+        );
+        let taken = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(state_hash)
+            .bind(now)
+            .fetch_optional(&self.write)
+            .await?;
         if let Some(row) = taken {
             return Ok(SignInUse::Taken(sign_in_request(&row)?));
         }
@@ -561,18 +613,18 @@ impl Metadata {
     /// Looks at the sign-in whose state hashes to `state_hash` without
     /// taking it: `Open` while neither used nor expired at `now`.
     pub async fn sign_in_request_look(&self, state_hash: &str, now: i64) -> Result<SignInUse> {
-        let row = sqlx::query(
-            "SELECT state_hash, nonce, pkce_verifier, redirect_uri, client, created_at, \
-             expires_at, used_at FROM sign_in_requests WHERE state_hash = $1",
-        )
-        .bind(state_hash)
-        .fetch_optional(&self.write)
-        .await?;
+        let sql = format!(
+            "SELECT {SIGN_IN_COLUMNS}, used_at FROM sign_in_requests WHERE state_hash = $1"
+        );
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(state_hash)
+            .fetch_optional(&self.write)
+            .await?;
         let Some(row) = row else {
             return Ok(SignInUse::Unknown);
         };
         let request = sign_in_request(&row)?;
-        Ok(match row.try_get::<Option<i64>, _>(7)? {
+        Ok(match row.try_get::<Option<i64>, _>(10)? {
             Some(_) => SignInUse::AlreadyUsed,
             // (After a failed take, `now` is past every expiry.)
             None if request.expires_at <= now => SignInUse::Expired,
@@ -588,7 +640,10 @@ fn sign_in_request(row: &sqlx::any::AnyRow) -> Result<SignInRequest> {
         pkce_verifier: row.try_get(2)?,
         redirect_uri: row.try_get(3)?,
         client: row.try_get(4)?,
-        created_at: row.try_get(5)?,
-        expires_at: row.try_get(6)?,
+        remote: row.try_get(5)?,
+        client_proof: row.try_get(6)?,
+        poll_every_ms: row.try_get(7)?,
+        created_at: row.try_get(8)?,
+        expires_at: row.try_get(9)?,
     })
 }

@@ -2104,6 +2104,9 @@ async fn sign_in_requests_are_used_once(m: &Metadata) {
         pkce_verifier: "v".into(),
         redirect_uri: "http://127.0.0.1:9/callback".into(),
         client: "cli".into(),
+        remote: "127.0.0.1".into(),
+        client_proof: Some("proof".into()),
+        poll_every_ms: 5000,
         created_at: now,
         expires_at,
     };
@@ -2138,10 +2141,37 @@ async fn sign_in_requests_are_used_once(m: &Metadata) {
         m.sign_in_request_use("never", now).await.unwrap(),
         SignInUse::Unknown
     );
-    // A day after they expire, rows are forgotten when the next is made.
+    // Open sign-ins are counted, in all and by address.
     m.sign_in_request_create(&SignInRequest {
-        created_at: now + 25 * 3600 * 1000,
-        expires_at: now + 25 * 3600 * 1000 + 60_000,
+        remote: "10.0.0.1".into(),
+        ..request("c", now + 60_000)
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        m.sign_in_requests_open("10.0.0.1", now).await.unwrap(),
+        (1, 1)
+    );
+    assert_eq!(
+        m.sign_in_requests_open("127.0.0.1", now).await.unwrap(),
+        (1, 0)
+    );
+    // A device sign-in is polled at most once per interval, whoever asks.
+    let (a, b) = tokio::join!(
+        m.sign_in_request_poll("c", now),
+        m.sign_in_request_poll("c", now)
+    );
+    assert!(a.unwrap() ^ b.unwrap(), "one of two concurrent polls");
+    assert!(!m.sign_in_request_poll("c", now + 4_000).await.unwrap());
+    assert!(m.sign_in_request_poll("c", now + 5_000).await.unwrap());
+    assert!(
+        !m.sign_in_request_poll("a", now + 5_000).await.unwrap(),
+        "used"
+    );
+    // An hour after they expire, rows are forgotten when the next is made.
+    m.sign_in_request_create(&SignInRequest {
+        created_at: now + 2 * 3600 * 1000,
+        expires_at: now + 2 * 3600 * 1000 + 60_000,
         ..request("b", 0)
     })
     .await
