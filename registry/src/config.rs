@@ -151,17 +151,7 @@ impl LdapConfig {
         if self.group_base.is_empty() {
             return bad("set group_base (where groups are searched)".into());
         }
-        if !self.group_pattern.is_empty()
-            && (!self.group_pattern.contains("{tool}") || !self.project_pattern.contains("{tool}"))
-        {
-            return bad("group_pattern and project_pattern must both contain {tool}".into());
-        }
-        if slipway_storage::meta::Role::parse(&self.group_role).is_none() {
-            return bad(format!(
-                "group_role must be maintainer, developer or guest (got {:.40})",
-                self.group_role
-            ));
-        }
+        check_mapping(&self.group_pattern, &self.project_pattern, &self.group_role).or_else(bad)?;
         Ok(())
     }
 }
@@ -256,17 +246,7 @@ impl OidcConfig {
         if self.username_claim.is_empty() || self.groups_claim.is_empty() {
             return bad("username_claim and groups_claim must name claims".into());
         }
-        if !self.group_pattern.is_empty()
-            && (!self.group_pattern.contains("{tool}") || !self.project_pattern.contains("{tool}"))
-        {
-            return bad("group_pattern and project_pattern must both contain {tool}".into());
-        }
-        if slipway_storage::meta::Role::parse(&self.group_role).is_none() {
-            return bad(format!(
-                "group_role must be maintainer, developer or guest (got {:.40})",
-                self.group_role
-            ));
-        }
+        check_mapping(&self.group_pattern, &self.project_pattern, &self.group_role).or_else(bad)?;
         let pu = &self.public_url;
         if !(pu.is_empty() || pu.starts_with("https://") || pu.starts_with("http://")) {
             return bad(format!(
@@ -275,6 +255,26 @@ impl OidcConfig {
         }
         Ok(())
     }
+}
+
+/// Checks how groups map to projects (`[identity.ldap]` and
+/// `[identity.oidc]` alike): the sentence of what is wrong.
+fn check_mapping(
+    group_pattern: &str,
+    project_pattern: &str,
+    group_role: &str,
+) -> Result<(), String> {
+    if !group_pattern.is_empty()
+        && (!group_pattern.contains("{tool}") || !project_pattern.contains("{tool}"))
+    {
+        return Err("group_pattern and project_pattern must both contain {tool}".into());
+    }
+    if slipway_storage::meta::Role::parse(group_role).is_none() {
+        return Err(format!(
+            "group_role must be maintainer, developer or guest (got {group_role:.40})"
+        ));
+    }
+    Ok(())
 }
 
 /// How the server sees its clients.

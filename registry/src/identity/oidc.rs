@@ -291,12 +291,7 @@ impl Provider {
         let algs = asymmetric(metadata.id_token_signing_alg_values_supported());
         let metadata = metadata.set_id_token_signing_alg_values_supported(algs);
         // A provider that takes the secret only in the body says so.
-        let post_only = metadata
-            .token_endpoint_auth_methods_supported()
-            .is_some_and(|m| {
-                m.contains(&CoreClientAuthMethod::ClientSecretPost)
-                    && !m.contains(&CoreClientAuthMethod::ClientSecretBasic)
-            });
+        let post_only = secret_in_body(&metadata);
         let secret = self.cfg.client_secret.expose();
         CoreClient::from_provider_metadata(
             metadata,
@@ -329,12 +324,7 @@ impl Provider {
         url: &str,
         form: &[(&str, &str)],
     ) -> Result<(reqwest::StatusCode, serde_json::Value), OidcError> {
-        let post_only = metadata
-            .token_endpoint_auth_methods_supported()
-            .is_some_and(|m| {
-                m.contains(&CoreClientAuthMethod::ClientSecretPost)
-                    && !m.contains(&CoreClientAuthMethod::ClientSecretBasic)
-            });
+        let post_only = secret_in_body(metadata);
         let secret = self.cfg.client_secret.expose();
         let mut fields: Vec<(&str, &str)> = form.to_vec();
         let mut request = self.http.0.post(url).header("accept", "application/json");
@@ -609,6 +599,17 @@ impl Provider {
         }
         .answer(&user, subject, groups))
     }
+}
+
+/// Whether the provider takes the client secret only in the body
+/// (`client_secret_post`), not as Basic credentials.
+fn secret_in_body(metadata: &Metadata) -> bool {
+    metadata
+        .token_endpoint_auth_methods_supported()
+        .is_some_and(|m| {
+            m.contains(&CoreClientAuthMethod::ClientSecretPost)
+                && !m.contains(&CoreClientAuthMethod::ClientSecretBasic)
+        })
 }
 
 /// The asymmetric algorithms among those the provider announces for ID

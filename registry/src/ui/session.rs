@@ -292,15 +292,7 @@ pub async fn login(
 ) -> Response {
     use subtle::ConstantTimeEq as _;
     let nonce = cookie(&headers, LOGIN_COOKIE).unwrap_or_default();
-    let fresh = crate::auth::secrets::generate();
-    let again = |status: StatusCode, error: &str| {
-        let mut r = (status, login_page(&state, &fresh, Some(error))).into_response();
-        r.headers_mut().append(
-            header::SET_COOKIE,
-            set_cookie(LOGIN_COOKIE, &fresh, 3600, over_tls(&headers)),
-        );
-        r
-    };
+    let again = |status: StatusCode, error: &str| sign_in_failed(&state, &headers, status, error);
     if nonce.is_empty() || !bool::from(nonce.as_bytes().ct_eq(form.csrf.as_bytes())) {
         return again(
             StatusCode::FORBIDDEN,

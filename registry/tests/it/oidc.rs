@@ -39,12 +39,52 @@ impl Drop for Provider {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+use crate::builds_e2e::free_port;
+
+/// Runs `slipway login` against `url` (the session kept in `config`) until
+/// a line of its standard error gives `wanted`: the process, what it said
+/// so far, and what was wanted.
+async fn slipway_login(
+    url: &str,
+    config: &std::path::Path,
+    args: &[&str],
+    wanted: impl Fn(&str) -> Option<String>,
+) -> (tokio::process::Child, String, String) {
+    use tokio::io::AsyncBufReadExt as _;
+    let mut login = tokio::process::Command::new(env!("CARGO_BIN_EXE_slipway"))
+        .args(["login", "--url", url])
+        .args(args)
+        .env("SLIPWAY_CONFIG_DIR", config)
+        .env_remove("DISPLAY")
+        .env_remove("WAYLAND_DISPLAY")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut stderr = tokio::io::BufReader::new(login.stderr.take().unwrap());
+    let mut said = String::new();
+    loop {
+        let mut line = String::new();
+        let n = tokio::time::timeout(Duration::from_secs(30), stderr.read_line(&mut line))
+            .await
+            .expect("slipway login says where to sign in within 30 s")
+            .unwrap();
+        assert!(n > 0, "slipway login ended: {said}");
+        said.push_str(&line);
+        if let Some(found) = wanted(line.trim()) {
+            // The rest of what it says is read (and dropped): a closed pipe
+            // would fail its next line.
+            tokio::spawn(async move {
+                let mut rest = String::new();
+                while stderr.read_line(&mut rest).await.is_ok_and(|n| n > 0) {
+                    rest.clear();
+                }
+            });
+            return (login, said, found);
+        }
+    }
 }
 
 impl Provider {
@@ -729,32 +769,11 @@ async fn oidc_sign_in_through_a_real_provider() {
     // `slipway login` itself: it listens on a loopback port, prints the
     // address; the browser (here: the test) signs in and comes back.
     let config = tempfile::tempdir().unwrap();
-    let mut login = tokio::process::Command::new(env!("CARGO_BIN_EXE_slipway"))
-        .args(["login", "--no-browser", "--url", &env.server.url])
-        .env("SLIPWAY_CONFIG_DIR", config.path())
-        .env_remove("DISPLAY")
-        .env_remove("WAYLAND_DISPLAY")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut stderr = tokio::io::BufReader::new(login.stderr.take().unwrap());
-    let mut said = String::new();
-    let url = loop {
-        use tokio::io::AsyncBufReadExt as _;
-        let mut line = String::new();
-        let n = tokio::time::timeout(Duration::from_secs(30), stderr.read_line(&mut line))
-            .await
-            .expect("slipway login prints the address")
-            .unwrap();
-        assert!(n > 0, "slipway login ended: {said}");
-        said.push_str(&line);
-        if let Some(u) = line.trim().strip_prefix("http") {
-            break format!("http{u}");
-        }
-    };
+    let (login, said, url) =
+        slipway_login(&env.server.url, config.path(), &["--no-browser"], |line| {
+            line.strip_prefix("http").map(|u| format!("http{u}"))
+        })
+        .await;
     assert!(said.contains("To sign in with Wikimedia"), "{said}");
     let (back, pairs) = at_provider(&url, Some("dana-sub")).await;
     assert!(back.starts_with("http://127.0.0.1:"), "{back}");
@@ -1111,32 +1130,11 @@ async fn oidc_device_flow_signs_the_cli_in_without_a_browser() {
 
     // The CLI, as a person on a machine without a browser runs it.
     let config = tempfile::tempdir().unwrap();
-    let mut login = tokio::process::Command::new(env!("CARGO_BIN_EXE_slipway"))
-        .args(["login", "--url", &env.server.url])
-        .env("SLIPWAY_CONFIG_DIR", config.path())
-        .env_remove("DISPLAY")
-        .env_remove("WAYLAND_DISPLAY")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut stderr = tokio::io::BufReader::new(login.stderr.take().unwrap());
-    let mut said = String::new();
-    let complete = loop {
-        use tokio::io::AsyncBufReadExt as _;
-        let mut line = String::new();
-        let n = tokio::time::timeout(Duration::from_secs(30), stderr.read_line(&mut line))
-            .await
-            .expect("slipway login prints the code")
-            .unwrap();
-        assert!(n > 0, "slipway login ended: {said}");
-        said.push_str(&line);
-        if let Some(u) = line.trim().strip_prefix("(or open ") {
-            break u.trim_end_matches(')').to_owned();
-        }
-    };
+    let (login, said, complete) = slipway_login(&env.server.url, config.path(), &[], |line| {
+        line.strip_prefix("(or open ")
+            .map(|u| u.trim_end_matches(')').to_owned())
+    })
+    .await;
     assert!(
         said.contains("To sign in with Wikimedia, open http")
             && said.contains("/device on any device and enter the code "),

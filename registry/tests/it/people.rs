@@ -105,13 +105,7 @@ gidNumber: 5001
 memberUid: carol
 ";
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use crate::builds_e2e::free_port;
 
 impl Slapd {
     pub fn start() -> Slapd {
